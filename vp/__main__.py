@@ -1,0 +1,3 @@
+from vp.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""One exception family, rendered once at the top of the CLI as a one-line message plus a hint."""
+
+from __future__ import annotations
+
+# Exit codes users and scripts can rely on (README "Exit status").
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class VpError(Exception):
+    """A failure vp understands: `message` says what went wrong, `hint` what to do about it."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(VpError):
+    """Bad input from the user: flags, config files, host strings. Exit 2, like click."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A config file is malformed or names an unknown key."""
+
+
+class ConnectionFailed(VpError):
+    """ssh could not reach the host (exit 255 with no run exit file)."""
+
+
+class HostGone(VpError):
+    """The host vanished (destroyed, or the provider says it no longer exists)."""
+
+
+class Interrupted(VpError):
+    """The user pressed Ctrl-C; we already cleaned up and say what happened."""
+
+    exit_code = EXIT_INTERRUPTED
