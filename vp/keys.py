@@ -44,7 +44,3 @@ def new_keypair(label: str) -> KeyPair:
     os.chmod(path, 0o600)
     return KeyPair(path, path.with_suffix(".pub").read_text().strip())
 
-
-def rename_key(pair: KeyPair, host_id: str) -> KeyPair:
-    """Name the key after the provider's id once it is known, so `vp cleanup` can match them."""
-    return pair
