@@ -1,0 +1,605 @@
+"""AWS EC2 GPU instances through boto3.
+
+The endpoint is boto3's own (`AWS_ENDPOINT_URL`), credentials come from boto3's chain (env,
+profile, SSO, instance role), so vp has no AWS-specific switches. Facts EC2 imposes:
+
+- the Deep Learning AMIs log in as `ubuntu`; a security group must open tcp/22;
+- an instance is `pending` with no public IP until it is up, and the IP changes on every start;
+- a one-time spot instance cannot be stopped, so spot hosts are persistent requests with
+  `InstanceInterruptionBehavior=stop`, and the request is cancelled on destroy (or AWS
+  relaunches it);
+- the EC2 API has no prices: on-demand prices of the types vp offers are built in below. A spot
+  request's default `MaxPrice` is the on-demand price, so a type is only chosen when its
+  on-demand price is within `max_price`, and no host ever costs more than that.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import socket
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from vp import keys
+from vp.errors import HostGone, VpError
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+
+NAME = "aws"
+
+# EC2 instance states -> vp states.
+STATUS = {
+    "pending": PENDING,
+    "running": RUNNING,
+    "stopping": PENDING,
+    "stopped": STOPPED,
+    "shutting-down": GONE,
+    "terminated": GONE,
+}
+
+# instance type -> (GPU model, GPU count, on-demand $/h in us-east-1, Linux).
+INSTANCE_TYPES: dict[str, tuple[str, int, float]] = {
+    "g4dn.xlarge": ("T4", 1, 0.526),
+    "g4dn.2xlarge": ("T4", 1, 0.752),
+    "g4dn.12xlarge": ("T4", 4, 3.912),
+    "g4dn.metal": ("T4", 8, 7.824),
+    "g5.xlarge": ("A10G", 1, 1.006),
+    "g5.2xlarge": ("A10G", 1, 1.212),
+    "g5.12xlarge": ("A10G", 4, 5.672),
+    "g5.48xlarge": ("A10G", 8, 16.288),
+    "g6.xlarge": ("L4", 1, 0.805),
+    "g6.2xlarge": ("L4", 1, 0.978),
+    "g6.12xlarge": ("L4", 4, 4.602),
+    "g6.48xlarge": ("L4", 8, 13.350),
+    "g6e.xlarge": ("L40S", 1, 1.861),
+    "g6e.12xlarge": ("L40S", 4, 10.493),
+    "g6e.48xlarge": ("L40S", 8, 30.131),
+    "p3.2xlarge": ("V100", 1, 3.060),
+    "p3.8xlarge": ("V100", 4, 12.240),
+    "p3.16xlarge": ("V100", 8, 24.480),
+    "p4d.24xlarge": ("A100", 8, 21.958),
+    "p5.48xlarge": ("H100", 8, 55.040),
+    "p5en.48xlarge": ("H200", 8, 63.296),
+}
+
+GPU_ALIASES = {"A10": "A10G", "L40": "L40S", "A100-40GB": "A100"}
+
+DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
+SECURITY_GROUP = "vp-ssh"
+DEFAULT_REGION = "us-east-1"
+DEFAULT_USER = "ubuntu"
+DATA_DEVICE = "/dev/sdf"
+
+# RunInstances errors that mean "not this market / type right now": try the next option.
+CAPACITY_ERRORS = {
+    "InsufficientInstanceCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientFreeAddressesInSubnet",
+    "SpotMaxPriceTooLow",
+    "MaxSpotInstanceCountExceeded",
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "Unsupported",
+}
+NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+HINT_INSTALL = "pip install 'vp-runner[aws]'"
+
+
+def create_platform(settings: dict) -> AwsPlatform:
+    return AwsPlatform(settings)
+
+
+def _gpu_matches(wanted: str | None, gpu: str) -> bool:
+    """`A10`, `a10g`, `NVIDIA A10G` all match A10G; no wanted GPU matches anything."""
+    if not wanted:
+        return True
+    w = re.sub(r"^NVIDIA|[\s_-]", "", wanted.upper())
+    return w == gpu.upper() or GPU_ALIASES.get(w) == gpu.upper()
+
+
+def _tags(item: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in item.get("Tags", [])}
+
+
+def _data_volume_script(user: str) -> str:
+    """cloud-init user data: format the extra EBS volume on first use and mount it at /data."""
+    return f"""#!/bin/bash
+root=$(lsblk -no PKNAME "$(findmnt -no SOURCE /)")
+for d in $(lsblk -dno NAME,MODEL | awk '/Elastic Block Store/ {{print $1}}') xvdf; do
+  [ "$d" = "$root" ] && continue
+  dev=/dev/$d
+  [ -b "$dev" ] || continue
+  blkid "$dev" >/dev/null 2>&1 || mkfs.ext4 -q -L vp-data "$dev"
+  mkdir -p /data
+  uuid=$(blkid -s UUID -o value "$dev")
+  grep -q "$uuid" /etc/fstab || echo "UUID=$uuid /data ext4 defaults,nofail 0 2" >> /etc/fstab
+  mount /data && chown {user}: /data
+  break
+done
+"""
+
+
+class AwsPlatform:
+    name = NAME
+
+    def __init__(self, settings: dict):
+        self.settings = dict(settings or {})
+        self.region = (
+            self.settings.get("region")
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or DEFAULT_REGION
+        )
+        self.user = self.settings.get("user") or DEFAULT_USER
+        self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
+        self._client = None
+
+    # ---------------------------------------------------------------- SDK plumbing
+
+    def _sdk(self):
+        try:
+            import boto3
+            import botocore.exceptions
+        except ImportError as exc:
+            raise VpError("the aws platform needs boto3", hint=HINT_INSTALL) from exc
+        return boto3, botocore.exceptions
+
+    @property
+    def ec2(self):
+        if self._client is None:
+            boto3, _ = self._sdk()
+            from botocore.config import Config
+
+            session = boto3.session.Session(
+                profile_name=self.settings.get("profile") or None, region_name=self.region
+            )
+            config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard"})
+            self._client = session.client("ec2", config=config)
+        return self._client
+
+    def _call(self, method: str, **kwargs) -> dict:
+        """One EC2 call; SDK failures become a one-line VpError, ClientError passes through."""
+        _, exc = self._sdk()
+        try:
+            return getattr(self.ec2, method)(**kwargs)
+        except exc.NoCredentialsError as e:
+            raise VpError(
+                "no AWS credentials found",
+                hint="set AWS_PROFILE ([aws] profile) or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            ) from e
+        except (exc.EndpointConnectionError, exc.ConnectTimeoutError) as e:
+            raise VpError(
+                f"cannot reach the EC2 API: {e}", hint="check the network or AWS_ENDPOINT_URL"
+            ) from e
+        except exc.ProfileNotFound as e:
+            raise VpError(str(e), hint="check [aws] profile / AWS_PROFILE") from e
+
+    @staticmethod
+    def _code(error: Exception) -> str:
+        return getattr(error, "response", {}).get("Error", {}).get("Code", "")
+
+    def _client_error(self):
+        return self._sdk()[1].ClientError
+
+    def _fail(self, what: str, error: Exception) -> VpError:
+        err = getattr(error, "response", {}).get("Error", {})
+        code, msg = err.get("Code", type(error).__name__), err.get("Message", str(error))
+        hint = None
+        if code in ("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId"):
+            hint = "check your AWS credentials and their EC2 permissions"
+        return VpError(f"aws: {what} failed: {code}: {msg}", hint=hint)
+
+    # ---------------------------------------------------------------- read side
+
+    def offers(self, spec: HostSpec) -> list[Offer]:
+        out = []
+        for itype, (gpu, count, price) in INSTANCE_TYPES.items():
+            if not _gpu_matches(spec.gpu, gpu) or count < max(spec.gpus, 1):
+                continue
+            if spec.max_price is not None and price > spec.max_price:
+                continue
+            out.append(
+                Offer(
+                    platform=NAME,
+                    id=itype,
+                    gpu=gpu,
+                    gpus=count,
+                    price=price,
+                    region=self.region,
+                    spot=bool(spec.spot),
+                    extra={"price_is": "on-demand (a spot host costs at most this)"}
+                    if spec.spot
+                    else {},
+                )
+            )
+        return sorted(out, key=lambda o: (o.price, o.gpus, o.id))
+
+    def _host(self, inst: dict) -> Host:
+        tags = _tags(inst)
+        itype = inst.get("InstanceType", "")
+        gpu, count, price = INSTANCE_TYPES.get(itype, (None, 0, None))
+        key_file = tags.get("vp:key")
+        key_path = str(keys.keys_dir() / key_file) if key_file else None
+        launch = inst.get("LaunchTime")
+        labels = {
+            "project": tags.get("vp:project", ""),
+            "instance_type": itype,
+            "market": "spot" if inst.get("InstanceLifecycle") == "spot" else "on-demand",
+            "region": self.region,
+        }
+        if inst.get("SpotInstanceRequestId"):
+            labels["spot_request"] = inst["SpotInstanceRequestId"]
+        return Host(
+            id=inst["InstanceId"],
+            name=tags.get("Name", inst["InstanceId"]),
+            platform=NAME,
+            status=STATUS.get(inst.get("State", {}).get("Name", ""), UNKNOWN),
+            gpu=gpu,
+            gpus=count,
+            price=price,
+            ssh_user=tags.get("vp:user") or self.user,
+            ssh_host=inst.get("PublicIpAddress"),
+            ssh_port=22,
+            labels=labels,
+            key_path=key_path,
+            host_key_alias=f"vp-{NAME}-{inst['InstanceId']}",
+            created_at=launch.timestamp() if hasattr(launch, "timestamp") else None,
+        )
+
+    def _describe(self, host_id: str) -> dict | None:
+        try:
+            resp = self._call("describe_instances", InstanceIds=[host_id])
+        except self._client_error() as e:
+            if self._code(e) in NOT_FOUND:
+                return None
+            raise self._fail("DescribeInstances", e) from e
+        for res in resp.get("Reservations", []):
+            for inst in res.get("Instances", []):
+                return inst
+        return None
+
+    def _get(self, host_id: str) -> Host:
+        inst = self._describe(host_id)
+        if inst is None:
+            raise HostGone(f"aws instance {host_id} does not exist", hint="vp ls shows your hosts")
+        return self._host(inst)
+
+    def list(self, project: str | None = None) -> list[Host]:
+        filters = [
+            {"Name": "tag:vp:managed", "Values": ["true"]},
+            {
+                "Name": "instance-state-name",
+                "Values": ["pending", "running", "stopping", "stopped"],
+            },
+        ]
+        if project:
+            filters.append({"Name": "tag:vp:project", "Values": [project]})
+        hosts, token = [], None
+        while True:
+            kwargs: dict[str, Any] = {"Filters": filters}
+            if token:
+                kwargs["NextToken"] = token
+            try:
+                resp = self._call("describe_instances", **kwargs)
+            except self._client_error() as e:
+                raise self._fail("DescribeInstances", e) from e
+            for res in resp.get("Reservations", []):
+                hosts.extend(self._host(i) for i in res.get("Instances", []))
+            token = resp.get("NextToken")
+            if not token:
+                return hosts
+
+    # ---------------------------------------------------------------- create
+
+    def _image(self) -> dict:
+        if self.settings.get("ami"):
+            resp = self._call("describe_images", ImageIds=[self.settings["ami"]])
+        else:
+            resp = self._call(
+                "describe_images",
+                Owners=["amazon"],
+                Filters=[
+                    {"Name": "name", "Values": [DLAMI_NAME]},
+                    {"Name": "state", "Values": ["available"]},
+                ],
+            )
+        images = sorted(resp.get("Images", []), key=lambda i: i.get("CreationDate", ""))
+        if not images:
+            raise VpError(
+                f"no Deep Learning AMI found in {self.region}",
+                hint="set [aws] region to a region that has it, or [aws] ami to an AMI id",
+            )
+        return images[-1]
+
+    def _security_group(self) -> str:
+        ce = self._client_error()
+        resp = self._call(
+            "describe_security_groups", Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP]}]
+        )
+        if resp.get("SecurityGroups"):
+            return resp["SecurityGroups"][0]["GroupId"]
+        try:
+            group_id = self._call(
+                "create_security_group",
+                GroupName=SECURITY_GROUP,
+                Description="vp: ssh access to GPU hosts",
+                TagSpecifications=[
+                    {
+                        "ResourceType": "security-group",
+                        "Tags": [{"Key": "vp:managed", "Value": "true"}],
+                    }
+                ],
+            )["GroupId"]
+        except ce as e:
+            if self._code(e) != "InvalidGroup.Duplicate":
+                raise
+            return self._security_group()  # created concurrently by another vp
+        with suppress(ce):
+            self._call(
+                "authorize_security_group_ingress",
+                GroupId=group_id,
+                IpPermissions=[
+                    {
+                        "IpProtocol": "tcp",
+                        "FromPort": 22,
+                        "ToPort": 22,
+                        "IpRanges": [{"CidrIp": "0.0.0.0/0", "Description": "ssh"}],
+                    }
+                ],
+            )
+        return group_id
+
+    def _launch_args(
+        self, image: dict, spec: HostSpec, name: str, sg: str, key_name: str, key_file: str
+    ) -> dict:
+        project = name[3:] if name.startswith("vp-") else name
+        tags = [
+            {"Key": "Name", "Value": name},
+            {"Key": "vp:project", "Value": project},
+            {"Key": "vp:managed", "Value": "true"},
+            {"Key": "vp:key", "Value": key_file},
+            {"Key": "vp:user", "Value": self.user},
+        ]
+        root_name = image.get("RootDeviceName") or "/dev/sda1"
+        root_min = 0
+        for bdm in image.get("BlockDeviceMappings", []):
+            if bdm.get("DeviceName") == root_name:
+                root_min = bdm.get("Ebs", {}).get("VolumeSize") or 0
+        mappings = [
+            {
+                "DeviceName": root_name,
+                "Ebs": {
+                    "VolumeSize": max(int(spec.disk_gb or 0), root_min, 8),
+                    "VolumeType": "gp3",
+                    "DeleteOnTermination": True,
+                },
+            }
+        ]
+        args: dict[str, Any] = {
+            "ImageId": image["ImageId"],
+            "MinCount": 1,
+            "MaxCount": 1,
+            "KeyName": key_name,
+            "SecurityGroupIds": [sg],
+            "BlockDeviceMappings": mappings,
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": tags},
+                {"ResourceType": "volume", "Tags": tags[:3]},
+            ],
+        }
+        data_gb = self.settings.get("data_volume_gb")
+        if data_gb:
+            mappings.append(
+                {
+                    "DeviceName": DATA_DEVICE,
+                    "Ebs": {
+                        "VolumeSize": int(data_gb),
+                        "VolumeType": "gp3",
+                        "DeleteOnTermination": not self.settings.get("keep_data_volume"),
+                    },
+                }
+            )
+            args["UserData"] = _data_volume_script(self.user)
+        return args
+
+    def _run(self, args: dict, itype: str, spot: bool) -> dict:
+        args = dict(args, InstanceType=itype, ClientToken=secrets.token_hex(16))
+        if spot:
+            args["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "persistent",
+                    "InstanceInterruptionBehavior": "stop",
+                },
+            }
+        try:
+            return self._call("run_instances", **args)["Instances"][0]
+        except BaseException as e:
+            if isinstance(e, self._client_error()):
+                raise
+            # The request may have reached EC2 (Ctrl-C, dropped connection): find it by its
+            # idempotency token and take it down again.
+            with suppress(Exception):
+                resp = self._call(
+                    "describe_instances",
+                    Filters=[{"Name": "client-token", "Values": [args["ClientToken"]]}],
+                )
+                for res in resp.get("Reservations", []):
+                    for inst in res.get("Instances", []):
+                        self._destroy_instance(inst)
+            raise
+
+    def create(self, spec: HostSpec, name: str) -> Host:
+        offers = self.offers(spec)
+        if not offers:
+            within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
+            raise VpError(
+                f"aws offers no {spec.gpus}x {spec.gpu or 'GPU'} instance{within}",
+                hint="vp offers -p aws lists what there is; raise max_price or pick another GPU",
+            )
+        ce = self._client_error()
+        try:
+            image = self._image()
+            sg = self._security_group()
+        except ce as e:
+            raise self._fail("preparing the launch", e) from e
+
+        kp = keys.new_keypair(f"aws-{name}-{secrets.token_hex(3)}")
+        key_name = kp.private_path.name
+        try:
+            self._call(
+                "import_key_pair",
+                KeyName=key_name,
+                PublicKeyMaterial=kp.public_key.encode(),
+                TagSpecifications=[
+                    {"ResourceType": "key-pair", "Tags": [{"Key": "vp:managed", "Value": "true"}]}
+                ],
+            )
+        except BaseException as e:
+            self._forget_key(kp.private_path)
+            if isinstance(e, ce):
+                raise self._fail("ImportKeyPair", e) from e
+            raise
+
+        inst = None
+        failures: list[str] = []
+        try:
+            args = self._launch_args(image, spec, name, sg, key_name, kp.private_path.name)
+            for offer in offers:
+                for spot in (True, False) if spec.spot else (False,):
+                    try:
+                        inst = self._run(args, offer.id, spot)
+                        break
+                    except ce as e:
+                        code = self._code(e)
+                        if code not in CAPACITY_ERRORS:
+                            raise self._fail("RunInstances", e) from e
+                        failures.append(f"{offer.id} {'spot' if spot else 'on-demand'}: {code}")
+                if inst is not None:
+                    break
+            if inst is None:
+                quota = any("Limit" in f or "Count" in f for f in failures)
+                raise VpError(
+                    f"aws has no capacity for {spec.gpus}x {spec.gpu or 'GPU'} in {self.region} "
+                    f"({'; '.join(failures)})",
+                    hint="request a quota increase in the Service Quotas console"
+                    if quota
+                    else "try another region ([aws] region) or another GPU type",
+                )
+        except BaseException:
+            if inst is None:
+                self._delete_key_pair(key_name, kp.private_path)
+            raise
+
+        host_id = inst["InstanceId"]
+        try:
+            host = self._host(inst)
+            if host.status == UNKNOWN:
+                host = self._get(host_id)
+            return host
+        except BaseException as e:
+            self._cleanup_after_failure(host_id, e)
+            raise
+
+    def _cleanup_after_failure(self, host_id: str, error: BaseException) -> None:
+        import sys
+
+        print(
+            f"vp: creating aws instance {host_id} failed ({type(error).__name__}); destroying it",
+            file=sys.stderr,
+        )
+        with suppress(Exception):
+            self.destroy(host_id)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self, host_id: str) -> Host:
+        try:
+            self._call("start_instances", InstanceIds=[host_id])
+        except self._client_error() as e:
+            if self._code(e) in NOT_FOUND:
+                raise HostGone(f"aws instance {host_id} does not exist") from e
+            raise self._fail("StartInstances", e) from e
+        return self._get(host_id)
+
+    def stop(self, host_id: str) -> None:
+        try:
+            self._call("stop_instances", InstanceIds=[host_id])
+        except self._client_error() as e:
+            if self._code(e) in NOT_FOUND:
+                raise HostGone(f"aws instance {host_id} does not exist") from e
+            raise self._fail("StopInstances", e) from e
+
+    def destroy(self, host_id: str) -> None:
+        inst = self._describe(host_id)
+        if inst is None:
+            return
+        self._destroy_instance(inst)
+
+    def _destroy_instance(self, inst: dict) -> None:
+        ce = self._client_error()
+        host_id = inst["InstanceId"]
+        # Cancel the persistent spot request first, or EC2 relaunches the instance.
+        if inst.get("SpotInstanceRequestId"):
+            try:
+                self._call(
+                    "cancel_spot_instance_requests",
+                    SpotInstanceRequestIds=[inst["SpotInstanceRequestId"]],
+                )
+            except ce as e:
+                if "NotFound" not in self._code(e):
+                    raise self._fail("CancelSpotInstanceRequests", e) from e
+        if inst.get("State", {}).get("Name") != "terminated":
+            try:
+                self._call("terminate_instances", InstanceIds=[host_id])
+            except ce as e:
+                if self._code(e) not in NOT_FOUND:
+                    raise self._fail("TerminateInstances", e) from e
+        tags = _tags(inst)
+        if inst.get("KeyName") and tags.get("vp:managed") == "true":
+            key_file = tags.get("vp:key")
+            self._delete_key_pair(inst["KeyName"], keys.keys_dir() / key_file if key_file else None)
+
+    def _delete_key_pair(self, key_name: str, private_path: Path | None) -> None:
+        with suppress(self._client_error()):
+            self._call("delete_key_pair", KeyName=key_name)
+        if private_path is not None:
+            self._forget_key(private_path)
+
+    @staticmethod
+    def _forget_key(private_path: Path) -> None:
+        for p in (private_path, private_path.with_suffix(".pub")):
+            with suppress(FileNotFoundError):
+                p.unlink()
+
+    def wait_ready(self, host_id: str, timeout: float) -> Host:
+        deadline = time.monotonic() + timeout
+        host = None
+        while True:
+            host = self._get(host_id)
+            if host.status == GONE:
+                raise HostGone(f"aws instance {host_id} is gone ({host.status})")
+            if host.status == RUNNING and host.ssh_host and ssh_banner(host.ssh_host, 22):
+                return host
+            if time.monotonic() >= deadline:
+                state = host.status if host.status != RUNNING else "running, ssh not answering"
+                raise VpError(
+                    f"aws instance {host_id} not ready after {timeout:.0f}s ({state})",
+                    hint="raise [host] ready_timeout, or vp down the host and try again",
+                )
+            time.sleep(min(self.poll_interval, max(0.05, deadline - time.monotonic())))
+
+
+def ssh_banner(address: str, port: int, timeout: float = 3.0) -> bool:
+    """True when something at address:port speaks SSH (sends an `SSH-` identification line)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
