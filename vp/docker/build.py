@@ -1,0 +1,553 @@
+"""Build the project's image, tagged by what goes into it, and push it only when the registry lacks
+that tag.
+
+The tag is a hash of the Dockerfile and of the build context as the engine would see it: the
+files `.dockerignore` leaves in, with their paths, permission bits, contents and symlink targets
+(not their times). So an unchanged project costs one engine lookup (and one registry lookup when
+pushing): no build, no push. The build context sent to the engine is packed by the same walk that
+computes the hash, reading every file once, so the tag always names what was actually built.
+
+The Docker SDK is imported inside functions: `vp --help` must not pay for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import io
+import json
+import os
+import re
+import stat
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from vp.docker.engine import (
+    DOCKER_HUB,
+    DOCKER_HUB_AUTH_KEY,
+    connect,
+    engine_address,
+    registry_host,
+    repository,
+)
+from vp.errors import UsageError, VpError
+
+if TYPE_CHECKING:
+    import docker
+
+Progress = Callable[[str], None]
+
+TAG_LENGTH = 12
+# Bump when the hashed record format changes, so old tags are never reused for new meanings.
+_HASH_SALT = b"vp-docker-context-v1\n"
+# Lines of build output kept for the hint when a build fails.
+_TAIL_LINES = 12
+# At most one "Pushing"/"Downloading" line per layer per this many seconds.
+_PROGRESS_INTERVAL = 1.0
+# What registries (and the engine relaying them) say when credentials are missing or wrong.
+_AUTH_WORDS = (
+    "unauthorized",
+    "authentication required",
+    "incorrect username or password",
+    "requested access to the resource is denied",
+    "insufficient_scope",
+)
+_STEP_RE = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[.*\].*)$")
+_BUILD_NOISE = re.compile(r"^\s*(---> |Removing intermediate container )")
+_REPO_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
+)
+
+
+# --- the content tag ------------------------------------------------------------------------
+
+
+def image_tag(context_dir: Path, dockerfile: str = "Dockerfile") -> str:
+    """Content hash of the Dockerfile + build context honouring .dockerignore (short hex)."""
+    context = _Context(Path(context_dir), dockerfile)
+    return context.pack(None)
+
+
+class _Context:
+    """The build context: the files `.dockerignore` leaves in, plus the Dockerfile (always sent,
+    like the docker CLI does, even when `.dockerignore` lists it)."""
+
+    def __init__(self, root: Path, dockerfile: str):
+        self.root = root.resolve()
+        if not self.root.is_dir():
+            raise VpError(
+                f"Docker build context {root} is not a directory",
+                hint="run vp from the project folder, or fix [docker] dockerfile",
+            )
+        path = Path(dockerfile)
+        if not path.is_absolute():
+            path = self.root / path
+        self.dockerfile = path
+        if not path.is_file():
+            raise VpError(
+                f"Dockerfile not found: {path}",
+                hint="create it (`vp init --docker` writes one) or set [docker] dockerfile",
+            )
+        try:
+            self.dockerfile_arcname = path.resolve().relative_to(self.root).as_posix()
+            self.dockerfile_inside = True
+        except ValueError:
+            self.dockerfile_arcname = ".vp.Dockerfile"
+            self.dockerfile_inside = False
+
+    def entries(self) -> list[str]:
+        """Relative posix paths (files, dirs, symlinks) the engine gets, sorted."""
+        from docker.utils.build import PatternMatcher
+
+        patterns = _read_dockerignore(self.root / ".dockerignore")
+        if self.dockerfile_inside:
+            patterns.append("!" + self.dockerfile_arcname)
+        matcher = PatternMatcher(patterns)
+        return sorted(p.replace(os.sep, "/") for p in matcher.walk(str(self.root)))
+
+    def pack(self, tar: tarfile.TarFile | None) -> str:
+        """Hash the context (and add it to `tar` when given); return the short hex tag."""
+        digest = hashlib.sha256(_HASH_SALT)
+        for rel in self.entries():
+            full = self.root / rel
+            try:
+                st = full.lstat()
+            except FileNotFoundError:
+                continue  # vanished while we walked
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISREG(st.st_mode):
+                file_digest = hashlib.sha256()
+                if tar is not None:
+                    info = _tarinfo(rel, st, tarfile.REGTYPE)
+                    with open(full, "rb") as f:
+                        tar.addfile(info, _HashingReader(f, file_digest))
+                else:
+                    with open(full, "rb") as f:
+                        for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                            file_digest.update(chunk)
+                record = f"f\0{rel}\0{mode:o}\0{file_digest.hexdigest()}"
+            elif stat.S_ISLNK(st.st_mode):
+                target = os.readlink(full)
+                if tar is not None:
+                    info = _tarinfo(rel, st, tarfile.SYMTYPE)
+                    info.linkname = target
+                    tar.addfile(info)
+                record = f"l\0{rel}\0{target}"
+            elif stat.S_ISDIR(st.st_mode):
+                if tar is not None:
+                    tar.addfile(_tarinfo(rel, st, tarfile.DIRTYPE))
+                record = f"d\0{rel}\0{mode:o}"
+            else:
+                continue  # sockets, fifos, devices: the docker CLI skips them too
+            digest.update(record.encode("utf-8", "surrogateescape") + b"\n")
+        content = self.dockerfile.read_bytes()
+        if tar is not None and not self.dockerfile_inside:
+            info = tarfile.TarInfo(self.dockerfile_arcname)
+            info.size = len(content)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(content))
+        record = f"D\0{self.dockerfile_arcname}\0{hashlib.sha256(content).hexdigest()}"
+        digest.update(record.encode("utf-8", "surrogateescape") + b"\n")
+        return digest.hexdigest()[:TAG_LENGTH]
+
+
+def _read_dockerignore(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return []
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _tarinfo(rel: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(rel)
+    info.type = kind
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.mtime = int(st.st_mtime) if 0 <= st.st_mtime < 8**11 else 0
+    info.size = st.st_size if kind == tarfile.REGTYPE else 0
+    info.uid = info.gid = 0
+    return info
+
+
+class _HashingReader:
+    """A file wrapper that hashes what tarfile reads from it."""
+
+    def __init__(self, f: IO[bytes], digest: Any):
+        self._f = f
+        self._digest = digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._digest.update(data)
+        return data
+
+
+# --- build and push -------------------------------------------------------------------------
+
+
+def ensure_image(
+    context_dir: Path,
+    *,
+    dockerfile: str,
+    image: str,
+    push: bool,
+    auth: dict | None,
+    progress: Progress | None = None,
+    docker_host: str | None = None,
+) -> str:
+    """Build `image:<hash>` unless that tag already exists (locally and, when push, in the
+    registry), push if needed; return the full ref. Unchanged project → no build and no push at
+    all.
+
+    `docker_host` selects the engine ("unix:///path/forwarded.sock", "ssh://user@host",
+    "tcp://…"; default: DOCKER_HOST or the local socket). With `push`, a tag the registry already
+    has is neither built nor pushed, even if this engine lacks it: the run host pulls it.
+    """
+    say = progress or (lambda line: None)
+    repo = _repository(image)
+    context = _Context(Path(context_dir), dockerfile)
+    ref = f"{repo}:{context.pack(None)}"
+    client = connect(docker_host)
+    try:
+        if push and _in_registry(client, ref, auth):
+            say(f"image {ref} is up to date in {registry_host(ref)}")
+            return ref
+        if _in_engine(client, ref):
+            say(f"image {ref} is up to date on {engine_address(docker_host)}")
+        else:
+            if push and auth:
+                _check_login(client, ref, auth)
+            ref = _build(client, context, repo, say)
+        if push:
+            _push(client, ref, auth, say)
+        return ref
+    finally:
+        client.close()
+
+
+def _repository(image: str) -> str:
+    if not image:
+        raise UsageError(
+            "no image name for the Docker build",
+            hint='set [docker] image, e.g. image = "ghcr.io/me/project"',
+        )
+    repo = repository(image.strip())
+    if not _REPO_RE.match(repo):
+        raise UsageError(
+            f"invalid image name '{image}'",
+            hint="use lowercase letters, digits, '.', '_', '-' and '/', e.g. ghcr.io/me/project",
+        )
+    return repo
+
+
+def _in_engine(client: docker.DockerClient, ref: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.api.inspect_image(ref)
+    except ImageNotFound:
+        return False
+    return True
+
+
+def _in_registry(client: docker.DockerClient, ref: str, auth: dict | None) -> bool:
+    """Whether the registry has `ref`. Auth errors count as "not known to be there": some
+    registries answer 401/denied for repositories that do not exist yet, and the credentials are
+    checked before building anyway."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        client.api.inspect_distribution(ref, auth_config=auth)
+    except NotFound:
+        return False
+    except APIError as exc:
+        if _is_auth_error(_api_message(exc)) or exc.status_code in (401, 403):
+            return False
+        raise VpError(
+            f"cannot look up {ref} in {registry_host(ref)}: {_api_message(exc)}",
+            hint="check the registry address in [docker] image and that the engine can reach it",
+        ) from None
+    return True
+
+
+def _check_login(client: docker.DockerClient, ref: str, auth: dict) -> None:
+    """Have the engine try the credentials before we spend minutes building."""
+    from docker.errors import APIError
+
+    if "identitytoken" in auth and "password" not in auth:
+        return  # the engine's /auth does not take identity tokens
+    try:
+        client.login(
+            username=auth.get("username", ""),
+            password=auth.get("password", ""),
+            registry=auth.get("serveraddress") or registry_host(ref),
+            reauth=True,
+        )
+    except APIError as exc:
+        message = _api_message(exc)
+        if exc.status_code in (401, 403) or _is_auth_error(message):
+            raise _unauthorized(ref, message) from None
+        raise VpError(
+            f"cannot log in to {registry_host(ref)}: {message}",
+            hint="check the registry address in [docker] image and that the engine can reach it",
+        ) from None
+
+
+def _build(client: docker.DockerClient, context: _Context, repo: str, say: Progress) -> str:
+    from docker.errors import APIError
+
+    with tempfile.TemporaryFile() as fileobj:
+        with tarfile.open(fileobj=fileobj, mode="w") as tar:
+            tag = context.pack(tar)
+        fileobj.seek(0)
+        ref = f"{repo}:{tag}"
+        say(f"building {ref}")
+        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+        step = ""
+        pulls = _LayerProgress(say)
+        partial = ""
+        try:
+            for chunk in client.api.build(
+                fileobj=fileobj,
+                custom_context=True,
+                dockerfile=context.dockerfile_arcname,
+                tag=ref,
+                rm=True,
+                forcerm=True,
+                decode=True,
+            ):
+                if "stream" in chunk:
+                    lines = (partial + chunk["stream"]).split("\n")
+                    partial = lines.pop()
+                    for line in lines:
+                        line = line.rstrip("\r")
+                        if not line.strip():
+                            continue
+                        if _STEP_RE.match(line.strip()):
+                            step = line.strip()
+                        tail.append(line)
+                        say(line)
+                elif "error" in chunk or "errorDetail" in chunk:
+                    if partial.strip():
+                        tail.append(partial)
+                    detail = chunk.get("errorDetail") or {}
+                    message = detail.get("message") or chunk.get("error") or "unknown error"
+                    raise _build_failed(context, step, message, tail)
+                elif "status" in chunk:
+                    pulls.update(chunk)
+        except APIError as exc:
+            raise _build_failed(context, step, _api_message(exc), tail) from None
+    return ref
+
+
+def _build_failed(
+    context: _Context, step: str, message: str, tail: collections.deque[str]
+) -> VpError:
+    reason = " ".join(message.split())
+    code = re.search(r"returned a non-zero code: (\d+)", reason)
+    reason = f" (exit {code.group(1)})" if code and step else f": {reason}"
+    where = f" at {step}" if step else ""
+    lines = "\n".join(f"  {line}" for line in tail if not _BUILD_NOISE.match(line))
+    hint = f"fix {context.dockerfile} and run again"
+    if lines:
+        hint = f"last build output:\n{lines}\n{hint}"
+    return VpError(f"docker build failed{where}{reason}", hint=hint)
+
+
+def _push(client: docker.DockerClient, ref: str, auth: dict | None, say: Progress) -> None:
+    from docker.errors import APIError
+
+    repo, _, tag = ref.rpartition(":")
+    say(f"pushing {ref}")
+    layers = _LayerProgress(say)
+    try:
+        for chunk in client.api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+            if "error" in chunk or "errorDetail" in chunk:
+                detail = chunk.get("errorDetail") or {}
+                message = detail.get("message") or chunk.get("error") or "unknown error"
+                if _is_auth_error(message):
+                    raise _unauthorized(ref, message)
+                raise VpError(
+                    f"push of {ref} to {registry_host(ref)} failed: {' '.join(message.split())}",
+                    hint="check that the registry is reachable from the engine and has room",
+                )
+            if "aux" in chunk and chunk["aux"].get("Digest"):
+                say(f"pushed {ref} ({chunk['aux']['Digest']})")
+            elif "status" in chunk:
+                layers.update(chunk)
+    except APIError as exc:
+        message = _api_message(exc)
+        if exc.status_code in (401, 403) or _is_auth_error(message):
+            raise _unauthorized(ref, message) from None
+        raise VpError(
+            f"push of {ref} to {registry_host(ref)} failed: {message}",
+            hint="check that the registry is reachable from the engine",
+        ) from None
+
+
+class _LayerProgress:
+    """Turns the engine's per-layer JSON status into plain lines, at most one per layer per
+    second while bytes move, every other status change as it comes."""
+
+    def __init__(self, say: Progress):
+        self.say = say
+        self.last: dict[str, float] = {}
+
+    def update(self, chunk: dict) -> None:
+        status = chunk.get("status", "")
+        layer = chunk.get("id")
+        if not layer:
+            if status:
+                self.say(status)
+            return
+        if status in ("Pushing", "Downloading", "Extracting"):
+            now = time.monotonic()
+            if now - self.last.get(layer, 0.0) < _PROGRESS_INTERVAL:
+                return
+            self.last[layer] = now
+            detail = chunk.get("progressDetail") or {}
+            done, total = detail.get("current"), detail.get("total")
+            amount = f"{_size(done)}/{_size(total)}" if done and total else _size(done or 0)
+            self.say(f"{layer}: {status} {amount}")
+        else:
+            self.say(f"{layer}: {status}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return str(n)
+
+
+def _api_message(exc: Exception) -> str:
+    explanation = getattr(exc, "explanation", None)
+    text = explanation if isinstance(explanation, str) and explanation else str(exc)
+    return " ".join(text.split())
+
+
+def _is_auth_error(message: str) -> bool:
+    lowered = message.lower()
+    return any(word in lowered for word in _AUTH_WORDS)
+
+
+def _unauthorized(ref: str, message: str) -> VpError:
+    registry = registry_host(ref)
+    return VpError(
+        f"registry {registry} refused vp's credentials: unauthorized",
+        hint=(
+            f"check [docker] username/password in the user config or VP_REGISTRY_USER/"
+            f"VP_REGISTRY_PASSWORD (or `docker login {registry}`), and that the account may push "
+            f"to {repository(ref)} ({' '.join(message.split())})"
+        ),
+    )
+
+
+# --- credentials ----------------------------------------------------------------------------
+
+
+def registry_auth(image: str, settings: dict) -> dict | None:
+    """Credentials: settings (user config [docker] username/password), env VP_REGISTRY_USER /
+    VP_REGISTRY_PASSWORD, or the user's ~/.docker/config.json (auths, base64).
+
+    The environment wins over the config file, field by field. Returns an auth config for the
+    Docker SDK (`username`, `password`, `serveraddress`, or `identitytoken`), or None when nothing
+    is configured: the SDK then uses what it finds itself, and public images need nothing.
+    """
+    registry = registry_host(image)
+    table = settings.get("docker") if isinstance(settings.get("docker"), dict) else settings
+    user = os.environ.get("VP_REGISTRY_USER") or table.get("username")
+    password = os.environ.get("VP_REGISTRY_PASSWORD") or table.get("password")
+    if user or password:
+        if not (user and password):
+            missing = "password" if user else "username"
+            raise UsageError(
+                f"registry {missing} missing for {registry}",
+                hint="set both [docker] username and password in the user config, or both "
+                "VP_REGISTRY_USER and VP_REGISTRY_PASSWORD",
+            )
+        return {"username": user, "password": password, "serveraddress": _server(registry)}
+    return _docker_config_auth(registry)
+
+
+def _server(registry: str) -> str:
+    return DOCKER_HUB_AUTH_KEY if registry == DOCKER_HUB else registry
+
+
+def _docker_config_path() -> Path:
+    base = os.environ.get("DOCKER_CONFIG")
+    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
+
+
+def _normalise_key(key: str) -> str:
+    key = re.sub(r"^https?://", "", key).split("/", 1)[0]
+    if key in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
+        return DOCKER_HUB
+    return key
+
+
+def _docker_config_auth(registry: str) -> dict | None:
+    path = _docker_config_path()
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
+    for key, entry in (config.get("auths") or {}).items():
+        if _normalise_key(key) != registry or not isinstance(entry, dict):
+            continue
+        if entry.get("identitytoken"):
+            return {"identitytoken": entry["identitytoken"], "serveraddress": _server(registry)}
+        user, password = entry.get("username"), entry.get("password")
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise VpError(
+                    f"cannot read the credentials for {registry} in {path}",
+                    hint=f"run `docker login {registry}` again",
+                ) from None
+        if user and password:
+            return {"username": user, "password": password, "serveraddress": _server(registry)}
+    if helper:
+        return _credential_helper(helper, registry)
+    return None
+
+
+def _credential_helper(helper: str, registry: str) -> dict | None:
+    """Ask a docker-credential-HELPER (the desktop keychain, pass, ecr-login…) for `registry`."""
+    for server in dict.fromkeys((_server(registry), registry, f"https://{registry}")):
+        try:
+            out = subprocess.run(
+                [f"docker-credential-{helper}", "get"],
+                input=server,
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0:
+            continue
+        try:
+            data = json.loads(out.stdout)
+        except ValueError:
+            continue
+        user, secret = data.get("Username"), data.get("Secret")
+        if not secret:
+            continue
+        if user == "<token>":
+            return {"identitytoken": secret, "serveraddress": _server(registry)}
+        return {"username": user, "password": secret, "serveraddress": _server(registry)}
+    return None

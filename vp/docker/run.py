@@ -1,0 +1,117 @@
+"""The shell text that runs the user's command inside the project's image on a VM host.
+
+The core runs this text inside its detached run wrapper, so streaming, exit codes and Ctrl-C work
+as for a plain command:
+- `docker run` stays attached (no `-d`): the command's output is docker's output, and docker's
+  exit status is the command's (125 when docker itself fails, 126/127 for a command the image
+  cannot run).
+- Ctrl-C: the wrapper's process group gets SIGINT; the attached `docker run` forwards it to the
+  container (`--sig-proxy` is the default) whose PID 1 is docker's init (`--init`), which passes
+  it on to `sh -c COMMAND`. Without an init, PID 1 ignores SIGINT and the container would keep
+  running. The container stops, `--rm` removes it, and the exit status is 130.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from vp.docker.engine import registry_host
+from vp.errors import UsageError
+
+CONTAINER_WORKDIR = "/workspace"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# dockerd implements `--gpus` with NVIDIA's prestart hook; a host where `nvidia` is a registered
+# runtime has the toolkit too. Probed on the host when the run starts, so one image and one
+# config work on CPU and GPU hosts alike.
+GPU_PROBE = (
+    "_vp_gpus=; if command -v nvidia-container-runtime-hook >/dev/null 2>&1 || "
+    "docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q nvidia; "
+    "then _vp_gpus='--gpus all'; fi"
+)
+
+
+def wrap_command(
+    command: str,
+    *,
+    image: str,
+    workdir: str,
+    env: dict[str, str],
+    gpus: bool | None = None,
+    name: str | None = None,
+    pull_auth: dict | None = None,
+) -> str:
+    """Shell text that runs `command` (shell text) inside the image:
+    `docker run --rm --init -v WORKDIR:/workspace -w /workspace [--gpus all] [-e KEY…] IMAGE
+    sh -c COMMAND`.
+
+    - `gpus`: True adds `--gpus all`, False never, None probes the host when the text runs.
+    - `env`: the keys go on docker's argv as `-e KEY`; the values reach docker through its
+      environment (shell assignments in front of it), never through any process's argv.
+    - `workdir`: the host folder mounted at /workspace; `~/…` and relative paths are expanded by
+      the host's shell.
+    - `name`: container name (e.g. `vp-RUNID`), so `docker kill NAME` can stop a run whose
+      docker client is gone.
+    - `pull_auth`: registry credentials (from `registry_auth`) for a host that has no login of
+      its own: the image is pulled first with a throwaway DOCKER_CONFIG, only if it is missing.
+      The password is fed to `docker login --password-stdin` by the shell's `printf` builtin.
+
+    Also on the command line: `--ipc=host` (PyTorch data loaders outgrow docker's 64 MB
+    /dev/shm) and `--network=host` (torch.distributed across nodes, `vp tunnel` to a server in
+    the container).
+    """
+    for key in env:
+        if not _ENV_NAME.match(key):
+            raise UsageError(
+                f"invalid environment variable name '{key}'",
+                hint="names in [env] use letters, digits and '_' and do not start with a digit",
+            )
+    run: list[str] = [shlex.quote(f"{key}={value}") for key, value in env.items()]
+    run += ["docker", "run", "--rm", "--init", "--ipc=host", "--network=host"]
+    if name:
+        run += ["--name", shlex.quote(name)]
+    run += ["-v", _host_path(workdir, f":{CONTAINER_WORKDIR}"), "-w", CONTAINER_WORKDIR]
+    if gpus is None:
+        run.append("$_vp_gpus")
+    elif gpus:
+        run += ["--gpus", "all"]
+    for key in env:
+        run += ["-e", key]
+    run += [shlex.quote(image), "sh", "-c", shlex.quote(command)]
+
+    parts: list[str] = []
+    if gpus is None:
+        parts.append(GPU_PROBE + ";")
+    if pull_auth:
+        parts.append(_pull(image, pull_auth) + " &&")
+    parts.append(" ".join(run))
+    return " ".join(parts)
+
+
+def _host_path(path: str, suffix: str) -> str:
+    """`path` + `suffix` as one shell word, letting the host's shell expand `~` and cwd."""
+    if path == "~" or path.startswith("~/"):
+        return '"$HOME"' + shlex.quote(path[1:] + suffix)
+    if not path.startswith("/"):
+        return '"$PWD"/' + shlex.quote(path + suffix)
+    return shlex.quote(path + suffix)
+
+
+def _pull(image: str, auth: dict) -> str:
+    """Pull `image` when the host's engine lacks it, logged in through a throwaway config dir."""
+    registry = auth.get("serveraddress") or registry_host(image)
+    user = auth.get("username")
+    secret = auth.get("password") or auth.get("identitytoken") or ""
+    if not user and auth.get("identitytoken"):
+        user = "<token>"
+    q = shlex.quote
+    return (
+        f"{{ docker image inspect {q(image)} >/dev/null 2>&1 || {{ "
+        "_vp_dc=$(mktemp -d) && "
+        f"_vp_out=$(printf '%s\\n' {q(secret)} | DOCKER_CONFIG=\"$_vp_dc\" docker login "
+        f"--username {q(user or '')} --password-stdin {q(registry)} 2>&1) && "
+        f'DOCKER_CONFIG="$_vp_dc" docker pull {q(image)} >&2; '
+        '_vp_rc=$?; [ "$_vp_rc" -eq 0 ] || printf \'%s\\n\' "$_vp_out" >&2; '
+        'rm -rf "$_vp_dc"; [ "$_vp_rc" -eq 0 ]; }; }'
+    )
