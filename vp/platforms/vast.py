@@ -1,0 +1,384 @@
+"""vast.ai: rent a container on the vast.ai marketplace through the `vastai` SDK.
+
+Hosts are vp's when their label is `vp-PROJECT`. Each host gets its own key pair, attached to
+that one instance (account keys would reach every later instance too). The SDK is imported
+only when a method needs it; `VAST_URL` is read here and passed as `server_url`, because the
+SDK reads it only once, at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from vp import keys
+from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+
+# actual_status -> vp state. `None` is "being provisioned" in vast's own table.
+STATUS: dict[str | None, str] = {
+    None: PENDING,
+    "created": PENDING,
+    "loading": PENDING,
+    "scheduling": PENDING,
+    "rebooting": PENDING,
+    "running": RUNNING,
+    "stopped": STOPPED,
+    "exited": STOPPED,
+    "frozen": STOPPED,
+    "unknown": UNKNOWN,
+    "offline": UNKNOWN,
+}
+
+DEFAULT_URL = "https://console.vast.ai"
+DEFAULT_IMAGE = "vastai/base-image:@vastai-automatic-tag"
+KEY_HINT = "set VAST_API_KEY, or put the key in ~/.config/vastai/vast_api_key"
+EXTRA_HINT = "pip install 'vp-runner[vast]'"
+CAPACITY_ERRORS = ("no_such_ask", "not available", "unavailable", "no longer")
+
+
+def create_platform(settings: dict[str, Any]) -> VastPlatform:
+    return VastPlatform(settings)
+
+
+class VastPlatform:
+    """vast.ai marketplace instances (containers), labelled `vp-PROJECT`."""
+
+    name = "vast"
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = dict(settings or {})
+        self.url = (os.environ.get("VAST_URL") or self.settings.get("url") or DEFAULT_URL).rstrip(
+            "/"
+        )
+        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
+        self._client: Any = None
+        self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+
+    # -- the Platform surface --------------------------------------------------------------------
+
+    def list(self, project: str | None = None) -> list[Host]:
+        rows = self._call("list instances", lambda c: c.show_instances())
+        wanted = f"vp-{project}" if project else None
+        hosts = []
+        for row in rows or []:
+            label = row.get("label") or ""
+            if (wanted and label == wanted) or (not wanted and label.startswith("vp-")):
+                hosts.append(self._host(row))
+        return hosts
+
+    def offers(self, spec: HostSpec) -> list[Offer]:
+        return [o for o in self._search(spec) if _affordable(o, spec)]
+
+    def create(self, spec: HostSpec, name: str) -> Host:
+        found = self._search(spec)
+        affordable = [o for o in found if _affordable(o, spec)]
+        if not affordable:
+            raise _no_offer(spec, found)
+        pair = keys.new_keypair(name)
+        image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
+        instance_id = None
+        last_error: VpError | None = None
+        try:
+            for offer in affordable[:3]:  # the cheapest may be rented away under us: try the next
+                try:
+                    result = self._call(
+                        "create an instance",
+                        lambda c, o=offer: c.create_instance(
+                            int(o.id),
+                            image=image,
+                            disk=spec.disk_gb,
+                            label=name,
+                            ssh=True,
+                            direct=True,
+                            price=o.price if spec.spot else None,
+                        ),
+                    )
+                except _Capacity as exc:
+                    last_error = exc
+                    continue
+                instance_id = str(result["new_contract"])
+                break
+        finally:
+            if instance_id is None:
+                _discard(pair.private_path)
+        if instance_id is None:
+            assert last_error is not None
+            raise VpError(
+                f"vast.ai has no capacity for {_describe(spec)}: {last_error.message}",
+                hint="try again, pick another gpu, or raise max_price",
+            )
+        try:
+            self._call(
+                "attach the ssh key", lambda c: c.attach_ssh(int(instance_id), pair.public_key)
+            )
+            self._key_paths[instance_id] = str(pair.private_path)
+            row = self._call("show the instance", lambda c: c.show_instance(int(instance_id)))
+            host = self._host(row) if row else self._placeholder(instance_id, name)
+            return host
+        except BaseException as exc:
+            self._destroy_after_failure(instance_id, exc)
+            raise  # unreachable: _destroy_after_failure raises
+
+    def start(self, host_id: str) -> Host:
+        self._call("start the instance", lambda c: c.start_instance(int(host_id)))
+        return self._get(host_id)
+
+    def stop(self, host_id: str) -> None:
+        self._call("stop the instance", lambda c: c.stop_instance(int(host_id)))
+
+    def destroy(self, host_id: str) -> None:
+        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+            self._call("destroy the instance", lambda c: c.destroy_instance(int(host_id)))
+
+    def wait_ready(self, host_id: str, timeout: float) -> Host:
+        deadline = time.monotonic() + timeout
+        while True:
+            host = self._get(host_id)
+            if host.status == GONE:
+                raise HostGone(f"vast instance {host_id} is gone")
+            if host.status == RUNNING and host.ssh_host and host.ssh_port:
+                left = max(0.5, min(5.0, deadline - time.monotonic()))
+                if _ssh_banner(host.ssh_host, host.ssh_port, left):
+                    return host
+            if time.monotonic() >= deadline:
+                raise VpError(
+                    f"vast instance {host_id} was not ready after {timeout:.0f}s "
+                    f"(status: {host.labels.get('vast_status') or 'provisioning'})",
+                    hint="raise [host] ready_timeout, or try another offer",
+                )
+            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _search(self, spec: HostSpec) -> list[Offer]:
+        query: dict[str, Any] = {
+            "num_gpus": {"eq": int(spec.gpus)},
+            "disk_space": {"gte": float(spec.disk_gb)},
+        }
+        if spec.cpus:
+            query["cpu_cores"] = {"gte": spec.cpus}
+        if spec.memory_gb:
+            query["cpu_ram"] = {"gte": spec.memory_gb * 1000}
+        rows = self._call(
+            "search offers",
+            lambda c: c.search_offers(
+                query=query,
+                type="bid" if spec.spot else "on-demand",
+                order="dph_total",
+                storage=float(spec.disk_gb),
+            ),
+        )
+        found = []
+        for row in rows or []:
+            if spec.gpu and spec.gpu.lower() not in str(row.get("gpu_name", "")).lower():
+                continue
+            price = row.get("min_bid") if spec.spot else row.get("dph_total")
+            if price is None:
+                continue
+            found.append(
+                Offer(
+                    platform="vast",
+                    id=str(row["id"]),
+                    gpu=str(row.get("gpu_name")),
+                    gpus=int(row.get("num_gpus") or 0),
+                    price=round(float(price), 4),
+                    region=row.get("geolocation"),
+                    spot=bool(spec.spot),
+                    extra={
+                        "disk_gb": row.get("disk_space"),
+                        "gpu_ram_gb": round((row.get("gpu_ram") or 0) / 1024, 1),
+                        "reliability": row.get("reliability"),
+                    },
+                )
+            )
+        return sorted(found, key=lambda o: o.price)
+
+    def _get(self, host_id: str) -> Host:
+        row = self._call("show the instance", lambda c: c.show_instance(int(host_id)))
+        if not row:
+            raise HostGone(f"vast instance {host_id} no longer exists")
+        return self._host(row)
+
+    def _host(self, row: dict) -> Host:
+        iid = str(row["id"])
+        actual = row.get("actual_status")
+        status = STATUS.get(actual, UNKNOWN)
+        if status == RUNNING and row.get("intended_status") == "stopped":
+            status = PENDING  # stopping
+        ssh_host, ssh_port = _endpoint(row) if status == RUNNING else (None, None)
+        label = row.get("label") or ""
+        labels = {"vast_status": str(actual or "provisioning")}
+        if label.startswith("vp-"):
+            labels["project"] = label[3:]
+        return Host(
+            id=iid,
+            name=label or f"vast-{iid}",
+            platform="vast",
+            status=status,
+            gpu=row.get("gpu_name"),
+            gpus=int(row.get("num_gpus") or 0),
+            price=row.get("dph_total"),
+            ssh_user=self.settings.get("user") or "root",
+            ssh_host=ssh_host,
+            ssh_port=ssh_port,
+            labels=labels,
+            key_path=self._key_paths.get(iid),
+            host_key_alias=f"vp-vast-{iid}",
+            created_at=row.get("start_date"),
+        )
+
+    def _placeholder(self, iid: str, name: str) -> Host:
+        return Host(
+            id=iid,
+            name=name,
+            platform="vast",
+            status=PENDING,
+            ssh_user=self.settings.get("user") or "root",
+            key_path=self._key_paths.get(iid),
+            host_key_alias=f"vp-vast-{iid}",
+        )
+
+    def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
+        """Destroy what the provider accepted, then re-raise `exc`, saying so."""
+        try:
+            self.destroy(instance_id)
+            done = f"destroyed the new vast instance {instance_id}"
+        except BaseException:  # noqa: BLE001 - report the original failure, not this one
+            done = f"could not destroy the new vast instance {instance_id}; run: vp cleanup"
+        path = self._key_paths.pop(instance_id, None)
+        if path:
+            _discard(Path(path))
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted while creating a vast.ai host; {done}") from None
+        if isinstance(exc, VpError):
+            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
+        raise VpError(f"creating a vast.ai host failed ({exc}); {done}") from None
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            key = self._api_key()
+            try:
+                from vastai.sdk import VastAI
+            except ImportError:
+                raise VpError(
+                    "the vast platform needs the vastai package", hint=EXTRA_HINT
+                ) from None
+            with contextlib.redirect_stdout(io.StringIO()):
+                self._client = VastAI(api_key=key, server_url=self.url, retry=3)
+        return self._client
+
+    def _api_key(self) -> str:
+        key = self.settings.get("api_key") or os.environ.get("VAST_API_KEY")
+        if not key:
+            config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+            for path in (Path(config) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
+                with contextlib.suppress(OSError):
+                    key = path.read_text().strip()
+                if key:
+                    break
+        if not key:
+            raise VpError("no vast.ai API key found", hint=KEY_HINT)
+        return key
+
+    def _call(self, what: str, fn: Any) -> Any:
+        """Run one SDK call with its stdout captured; turn its errors into one-line VpErrors."""
+        import requests
+
+        client = self._sdk()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return fn(client)
+        except requests.HTTPError as exc:
+            raise _http_error(what, exc.response) from None
+        except requests.RequestException as exc:
+            raise VpError(
+                f"cannot reach vast.ai at {self.url} to {what}: {type(exc).__name__}",
+                hint="check the network, or VAST_URL if you set it",
+            ) from None
+
+
+class _Capacity(VpError):
+    """The offer was rented by someone else or the machine has no room."""
+
+
+class _NotFound(VpError):
+    """The instance does not exist (any more)."""
+
+
+def _http_error(what: str, response: Any) -> VpError:
+    status = getattr(response, "status_code", 0)
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    msg = str(body.get("msg") or body.get("error") or getattr(response, "reason", "") or "")
+    code = str(body.get("error") or "")
+    if status in (401, 403):
+        return VpError(
+            "vast.ai rejected the API key (VAST_API_KEY)"
+            + (f": {msg}" if status == 403 and msg else ""),
+            hint=KEY_HINT,
+        )
+    text = f"{code} {msg}".lower()
+    if any(marker in text for marker in CAPACITY_ERRORS):
+        return _Capacity(msg or code)
+    if status == 404:
+        return _NotFound(f"vast.ai: {msg or 'not found'}")
+    return VpError(f"vast.ai could not {what}: {msg or 'error'} (HTTP {status})")
+
+
+def _endpoint(row: dict) -> tuple[str | None, int | None]:
+    """Direct `public_ipaddr` + the host port mapped to 22, else vast's ssh proxy."""
+    mapped = (row.get("ports") or {}).get("22/tcp") or []
+    ip = row.get("public_ipaddr")
+    if ip and mapped and mapped[0].get("HostPort"):
+        return str(ip).strip(), int(mapped[0]["HostPort"])
+    if row.get("ssh_host") and row.get("ssh_port"):
+        return str(row["ssh_host"]), int(row["ssh_port"])
+    return None, None
+
+
+def _affordable(offer: Offer, spec: HostSpec) -> bool:
+    return spec.max_price is None or offer.price <= spec.max_price
+
+
+def _describe(spec: HostSpec) -> str:
+    return f"{spec.gpus}x {spec.gpu or 'any GPU'}"
+
+
+def _no_offer(spec: HostSpec, found: list[Offer]) -> VpError:
+    if found:
+        cheapest = found[0]
+        return VpError(
+            f"no vast.ai offer for {_describe(spec)} at or below ${spec.max_price:.2f}/h; "
+            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
+            hint="raise [host] max_price or pick another gpu",
+        )
+    return VpError(
+        f"no vast.ai offer for {_describe(spec)} with {spec.disk_gb} GB disk",
+        hint="run `vp offers -p vast` to see what is available",
+    )
+
+
+def _discard(path: Path) -> None:
+    for p in (path, path.with_suffix(".pub")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _ssh_banner(host: str, port: int, timeout: float) -> bool:
+    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256).startswith(b"SSH-")
+    except OSError:
+        return False
