@@ -67,7 +67,7 @@ def wrap_command(
                 f"invalid environment variable name '{key}'",
                 hint="names in [env] use letters, digits and '_' and do not start with a digit",
             )
-    run: list[str] = [shlex.quote(f"{key}={value}") for key, value in env.items()]
+    run: list[str] = [f"{key}={shlex.quote(value)}" for key, value in env.items()]
     run += ["docker", "run", "--rm", "--init", "--ipc=host", "--network=host"]
     if name:
         run += ["--name", shlex.quote(name)]
