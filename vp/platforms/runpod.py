@@ -1,0 +1,387 @@
+"""RunPod: GPU pods through the `runpod` SDK (GraphQL underneath).
+
+Hosts are vp's when the pod is named `vp-PROJECT`. The key pair made for each pod reaches it as
+the `PUBLIC_KEY` env var (RunPod images append it to authorized_keys); the pod is created with
+`ports="22/tcp"` and a public IP so sshd gets a public port. The SDK never reads RUNPOD_API_KEY,
+so vp sets `runpod.api_key`; it reads RUNPOD_API_BASE_URL itself on every call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from vp import keys
+from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+
+# desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
+STATUS: dict[str, str] = {
+    "CREATED": PENDING,
+    "RESTARTING": PENDING,
+    "RUNNING": RUNNING,
+    "EXITED": STOPPED,
+    "PAUSED": STOPPED,
+    "DEAD": GONE,
+    "TERMINATED": GONE,
+}
+
+DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
+KEY_HINT = "set RUNPOD_API_KEY, or put api_key under [runpod] in ~/.config/vp/config.toml"
+EXTRA_HINT = "pip install 'vp-runner[runpod]'"
+CAPACITY_ERRORS = ("no longer any instances", "not enough free gpus", "no instances available")
+NOT_FOUND_ERRORS = ("not found", "could not find", "does not exist")
+
+GPU_QUERY = """
+query GpuTypes {
+  gpuTypes {
+    id
+    displayName
+    memoryInGb
+    maxGpuCount
+    lowestPrice(input: {gpuCount: %d}) {
+      minimumBidPrice
+      uninterruptablePrice
+      stockStatus
+    }
+  }
+}
+"""
+
+
+def create_platform(settings: dict[str, Any]) -> RunPodPlatform:
+    return RunPodPlatform(settings)
+
+
+class RunPodPlatform:
+    """RunPod GPU pods, named `vp-PROJECT`."""
+
+    name = "runpod"
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = dict(settings or {})
+        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
+        self._sdk_module: Any = None
+        self._key_paths: dict[str, str] = {}  # pod id -> key made for it in this process
+
+    # -- the Platform surface --------------------------------------------------------------------
+
+    def list(self, project: str | None = None) -> list[Host]:
+        pods = self._call("list pods", lambda rp: rp.get_pods())
+        wanted = f"vp-{project}" if project else None
+        hosts = []
+        for pod in pods or []:
+            name = str(pod.get("name") or "")
+            if (wanted and name == wanted) or (not wanted and name.startswith("vp-")):
+                hosts.append(self._host(pod))
+        return hosts
+
+    def offers(self, spec: HostSpec) -> list[Offer]:
+        return [o for o in self._search(spec) if _affordable(o, spec)]
+
+    def create(self, spec: HostSpec, name: str) -> Host:
+        found = self._search(spec)
+        affordable = [o for o in found if _affordable(o, spec)]
+        if not affordable:
+            raise _no_offer(spec, found)
+        image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
+        _check_literal("pod name", name)
+        _check_literal("image", image)
+        pair = keys.new_keypair(name)
+        pod_id = None
+        last_error: VpError | None = None
+        try:
+            _check_literal("public key", pair.public_key)
+            for offer in affordable[:3]:
+                try:
+                    result = self._call(
+                        "create a pod",
+                        lambda rp, o=offer: rp.create_pod(
+                            name=name,
+                            image_name=image,
+                            gpu_type_id=o.id,
+                            cloud_type=self.settings.get("cloud_type", "ALL"),
+                            support_public_ip=True,
+                            start_ssh=True,
+                            gpu_count=int(spec.gpus),
+                            container_disk_in_gb=int(self.settings.get("container_disk_gb", 20)),
+                            volume_in_gb=int(spec.disk_gb),
+                            volume_mount_path="/workspace",
+                            ports="22/tcp",
+                            env={"PUBLIC_KEY": pair.public_key},
+                        ),
+                    )
+                except _Capacity as exc:
+                    last_error = exc
+                    continue
+                pod_id = str(result["id"])
+                break
+        finally:
+            if pod_id is None:
+                _discard(pair.private_path)
+        if pod_id is None:
+            assert last_error is not None
+            raise VpError(
+                f"RunPod has no capacity for {_describe(spec)}: {last_error.message}",
+                hint="try again, pick another gpu, or raise max_price",
+            )
+        try:
+            self._key_paths[pod_id] = str(pair.private_path)
+            host = self._get(pod_id)
+            if spec.max_price is not None and host.price and host.price > spec.max_price:
+                raise VpError(
+                    f"RunPod placed the pod at ${host.price:.2f}/h, above max_price "
+                    f"${spec.max_price:.2f}/h"
+                )
+            return host
+        except BaseException as exc:
+            self._destroy_after_failure(pod_id, exc)
+            raise
+
+    def start(self, host_id: str) -> Host:
+        pod = self._pod(host_id)
+        count = int(pod.get("gpuCount") or 1)
+        self._call("resume the pod", lambda rp: rp.resume_pod(host_id, count))
+        return self._get(host_id)
+
+    def stop(self, host_id: str) -> None:
+        self._call("stop the pod", lambda rp: rp.stop_pod(host_id))
+
+    def destroy(self, host_id: str) -> None:
+        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+            self._call("terminate the pod", lambda rp: rp.terminate_pod(host_id))
+
+    def wait_ready(self, host_id: str, timeout: float) -> Host:
+        deadline = time.monotonic() + timeout
+        while True:
+            host = self._get(host_id)
+            if host.status == GONE:
+                raise HostGone(f"RunPod pod {host_id} is gone")
+            if host.status == RUNNING and host.ssh_host and host.ssh_port:
+                left = max(0.5, min(5.0, deadline - time.monotonic()))
+                if _ssh_banner(host.ssh_host, host.ssh_port, left):
+                    return host
+            if time.monotonic() >= deadline:
+                raise VpError(
+                    f"RunPod pod {host_id} was not ready after {timeout:.0f}s "
+                    f"(status: {host.labels.get('runpod_status', 'unknown')})",
+                    hint="raise [host] ready_timeout, or try another gpu",
+                )
+            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _search(self, spec: HostSpec) -> list[Offer]:
+        from_sdk = self._call(
+            "list GPU types",
+            lambda rp: _graphql(rp, GPU_QUERY % int(spec.gpus))["data"]["gpuTypes"],
+        )
+        found = []
+        for gpu in from_sdk or []:
+            names = f"{gpu.get('id')} {gpu.get('displayName')}".lower()
+            if spec.gpu and spec.gpu.lower() not in names:
+                continue
+            if gpu.get("maxGpuCount") and spec.gpus > gpu["maxGpuCount"]:
+                continue
+            lowest = gpu.get("lowestPrice") or {}
+            per_gpu = lowest.get("uninterruptablePrice")
+            if not per_gpu:
+                continue  # not in stock for this count
+            found.append(
+                Offer(
+                    platform="runpod",
+                    id=str(gpu["id"]),
+                    gpu=str(gpu.get("displayName") or gpu["id"]),
+                    gpus=int(spec.gpus),
+                    price=round(float(per_gpu) * spec.gpus, 4),
+                    extra={
+                        "gpu_ram_gb": gpu.get("memoryInGb"),
+                        "stock": lowest.get("stockStatus"),
+                    },
+                )
+            )
+        return sorted(found, key=lambda o: o.price)
+
+    def _pod(self, host_id: str) -> dict:
+        pod = self._call("look up the pod", lambda rp: rp.get_pod(host_id))
+        if not pod:
+            raise HostGone(f"RunPod pod {host_id} no longer exists")
+        return pod
+
+    def _get(self, host_id: str) -> Host:
+        return self._host(self._pod(host_id))
+
+    def _host(self, pod: dict) -> Host:
+        pod_id = str(pod["id"])
+        desired = str(pod.get("desiredStatus") or "")
+        runtime = pod.get("runtime")
+        status = STATUS.get(desired, UNKNOWN)
+        if status == RUNNING and not runtime:
+            status = PENDING  # the container is not up yet
+        elif status == STOPPED and runtime:
+            status = PENDING  # stopping
+        ssh_host = ssh_port = None
+        if status == RUNNING:
+            for port in (runtime or {}).get("ports") or []:
+                if port.get("privatePort") == 22 and port.get("isIpPublic"):
+                    ssh_host, ssh_port = str(port["ip"]), int(port["publicPort"])
+                    break
+            if ssh_host is None:
+                status = PENDING  # no public ssh port (yet)
+        name = str(pod.get("name") or f"runpod-{pod_id}")
+        labels = {"runpod_status": desired or "unknown"}
+        if name.startswith("vp-"):
+            labels["project"] = name[3:]
+        return Host(
+            id=pod_id,
+            name=name,
+            platform="runpod",
+            status=status,
+            gpu=(pod.get("machine") or {}).get("gpuDisplayName"),
+            gpus=int(pod.get("gpuCount") or 0),
+            price=pod.get("costPerHr"),
+            ssh_user=self.settings.get("user") or "root",
+            ssh_host=ssh_host,
+            ssh_port=ssh_port,
+            labels=labels,
+            key_path=self._key_paths.get(pod_id),
+            host_key_alias=f"vp-runpod-{pod_id}",
+        )
+
+    def _destroy_after_failure(self, pod_id: str, exc: BaseException) -> None:
+        """Terminate what the provider accepted, then re-raise `exc`, saying so."""
+        try:
+            self.destroy(pod_id)
+            done = f"destroyed the new RunPod pod {pod_id}"
+        except BaseException:  # noqa: BLE001 - report the original failure, not this one
+            done = f"could not destroy the new RunPod pod {pod_id}; run: vp cleanup"
+        path = self._key_paths.pop(pod_id, None)
+        if path:
+            _discard(Path(path))
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted while creating a RunPod host; {done}") from None
+        if isinstance(exc, VpError):
+            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
+        raise VpError(f"creating a RunPod host failed ({exc}); {done}") from None
+
+    def _sdk(self) -> Any:
+        if self._sdk_module is None:
+            key = self._api_key()
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):
+                    import runpod
+            except ImportError:
+                raise VpError(
+                    "the runpod platform needs the runpod package", hint=EXTRA_HINT
+                ) from None
+            self._sdk_module = runpod
+            self._key = key
+        self._sdk_module.api_key = self._key  # module-global in the SDK: set before every call
+        return self._sdk_module
+
+    def _api_key(self) -> str:
+        key = self.settings.get("api_key") or os.environ.get("RUNPOD_API_KEY")
+        if not key:  # the SDK's own credentials file, as `runpod config` writes it
+            with contextlib.suppress(OSError, ValueError):
+                data = tomllib.loads((Path.home() / ".runpod" / "config.toml").read_text())
+                key = (data.get("default") or {}).get("api_key")
+        if not key:
+            raise VpError("no RunPod API key found", hint=KEY_HINT)
+        return str(key)
+
+    def _call(self, what: str, fn: Any) -> Any:
+        """Run one SDK call with its stdout captured; turn its errors into one-line VpErrors."""
+        import requests
+
+        rp = self._sdk()
+        from runpod import error as rp_error
+
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return fn(rp)
+        except rp_error.AuthenticationError:
+            raise VpError("RunPod rejected the API key (RUNPOD_API_KEY)", hint=KEY_HINT) from None
+        except rp_error.QueryError as exc:
+            message = _one_line(str(exc.message or exc))
+            lowered = message.lower()
+            if any(marker in lowered for marker in CAPACITY_ERRORS):
+                raise _Capacity(message) from None
+            if any(marker in lowered for marker in NOT_FOUND_ERRORS):
+                raise _NotFound(f"RunPod: {message}") from None
+            raise VpError(f"RunPod could not {what}: {message}") from None
+        except requests.RequestException as exc:
+            base = os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io")
+            raise VpError(
+                f"cannot reach RunPod at {base} to {what}: {type(exc).__name__}",
+                hint="check the network, or RUNPOD_API_BASE_URL if you set it",
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:  # SDK-side validation, odd answers
+            raise VpError(f"RunPod could not {what}: {_one_line(str(exc))}") from None
+
+
+class _Capacity(VpError):
+    """No machine has the GPUs free right now."""
+
+
+class _NotFound(VpError):
+    """The pod does not exist (any more)."""
+
+
+def _graphql(rp: Any, query: str) -> dict:
+    from runpod.api.graphql import run_graphql_query
+
+    return run_graphql_query(query, api_key=rp.api_key)
+
+
+def _check_literal(what: str, value: str) -> None:
+    """The SDK pastes values into its GraphQL text unescaped: refuse what would break out."""
+    if any(c in value for c in '"\\\n\r'):
+        raise VpError(f"the {what} {value!r} cannot contain quotes, backslashes or newlines")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _affordable(offer: Offer, spec: HostSpec) -> bool:
+    return spec.max_price is None or offer.price <= spec.max_price
+
+
+def _describe(spec: HostSpec) -> str:
+    return f"{spec.gpus}x {spec.gpu or 'any GPU'}"
+
+
+def _no_offer(spec: HostSpec, found: list[Offer]) -> VpError:
+    if found:
+        cheapest = found[0]
+        return VpError(
+            f"no RunPod GPU for {_describe(spec)} at or below ${spec.max_price:.2f}/h; "
+            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
+            hint="raise [host] max_price or pick another gpu",
+        )
+    return VpError(
+        f"no RunPod GPU type matches {_describe(spec)}",
+        hint="run `vp offers -p runpod` to see what is available",
+    )
+
+
+def _discard(path: Path) -> None:
+    for p in (path, path.with_suffix(".pub")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _ssh_banner(host: str, port: int, timeout: float) -> bool:
+    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256).startswith(b"SSH-")
+    except OSError:
+        return False
