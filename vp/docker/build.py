@@ -58,7 +58,7 @@ _AUTH_WORDS = (
     "requested access to the resource is denied",
     "insufficient_scope",
 )
-_STEP_RE = re.compile(r"^(Step \d+/\d+ : .*|#\d+ \[.*\].*)$")
+_STEP_RE = re.compile(r"^Step \d+/\d+ : ")
 _BUILD_NOISE = re.compile(r"^\s*(---> |Removing intermediate container )")
 _REPO_RE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -302,63 +302,133 @@ def _check_login(client: docker.DockerClient, ref: str, auth: dict) -> None:
 
 
 def _build(client: docker.DockerClient, context: _Context, repo: str, say: Progress) -> str:
-    from docker.errors import APIError
+    """Pack the context, build it as `repo:<hash of what was packed>`, return that ref.
 
+    BuildKit (the engine's `version=2` builder, which Dockerfiles with `RUN --mount=type=cache`,
+    heredocs or `COPY --chmod` need) unless DOCKER_BUILDKIT=0 or the engine refuses it; then the
+    classic builder.
+    """
     with tempfile.TemporaryFile() as fileobj:
         with tarfile.open(fileobj=fileobj, mode="w") as tar:
             tag = context.pack(tar)
-        fileobj.seek(0)
         ref = f"{repo}:{tag}"
         say(f"building {ref}")
-        tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-        step = ""
-        pulls = _LayerProgress(say)
-        partial = ""
-        try:
-            for chunk in client.api.build(
-                fileobj=fileobj,
-                custom_context=True,
-                dockerfile=context.dockerfile_arcname,
-                tag=ref,
-                rm=True,
-                forcerm=True,
-                decode=True,
-            ):
-                if "stream" in chunk:
-                    lines = (partial + chunk["stream"]).split("\n")
-                    partial = lines.pop()
-                    for line in lines:
-                        line = line.rstrip("\r")
-                        if not line.strip():
-                            continue
-                        if _STEP_RE.match(line.strip()):
-                            step = line.strip()
-                        tail.append(line)
-                        say(line)
-                elif "error" in chunk or "errorDetail" in chunk:
-                    if partial.strip():
-                        tail.append(partial)
-                    detail = chunk.get("errorDetail") or {}
-                    message = detail.get("message") or chunk.get("error") or "unknown error"
-                    raise _build_failed(context, step, message, tail)
-                elif "status" in chunk:
-                    pulls.update(chunk)
-        except APIError as exc:
-            raise _build_failed(context, step, _api_message(exc), tail) from None
+        if os.environ.get("DOCKER_BUILDKIT", "1") != "0":
+            fileobj.seek(0)
+            if _build_buildkit(client, fileobj, context, ref, say):
+                return ref
+            say("the engine has no BuildKit; using the classic builder")
+        fileobj.seek(0)
+        _build_classic(client, fileobj, context, ref, say)
     return ref
 
 
-def _build_failed(
-    context: _Context, step: str, message: str, tail: collections.deque[str]
-) -> VpError:
+def _build_buildkit(
+    client: docker.DockerClient, fileobj: IO[bytes], context: _Context, ref: str, say: Progress
+) -> bool:
+    """Build with the engine's BuildKit, the context sent as the request body (no session,
+    so no `--mount=type=secret|ssh`). False if the engine will not do BuildKit builds."""
+    from docker.errors import APIError
+
+    from vp.docker.buildkit import Trace
+
+    api = client.api
+    params = {
+        "t": ref,
+        "dockerfile": context.dockerfile_arcname,
+        "version": "2",
+        "rm": "1",
+        "forcerm": "1",
+    }
+    headers = {"Content-Type": "application/x-tar"}
+    api._set_auth_headers(headers)  # base images from private registries
+    response = api._post(
+        api._url("/build"), data=fileobj, params=params, headers=headers, stream=True
+    )
+    try:
+        api._raise_for_status(response)
+    except APIError:
+        response.close()
+        return False
+    trace = Trace(say)
+    pulls = _LayerProgress(say)
+    try:
+        for chunk in api._stream_helper(response, decode=True):
+            if chunk.get("id") == "moby.buildkit.trace":
+                trace.feed(chunk.get("aux") or "")
+            elif "error" in chunk or "errorDetail" in chunk:
+                raise _build_failed(
+                    context, trace.failed_step or "", _chunk_error(chunk), trace.failed_output()
+                )
+            elif "stream" in chunk:
+                for line in chunk["stream"].splitlines():
+                    if line.strip():
+                        say(line)
+            elif "status" in chunk:
+                pulls.update(chunk)
+    except APIError as exc:
+        raise _build_failed(
+            context, trace.failed_step or "", _api_message(exc), trace.failed_output()
+        ) from None
+    return True
+
+
+def _build_classic(
+    client: docker.DockerClient, fileobj: IO[bytes], context: _Context, ref: str, say: Progress
+) -> None:
+    from docker.errors import APIError
+
+    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    step = ""
+    pulls = _LayerProgress(say)
+    partial = ""
+    try:
+        for chunk in client.api.build(
+            fileobj=fileobj,
+            custom_context=True,
+            dockerfile=context.dockerfile_arcname,
+            tag=ref,
+            rm=True,
+            forcerm=True,
+            decode=True,
+        ):
+            if "stream" in chunk:
+                lines = (partial + chunk["stream"]).split("\n")
+                partial = lines.pop()
+                for line in lines:
+                    line = line.rstrip("\r")
+                    if not line.strip():
+                        continue
+                    if _STEP_RE.match(line.strip()):
+                        step = line.strip()
+                        tail.clear()
+                    if not _BUILD_NOISE.match(line):
+                        tail.append(line)
+                    say(line)
+            elif "error" in chunk or "errorDetail" in chunk:
+                if partial.strip():
+                    tail.append(partial)
+                raise _build_failed(context, step, _chunk_error(chunk), list(tail))
+            elif "status" in chunk:
+                pulls.update(chunk)
+    except APIError as exc:
+        raise _build_failed(context, step, _api_message(exc), list(tail)) from None
+
+
+def _chunk_error(chunk: dict) -> str:
+    detail = chunk.get("errorDetail") or {}
+    return detail.get("message") or chunk.get("error") or "unknown error"
+
+
+def _build_failed(context: _Context, step: str, message: str, tail: list[str]) -> VpError:
     reason = " ".join(message.split())
-    code = re.search(r"returned a non-zero code: (\d+)", reason)
+    code = re.search(r"(?:returned a non-zero code|exit code): (\d+)", reason)
     reason = f" (exit {code.group(1)})" if code and step else f": {reason}"
     where = f" at {step}" if step else ""
-    lines = "\n".join(f"  {line}" for line in tail if not _BUILD_NOISE.match(line))
+    lines = "\n".join(f"  {line}" for line in tail)
     hint = f"fix {context.dockerfile} and run again"
     if lines:
-        hint = f"last build output:\n{lines}\n{hint}"
+        hint = f"last output of the step:\n{lines}\n{hint}"
     return VpError(f"docker build failed{where}{reason}", hint=hint)
 
 
