@@ -32,7 +32,6 @@ import socket
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -281,7 +280,7 @@ def _create_netns() -> tuple[str, str, str]:
 
 # ---------------------------------------------------------------------------- the host
 
-_live_hosts: weakref.WeakSet[SshHost] = weakref.WeakSet()
+_live_hosts: set[SshHost] = set()  # closed at exit if a test forgot
 
 
 @atexit.register

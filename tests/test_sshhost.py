@@ -134,9 +134,12 @@ def test_restart_keeps_host_key_and_port_and_ends_sessions(
     assert (result.returncode, result.stdout) == (0, "again\n"), result.stderr
 
 
-def test_stop_leaves_no_sshd_or_session_processes(make_ssh_host, tmp_path: Path) -> None:
-    host = make_ssh_host()
-    marker = f"sleep {host.port}.5"  # unique to this test
+@pytest.mark.parametrize("netns", [False, True], ids=["loopback", "netns"])
+def test_stop_leaves_no_sshd_or_session_processes(
+    make_ssh_host, tmp_path: Path, netns: bool
+) -> None:
+    host = make_ssh_host(netns=netns)
+    marker = f"sleep {abs(hash(host.root)) % 10**6}.5"  # unique to this test
     # A daemonized child (own session, parent gone) and a tmux server must die with sshd.
     result = ssh(
         host,
