@@ -1,0 +1,284 @@
+"""Thunder Compute REST emulator (base URL ends in /v1, as TNR_API_URL does for vp).
+
+Wire format from Thunder's published OpenAPI document and its Go CLI (github.com/Thunder-Compute/
+thunder-cli, `api/client.go`, `pkg/types/types.go`): `Authorization: Bearer TOKEN`;
+GET /v1/instances/list -> {ID: {uuid, name, status, ip (null until RUNNING), port, gpuType,
+numGpus (string), cpuCores, mode, template, storage, createdAt, ...}};
+POST /v1/instances/create {cpu_cores, gpu_type, num_gpus, mode, template, disk_size_gb,
+public_key?} -> {uuid, identifier, key (a server-made private key when no public_key was sent)};
+POST /v1/instances/{id}/start|stop|delete|add_key; GET /v1/pricing -> {"pricing":
+{"h100_x1_prototyping": $/h, "disk_gb": ..., ...}}; GET /v1/specs -> {"specs": {KEY: {displayName,
+gpuCount, mode, vcpuOptions, storageGB: {min, max}, ...}}}; GET /v1/status -> {"specs": {KEY:
+"available"|...}}. Errors are {"error": CODE, "message": TEXT, "code": STATUS}.
+
+Statuses: PROVISIONING -> RUNNING; STOPPING -> STOPPED; STARTING -> RUNNING. The sshd keeps its
+port across a stop/start here (a real instance may come back on another ip/port).
+The exact wording of Thunder's "no capacity" answer is not published; this emulator answers 409
+with error "gpu_unavailable".
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .common import Emulator, Request, Response
+
+DEFAULT_PRICING = {
+    "t4_x1_prototyping": 0.27,
+    "a6000_x1_prototyping": 0.57,
+    "a100xl_x1_prototyping": 0.78,
+    "a100xl_x2_prototyping": 1.56,
+    "h100_x1_prototyping": 1.38,
+    "a100xl_x1_production": 1.79,
+    "h100_x1_production": 2.19,
+    "h100_x8_production": 17.52,
+    "additional_vcpus": 0.02,
+    "disk_gb": 0.0002,
+    "ephemeral_disk_gb": 0.0001,
+}
+
+DISPLAY = {
+    "t4": "NVIDIA T4",
+    "a6000": "RTX A6000",
+    "a100xl": "NVIDIA A100 (80GB)",
+    "h100": "NVIDIA H100",
+}
+
+CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)_(?P<mode>prototyping|production)$")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(status, {"error": code, "message": message, "code": status})
+
+
+class ThunderEmulator(Emulator):
+    provider = "thunder"
+
+    def __init__(self, workdir: Path, *, pricing: dict[str, float] | None = None, **kwargs):
+        super().__init__(workdir, **kwargs)
+        self.pricing = dict(pricing or DEFAULT_PRICING)
+        self.unavailable: set[str] = set()  # config keys /v1/status reports as not available
+        # Behave like an API that makes its own key pair and returns the private half.
+        self.ignore_public_key = False
+        self._ids = itertools.count(0)
+
+    def specs(self) -> dict:
+        out = {}
+        for key in self.pricing:
+            m = CONFIG_KEY.match(key)
+            if not m:
+                continue
+            count, production = int(m["count"]), m["mode"] == "production"
+            out[key] = {
+                "displayName": DISPLAY.get(m["gpu"], m["gpu"].upper()),
+                "vramGB": 80 if m["gpu"] in ("h100", "a100xl") else 48,
+                "gpuCount": count,
+                "mode": m["mode"],
+                "vcpuOptions": [18 * count] if production else [4 * count, 8 * count],
+                "ramPerVCPUGiB": 5 if production else 8,
+                "storageGB": {"min": 100, "max": 1000 if production else 500},
+                "ephemeralStorageGB": {"min": 0, "max": 1000},
+            }
+        return out
+
+    def handle(self, req: Request) -> Response:
+        if not self.authorized(req):
+            return _error(401, "unauthorized", "Invalid or expired token")
+        path = req.path
+        if not path.startswith("/v1/"):
+            return _error(404, "not_found", "Not Found")
+        path = path[3:]
+        if path == "/instances/list" and req.method == "GET":
+            with self.lock:
+                return Response(200, {iid: self._view(i) for iid, i in self.instances.items()})
+        if path == "/instances/create" and req.method == "POST":
+            return self.create(req.json or {})
+        if (m := re.fullmatch(r"/instances/([^/]+)/(start|stop|delete|add_key)", path)) and (
+            req.method == "POST"
+        ):
+            return getattr(self, f"action_{m[2]}")(m[1], req.json or {})
+        if path == "/pricing" and req.method == "GET":
+            return Response(200, {"pricing": dict(self.pricing)})
+        if path == "/specs" and req.method == "GET":
+            return Response(200, {"specs": self.specs()})
+        if path == "/status" and req.method == "GET":
+            avail = {
+                k: ("unavailable" if k in self.unavailable else "available") for k in self.specs()
+            }
+            return Response(200, {"gpu_type": {}, "specs": avail})
+        if path == "/auth/validate" and req.method == "GET":
+            return Response(200, {"valid": True, "email": "test@example.com"})
+        return _error(404, "not_found", f"{req.method} {req.path} not found")
+
+    # -- instances ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _view(inst: dict) -> dict:
+        return {k: v for k, v in inst.items() if not k.startswith("_")}
+
+    def create(self, body: dict) -> Response:
+        required = ("cpu_cores", "disk_size_gb", "gpu_type", "mode", "num_gpus", "template")
+        missing = [f for f in required if body.get(f) in (None, "")]
+        if missing:
+            return _error(400, "invalid_request", f"missing required fields: {', '.join(missing)}")
+        key = f"{body['gpu_type']}_x{body['num_gpus']}_{body['mode']}"
+        spec = self.specs().get(key)
+        if spec is None:
+            return _error(400, "invalid_config", f"GPU configuration {key} is not offered")
+        if body["cpu_cores"] not in spec["vcpuOptions"]:
+            return _error(
+                400, "invalid_vcpus", f"cpu_cores must be one of {spec['vcpuOptions']} for {key}"
+            )
+        if not spec["storageGB"]["min"] <= body["disk_size_gb"] <= spec["storageGB"]["max"]:
+            return _error(400, "invalid_disk", "disk_size_gb out of range")
+        if self.capacity_error or key in self.unavailable:
+            return _error(
+                409,
+                "gpu_unavailable",
+                f"No {body['gpu_type']} x{body['num_gpus']} capacity is available in "
+                f"{body['mode']} mode right now. Try another GPU type or try again later.",
+            )
+        iid = str(next(self._ids))
+        public_key = "" if self.ignore_public_key else (body.get("public_key") or "").strip()
+        private_key = None
+        if not public_key:
+            public_key, private_key = self._server_keypair(iid)
+        with self.lock:
+            self.instances[iid] = {
+                "uuid": uuid.uuid4().hex[:8],
+                "name": f"instance-{iid}",
+                "status": "PROVISIONING",
+                "ip": None,
+                "port": 22,
+                "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "storage": body["disk_size_gb"],
+                "ephemeralDiskGB": body.get("ephemeral_disk_gb") or 0,
+                "cpuCores": str(body["cpu_cores"]),
+                "memory": str(body["cpu_cores"] * spec["ramPerVCPUGiB"]),
+                "template": body["template"],
+                "gpuType": body["gpu_type"],
+                "numGpus": str(body["num_gpus"]),
+                "mode": body["mode"],
+                "promoted": False,
+                "k8s": True,
+                "httpPorts": [],
+                "sshPublicKeys": [public_key],
+            }
+        self.new_host(iid, [public_key])
+        self._boot(iid, "PROVISIONING")
+        return Response(
+            200, {"uuid": self.instances[iid]["uuid"], "identifier": int(iid), "key": private_key}
+        )
+
+    def _server_keypair(self, iid: str) -> tuple[str, str]:
+        path = self.workdir / f"server-key-{iid}-{secrets.token_hex(3)}"
+        subprocess.run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"thunder-{iid}",
+                "-f",
+                str(path),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return path.with_suffix(".pub").read_text().strip(), path.read_text()
+
+    def _boot(self, iid: str, phase: str) -> None:
+        if self.never_ready:
+            return  # stays PROVISIONING / STARTING
+
+        def up() -> None:
+            with self.lock:
+                inst = self.instances.get(iid)
+                if not inst or inst["status"] != phase:
+                    return
+            host = self.sshd_up(iid)
+            with self.lock:
+                inst = self.instances.get(iid)
+                if inst and host is not None and inst["status"] == phase:
+                    inst.update(status="RUNNING", ip=host.address, port=host.port)
+
+        self.after(self.boot_delay, up)
+
+    def _instance(self, iid: str) -> dict | None:
+        return self.instances.get(iid)
+
+    def action_stop(self, iid: str, body: dict) -> Response:
+        with self.lock:
+            inst = self._instance(iid)
+            if inst is None:
+                return _error(404, "instance_not_found", "Instance not found")
+            if inst["status"] != "RUNNING":
+                return _error(400, "invalid_state", f"Instance is {inst['status']}, not RUNNING")
+            inst["status"] = "STOPPING"
+
+        def down() -> None:
+            self.sshd_down(iid)
+            with self.lock:
+                inst = self.instances.get(iid)
+                if inst and inst["status"] == "STOPPING":
+                    inst.update(status="STOPPED", ip=None)
+
+        self.after(self.stop_delay, down)
+        return Response(200, {"message": f"Instance {iid} is stopping"})
+
+    def action_start(self, iid: str, body: dict) -> Response:
+        with self.lock:
+            inst = self._instance(iid)
+            if inst is None:
+                return _error(404, "instance_not_found", "Instance not found")
+            if inst["status"] != "STOPPED":
+                return _error(400, "invalid_state", f"Instance is {inst['status']}, not STOPPED")
+            inst["status"] = "STARTING"
+        self._boot(iid, "STARTING")
+        return Response(200, {"message": f"Instance {iid} is starting"})
+
+    def action_delete(self, iid: str, body: dict) -> Response:
+        with self.lock:
+            if self.instances.pop(iid, None) is None:
+                return _error(
+                    404, "instance_not_found", "Instance not found or not supported for deletion"
+                )
+        self.sshd_gone(iid)
+        return Response(200, {"message": f"Instance {iid} deleted"})
+
+    def action_add_key(self, iid: str, body: dict) -> Response:
+        with self.lock:
+            inst = self._instance(iid)
+            if inst is None:
+                return _error(404, "instance_not_found", "Instance not found")
+        public_key = (body.get("public_key") or "").strip()
+        private_key = None
+        if not public_key:
+            public_key, private_key = self._server_keypair(iid)
+        with self.lock:
+            inst["sshPublicKeys"].append(public_key)
+            host = self.hosts.get(iid)
+        if host is not None:
+            host.add_authorized_key(public_key)
+        return Response(200, {"uuid": inst["uuid"], "key": private_key, "success": True})
+
+
+@pytest.fixture
+def thunder_emulator(tmp_path):
+    emulator = ThunderEmulator(tmp_path / "thunder-emulator")
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.close()

@@ -1,0 +1,406 @@
+"""Thunder Compute: GPU VMs through Thunder's REST API, with a small client of our own.
+
+The `tnr` Python package is deprecated and its pins conflict with `runpod`, so this module
+speaks HTTP itself (urllib; nothing to import at start-up). Thunder instances cannot carry a
+label, so `list()` returns every instance on the account and the caller tells vp's own apart
+through its state DB. Each instance gets the public half of a key pair vp made for it; if the
+API answers with a server-made private key instead, that key is stored 0600 in its place.
+The ip and port are null until the instance is RUNNING and may change on every start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from vp import __version__, keys
+from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+
+# Thunder's instance statuses -> vp state.
+STATUS: dict[str, str] = {
+    "PROVISIONING": PENDING,
+    "QUEUED": PENDING,
+    "PENDING": PENDING,
+    "STARTING": PENDING,
+    "RUNNING": RUNNING,
+    "STOPPING": PENDING,
+    "STOPPED": STOPPED,
+    "MODIFYING": PENDING,
+    "SNAPPING": PENDING,
+    "RESTORING": PENDING,
+    "MIGRATING": PENDING,
+    "DELETING": GONE,
+    "UNKNOWN": UNKNOWN,
+}
+
+DEFAULT_URL = "https://api.thundercompute.com:8443/v1"
+DEFAULT_TEMPLATE = "base"
+TOKEN_HINT = "set TNR_API_TOKEN, or put the token in ~/.thunder/token"
+CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)_(?P<mode>[a-z]+)$")
+CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
+
+
+def create_platform(settings: dict[str, Any]) -> ThunderPlatform:
+    return ThunderPlatform(settings)
+
+
+class ThunderPlatform:
+    """Thunder Compute instances (VMs; user `ubuntu`)."""
+
+    name = "thunder"
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = dict(settings or {})
+        self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.get("url"))
+        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
+        self._token: str | None = None
+        self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+
+    # -- the Platform surface --------------------------------------------------------------------
+
+    def list(self, project: str | None = None) -> list[Host]:
+        # No labels on Thunder: every instance is returned; vp's state DB says which are vp's.
+        listing = self._request("GET", "/instances/list", what="list instances") or {}
+        return [self._host(iid, item) for iid, item in sorted(listing.items(), key=_by_id)]
+
+    def offers(self, spec: HostSpec) -> list[Offer]:
+        return [o for o in self._search(spec) if _affordable(o, spec)]
+
+    def create(self, spec: HostSpec, name: str) -> Host:
+        found = self._search(spec)
+        affordable = [o for o in found if _affordable(o, spec)]
+        if not affordable:
+            raise _no_offer(spec, found)
+        offer = affordable[0]
+        pair = keys.new_keypair(name)
+        body = {
+            "cpu_cores": offer.extra["cpu_cores"],
+            "gpu_type": offer.extra["gpu_type"],
+            "num_gpus": offer.gpus,
+            "mode": offer.extra["mode"],
+            "template": self.settings.get("template") or DEFAULT_TEMPLATE,
+            "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
+            "public_key": pair.public_key,
+        }
+        try:
+            result = self._request("POST", "/instances/create", body, what="create an instance")
+        except _Capacity as exc:
+            _discard(pair.private_path)
+            raise VpError(
+                f"Thunder Compute has no capacity for {offer.gpus}x {offer.gpu} "
+                f"({offer.extra['mode']}): {exc.message}",
+                hint="try again, pick another gpu, or raise max_price",
+            ) from None
+        except BaseException:
+            _discard(pair.private_path)
+            raise
+        identifier = (result or {}).get("identifier")
+        if identifier is None:
+            _discard(pair.private_path)
+            raise VpError(
+                "Thunder Compute accepted the create but returned no instance id",
+                hint="check `vp ls -p thunder` and destroy the instance if one appeared",
+            )
+        instance_id = str(identifier)
+        try:
+            server_key = (result or {}).get("key")
+            if server_key:  # the API made its own pair: keep its private half, 0600
+                _write_private(pair.private_path, server_key)
+            self._key_paths[instance_id] = str(pair.private_path)
+            return self._get(instance_id)
+        except BaseException as exc:
+            self._destroy_after_failure(instance_id, exc)
+            raise
+
+    def start(self, host_id: str) -> Host:
+        self._request("POST", f"/instances/{host_id}/start", {}, what="start the instance")
+        return self._get(host_id)
+
+    def stop(self, host_id: str) -> None:
+        self._request("POST", f"/instances/{host_id}/stop", {}, what="stop the instance")
+
+    def destroy(self, host_id: str) -> None:
+        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+            self._request("POST", f"/instances/{host_id}/delete", {}, what="delete the instance")
+
+    def wait_ready(self, host_id: str, timeout: float) -> Host:
+        deadline = time.monotonic() + timeout
+        while True:
+            host = self._get(host_id)
+            if host.status == GONE:
+                raise HostGone(f"Thunder Compute instance {host_id} is gone")
+            if host.status == RUNNING and host.ssh_host and host.ssh_port:
+                left = max(0.5, min(5.0, deadline - time.monotonic()))
+                if _ssh_banner(host.ssh_host, host.ssh_port, left):
+                    return host
+            if time.monotonic() >= deadline:
+                raise VpError(
+                    f"Thunder Compute instance {host_id} was not ready after {timeout:.0f}s "
+                    f"(status: {host.labels.get('thunder_status', 'unknown')})",
+                    hint="raise [host] ready_timeout, or try another gpu",
+                )
+            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _search(self, spec: HostSpec) -> list[Offer]:
+        pricing = (self._request("GET", "/pricing", what="read prices") or {}).get("pricing") or {}
+        specs = self._optional("/specs").get("specs") or {}
+        availability = self._optional("/status").get("specs") or {}
+        wanted_mode = self.settings.get("mode")
+        found = []
+        for key, rate in pricing.items():
+            m = CONFIG_KEY.match(key)
+            if not m or int(m["count"]) != spec.gpus:
+                continue
+            if wanted_mode and m["mode"] != wanted_mode:
+                continue
+            if availability and availability.get(key, "available") != "available":
+                continue
+            config = specs.get(key) or {}
+            display = str(config.get("displayName") or m["gpu"].upper())
+            if spec.gpu and spec.gpu.lower() not in f"{m['gpu']} {display}".lower():
+                continue
+            storage = config.get("storageGB") or {}
+            if storage.get("max") and spec.disk_gb > storage["max"]:
+                continue
+            vcpus = config.get("vcpuOptions") or [4 * spec.gpus]
+            cpus = next((v for v in vcpus if spec.cpus and v >= spec.cpus), vcpus[0])
+            disk = max(int(spec.disk_gb), int(storage.get("min") or 0))
+            # As Thunder's CLI prices it: the GPU config, plus disk beyond the 100 GB included.
+            price = float(rate) + max(0, disk - 100) * float(pricing.get("disk_gb") or 0)
+            extra_cpus = max(0, cpus - vcpus[0]) * float(pricing.get("additional_vcpus") or 0)
+            found.append(
+                Offer(
+                    platform="thunder",
+                    id=key,
+                    gpu=display,
+                    gpus=int(m["count"]),
+                    price=round(price + extra_cpus, 4),
+                    extra={
+                        "gpu_type": m["gpu"],
+                        "mode": m["mode"],
+                        "cpu_cores": cpus,
+                        "min_disk_gb": storage.get("min"),
+                        "gpu_ram_gb": config.get("vramGB"),
+                    },
+                )
+            )
+        return sorted(found, key=lambda o: o.price)
+
+    def _optional(self, path: str) -> dict:
+        """GET something that only refines offers; its absence is not an error."""
+        try:
+            result = self._request("GET", path, what=f"read {path}")
+        except (_NotFound, _ServerError):
+            return {}
+        return result if isinstance(result, dict) else {}
+
+    def _get(self, host_id: str) -> Host:
+        listing = self._request("GET", "/instances/list", what="list instances") or {}
+        item = listing.get(str(host_id))
+        if item is None:
+            raise HostGone(f"Thunder Compute instance {host_id} no longer exists")
+        return self._host(str(host_id), item)
+
+    def _host(self, iid: str, item: dict) -> Host:
+        raw = str(item.get("status") or "UNKNOWN").upper()
+        status = STATUS.get(raw, UNKNOWN)
+        ip = item.get("ip")
+        port = item.get("port") or 22
+        if status == RUNNING and not ip:
+            status = PENDING
+        return Host(
+            id=iid,
+            name=str(item.get("name") or f"thunder-{iid}"),
+            platform="thunder",
+            status=status,
+            gpu=item.get("gpuType"),
+            gpus=int(item.get("numGpus") or 0),
+            ssh_user=self.settings.get("user") or "ubuntu",
+            ssh_host=str(ip) if status == RUNNING else None,
+            ssh_port=int(port) if status == RUNNING else None,
+            labels={"thunder_status": raw, "mode": str(item.get("mode") or "")},
+            key_path=self._key_paths.get(iid),
+            host_key_alias=f"vp-thunder-{iid}",
+        )
+
+    def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
+        """Delete what the provider accepted, then re-raise `exc`, saying so."""
+        try:
+            self.destroy(instance_id)
+            done = f"deleted the new Thunder Compute instance {instance_id}"
+        except BaseException:  # noqa: BLE001 - report the original failure, not this one
+            done = (
+                f"could not delete the new Thunder Compute instance {instance_id}; run: vp cleanup"
+            )
+        path = self._key_paths.pop(instance_id, None)
+        if path:
+            _discard(Path(path))
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(
+                f"interrupted while creating a Thunder Compute host; {done}"
+            ) from None
+        if isinstance(exc, VpError):
+            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
+        raise VpError(f"creating a Thunder Compute host failed ({exc}); {done}") from None
+
+    def _api_token(self) -> str:
+        if self._token:
+            return self._token
+        token = self.settings.get("token") or os.environ.get("TNR_API_TOKEN")
+        thunder_dir = Path.home() / ".thunder"
+        if not token:
+            with contextlib.suppress(OSError):
+                token = (thunder_dir / "token").read_text().strip()
+        if not token:  # what Thunder's Go CLI writes on `tnr login`
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                token = json.loads((thunder_dir / "cli_config.json").read_text()).get("token")
+        if not token:
+            raise VpError("no Thunder Compute API token found", hint=TOKEN_HINT)
+        self._token = str(token)
+        return self._token
+
+    def _request(self, method: str, path: str, body: Any = None, *, what: str) -> Any:
+        """One API call; errors become one-line VpErrors that never contain the token."""
+        token = self._api_token()
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                "User-Agent": f"vp/{__version__}",
+            },
+        )
+        attempts = 3 if method == "GET" else 1
+        for attempt in range(attempts):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    raw = response.read()
+                break
+            except urllib.error.HTTPError as exc:
+                status, raw = exc.code, exc.read()
+                if status in (429, 502, 503, 504) and attempt + 1 < attempts:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise _http_error(what, status, raw) from None
+            except (urllib.error.URLError, OSError) as exc:
+                if attempt + 1 < attempts:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                reason = getattr(exc, "reason", exc)
+                raise VpError(
+                    f"cannot reach Thunder Compute at {self.url} to {what}: {reason}",
+                    hint="check the network, or TNR_API_URL if you set it",
+                ) from None
+        if not raw.strip():
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise VpError(f"Thunder Compute sent a malformed answer to {what}") from None
+
+
+class _Capacity(VpError):
+    """No GPU of that configuration is free right now."""
+
+
+class _NotFound(VpError):
+    """The instance (or endpoint) does not exist."""
+
+
+class _ServerError(VpError):
+    """A 5xx from the API."""
+
+
+def _http_error(what: str, status: int, raw: bytes) -> VpError:
+    message = ""
+    code = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        body = json.loads(raw)
+        message = str(body.get("message") or body.get("error") or "")
+        code = str(body.get("error") or "")
+    if not message:
+        message = " ".join(raw.decode(errors="replace").split())[:200]
+    if status == 401:
+        return VpError("Thunder Compute rejected the API token (TNR_API_TOKEN)", hint=TOKEN_HINT)
+    if status == 403:
+        return VpError(f"Thunder Compute refused to {what}: {message}", hint=TOKEN_HINT)
+    if any(marker in f"{code} {message}".lower() for marker in CAPACITY_ERRORS):
+        return _Capacity(message)
+    if status == 404:
+        return _NotFound(f"Thunder Compute: {message or 'not found'}")
+    if status >= 500:
+        return _ServerError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
+    return VpError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
+
+
+def _base_url(value: str | None) -> str:
+    """TNR_API_URL includes /v1; Thunder's Go CLI uses the bare origin, so accept both."""
+    url = (value or DEFAULT_URL).rstrip("/")
+    if urlsplit(url).path in ("", "/"):
+        url += "/v1"
+    return url
+
+
+def _by_id(entry: tuple[str, Any]) -> tuple[int, str]:
+    iid = entry[0]
+    return (int(iid), iid) if iid.isdigit() else (1 << 62, iid)
+
+
+def _affordable(offer: Offer, spec: HostSpec) -> bool:
+    return spec.max_price is None or offer.price <= spec.max_price
+
+
+def _no_offer(spec: HostSpec, found: list[Offer]) -> VpError:
+    wanted = f"{spec.gpus}x {spec.gpu or 'any GPU'}"
+    if found:
+        cheapest = found[0]
+        return VpError(
+            f"no Thunder Compute offer for {wanted} at or below ${spec.max_price:.2f}/h; "
+            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
+            hint="raise [host] max_price or pick another gpu",
+        )
+    return VpError(
+        f"no Thunder Compute offer for {wanted}",
+        hint="run `vp offers -p thunder` to see what is available",
+    )
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    os.chmod(path, 0o600)
+    with contextlib.suppress(OSError):  # its public half no longer matches
+        path.with_suffix(".pub").unlink()
+
+
+def _discard(path: Path) -> None:
+    for p in (path, path.with_suffix(".pub")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _ssh_banner(host: str, port: int, timeout: float) -> bool:
+    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256).startswith(b"SSH-")
+    except OSError:
+        return False
