@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,34 @@ def make_project(root: Path, base: str = "vp-test/busybox:latest", run: str = "t
     (root / "data").mkdir()
     (root / "Dockerfile").write_text(f"FROM {base}\nCOPY src /app/src\nRUN {run}\n")
     (root / "src" / "main.sh").write_text("echo main\n")
+    # Content of its own: concurrent identical builds share BuildKit steps, and only one of
+    # them gets to report the shared steps.
+    (root / "src" / "id.txt").write_text(uuid.uuid4().hex)
     (root / "data" / "big.bin").write_bytes(b"\0" * 1000)
     (root / ".dockerignore").write_text("data/\n*.log\n")
     return root
 
 
+_created: list[str] = []
+
+
 def unique(name: str) -> str:
-    return f"vp-test/{name}-{uuid.uuid4().hex[:8]}"
+    """A repository name of this test's own (removed from the engine after the test)."""
+    repo = f"vp-test/{name}-{uuid.uuid4().hex[:8]}"
+    _created.append(repo)
+    return repo
+
+
+@pytest.fixture(autouse=True)
+def _remove_test_images() -> Iterator[None]:
+    yield
+    names, _created[:] = list(_created), []
+    if not names or shutil.which("docker") is None:
+        return
+    listed = engine("images", "--format", "{{.Repository}}:{{.Tag}}", check=False).stdout
+    refs = [ref for ref in listed.split() if any(name in ref for name in names)]
+    if refs:
+        engine("rmi", "-f", *refs, check=False)
 
 
 def engine(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -114,7 +114,7 @@ class Trace:
         digest = _text(v.get(1, []))
         name = _text(v.get(3, [])) or self.names.get(digest, digest[:19])
         self.names[digest] = name
-        if (v.get(5) or _int(v.get(4, []))) and digest not in self.started:
+        if (v.get(5) or v.get(6) or _int(v.get(4, []))) and digest not in self.started:
             self.started.add(digest)
             self.say(f"CACHED {name}" if _int(v.get(4, [])) else name)
         error = _text(v.get(7, []))
