@@ -119,6 +119,24 @@ def test_tag_follows_the_context_dockerignore_and_dockerfile(tmp_path: Path) -> 
     assert image_tag(project) != before
 
 
+def test_tag_cache_never_hides_a_change(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digests are cached by size/mtime/ctime/inode; same-size edits with the old mtime put
+    back are still seen."""
+    from vp.docker import build
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(build._DigestCache, "RACY_SECONDS", -1.0)  # cache even fresh files
+    project = make_project(tmp_path / "p")
+    main = project / "src" / "main.sh"
+    tag = image_tag(project)
+    assert list((tmp_path / "cache" / "vp" / "docker-context").glob("*.json"))
+    assert image_tag(project) == tag
+    st = main.stat()
+    main.write_text("echo MAIN\n")  # same size
+    os.utime(main, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image_tag(project) != tag
+
+
 def test_dockerignore_exceptions_and_ignored_dockerfile(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p")
     (project / "data" / "keep.txt").write_text("a")

@@ -113,8 +113,12 @@ class _Context:
         return sorted(p.replace(os.sep, "/") for p in matcher.walk(str(self.root)))
 
     def pack(self, tar: tarfile.TarFile | None) -> str:
-        """Hash the context (and add it to `tar` when given); return the short hex tag."""
+        """Hash the context (and add it to `tar` when given); return the short hex tag.
+
+        Without `tar`, file contents whose size, mtime, ctime and inode match the last walk of
+        this context come from a small cache, so the warm path does not reread large files."""
         digest = hashlib.sha256(_HASH_SALT)
+        cache = _DigestCache(self.root)
         for rel in self.entries():
             full = self.root / rel
             try:
@@ -122,31 +126,33 @@ class _Context:
             except FileNotFoundError:
                 continue  # vanished while we walked
             mode = stat.S_IMODE(st.st_mode)
-            if stat.S_ISREG(st.st_mode):
-                file_digest = hashlib.sha256()
-                if tar is not None:
-                    info = _tarinfo(rel, st, tarfile.REGTYPE)
-                    with open(full, "rb") as f:
-                        tar.addfile(info, _HashingReader(f, file_digest))
+            try:
+                if stat.S_ISREG(st.st_mode):
+                    content = cache.get(rel, st) if tar is None else None
+                    if content is None:
+                        content = self._file_digest(full, rel, st, tar)
+                    cache.put(rel, st, content)
+                    record = f"f\0{rel}\0{mode:o}\0{content}"
+                elif stat.S_ISLNK(st.st_mode):
+                    target = os.readlink(full)
+                    if tar is not None:
+                        info = _tarinfo(rel, st, tarfile.SYMTYPE)
+                        info.linkname = target
+                        tar.addfile(info)
+                    record = f"l\0{rel}\0{target}"
+                elif stat.S_ISDIR(st.st_mode):
+                    if tar is not None:
+                        tar.addfile(_tarinfo(rel, st, tarfile.DIRTYPE))
+                    record = f"d\0{rel}\0{mode:o}"
                 else:
-                    with open(full, "rb") as f:
-                        for chunk in iter(lambda f=f: f.read(1 << 20), b""):
-                            file_digest.update(chunk)
-                record = f"f\0{rel}\0{mode:o}\0{file_digest.hexdigest()}"
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(full)
-                if tar is not None:
-                    info = _tarinfo(rel, st, tarfile.SYMTYPE)
-                    info.linkname = target
-                    tar.addfile(info)
-                record = f"l\0{rel}\0{target}"
-            elif stat.S_ISDIR(st.st_mode):
-                if tar is not None:
-                    tar.addfile(_tarinfo(rel, st, tarfile.DIRTYPE))
-                record = f"d\0{rel}\0{mode:o}"
-            else:
-                continue  # sockets, fifos, devices: the docker CLI skips them too
+                    continue  # sockets, fifos, devices: the docker CLI skips them too
+            except OSError as exc:
+                raise VpError(
+                    f"cannot read {full} for the Docker build context: {exc.strerror or exc}",
+                    hint="fix its permissions, or list it in .dockerignore",
+                ) from None
             digest.update(record.encode("utf-8", "surrogateescape") + b"\n")
+        cache.save()
         content = self.dockerfile.read_bytes()
         if tar is not None and not self.dockerfile_inside:
             info = tarfile.TarInfo(self.dockerfile_arcname)
@@ -156,6 +162,66 @@ class _Context:
         record = f"D\0{self.dockerfile_arcname}\0{hashlib.sha256(content).hexdigest()}"
         digest.update(record.encode("utf-8", "surrogateescape") + b"\n")
         return digest.hexdigest()[:TAG_LENGTH]
+
+    @staticmethod
+    def _file_digest(full: Path, rel: str, st: os.stat_result, tar: tarfile.TarFile | None) -> str:
+        file_digest = hashlib.sha256()
+        with open(full, "rb") as f:
+            if tar is not None:
+                tar.addfile(_tarinfo(rel, st, tarfile.REGTYPE), _HashingReader(f, file_digest))
+            else:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    file_digest.update(chunk)
+        return file_digest.hexdigest()
+
+
+class _DigestCache:
+    """Content digests of the context's files from the last walk, keyed by path and checked
+    against size, mtime, ctime and inode. Files modified within the last seconds are not
+    cached (a write in the same timestamp tick would go unnoticed). Best effort: a cache that
+    cannot be read or written is simply not used."""
+
+    RACY_SECONDS = 2.0
+
+    def __init__(self, root: Path):
+        base = os.environ.get("XDG_CACHE_HOME")
+        cache_dir = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+        key = hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        self.path = cache_dir / "vp" / "docker-context" / f"{key}.json"
+        self.old: dict[str, list] = {}
+        self.new: dict[str, list] = {}
+        self.now = time.time()
+        try:
+            data = json.loads(self.path.read_text())
+            if isinstance(data, dict):
+                self.old = data
+        except (OSError, ValueError):
+            pass
+
+    @staticmethod
+    def _signature(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def get(self, rel: str, st: os.stat_result) -> str | None:
+        entry = self.old.get(rel)
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == self._signature(st):
+            return entry[1]
+        return None
+
+    def put(self, rel: str, st: os.stat_result, content: str) -> None:
+        if self.now - max(st.st_mtime, st.st_ctime) > self.RACY_SECONDS:
+            self.new[rel] = [self._signature(st), content]
+
+    def save(self) -> None:
+        if self.new == self.old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.new, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
 
 
 def _read_dockerignore(path: Path) -> list[str]:
