@@ -22,6 +22,7 @@ from vp.docker import (
     FREE_BYTES_SHELL,
     check_disk,
     ensure_image,
+    image_size,
     image_tag,
     parse_free_bytes,
     registry_auth,
@@ -210,6 +211,17 @@ def test_build_push_pull_and_run(tmp_path: Path, registry: Registry, busybox_ima
     assert run.stdout.splitlines()[:2] == ["hi", "echo main"]
     assert (workspace / "out.txt").read_text() == secret
     assert not (home / ".docker").exists()  # the login did not outlive the pull
+    assert image_size(ref) > 1_000_000  # busybox, for check_disk on the run host
+
+    # A wrong password on the run host fails before running anything, and says why.
+    engine("rmi", ref)
+    bad = wrap_command(
+        "echo ran", image=ref, workdir=str(workspace), env={}, gpus=False,
+        pull_auth={**registry.auth, "password": "wrong"},
+    )  # fmt: skip
+    run = subprocess.run(["sh", "-c", bad], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "ran" not in run.stdout
+    assert "unauthorized" in run.stderr.lower()
 
 
 def test_unchanged_project_neither_builds_nor_pushes(
@@ -575,6 +587,28 @@ def test_registry_auth_from_a_credential_helper(
         "password": "from-helper",
         "serveraddress": "registry.example.com:5000",
     }
+
+
+@pytest.mark.parametrize(
+    ("image", "registry_name", "repo"),
+    [
+        ("ghcr.io/me/app:v1", "ghcr.io", "ghcr.io/me/app"),
+        ("me/app", "docker.io", "me/app"),
+        ("ubuntu:22.04", "docker.io", "ubuntu"),
+        ("localhost/app", "localhost", "localhost/app"),
+        ("127.0.0.1:5000/team/app:abc", "127.0.0.1:5000", "127.0.0.1:5000/team/app"),
+        (
+            "reg.example.com:443/a/b@sha256:" + "0" * 64,
+            "reg.example.com:443",
+            "reg.example.com:443/a/b",
+        ),
+    ],
+)
+def test_image_names(image: str, registry_name: str, repo: str) -> None:
+    from vp.docker.engine import registry_host, repository
+
+    assert registry_host(image) == registry_name
+    assert repository(image) == repo
 
 
 def test_check_disk() -> None:
