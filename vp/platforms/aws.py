@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vp import keys
-from vp.errors import HostGone, VpError
+from vp.errors import HostGone, Interrupted, VpError
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 
 NAME = "aws"
@@ -158,7 +158,10 @@ class AwsPlatform:
             session = boto3.session.Session(
                 profile_name=self.settings.get("profile") or None, region_name=self.region
             )
-            config = Config(connect_timeout=10, read_timeout=60, retries={"mode": "standard"})
+            timeout = float(self.settings.get("api_timeout") or 60)
+            config = Config(
+                connect_timeout=min(timeout, 10), read_timeout=timeout, retries={"mode": "standard"}
+            )
             self._client = session.client("ec2", config=config)
         return self._client
 
@@ -181,7 +184,8 @@ class AwsPlatform:
 
     @staticmethod
     def _code(error: Exception) -> str:
-        return getattr(error, "response", {}).get("Error", {}).get("Code", "")
+        response = getattr(error, "response", None)
+        return response.get("Error", {}).get("Code", "") if isinstance(response, dict) else ""
 
     def _client_error(self):
         return self._sdk()[1].ClientError
@@ -217,7 +221,9 @@ class AwsPlatform:
                     else {},
                 )
             )
-        return sorted(out, key=lambda o: (o.price, o.gpus, o.id))
+        # The smallest machine with enough GPUs: never fall back to an 8-GPU box for 1 GPU.
+        fewest = min((o.gpus for o in out), default=0)
+        return sorted((o for o in out if o.gpus == fewest), key=lambda o: (o.price, o.id))
 
     def _host(self, inst: dict) -> Host:
         tags = _tags(inst)
@@ -420,19 +426,53 @@ class AwsPlatform:
         try:
             return self._call("run_instances", **args)["Instances"][0]
         except BaseException as e:
-            if isinstance(e, self._client_error()):
+            if self._code(e) in CAPACITY_ERRORS:
                 raise
-            # The request may have reached EC2 (Ctrl-C, dropped connection): find it by its
-            # idempotency token and take it down again.
-            with suppress(Exception):
-                resp = self._call(
-                    "describe_instances",
-                    Filters=[{"Name": "client-token", "Values": [args["ClientToken"]]}],
-                )
-                for res in resp.get("Reservations", []):
-                    for inst in res.get("Instances", []):
-                        self._destroy_instance(inst)
-            raise
+            # The request may have reached EC2 (Ctrl-C, dropped connection, a 5xx after the
+            # launch): find what it made by its idempotency token and take it down again.
+            done = self._sweep(args["ClientToken"])
+            if done is None:
+                raise
+            self._reraise_after_cleanup(e, done)
+            raise  # unreachable
+
+    def _sweep(self, client_token: str) -> str | None:
+        """Destroy the instances a RunInstances call with this token made; say what happened
+        (None: it made none)."""
+        try:
+            resp = self._call(
+                "describe_instances",
+                Filters=[{"Name": "client-token", "Values": [client_token]}],
+            )
+            found = [i for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
+        except Exception:  # noqa: BLE001 - the original failure is what we report
+            return "could not check whether EC2 launched an instance anyway; run: vp cleanup"
+        if not found:
+            return None
+        return self._destroy_quietly(*found)
+
+    def _destroy_quietly(self, *instances: dict | str) -> str:
+        ids = [i if isinstance(i, str) else i["InstanceId"] for i in instances]
+        try:
+            for inst in instances:
+                if isinstance(inst, str):
+                    self.destroy(inst)
+                else:
+                    self._destroy_instance(inst)
+        except BaseException:  # noqa: BLE001 - report the original failure, not this one
+            return f"could not destroy the new aws instance {', '.join(ids)}; run: vp cleanup"
+        return f"destroyed the new aws instance {', '.join(ids)}"
+
+    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
+        """Re-raise a failure that happened after EC2 accepted a launch, saying what became of
+        the instance."""
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted while creating an AWS host; {done}") from None
+        if isinstance(exc, VpError):
+            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
+        if isinstance(exc, self._client_error()):
+            raise VpError(f"{self._fail('RunInstances', exc).message}; {done}") from None
+        raise VpError(f"creating an AWS host failed ({exc}); {done}") from None
 
     def create(self, spec: HostSpec, name: str) -> Host:
         offers = self.offers(spec)
@@ -483,10 +523,13 @@ class AwsPlatform:
                 if inst is not None:
                     break
             if inst is None:
-                quota = any("Limit" in f or "Count" in f for f in failures)
+                codes = sorted({f.rsplit(": ", 1)[1] for f in failures})
+                tried = ", ".join(dict.fromkeys(f.split()[0] for f in failures))
+                markets = "spot and on-demand" if spec.spot else "on-demand"
+                quota = any("Limit" in c or "Count" in c for c in codes)
                 raise VpError(
-                    f"aws has no capacity for {spec.gpus}x {spec.gpu or 'GPU'} in {self.region} "
-                    f"({'; '.join(failures)})",
+                    f"aws has no {markets} capacity for {spec.gpus}x {spec.gpu or 'GPU'} in "
+                    f"{self.region} (tried {tried}: {', '.join(codes)})",
                     hint="request a quota increase in the Service Quotas console"
                     if quota
                     else "try another region ([aws] region) or another GPU type",
@@ -503,18 +546,8 @@ class AwsPlatform:
                 host = self._get(host_id)
             return host
         except BaseException as e:
-            self._cleanup_after_failure(host_id, e)
-            raise
-
-    def _cleanup_after_failure(self, host_id: str, error: BaseException) -> None:
-        import sys
-
-        print(
-            f"vp: creating aws instance {host_id} failed ({type(error).__name__}); destroying it",
-            file=sys.stderr,
-        )
-        with suppress(Exception):
-            self.destroy(host_id)
+            self._reraise_after_cleanup(e, self._destroy_quietly(host_id))
+            raise  # unreachable
 
     # ---------------------------------------------------------------- lifecycle
 
