@@ -15,10 +15,10 @@ from vp.platforms import get_platform  # noqa: E402
 from vp.platforms.base import PENDING, RUNNING, STOPPED, HostSpec  # noqa: E402
 
 try:
-    from tests.emulators.common import ssh_run, wait_for
+    from tests.emulators.common import interrupt_create, ssh_run, wait_for
     from tests.emulators.runpod import runpod_emulator  # noqa: F401 - fixture
 except ImportError:  # tests/ itself is on sys.path (rootdir-less import mode)
-    from emulators.common import ssh_run, wait_for  # type: ignore[no-redef]
+    from emulators.common import interrupt_create, ssh_run, wait_for  # type: ignore[no-redef]
     from emulators.runpod import runpod_emulator  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -151,6 +151,14 @@ def test_never_ready_times_out_then_destroy_leaves_zero(runpod, env):
         runpod.wait_ready(host.id, timeout=1.5)
     runpod.destroy(host.id)
     assert env.instances == {} and env.live_sshd() == 0
+
+
+def test_ctrl_c_after_accept_destroys_the_new_host(env, tmp_path):
+    done = interrupt_create(env, "runpod", {}, {"gpu": "4090"}, r"pod\(input: \{podId")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stdout.startswith("Interrupted ") and "destroyed the new RunPod pod" in done.stdout
+    assert env.instances == {} and env.live_sshd() == 0
+    assert list((tmp_path / "state" / "vp" / "keys").iterdir()) == []  # its key went too
 
 
 def test_importing_the_module_does_not_import_the_sdk():

@@ -16,10 +16,10 @@ from vp.platforms import get_platform
 from vp.platforms.base import PENDING, RUNNING, STOPPED, HostSpec
 
 try:
-    from tests.emulators.common import Response, ssh_run, wait_for
+    from tests.emulators.common import Response, interrupt_create, ssh_run, wait_for
     from tests.emulators.thunder import thunder_emulator  # noqa: F401 - fixture
 except ImportError:  # tests/ itself is on sys.path (rootdir-less import mode)
-    from emulators.common import Response, ssh_run, wait_for  # type: ignore[no-redef]
+    from emulators.common import Response, interrupt_create, ssh_run, wait_for  # type: ignore[no-redef]
     from emulators.thunder import thunder_emulator  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -183,6 +183,19 @@ def test_never_ready_times_out_then_destroy_leaves_zero(thunder, env):
         thunder.wait_ready(host.id, timeout=1.5)
     thunder.destroy(host.id)
     assert env.instances == {} and env.live_sshd() == 0
+
+
+def test_ctrl_c_after_accept_destroys_the_new_host(env, tmp_path):
+    done = interrupt_create(
+        env, "thunder", {"user": "root"}, {"gpu": "h100"}, r"GET /v1/instances/list"
+    )
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert (
+        done.stdout.startswith("Interrupted ")
+        and "deleted the new Thunder Compute instance" in done.stdout
+    )
+    assert env.instances == {} and env.live_sshd() == 0
+    assert list((tmp_path / "state" / "vp" / "keys").iterdir()) == []  # its key went too
 
 
 def test_importing_the_module_stays_light():

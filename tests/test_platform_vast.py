@@ -14,10 +14,10 @@ from vp.platforms import get_platform  # noqa: E402
 from vp.platforms.base import PENDING, RUNNING, STOPPED, HostSpec  # noqa: E402
 
 try:
-    from tests.emulators.common import Response, ssh_run, wait_for
+    from tests.emulators.common import Response, interrupt_create, ssh_run, wait_for
     from tests.emulators.vast import vast_emulator  # noqa: F401 - fixture
 except ImportError:  # tests/ itself is on sys.path (rootdir-less import mode)
-    from emulators.common import Response, ssh_run, wait_for  # type: ignore[no-redef]
+    from emulators.common import Response, interrupt_create, ssh_run, wait_for  # type: ignore[no-redef]
     from emulators.vast import vast_emulator  # type: ignore[no-redef]  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
@@ -162,6 +162,16 @@ def test_never_ready_times_out_then_destroy_leaves_zero(vast, env):
         vast.wait_ready(host.id, timeout=1.5)
     vast.destroy(host.id)
     assert env.instances == {} and env.live_sshd() == 0
+
+
+def test_ctrl_c_after_accept_destroys_the_new_host(env, tmp_path):
+    done = interrupt_create(env, "vast", {}, {"gpu": "4090"}, r"POST /api/v0/instances/\d+/ssh/")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert (
+        done.stdout.startswith("Interrupted ") and "destroyed the new vast instance" in done.stdout
+    )
+    assert env.instances == {} and env.live_sshd() == 0
+    assert list((tmp_path / "state" / "vp" / "keys").iterdir()) == []  # its key went too
 
 
 def test_importing_the_module_does_not_import_the_sdk():

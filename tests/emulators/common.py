@@ -8,7 +8,9 @@ import itertools
 import json
 import re
 import secrets
+import signal
 import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -104,6 +106,8 @@ class Emulator:
       stop_delay      seconds from stop until the instance is stopped and sshd is down
       fail_requests   {regex on "METHOD /path": Response}: answer matching requests with that
                       response instead (e.g. a 500 after the provider accepted a create)
+      delay_requests  {regex searched in "METHOD /path\nBODY": seconds}: answer matching
+                      requests that much later (a slow API; time to press Ctrl-C)
     """
 
     provider = "emulator"
@@ -118,10 +122,12 @@ class Emulator:
         self.boot_delay = boot_delay
         self.stop_delay = 0.3
         self.fail_requests: dict[str, Response] = {}
+        self.delay_requests: dict[str, float] = {}
         self.instances: dict[str, dict] = {}  # provider id -> the provider's own record
         self.hosts: dict[str, SshHost] = {}  # provider id -> sshd standing in for the machine
         self.running_sshd: set[str] = set()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.request_texts: list[str] = []  # "METHOD /path\nBODY" of every request, in order
         self.errors: list[str] = []  # exceptions raised inside the emulator (tests assert empty)
         self.lock = threading.RLock()
         self.scheduler: Scheduler | None = None
@@ -214,6 +220,11 @@ class Emulator:
         with self.lock:
             return len(self.running_sshd)
 
+    def slow_seen(self, pattern: re.Pattern[str]) -> bool:
+        """Whether a request matching `pattern` has arrived (and is being delayed)."""
+        with self.lock:
+            return any(pattern.search(text) for text in self.request_texts)
+
     def authorized(self, request: Request) -> bool:
         return not self.fail_auth and request.bearer == self.api_key
 
@@ -242,8 +253,17 @@ def _handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
             )
             with emulator.lock:
                 emulator.requests.append((request.method, request.path))
+                emulator.request_texts.append(
+                    f"{request.method} {request.path}\n{body.decode(errors='replace')}"
+                )
             line = f"{request.method} {request.path}"
             canned = [r for p, r in emulator.fail_requests.items() if re.fullmatch(p, line)]
+            text = f"{line}\n{body.decode(errors='replace')}"
+            delay = max(
+                [d for p, d in emulator.delay_requests.items() if re.search(p, text)] or [0]
+            )
+            if delay:
+                time.sleep(delay)
             try:
                 response = canned[0] if canned else emulator.handle(request)
             except Exception as exc:  # noqa: BLE001 - a 500 the client sees, and the test too
@@ -261,7 +281,10 @@ def _handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
             for name, value in response.headers.items():
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.wfile.write(data)
+            except OSError:  # the client gave up (e.g. interrupted while we were slow)
+                self.close_connection = True
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
@@ -302,3 +325,44 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+_CREATE_SCRIPT = """
+import json, sys
+from vp.errors import VpError
+from vp.platforms import get_platform
+from vp.platforms.base import HostSpec
+platform = get_platform(sys.argv[1], json.loads(sys.argv[2]))
+try:
+    platform.create(HostSpec(**json.loads(sys.argv[3])), "vp-interrupted")
+except VpError as exc:
+    print(type(exc).__name__, exc.message)
+    sys.exit(exc.exit_code)
+print("created")
+"""
+
+
+def interrupt_create(
+    emulator: Emulator, platform: str, settings: dict, spec: dict, slow: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `create` in a child vp process, make the request matching `slow` hang after the
+    provider accepted the create, press Ctrl-C (SIGINT) then, and return what the child said."""
+    emulator.delay_requests[slow] = 30.0
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CREATE_SCRIPT, platform, json.dumps(settings), json.dumps(spec)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pattern = re.compile(slow)
+        wait_for(lambda: emulator.instances and emulator.slow_seen(pattern), timeout=30)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        emulator.delay_requests.pop(slow, None)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

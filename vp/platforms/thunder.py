@@ -113,10 +113,10 @@ class ThunderPlatform:
             )
         instance_id = str(identifier)
         try:
+            self._key_paths[instance_id] = str(pair.private_path)
             server_key = (result or {}).get("key")
             if server_key:  # the API made its own pair: keep its private half, 0600
                 _write_private(pair.private_path, server_key)
-            self._key_paths[instance_id] = str(pair.private_path)
             return self._get(instance_id)
         except BaseException as exc:
             self._destroy_after_failure(instance_id, exc)

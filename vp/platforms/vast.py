@@ -114,10 +114,10 @@ class VastPlatform:
                 hint="try again, pick another gpu, or raise max_price",
             )
         try:
+            self._key_paths[instance_id] = str(pair.private_path)
             self._call(
                 "attach the ssh key", lambda c: c.attach_ssh(int(instance_id), pair.public_key)
             )
-            self._key_paths[instance_id] = str(pair.private_path)
             row = self._call("show the instance", lambda c: c.show_instance(int(instance_id)))
             host = self._host(row) if row else self._placeholder(instance_id, name)
             return host
