@@ -381,28 +381,15 @@ def test_remote_build_through_an_ssh_forwarded_socket(tmp_path: Path, busybox_im
             time.sleep(0.05)
         project = make_project(tmp_path / "p", base=busybox_image)
         image = unique("remote")
-        ref = ensure_image(
-            project,
-            dockerfile="Dockerfile",
-            image=image,
-            push=False,
-            auth=None,
-            docker_host=f"unix://{local}",
-        )
+        remote = dict(dockerfile="Dockerfile", image=image, push=False, auth=None)
+        ref = ensure_image(project, **remote, docker_host=f"unix://{local}")
         assert ref == f"{image}:{image_tag(project)}"
         assert image_exists(ref)  # the host's engine has it (here: the same engine)
         engine("rmi", ref)
         forward.terminate()  # the socket was ssh's: without the forward there is no engine
         forward.wait(timeout=10)
         with pytest.raises(VpError, match="not reachable"):
-            ensure_image(
-                project,
-                dockerfile="Dockerfile",
-                image=image,
-                push=False,
-                auth=None,
-                docker_host=f"unix://{local}",
-            )
+            ensure_image(project, **remote, docker_host=f"unix://{local}")
     finally:
         if forward is not None:
             forward.terminate()
@@ -615,6 +602,6 @@ def test_check_disk() -> None:
     check_disk(2 * 10**9, 10 * 10**9)
     with pytest.raises(VpError) as err:
         check_disk(9 * 10**9, 8 * 10**9, host="gpu-1")
-    assert "gpu-1" in str(err.value) and "8.0 GB" in str(err.value)
+    assert "gpu-1" in str(err.value) and "8.0GB" in str(err.value)
     free = subprocess.run(["sh", "-c", FREE_BYTES_SHELL], capture_output=True, text=True).stdout
     assert parse_free_bytes(free) > 0

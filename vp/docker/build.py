@@ -33,6 +33,7 @@ from vp.docker.engine import (
     DOCKER_HUB_AUTH_KEY,
     connect,
     engine_address,
+    human_size,
     registry_host,
     repository,
 )
@@ -335,12 +336,9 @@ def _in_registry(client: docker.DockerClient, ref: str, auth: dict | None) -> bo
     except NotFound:
         return False
     except APIError as exc:
-        if _is_auth_error(_api_message(exc)) or exc.status_code in (401, 403):
+        if exc.status_code in (401, 403) or _is_auth_error(_api_message(exc)):
             return False
-        raise VpError(
-            f"cannot look up {ref} in {registry_host(ref)}: {_api_message(exc)}",
-            hint="check the registry address in [docker] image and that the engine can reach it",
-        ) from None
+        raise _registry_failure(ref, f"lookup of {ref} in {registry_host(ref)}", exc) from None
     return True
 
 
@@ -358,13 +356,7 @@ def _check_login(client: docker.DockerClient, ref: str, auth: dict) -> None:
             reauth=True,
         )
     except APIError as exc:
-        message = _api_message(exc)
-        if exc.status_code in (401, 403) or _is_auth_error(message):
-            raise _unauthorized(ref, message) from None
-        raise VpError(
-            f"cannot log in to {registry_host(ref)}: {message}",
-            hint="check the registry address in [docker] image and that the engine can reach it",
-        ) from None
+        raise _registry_failure(ref, f"login to {registry_host(ref)}", exc) from None
 
 
 def _build(client: docker.DockerClient, context: _Context, repo: str, say: Progress) -> str:
@@ -503,30 +495,18 @@ def _push(client: docker.DockerClient, ref: str, auth: dict | None, say: Progres
 
     repo, _, tag = ref.rpartition(":")
     say(f"pushing {ref}")
+    what = f"push of {ref} to {registry_host(ref)}"
     layers = _LayerProgress(say)
     try:
         for chunk in client.api.push(repo, tag=tag, stream=True, decode=True, auth_config=auth):
             if "error" in chunk or "errorDetail" in chunk:
-                detail = chunk.get("errorDetail") or {}
-                message = detail.get("message") or chunk.get("error") or "unknown error"
-                if _is_auth_error(message):
-                    raise _unauthorized(ref, message)
-                raise VpError(
-                    f"push of {ref} to {registry_host(ref)} failed: {' '.join(message.split())}",
-                    hint="check that the registry is reachable from the engine and has room",
-                )
+                raise _registry_failure(ref, what, _chunk_error(chunk))
             if "aux" in chunk and chunk["aux"].get("Digest"):
                 say(f"pushed {ref} ({chunk['aux']['Digest']})")
             elif "status" in chunk:
                 layers.update(chunk)
     except APIError as exc:
-        message = _api_message(exc)
-        if exc.status_code in (401, 403) or _is_auth_error(message):
-            raise _unauthorized(ref, message) from None
-        raise VpError(
-            f"push of {ref} to {registry_host(ref)} failed: {message}",
-            hint="check that the registry is reachable from the engine",
-        ) from None
+        raise _registry_failure(ref, what, exc) from None
 
 
 class _LayerProgress:
@@ -551,18 +531,14 @@ class _LayerProgress:
             self.last[layer] = now
             detail = chunk.get("progressDetail") or {}
             done, total = detail.get("current"), detail.get("total")
-            amount = f"{_size(done)}/{_size(total)}" if done and total else _size(done or 0)
+            amount = (
+                f"{human_size(done)}/{human_size(total)}"
+                if done and total
+                else human_size(done or 0)
+            )
             self.say(f"{layer}: {status} {amount}")
         else:
             self.say(f"{layer}: {status}")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return str(n)
 
 
 def _api_message(exc: Exception) -> str:
@@ -574,6 +550,20 @@ def _api_message(exc: Exception) -> str:
 def _is_auth_error(message: str) -> bool:
     lowered = message.lower()
     return any(word in lowered for word in _AUTH_WORDS)
+
+
+def _registry_failure(ref: str, what: str, error: str | Exception) -> VpError:
+    """A registry operation (`what`) failed: unauthorized, naming the registry, when the
+    credentials were refused; otherwise the registry's own words."""
+    status = getattr(error, "status_code", None)
+    message = _api_message(error) if isinstance(error, Exception) else " ".join(error.split())
+    if status in (401, 403) or _is_auth_error(message):
+        return _unauthorized(ref, message)
+    return VpError(
+        f"{what} failed: {message}",
+        hint="check the registry address in [docker] image, that the engine can reach it, "
+        "and that the registry has room",
+    )
 
 
 def _unauthorized(ref: str, message: str) -> VpError:

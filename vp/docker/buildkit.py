@@ -22,6 +22,8 @@ import collections
 import time
 from collections.abc import Callable
 
+from vp.docker.engine import human_size
+
 # Lines of a step's output kept for the hint when it fails.
 TAIL_LINES = 12
 # At most one byte-progress line per transfer (pull, context upload) per this many seconds.
@@ -132,7 +134,7 @@ class Trace:
             return
         self._progress_at[ident] = now
         name = _text(s.get(3, [])) or ident
-        amount = f"{_size(current)}/{_size(total)}" if total else _size(current)
+        amount = f"{human_size(current)}/{human_size(total)}" if total else human_size(current)
         self.say(f"{name}: {amount}")
 
     def _log(self, entry: dict[int, list[int | bytes]]) -> None:
@@ -159,12 +161,3 @@ class Trace:
                     tail.append(self.partial[digest])
                 return tail
         return list(self.order)
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1000
-    return f"{value:.1f}GB"

@@ -171,11 +171,17 @@ def check_disk(
     needed = image_size + headroom
     if free_bytes < needed:
         raise VpError(
-            f"image needs {_gb(needed)} of disk but {host} has {_gb(free_bytes)} free",
+            f"image needs {human_size(needed)} of disk "
+            f"but {host} has {human_size(free_bytes)} free",
             hint="raise [host] disk_gb, free space on the host (`docker system prune`), "
             "or slim the image",
         )
 
 
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+def human_size(n: float) -> str:
+    """Bytes as a short decimal size for progress lines and messages: 512B, 1.9MB, 12.3GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}GB"
