@@ -23,9 +23,19 @@ PING_TIMEOUT = 15
 
 
 def engine_address(docker_host: str | None = None) -> str:
-    """The engine vp will talk to, as a user would name it: the argument, DOCKER_HOST, or the
-    default socket."""
-    return docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
+    """The engine vp will talk to, as a user would name it: the argument, DOCKER_HOST, the
+    current docker CLI context (Docker Desktop, colima), or the default socket."""
+    if docker_host or os.environ.get("DOCKER_HOST"):
+        return docker_host or os.environ["DOCKER_HOST"]
+    try:
+        from docker.context import ContextAPI
+
+        context = ContextAPI.get_context(os.environ.get("DOCKER_CONTEXT"))
+        if context is not None and context.Host:
+            return context.Host
+    except Exception:  # a broken context store: docker.from_env will say what is wrong
+        pass
+    return DEFAULT_SOCKET
 
 
 def connect(docker_host: str | None = None) -> docker.DockerClient:
