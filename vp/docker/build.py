@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from vp.docker.buildkit import PROGRESS_INTERVAL, TAIL_LINES, Trace
 from vp.docker.engine import (
     DOCKER_HUB,
     DOCKER_HUB_AUTH_KEY,
@@ -47,10 +48,6 @@ Progress = Callable[[str], None]
 TAG_LENGTH = 12
 # Bump when the hashed record format changes, so old tags are never reused for new meanings.
 _HASH_SALT = b"vp-docker-context-v1\n"
-# Lines of build output kept for the hint when a build fails.
-_TAIL_LINES = 12
-# At most one "Pushing"/"Downloading" line per layer per this many seconds.
-_PROGRESS_INTERVAL = 1.0
 # What registries (and the engine relaying them) say when credentials are missing or wrong.
 _AUTH_WORDS = (
     "unauthorized",
@@ -388,8 +385,6 @@ def _build_buildkit(
     so no `--mount=type=secret|ssh`). False if the engine will not do BuildKit builds."""
     from docker.errors import APIError
 
-    from vp.docker.buildkit import Trace
-
     api = client.api
     params = {
         "t": ref,
@@ -436,7 +431,7 @@ def _build_classic(
 ) -> None:
     from docker.errors import APIError
 
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     step = ""
     pulls = _LayerProgress(say)
     partial = ""
@@ -526,7 +521,7 @@ class _LayerProgress:
             return
         if status in ("Pushing", "Downloading", "Extracting"):
             now = time.monotonic()
-            if now - self.last.get(layer, 0.0) < _PROGRESS_INTERVAL:
+            if now - self.last.get(layer, 0.0) < PROGRESS_INTERVAL:
                 return
             self.last[layer] = now
             detail = chunk.get("progressDetail") or {}

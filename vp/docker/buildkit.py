@@ -26,7 +26,7 @@ from vp.docker.engine import human_size
 
 # Lines of a step's output kept for the hint when it fails.
 TAIL_LINES = 12
-# At most one byte-progress line per transfer (pull, context upload) per this many seconds.
+# At most one byte-progress line per transfer (pull, push, context upload) per this many seconds.
 PROGRESS_INTERVAL = 1.0
 
 
