@@ -80,6 +80,7 @@ def test_lifecycle_create_ssh_stop_start_destroy(vast, env, tmp_path):
     assert host.status in (PENDING, RUNNING)
     assert list(env.instances) == [host.id]
     assert env.instances[host.id]["label"] == "vp-mnist"
+    assert env.instances[host.id]["image_runtype"] == "ssh_direc ssh_proxy"
     assert env.instances[host.id]["machine_id"] == env.offers[1001]["machine_id"]
 
     ready = vast.wait_ready(host.id, timeout=30)
@@ -106,6 +107,19 @@ def test_lifecycle_create_ssh_stop_start_destroy(vast, env, tmp_path):
     assert env.instances == {} and env.live_sshd() == 0
     vast.destroy(host.id)  # idempotent
     assert env.errors == []
+
+
+def test_list_follows_pages(vast, env):
+    # The SDK reads /api/v1/instances/ 25 rows at a time, following next_token.
+    host = vast.create(HostSpec(gpu="4090"), "vp-mnist")
+    template = env.instances[host.id]
+    for n in range(1, 30):
+        clone = dict(template, id=int(host.id) + n, label="vp-mnist" if n % 2 else "mine")
+        env.instances[str(clone["id"])] = clone
+    listed = vast.list("mnist")
+    assert len(listed) == 16 and len({h.id for h in listed}) == 16  # 1 + 15 clones
+    assert len(vast.list()) == 16  # only vp's labels, never the user's own instances
+    assert sum(r == ("GET", "/api/v1/instances/") for r in env.requests) >= 4  # 2 pages each
 
 
 def test_wrong_key_is_one_line_naming_the_env_var(vast, env, monkeypatch):

@@ -18,6 +18,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -233,6 +234,7 @@ class ThunderPlatform:
             labels={"thunder_status": raw, "mode": str(item.get("mode") or "")},
             key_path=self._key_paths.get(iid),
             host_key_alias=f"vp-thunder-{iid}",
+            created_at=_timestamp(item.get("createdAt")),
         )
 
     def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
@@ -335,7 +337,8 @@ def _http_error(what: str, status: int, raw: bytes) -> VpError:
         message = str(body.get("message") or body.get("error") or "")
         code = str(body.get("error") or "")
     if not message:
-        message = " ".join(raw.decode(errors="replace").split())[:200]
+        message = raw.decode(errors="replace")[:200]
+    message = " ".join(message.split())
     if status == 401:
         return VpError("Thunder Compute rejected the API token (TNR_API_TOKEN)", hint=TOKEN_HINT)
     if status == 403:
@@ -355,6 +358,14 @@ def _base_url(value: str | None) -> str:
     if urlsplit(url).path in ("", "/"):
         url += "/v1"
     return url
+
+
+def _timestamp(value: Any) -> float | None:
+    if not value:
+        return None
+    with contextlib.suppress(ValueError, TypeError):
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    return None
 
 
 def _by_id(entry: tuple[str, Any]) -> tuple[int, str]:

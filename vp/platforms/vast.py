@@ -319,7 +319,9 @@ def _http_error(what: str, response: Any) -> VpError:
         body = {}
     if not isinstance(body, dict):
         body = {}
-    msg = str(body.get("msg") or body.get("error") or getattr(response, "reason", "") or "")
+    msg = " ".join(
+        str(body.get("msg") or body.get("error") or getattr(response, "reason", "") or "").split()
+    )
     code = str(body.get("error") or "")
     if status in (401, 403):
         return VpError(
