@@ -122,6 +122,20 @@ def test_list_follows_pages(vast, env):
     assert sum(r == ("GET", "/api/v1/instances/") for r in env.requests) >= 4  # 2 pages each
 
 
+def test_proxy_only_instance_is_reached_through_ssh_host(vast, env, tmp_path):
+    env.direct_ports = False
+    host = vast.create(HostSpec(gpu="4090"), "vp-mnist")
+    ready = vast.wait_ready(host.id, timeout=30)
+    assert (ready.ssh_host, ready.ssh_port) == ("127.0.0.1", env.hosts[host.id].port)
+    assert ssh(ready, host.key_path, env, tmp_path).returncode == 0
+    vast.destroy(host.id)
+
+
+def test_region_filter(vast):
+    assert vast.offers(HostSpec(gpu="4090", region="texas"))
+    assert vast.offers(HostSpec(gpu="4090", region="Norway")) == []
+
+
 def test_wrong_key_is_one_line_naming_the_env_var(vast, env, monkeypatch):
     monkeypatch.setenv("VAST_API_KEY", "wrong-secret-1234")
     platform = get_platform("vast", {})

@@ -89,6 +89,9 @@ class VastEmulator(Emulator):
         self.offers = {o["id"]: self._offer(o) for o in (offers or DEFAULT_OFFERS)}
         self.account_keys: dict[int, str] = {}
         self._ids = itertools.count(7835610)
+        # False: machines without open ports; instances are reachable only through the ssh proxy
+        # (ssh_host:ssh_port), with no "22/tcp" in `ports`.
+        self.direct_ports = True
         self._key_ids = itertools.count(501)
 
     @staticmethod
@@ -273,12 +276,14 @@ class VastEmulator(Emulator):
                     return
                 inst["actual_status"] = "running"
                 inst["status_msg"] = f"success, running {inst['image_uuid']}"
-                inst["public_ipaddr"] = host.address
                 inst["ssh_host"] = host.address
                 inst["ssh_port"] = host.port
-                inst["ports"] = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(host.port)}]}
-                inst["direct_port_start"] = host.port
-                inst["direct_port_end"] = host.port
+                if self.direct_ports:
+                    inst["public_ipaddr"] = host.address
+                    inst["ports"] = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(host.port)}]}
+                    inst["direct_port_start"] = inst["direct_port_end"] = host.port
+                else:
+                    inst["public_ipaddr"] = "192.0.2.45"  # the machine: no port reaches sshd
 
         self.after(self.boot_delay / 2, loading)
         if not self.never_ready:

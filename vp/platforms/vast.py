@@ -178,6 +178,8 @@ class VastPlatform:
         for row in rows or []:
             if spec.gpu and spec.gpu.lower() not in str(row.get("gpu_name", "")).lower():
                 continue
+            if spec.region and spec.region.lower() not in str(row.get("geolocation", "")).lower():
+                continue
             price = row.get("min_bid") if spec.spot else row.get("dph_total")
             if price is None:
                 continue
