@@ -1,0 +1,538 @@
+"""Google Compute Engine GPU VMs through google-cloud-compute (its REST transport).
+
+`VP_GCE_API_URL` overrides the endpoint (client_options api_endpoint); credentials come from
+`google.auth.default()` (a service-account file makes the client sign its own JWTs). Facts GCE
+imposes:
+
+- a VM has a public natIP only if the insert asks for an `accessConfigs` entry, and the natIP
+  changes on every start;
+- GPUs cannot live-migrate: `scheduling.onHostMaintenance=TERMINATE`;
+- logins come from `ssh-keys` metadata lines `USER:KEY` (never root; `enable-oslogin=TRUE`
+  would disable them, so vp sets it FALSE on its own VMs);
+- `operation.result()` polls the public endpoint whatever `api_endpoint` says, so vp polls
+  `zoneOperations.get` / `instances.get` on the configured endpoint itself;
+- a full zone (`ZONE_RESOURCE_POOL_EXHAUSTED`) or a GPU quota shows up as the insert
+  operation's error, after the API accepted the request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from vp import keys
+from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms.aws import ssh_banner
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+
+NAME = "gce"
+
+# GCE instance statuses -> vp states. A stopped VM is TERMINATED in GCE's words.
+STATUS = {
+    "PROVISIONING": PENDING,
+    "STAGING": PENDING,
+    "RUNNING": RUNNING,
+    "STOPPING": PENDING,
+    "SUSPENDING": PENDING,
+    "SUSPENDED": STOPPED,
+    "TERMINATED": STOPPED,
+    "REPAIRING": PENDING,
+    "PENDING_STOP": PENDING,
+}
+
+# (machine type, accelerator type or None when the machine type has its GPUs built in,
+#  GPU model, GPU count, on-demand $/h in us-central1 for VM + GPUs)
+MACHINES: list[tuple[str, str | None, str, int, float]] = [
+    ("n1-standard-4", "nvidia-tesla-t4", "T4", 1, 0.540),
+    ("n1-standard-8", "nvidia-tesla-t4", "T4", 2, 1.080),
+    ("n1-standard-16", "nvidia-tesla-t4", "T4", 4, 2.160),
+    ("n1-standard-8", "nvidia-tesla-v100", "V100", 1, 2.860),
+    ("n1-standard-32", "nvidia-tesla-v100", "V100", 4, 11.440),
+    ("g2-standard-4", None, "L4", 1, 0.707),
+    ("g2-standard-24", None, "L4", 2, 1.998),
+    ("g2-standard-48", None, "L4", 4, 3.997),
+    ("g2-standard-96", None, "L4", 8, 7.993),
+    ("a2-highgpu-1g", None, "A100", 1, 3.673),
+    ("a2-highgpu-2g", None, "A100", 2, 7.347),
+    ("a2-highgpu-4g", None, "A100", 4, 14.693),
+    ("a2-highgpu-8g", None, "A100", 8, 29.387),
+    ("a2-ultragpu-1g", None, "A100-80GB", 1, 5.069),
+    ("a2-ultragpu-8g", None, "A100-80GB", 8, 40.550),
+    ("a3-highgpu-8g", None, "H100", 8, 88.249),
+]
+GPU_ALIASES = {"TESLAT4": "T4", "A10080GB": "A100-80GB", "A10040GB": "A100", "H10080GB": "H100"}
+
+DEFAULT_ZONE = "us-central1-a"
+DEFAULT_USER = "vp"
+# Google's Deep Learning VM images (NVIDIA driver installed on first boot); [gce] image overrides.
+DEFAULT_IMAGE = (
+    "projects/deeplearning-platform-release/global/images/family/"
+    "common-cu128-ubuntu-2204-nvidia-570"
+)
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+# Insert-operation error codes that mean "not in this zone right now".
+CAPACITY_ERRORS = {
+    "ZONE_RESOURCE_POOL_EXHAUSTED",
+    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+    "RESOURCE_POOL_EXHAUSTED",
+    "QUOTA_EXCEEDED",
+    "RESOURCE_NOT_AVAILABLE",
+    "UNSUPPORTED_OPERATION",
+}
+HINT_INSTALL = "pip install 'vp-runner[gce]'"
+
+
+def create_platform(settings: dict) -> GcePlatform:
+    return GcePlatform(settings)
+
+
+def _offer_id(machine: str, accel: str | None) -> str:
+    return f"{machine}+{accel}" if accel else machine
+
+
+def _norm_gpu(name: str) -> str:
+    n = re.sub(r"^NVIDIA|[\s_-]", "", name.upper())
+    return GPU_ALIASES.get(n, n)
+
+
+def _label(value: str) -> str:
+    """GCE label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
+    return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
+
+
+def _last(url: str | None) -> str:
+    return (url or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+class GcePlatform:
+    name = NAME
+
+    def __init__(self, settings: dict):
+        self.settings = dict(settings or {})
+        self.zone = self.settings.get("zone") or DEFAULT_ZONE
+        self.user = self.settings.get("user") or DEFAULT_USER
+        self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
+        self.create_timeout = float(self.settings.get("create_timeout") or 600)
+        self._instances = None
+        self._operations = None
+        self._project: str | None = None
+
+    # ---------------------------------------------------------------- SDK plumbing
+
+    def _connect(self) -> None:
+        if self._instances is not None:
+            return
+        try:
+            import google.auth
+            import google.auth.exceptions
+            from google.cloud import compute_v1
+        except ImportError as exc:
+            raise VpError("the gce platform needs google-cloud-compute", hint=HINT_INSTALL) from exc
+        try:
+            credentials, cred_project = google.auth.default(scopes=SCOPES)
+        except google.auth.exceptions.DefaultCredentialsError as exc:
+            raise VpError(
+                "no Google Cloud credentials found",
+                hint="set GOOGLE_APPLICATION_CREDENTIALS to a service-account JSON file, "
+                "or run: gcloud auth application-default login",
+            ) from exc
+        self._project = (
+            self.settings.get("project")
+            or os.environ.get("GOOGLE_CLOUD_PROJECT")
+            or os.environ.get("CLOUDSDK_CORE_PROJECT")
+            or cred_project
+        )
+        if not self._project:
+            raise VpError(
+                "no Google Cloud project configured",
+                hint="set [gce] project in vp's config or GOOGLE_CLOUD_PROJECT",
+            )
+        endpoint = os.environ.get("VP_GCE_API_URL")
+        options = {"api_endpoint": endpoint} if endpoint else None
+        self._instances = compute_v1.InstancesClient(
+            credentials=credentials, client_options=options
+        )
+        self._operations = compute_v1.ZoneOperationsClient(
+            credentials=credentials, client_options=options
+        )
+
+    @property
+    def project(self) -> str:
+        self._connect()
+        return self._project  # type: ignore[return-value]
+
+    def _api(self, what: str, fn, *args, **kwargs):
+        """One API call; failures become a one-line VpError (NotFound passes through)."""
+        from google.api_core import exceptions as gexc
+        from google.auth import exceptions as aexc
+
+        try:
+            return fn(*args, **kwargs)
+        except gexc.NotFound:
+            raise
+        except (gexc.Unauthorized, aexc.RefreshError) as exc:
+            raise VpError(
+                f"gce: {what} failed: not authenticated ({_message(exc)})",
+                hint="check GOOGLE_APPLICATION_CREDENTIALS / gcloud auth application-default login",
+            ) from exc
+        except gexc.Forbidden as exc:
+            raise VpError(
+                f"gce: {what} failed: permission denied ({_message(exc)})",
+                hint=f"the credentials need Compute Admin on project {self._project}",
+            ) from exc
+        except gexc.GoogleAPICallError as exc:
+            raise VpError(f"gce: {what} failed: {_message(exc)}") from exc
+        except aexc.TransportError as exc:
+            raise VpError(
+                f"gce: cannot reach the Compute API: {exc}",
+                hint="check the network or VP_GCE_API_URL",
+            ) from exc
+
+    def _not_found(self):
+        from google.api_core import exceptions as gexc
+
+        return gexc.NotFound
+
+    # ---------------------------------------------------------------- read side
+
+    def offers(self, spec: HostSpec) -> list[Offer]:
+        wanted = _norm_gpu(spec.gpu) if spec.gpu else None
+        out = []
+        for machine, accel, gpu, count, price in MACHINES:
+            if wanted and _norm_gpu(gpu) != wanted:
+                continue
+            if count < max(spec.gpus, 1):
+                continue
+            if spec.max_price is not None and price > spec.max_price:
+                continue
+            extra = {"machine_type": machine}
+            if accel:
+                extra["accelerator"] = accel
+            out.append(
+                Offer(
+                    platform=NAME,
+                    id=_offer_id(machine, accel),
+                    gpu=gpu,
+                    gpus=count,
+                    price=price,
+                    region=self.zone,
+                    spot=bool(spec.spot),
+                    extra=extra,
+                )
+            )
+        fewest = min((o.gpus for o in out), default=0)
+        return sorted((o for o in out if o.gpus == fewest), key=lambda o: (o.price, o.id))
+
+    def _host(self, inst: Any) -> Host:
+        machine = _last(inst.machine_type)
+        accel = (
+            _last(inst.guest_accelerators[0].accelerator_type) if inst.guest_accelerators else None
+        )
+        gpu, count, price = None, 0, None
+        for m, a, g, c, p in MACHINES:
+            if m == machine and (a == accel or (a is None and accel is None)):
+                gpu, count, price = g, c, p
+                break
+        labels = dict(inst.labels)
+        user = self.user
+        for item in inst.metadata.items if inst.metadata else []:
+            if item.key == "ssh-keys" and ":" in (item.value or ""):
+                user = item.value.split(":", 1)[0].strip()
+        nat_ip = None
+        for nic in inst.network_interfaces:
+            for ac in nic.access_configs:
+                if ac.nat_i_p:
+                    nat_ip = ac.nat_i_p
+        key_file = labels.get("vp-key")
+        return Host(
+            id=inst.name,
+            name=inst.name,
+            platform=NAME,
+            status=STATUS.get(inst.status, UNKNOWN),
+            gpu=gpu,
+            gpus=count,
+            price=price,
+            ssh_user=user,
+            ssh_host=nat_ip,
+            ssh_port=22,
+            labels={
+                "project": labels.get("vp-project", ""),
+                "zone": self.zone,
+                "machine_type": machine,
+                "market": "spot"
+                if inst.scheduling and inst.scheduling.provisioning_model == "SPOT"
+                else "on-demand",
+            },
+            key_path=str(keys.keys_dir() / key_file) if key_file else None,
+            host_key_alias=f"vp-{NAME}-{inst.name}",
+        )
+
+    def _get_raw(self, host_id: str):
+        self._connect()
+        return self._api(
+            "instances.get",
+            self._instances.get,
+            project=self._project,
+            zone=self.zone,
+            instance=host_id,
+        )
+
+    def _get(self, host_id: str) -> Host:
+        try:
+            return self._host(self._get_raw(host_id))
+        except self._not_found() as exc:
+            raise HostGone(f"gce instance {host_id} does not exist in {self.zone}") from exc
+
+    def list(self, project: str | None = None) -> list[Host]:
+        self._connect()
+        filt = 'labels.vp-managed = "true"'
+        if project:
+            filt += f' AND labels.vp-project = "{_label(project)}"'
+        pager = self._api(
+            "instances.list",
+            self._instances.list,
+            request={"project": self._project, "zone": self.zone, "filter": filt},
+        )
+        return self._api("instances.list", lambda: [self._host(i) for i in pager])
+
+    # ---------------------------------------------------------------- create
+
+    def _instance_body(
+        self, offer: Offer, spec: HostSpec, name: str, project: str, public_key: str, key_file: str
+    ):
+        from google.cloud import compute_v1
+
+        machine = offer.extra["machine_type"]
+        accel = offer.extra.get("accelerator")
+        scheduling = compute_v1.Scheduling(
+            on_host_maintenance="TERMINATE", automatic_restart=not spec.spot
+        )
+        if spec.spot:
+            scheduling.provisioning_model = "SPOT"
+            scheduling.instance_termination_action = "STOP"  # so it can be started again
+        key_line = f"{self.user}:{public_key.split()[0]} {public_key.split()[1]} {self.user}"
+        body = compute_v1.Instance(
+            name=name,
+            machine_type=f"zones/{self.zone}/machineTypes/{machine}",
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=self.settings.get("image") or DEFAULT_IMAGE,
+                        disk_size_gb=max(int(spec.disk_gb or 0), 50),
+                    ),
+                )
+            ],
+            network_interfaces=[
+                compute_v1.NetworkInterface(
+                    network="global/networks/default",
+                    access_configs=[
+                        compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")
+                    ],
+                )
+            ],
+            scheduling=scheduling,
+            metadata=compute_v1.Metadata(
+                items=[
+                    compute_v1.Items(key="ssh-keys", value=key_line),
+                    compute_v1.Items(key="enable-oslogin", value="FALSE"),
+                    compute_v1.Items(key="install-nvidia-driver", value="True"),
+                ]
+            ),
+            labels={
+                "vp-project": _label(project),
+                "vp-managed": "true",
+                "vp-key": _label(key_file),
+            },
+        )
+        if accel:
+            body.guest_accelerators = [
+                compute_v1.AcceleratorConfig(
+                    accelerator_type=f"zones/{self.zone}/acceleratorTypes/{accel}",
+                    accelerator_count=offer.gpus,
+                )
+            ]
+        return body
+
+    def create(self, spec: HostSpec, name: str) -> Host:
+        offers = self.offers(spec)
+        if not offers:
+            within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
+            raise VpError(
+                f"gce offers no {spec.gpus}x {spec.gpu or 'GPU'} machine{within}",
+                hint="vp offers -p gce lists what there is; raise max_price or pick another GPU",
+            )
+        offer = offers[0]
+        self._connect()
+        project = name[3:] if name.startswith("vp-") else name
+        instance_name = f"{_label(name).strip('-_') or 'vp'}"[:55].rstrip("-_")
+        instance_name = f"{instance_name}-{secrets.token_hex(3)}"
+        if not instance_name[0].isalpha():
+            instance_name = "vp-" + instance_name
+        kp = keys.new_keypair(f"gce-{instance_name}")
+        body = self._instance_body(
+            offer, spec, instance_name, project, kp.public_key, kp.private_path.name
+        )
+        accepted = False
+        try:
+            try:
+                op = self._instances.insert_unary(
+                    project=self._project, zone=self.zone, instance_resource=body
+                )
+                accepted = True
+            except BaseException as exc:
+                self._insert_failed(exc, instance_name, kp.private_path)
+                raise  # unreachable
+            self._wait_operation(op.name, instance_name, spec)
+            return self._get(instance_name)
+        except BaseException as exc:
+            if not accepted:
+                raise
+            self._reraise_after_cleanup(exc, self._delete_quietly(instance_name, kp.private_path))
+            raise  # unreachable
+
+    def _insert_failed(self, exc: BaseException, instance_name: str, key: Path) -> None:
+        """The insert call itself failed. A 4xx means nothing was made; anything else (Ctrl-C,
+        a dropped connection, a 5xx) may have created the VM: delete it by name to be sure."""
+        from google.api_core import exceptions as gexc
+
+        if isinstance(exc, gexc.NotFound):
+            _forget_key(key)
+            raise VpError(
+                f"gce: project {self._project} or zone {self.zone} not found ({_message(exc)})",
+                hint="check [gce] project and [gce] zone",
+            ) from None
+        if isinstance(exc, gexc.ClientError):
+            _forget_key(key)
+            self._api("instances.insert", _raise, exc)
+        done = self._delete_quietly(instance_name, key, missing_ok=True)
+        self._reraise_after_cleanup(exc, done)
+
+    def _wait_operation(self, op_name: str, instance_name: str, spec: HostSpec) -> None:
+        """Poll the insert operation (on our endpoint, not the SDK's result()) until DONE."""
+        deadline = time.monotonic() + self.create_timeout
+        while True:
+            op = self._api(
+                "zoneOperations.get",
+                self._operations.get,
+                project=self._project,
+                zone=self.zone,
+                operation=op_name,
+            )
+            if op.status.name == "DONE":
+                break
+            if time.monotonic() > deadline:
+                raise VpError(
+                    f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
+                )
+            time.sleep(self.poll_interval)
+        errors = list(op.error.errors) if op.error else []
+        if not errors:
+            return
+        codes = [e.code for e in errors]
+        message = errors[0].message or codes[0]
+        if any(c in CAPACITY_ERRORS for c in codes):
+            what = f"{spec.gpus}x {spec.gpu or 'GPU'}"
+            raise VpError(
+                f"gce zone {self.zone} cannot create {what} now ({codes[0]}: {message})",
+                hint=f"try another zone: set [gce] zone (e.g. {_other_zone(self.zone)})",
+            )
+        raise VpError(f"gce: creating {instance_name} failed: {codes[0]}: {message}")
+
+    def _delete_quietly(
+        self, instance_name: str, key: Path | None, missing_ok: bool = False
+    ) -> str:
+        try:
+            self.destroy(instance_name)
+        except HostGone:
+            pass
+        except BaseException:  # noqa: BLE001 - report the original failure, not this one
+            return f"could not delete the new gce instance {instance_name}; run: vp cleanup"
+        if key is not None:
+            _forget_key(key)
+        return f"deleted the new gce instance {instance_name}"
+
+    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted while creating a GCE host; {done}") from None
+        if isinstance(exc, VpError):
+            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
+        raise VpError(f"creating a GCE host failed ({_message(exc)}); {done}") from None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def _lifecycle(self, what: str, method: str, host_id: str):
+        self._connect()
+        try:
+            return self._api(
+                f"instances.{what}",
+                getattr(self._instances, method),
+                project=self._project,
+                zone=self.zone,
+                instance=host_id,
+            )
+        except self._not_found() as exc:
+            raise HostGone(f"gce instance {host_id} does not exist in {self.zone}") from exc
+
+    def start(self, host_id: str) -> Host:
+        self._lifecycle("start", "start_unary", host_id)
+        return self._get(host_id)
+
+    def stop(self, host_id: str) -> None:
+        self._lifecycle("stop", "stop_unary", host_id)
+
+    def destroy(self, host_id: str) -> None:
+        key = None
+        with suppress(HostGone):
+            key = self._get(host_id).key_path
+        try:
+            self._lifecycle("delete", "delete_unary", host_id)
+        except HostGone:
+            pass
+        if key:
+            _forget_key(Path(key))
+
+    def wait_ready(self, host_id: str, timeout: float) -> Host:
+        deadline = time.monotonic() + timeout
+        while True:
+            host = self._get(host_id)
+            if host.status == GONE:
+                raise HostGone(f"gce instance {host_id} is gone")
+            if host.status == RUNNING and host.ssh_host and ssh_banner(host.ssh_host, 22):
+                return host
+            if time.monotonic() >= deadline:
+                state = host.status if host.status != RUNNING else "running, ssh not answering"
+                raise VpError(
+                    f"gce instance {host_id} not ready after {timeout:.0f}s ({state})",
+                    hint="raise [host] ready_timeout, or vp down the host and try again",
+                )
+            time.sleep(min(self.poll_interval, max(0.05, deadline - time.monotonic())))
+
+
+def _raise(exc: BaseException):
+    raise exc
+
+
+def _message(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None) or str(exc)
+    return " ".join(str(msg).split())[:300]
+
+
+def _forget_key(private_path: Path) -> None:
+    for p in (private_path, private_path.with_suffix(".pub")):
+        with suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _other_zone(zone: str) -> str:
+    region, _, letter = zone.rpartition("-")
+    for other in "abcf":
+        if other != letter:
+            return f"{region}-{other}"
+    return zone
