@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, Interrupted, UsageError, VpError
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
@@ -102,6 +102,11 @@ class VastPlatform:
                 except _Capacity as exc:
                     last_error = exc
                     continue
+                if not isinstance(result, dict) or not result.get("new_contract"):
+                    raise VpError(
+                        f"vast.ai accepted offer {offer.id} but returned no instance id",
+                        hint="check `vp ls -p vast` and destroy the instance if one appeared",
+                    )
                 instance_id = str(result["new_contract"])
                 break
         finally:
@@ -126,15 +131,15 @@ class VastPlatform:
             raise  # unreachable: _destroy_after_failure raises
 
     def start(self, host_id: str) -> Host:
-        self._call("start the instance", lambda c: c.start_instance(int(host_id)))
+        self._call("start the instance", lambda c: c.start_instance(_vast_id(host_id)))
         return self._get(host_id)
 
     def stop(self, host_id: str) -> None:
-        self._call("stop the instance", lambda c: c.stop_instance(int(host_id)))
+        self._call("stop the instance", lambda c: c.stop_instance(_vast_id(host_id)))
 
     def destroy(self, host_id: str) -> None:
         with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
-            self._call("destroy the instance", lambda c: c.destroy_instance(int(host_id)))
+            self._call("destroy the instance", lambda c: c.destroy_instance(_vast_id(host_id)))
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
         deadline = time.monotonic() + timeout
@@ -202,7 +207,7 @@ class VastPlatform:
         return sorted(found, key=lambda o: o.price)
 
     def _get(self, host_id: str) -> Host:
-        row = self._call("show the instance", lambda c: c.show_instance(int(host_id)))
+        row = self._call("show the instance", lambda c: c.show_instance(_vast_id(host_id)))
         if not row:
             raise HostGone(f"vast instance {host_id} no longer exists")
         return self._host(row)
@@ -348,6 +353,13 @@ def _endpoint(row: dict) -> tuple[str | None, int | None]:
     if row.get("ssh_host") and row.get("ssh_port"):
         return str(row["ssh_host"]), int(row["ssh_port"])
     return None, None
+
+
+def _vast_id(host_id: str) -> int:
+    try:
+        return int(host_id)
+    except ValueError:
+        raise UsageError(f"'{host_id}' is not a vast.ai instance id (a number)") from None
 
 
 def _affordable(offer: Offer, spec: HostSpec) -> bool:
