@@ -21,7 +21,7 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from vp import __version__, keys
 from vp.errors import HostGone, Interrupted, VpError
@@ -124,15 +124,24 @@ class ThunderPlatform:
             raise
 
     def start(self, host_id: str) -> Host:
-        self._request("POST", f"/instances/{host_id}/start", {}, what="start the instance")
+        self._request(
+            "POST", f"/instances/{quote(host_id, safe='')}/start", {}, what="start the instance"
+        )
         return self._get(host_id)
 
     def stop(self, host_id: str) -> None:
-        self._request("POST", f"/instances/{host_id}/stop", {}, what="stop the instance")
+        self._request(
+            "POST", f"/instances/{quote(host_id, safe='')}/stop", {}, what="stop the instance"
+        )
 
     def destroy(self, host_id: str) -> None:
         with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
-            self._request("POST", f"/instances/{host_id}/delete", {}, what="delete the instance")
+            self._request(
+                "POST",
+                f"/instances/{quote(host_id, safe='')}/delete",
+                {},
+                what="delete the instance",
+            )
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
         deadline = time.monotonic() + timeout
