@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import time
 import tomllib
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, Interrupted, UsageError, VpError
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
@@ -147,15 +148,15 @@ class RunPodPlatform:
     def start(self, host_id: str) -> Host:
         pod = self._pod(host_id)
         count = int(pod.get("gpuCount") or 1)
-        self._call("resume the pod", lambda rp: rp.resume_pod(host_id, count))
+        self._call("resume the pod", lambda rp: rp.resume_pod(_pod_id(host_id), count))
         return self._get(host_id)
 
     def stop(self, host_id: str) -> None:
-        self._call("stop the pod", lambda rp: rp.stop_pod(host_id))
+        self._call("stop the pod", lambda rp: rp.stop_pod(_pod_id(host_id)))
 
     def destroy(self, host_id: str) -> None:
         with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
-            self._call("terminate the pod", lambda rp: rp.terminate_pod(host_id))
+            self._call("terminate the pod", lambda rp: rp.terminate_pod(_pod_id(host_id)))
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
         deadline = time.monotonic() + timeout
@@ -209,7 +210,7 @@ class RunPodPlatform:
         return sorted(found, key=lambda o: o.price)
 
     def _pod(self, host_id: str) -> dict:
-        pod = self._call("look up the pod", lambda rp: rp.get_pod(host_id))
+        pod = self._call("look up the pod", lambda rp: rp.get_pod(_pod_id(host_id)))
         if not pod:
             raise HostGone(f"RunPod pod {host_id} no longer exists")
         return pod
@@ -337,6 +338,13 @@ def _graphql(rp: Any, query: str) -> dict:
     from runpod.api.graphql import run_graphql_query
 
     return run_graphql_query(query, api_key=rp.api_key)
+
+
+def _pod_id(host_id: str) -> str:
+    """Pod ids go into the SDK's GraphQL text as they are: only accept what an id looks like."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", str(host_id)):
+        raise UsageError(f"'{host_id}' is not a RunPod pod id")
+    return str(host_id)
 
 
 def _check_literal(what: str, value: str) -> None:
