@@ -1,0 +1,346 @@
+"""The `vp` command line: parses, calls the pipeline or a command module, renders. No logic here.
+
+Anything that is not a known subcommand is a command to run remotely: `vp python train.py`
+is `vp run -- python train.py`. Global options go before the command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
+from vp.ui import UI
+
+app = typer.Typer(
+    add_completion=True,
+    no_args_is_help=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help=(
+        "Run any command on a GPU host as if it ran locally.\n\n"
+        "  vp python train.py --epochs 3     sync, run remotely, stream, sync results back\n\n"
+        '  vp "cd sub && make"               one string runs through the remote shell\n\n'
+        "  vp -p runpod nvidia-smi           global options come before the command\n\n"
+        "Anything that is not a subcommand below is a command to run (`vp run -- CMD` "
+        "forces that)."
+    ),
+)
+config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
+FLAG_OPTIONS = {
+    "--no-sync",
+    "--sync-only",
+    "--no-download",
+    "--docker",
+    "--no-docker",
+    "--detach",
+    "-v",
+    "--verbose",
+    "-q",
+    "--quiet",
+    "-h",
+    "--help",
+    "--version",
+    "--install-completion",
+    "--show-completion",
+}
+
+
+@dataclass
+class Globals:
+    platform: str | None = None
+    host: str | None = None
+    no_sync: bool = False
+    sync_only: bool = False
+    no_download: bool = False
+    docker: bool | None = None
+    detach: bool = False
+    output: str = "text"
+    verbose: bool = False
+    quiet: bool = False
+    config: Path | None = None
+
+    @property
+    def ui(self) -> UI:
+        return UI(quiet=self.quiet, verbose=self.verbose, output=self.output)
+
+    def load(self):
+        from vp import config
+
+        overrides: dict = {}
+        if self.platform:
+            overrides.setdefault("host", {})["platform"] = self.platform
+        if self.host and (self.platform or "") == "ssh":
+            overrides.setdefault("ssh", {})["host"] = self.host
+        return config.load(config_path=self.config, overrides=overrides)
+
+
+def _globals(ctx: typer.Context) -> Globals:
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Globals) else Globals()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vp import __version__
+
+        print(f"vp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def main_options(
+    ctx: typer.Context,
+    platform: str = typer.Option(
+        None, "-p", "--platform", help="local | ssh | vast | runpod | thunder | aws | gce | auto"
+    ),
+    host: str = typer.Option(None, "--host", help="Host name or id (ssh: alias or user@host:port)"),
+    no_sync: bool = typer.Option(False, "--no-sync", help="Skip uploading and downloading"),
+    sync_only: bool = typer.Option(False, "--sync-only", help="Upload the workspace; run nothing"),
+    no_download: bool = typer.Option(False, "--no-download", help="Don't fetch results"),
+    docker: bool = typer.Option(None, "--docker/--no-docker", help="Run inside the project image"),
+    detach: bool = typer.Option(False, "--detach", help="Start the run and print its id"),
+    output: str = typer.Option("text", "-o", "--output", help="text | json | yaml | table"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Say more"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Say only warnings and errors"),
+    config: Path = typer.Option(None, "--config", help="Project config file to use"),
+    version: bool = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version"
+    ),
+) -> None:
+    from vp.output import FORMATS
+
+    if output not in FORMATS:
+        raise UsageError(f"--output {output!r}: choose one of {', '.join(FORMATS)}")
+    ctx.obj = Globals(
+        platform=platform,
+        host=host,
+        no_sync=no_sync,
+        sync_only=sync_only,
+        no_download=no_download,
+        docker=docker,
+        detach=detach,
+        output=output,
+        verbose=verbose,
+        quiet=quiet,
+        config=config,
+    )
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    help="Run COMMAND on the project's host: sync up, run, stream output, sync results back.",
+    epilog="Examples: vp run -- python train.py   |   vp --detach python train.py",
+)
+def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
+    from vp.run import RunOptions, execute
+
+    g = _globals(ctx)
+    argv = list(command or []) + list(ctx.args)
+    if not argv and not g.sync_only:
+        raise UsageError("no command given", hint="e.g. vp python train.py")
+    cfg = g.load()
+    opts = RunOptions(
+        argv=argv,
+        sync=not g.no_sync,
+        sync_only=g.sync_only,
+        download=False if g.no_download else None,
+        detach=g.detach,
+        docker=g.docker,
+        host_name=g.host if cfg.platform != "ssh" else None,
+    )
+    raise typer.Exit(execute(cfg, opts, g.ui))
+
+
+@app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
+def init(
+    ctx: typer.Context,
+    platform: str = typer.Option(None, "--platform", help="Platform to write into vp.toml"),
+    docker: bool = typer.Option(False, "--docker", help="Also write a GPU Dockerfile"),
+    make: bool = typer.Option(False, "--make", help="Append the vp Makefile snippet"),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files"),
+) -> None:
+    from vp.commands.init import init_project
+
+    g = _globals(ctx)
+    init_project(
+        Path.cwd(), platform=platform or g.platform, docker=docker, make=make, force=force, ui=g.ui
+    )
+
+
+@config_app.command("show", help="Print the merged configuration (secrets masked).")
+def config_show(ctx: typer.Context) -> None:
+    from vp import config as cfgmod
+    from vp.output import render
+
+    g = _globals(ctx)
+    cfg = g.load()
+    data = cfgmod.masked(cfg.data)
+    if g.output == "text":
+        import tomli_w
+
+        clean = {s: {k: v for k, v in t.items() if v is not None} for s, t in data.items()}
+        sources = ", ".join(str(p) for p in cfg.sources) or "defaults only"
+        sys.stdout.write(f"# project: {cfg.project} (root {cfg.project_root})\n")
+        sys.stdout.write(f"# from: {sources}\n")
+        sys.stdout.write(tomli_w.dumps({s: t for s, t in clean.items() if t}))
+    else:
+        render(data, g.output)
+
+
+@config_app.command("get", help="Print one value, e.g. `vp config get host.gpu`.")
+def config_get(ctx: typer.Context, key: str) -> None:
+    from vp import config as cfgmod
+
+    g = _globals(ctx)
+    section, name = cfgmod.parse_key(key)
+    cfg = g.load()
+    value = cfgmod.masked(cfg.data).get(section, {}).get(name)
+    if value is None:
+        raise typer.Exit(1)
+    typer.echo(str(value).lower() if isinstance(value, bool) else str(value))
+
+
+@config_app.command(
+    "set",
+    help="Set a value in vp.toml (or, with --user, in the user config; API keys go there).",
+)
+def config_set(
+    ctx: typer.Context,
+    key: str,
+    value: str,
+    user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
+) -> None:
+    from vp.commands.config import set_value
+
+    set_value(key, value, user=user, ui=_globals(ctx).ui)
+
+
+@app.command("runs", help="Run history: id, command, host, start, duration, exit code, cost.")
+def runs_cmd(
+    ctx: typer.Context,
+    all_projects: bool = typer.Option(False, "--all", help="Every project, not just this one"),
+    limit: int = typer.Option(20, "-n", "--limit", help="How many"),
+) -> None:
+    from vp.commands.runs import list_runs
+
+    g = _globals(ctx)
+    list_runs(g, all_projects=all_projects, limit=limit)
+
+
+@app.command("logs", help="Print a run's output; -f follows it until it ends.")
+def logs_cmd(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., help="Run id (or a unique prefix)"),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
+) -> None:
+    from vp.commands.runs import show_logs
+
+    raise typer.Exit(show_logs(_globals(ctx), run_id, follow=follow, attach=False))
+
+
+@app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
+def attach_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
+    from vp.commands.runs import show_logs
+
+    raise typer.Exit(show_logs(_globals(ctx), run_id, follow=True, attach=True))
+
+
+@app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
+def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
+    from vp.commands.runs import kill_run
+
+    kill_run(_globals(ctx), run_id)
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Turn `vp [GLOBAL...] CMD ARGS...` into `vp [GLOBAL...] run -- CMD ARGS...`."""
+    subcommands = set(_command_names())
+    out: list[str] = []
+    saw_run = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest = argv[i + 1 :]
+            return [*out, "run", "--", *rest] if rest or not saw_run else [*out, "run"]
+        if arg in VALUE_OPTIONS:
+            out += argv[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith("--") and "=" in arg and arg.split("=", 1)[0] in VALUE_OPTIONS:
+            out.append(arg)
+            i += 1
+            continue
+        if arg in FLAG_OPTIONS:
+            out.append(arg)
+            i += 1
+            continue
+        if arg.startswith("-") and len(arg) > 1:
+            if saw_run:
+                return [*out, "run", "--", *argv[i:]]
+            return out + argv[i:]  # unknown option: let the parser name it
+        if arg == "run" and not saw_run:
+            saw_run = True
+            i += 1
+            continue
+        if arg in subcommands and not saw_run:
+            return out + argv[i:]
+        return [*out, "run", "--", *argv[i:]]
+    return [*out, "run"] if saw_run else out
+
+
+def _command_names() -> list[str]:
+    names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
+    names += [g.name for g in app.registered_groups if g.name]
+    return names
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: render every failure as one line (plus a hint), never a traceback."""
+    import click
+
+    from vp import commands  # noqa: F401  - registers the lifecycle and access commands
+
+    args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    command = typer.main.get_command(app)
+    ui = UI(verbose="-v" in args or "--verbose" in args)
+    try:
+        code = command.main(args=args, prog_name="vp", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.UsageError as exc:
+        where = f" (vp {exc.ctx.info_name})" if exc.ctx and exc.ctx.parent else ""
+        ui.error(f"{exc.format_message()}{where}", hint="see vp --help")
+        code = EXIT_USAGE
+    except click.exceptions.Abort:
+        ui.error("aborted")
+        code = EXIT_INTERRUPTED
+    except VpError as exc:
+        ui.error(exc.message, hint=exc.hint)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        ui.error("interrupted")
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        code = 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if os.environ.get("VP_DEBUG"):
+            raise
+        ui.error(
+            f"internal error: {type(exc).__name__}: {exc}",
+            hint="rerun with VP_DEBUG=1 for a traceback, and please report it",
+        )
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,215 @@
+"""Host lifecycle: ls, offers, up, start, stop, down, status, gpu."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+
+from vp.cli import _globals, app
+from vp.errors import UsageError, VpError
+from vp.hosts import platform_for, resolve, spec_from_config
+from vp.output import render
+from vp.platforms import CLOUDS
+from vp.platforms.base import Host
+from vp.state import State
+
+HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "price", "ssh"]
+
+
+def _row(host: Host) -> dict:
+    d = host.to_dict()
+    if host.ssh_host:
+        d["ssh"] = f"{host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22}"
+    d.pop("key_path", None)
+    return d
+
+
+def _find(cfg, state: State, ident: str | None, ui) -> tuple[Host, object]:
+    """The host named `ident` (id or name) on the configured platform, or the project's one."""
+    platform = platform_for(cfg)
+    if cfg.platform in ("local", "ssh"):
+        host, _t = resolve(cfg, state, ui, host_name=ident, create=False)
+        return host, platform
+    hosts = platform.list(cfg.project)
+    if not getattr(platform, "labels_hosts", True):
+        hosts = [h for h in hosts if state.host(h.key) is not None]
+    matches = [h for h in hosts if ident is None or ident in (h.id, h.name)]
+    if not matches:
+        target = f"'{ident}'" if ident else f"for project {cfg.project}"
+        raise VpError(f"no host {target} on {cfg.platform}", hint="see `vp ls`")
+    return matches[0], platform
+
+
+@app.command("ls", help="List the project's hosts (--all: every vp host on the platform).")
+def ls_cmd(
+    ctx: typer.Context,
+    all_projects: bool = typer.Option(False, "--all", help="All projects"),
+) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    platform = platform_for(cfg)
+    hosts = platform.list(None if all_projects else cfg.project)
+    for host in hosts:
+        if cfg.platform in CLOUDS:
+            known = state.host(host.key)
+            if known is not None:
+                host.key_path = known.key_path
+                host.host_key_alias = known.host_key_alias
+                state.save_host(host, cfg.project)
+    rows = [_row(h) for h in hosts]
+    if g.output == "text":
+        if not rows:
+            g.ui.info(f"no hosts on {cfg.platform} for project {cfg.project}")
+            return
+        render(rows, "table", HOST_COLUMNS)
+    else:
+        render(rows, g.output, HOST_COLUMNS)
+
+
+app.command("list-instances", help="Alias of `vp ls`.", hidden=True)(ls_cmd)
+
+
+@app.command("offers", help="Search GPUs and prices that meet [host] (cheapest first).")
+def offers_cmd(
+    ctx: typer.Context,
+    gpu: str = typer.Option(None, "--gpu", help="GPU name, e.g. H100"),
+    gpus: int = typer.Option(None, "--gpus", help="GPU count"),
+    max_price: float = typer.Option(None, "--max-price", help="$/h ceiling"),
+    limit: int = typer.Option(20, "-n", "--limit"),
+) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    spec = spec_from_config(cfg)
+    spec.gpu = gpu or spec.gpu
+    spec.gpus = gpus or spec.gpus
+    spec.max_price = max_price if max_price is not None else spec.max_price
+    if cfg.platform == "auto":
+        from vp.offers import all_offers
+
+        offers = all_offers(cfg, spec, g.ui)
+    else:
+        offers = platform_for(cfg).offers(spec)
+    rows = [o.to_dict() for o in offers[:limit]]
+    columns = ["platform", "gpu", "gpus", "price", "region", "spot", "id"]
+    if g.output == "text" and not rows:
+        g.ui.info("no offers match")
+        return
+    render(rows, "table" if g.output == "text" else g.output, columns)
+
+
+@app.command("up", help="Create the project's host from [host] (or start its stopped one).")
+def up_cmd(ctx: typer.Context) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    host, _t = resolve(cfg, state, g.ui, host_name=g.host)
+    render(_row(host), g.output if g.output != "text" else "text")
+
+
+app.command("create", help="Alias of `vp up`.", hidden=True)(up_cmd)
+
+
+@app.command("start", help="Start a stopped host and wait until ssh answers.")
+def start_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id or name")) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    target, platform = _find(cfg, state, host or g.host, g.ui)
+    g.ui.info(f"starting {target.name} on {cfg.platform}")
+    platform.start(target.id)
+    ready = platform.wait_ready(target.id, float(cfg.get("host", "ready_timeout") or 600))
+    known = state.host(ready.key)
+    if known:
+        ready.key_path, ready.host_key_alias = known.key_path, known.host_key_alias
+    state.save_host(ready, cfg.project)
+    render(_row(ready), g.output)
+
+
+@app.command("stop", help="Stop a host (keeps its disk; billing for compute stops).")
+def stop_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id or name")) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    target, platform = _find(cfg, state, host or g.host, g.ui)
+    platform.stop(target.id)
+    known = state.host(target.key)
+    if known:
+        known.status = "stopped"
+        state.save_host(known, cfg.project)
+    g.ui.info(f"stopped {target.name} ({target.id}) on {cfg.platform}")
+
+
+@app.command("down", help="Destroy a host and its disk. Asks first unless --yes.")
+def down_cmd(
+    ctx: typer.Context,
+    host: str = typer.Argument(None, help="Host id or name"),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask"),
+) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    if cfg.platform in ("local", "ssh"):
+        raise UsageError(f"the {cfg.platform} platform has no hosts to destroy")
+    target, platform = _find(cfg, state, host or g.host, g.ui)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"refusing to destroy {target.name} without confirmation", hint="pass --yes"
+            )
+        typer.confirm(
+            f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?", abort=True
+        )
+    platform.destroy(target.id)
+    state.forget_host(target.key)
+    g.ui.info(f"destroyed {target.name} ({target.id}) on {cfg.platform}")
+
+
+app.command("destroy", help="Alias of `vp down`.", hidden=True)(down_cmd)
+
+
+@app.command("status", help="The project's host: state, uptime, $/h and cost so far.")
+def status_cmd(ctx: typer.Context) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    if cfg.platform in ("local", "ssh"):
+        host, _t = resolve(cfg, state, g.ui, host_name=g.host, create=False)
+    else:
+        host, _p = _find(cfg, state, g.host, g.ui)
+    row = _row(host)
+    known = state.host(host.key)
+    created = host.created_at or (known.created_at if known else None)
+    if created:
+        uptime = time.time() - created
+        row["uptime_h"] = round(uptime / 3600, 2)
+        if host.price:
+            row["cost_so_far"] = round(uptime / 3600 * host.price, 2)
+    render(row, g.output)
+
+
+@app.command("gpu", help="nvidia-smi summary of the project's host.")
+def gpu_cmd(ctx: typer.Context) -> None:
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    host, transport = resolve(cfg, state, g.ui, host_name=g.host, create=False)
+    query = (
+        "nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total,temperature.gpu"
+        " --format=csv,noheader,nounits"
+    )
+    proc = transport.run(f"{query} 2>&1\n", timeout=60)
+    if proc.returncode != 0:
+        raise VpError(
+            f"nvidia-smi failed on {host.name}: "
+            + (proc.stdout.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        )
+    keys = ["index", "name", "util_pct", "mem_used_mib", "mem_total_mib", "temp_c"]
+    rows = [
+        dict(zip(keys, [c.strip() for c in line.split(",")], strict=False))
+        for line in proc.stdout.decode().splitlines()
+        if line.strip()
+    ]
+    render(rows, "table" if g.output == "text" else g.output, keys)

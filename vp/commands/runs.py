@@ -1,0 +1,92 @@
+"""`vp runs`, `vp logs`, `vp attach`, `vp kill`: runs recorded in the state DB."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import typer
+
+from vp import remote
+from vp.errors import EXIT_INTERRUPTED, VpError
+from vp.hosts import transport_for
+from vp.state import State
+
+
+def list_runs(g, *, all_projects: bool, limit: int) -> None:
+    from vp.output import render
+
+    state = State()
+    project = None
+    if not all_projects:
+        project = g.load().project
+    rows = []
+    for r in state.runs(project, limit=limit):
+        d = r.to_dict()
+        d["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
+        d["duration"] = None if r.duration is None else round(r.duration, 1)
+        rows.append(d)
+    columns = ["id", "command", "host_name", "started", "duration", "exit_code", "status", "cost"]
+    if g.output == "text" and not rows:
+        g.ui.info("no runs yet")
+        return
+    render(rows, "table" if g.output == "text" else g.output, columns)
+
+
+def _run_and_transport(g, run_id: str):
+    state = State()
+    record = state.run(run_id)
+    host = state.host(record.host_key)
+    if host is None:
+        raise VpError(f"the host of run {record.id} ({record.host_name}) is no longer known")
+    cfg = g.load()
+    return state, record, host, transport_for(host, cfg), cfg
+
+
+def show_logs(g, run_id: str, *, follow: bool, attach: bool) -> int:
+    state, record, host, transport, cfg = _run_and_transport(g, run_id)
+    workdir_sh = transport.workdir_sh(record.workdir)
+    if not follow:
+        proc = transport.run(f"cat {transport.runs_dir_sh}/{record.id}/log\n", timeout=120)
+        if proc.returncode != 0:
+            raise VpError(f"no log for run {record.id} on {host.name}")
+        sys.stdout.buffer.write(proc.stdout)
+        return 0
+    script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
+    result = follow(
+        transport,
+        record.id,
+        workdir_sh,
+        script,
+        g.ui,
+        reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+        changes=attach,
+        launched=True,
+        interruptible=attach,
+    )
+    if result.detached or (result.interrupted and not attach):
+        return EXIT_INTERRUPTED
+    if record.status in ("running", "detached"):
+        status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
+        state.finish_run(record.id, result.exit_code, status)
+    if attach and result.changes is not None:
+        from vp.run import Workspace, sync_down
+
+        sync_down(Workspace(cfg, state, host, transport, record.workdir), g.ui, result.changes)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    if result.lost:
+        raise VpError(f"run {record.id} ended without an exit status (killed, or host rebooted)")
+    return result.exit_code if result.exit_code is not None else 1
+
+
+def kill_run(g, run_id: str) -> None:
+    _state, record, host, transport, _cfg = _run_and_transport(g, run_id)
+    proc = transport.run(remote.signal_script(transport.runs_dir_sh, record.id, "TERM"), timeout=30)
+    if proc.returncode == 4:
+        g.ui.info(f"run {record.id} had already finished")
+        return
+    if proc.returncode != 0:
+        raise VpError(f"could not signal run {record.id} on {host.name}")
+    g.ui.info(f"sent SIGTERM to run {record.id} on {host.name}")
+    raise typer.Exit(0)

@@ -1,0 +1,246 @@
+"""Stream a detached run's log live, reconnecting after a dropped connection, and turn Ctrl-C
+into SIGINT for the remote process group (a second Ctrl-C detaches).
+
+The byte offset already shown is the resume point, so output is never repeated or lost.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from vp import remote
+from vp.errors import ConnectionFailed, VpError
+from vp.transport import Transport
+from vp.ui import UI
+
+INTERRUPT_GRACE = 15.0  # seconds to wait for the command to exit after SIGINT
+
+
+@dataclass
+class FollowResult:
+    exit_code: int | None = None  # None: the run is still going (detached) or was lost
+    changes: bytes | None = None
+    interrupted: bool = False
+    detached: bool = False
+    lost: bool = False  # the wrapper is gone without an exit code (host rebooted, killed)
+
+
+class _Interrupts:
+    """Count Ctrl-Cs without raising in the middle of I/O."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.rfd, self.wfd = os.pipe()
+        os.set_blocking(self.wfd, False)
+        self._old = None
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, _signum, _frame) -> None:
+        self.count += 1
+        try:
+            os.write(self.wfd, b"x")
+        except BlockingIOError:
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+def _drain(stream, sink: list[bytes]) -> None:
+    for chunk in iter(lambda: stream.read1(65536), b""):
+        sink.append(chunk)
+
+
+def _parse_stderr(blob: bytes) -> tuple[int | None, bool, bytes | None, bool, str]:
+    """-> (exit code, saw exit marker, changes, no-run, other stderr text)."""
+    text_part, _, changes = blob.partition(remote.CHANGES_MARK.encode())
+    saw_exit = False
+    code: int | None = None
+    norun = False
+    other = []
+    for line in text_part.decode(errors="replace").split("\n"):
+        if line.startswith(remote.EXIT_MARK):
+            saw_exit = True
+            value = line[len(remote.EXIT_MARK) :].strip()
+            code = int(value) if value.lstrip("-").isdigit() else None
+        elif line.startswith(remote.NORUN_MARK):
+            norun = True
+        elif line.strip():
+            other.append(line)
+    has_changes = remote.CHANGES_MARK.encode() in blob
+    return code, saw_exit, (changes if has_changes else None), norun, "\n".join(other)
+
+
+def follow(
+    transport: Transport,
+    run_id: str,
+    workdir_sh: str,
+    first_script: str,
+    ui: UI,
+    *,
+    reconnect_timeout: float = 300,
+    changes: bool = True,
+    out=None,
+    launched: bool = False,
+    interruptible: bool = True,
+) -> FollowResult:
+    """Run `first_script` (launch+follow, or only follow when `launched`) until the run ends.
+
+    With `interruptible` false (`vp logs -f`), Ctrl-C only stops watching.
+    """
+    out = out or sys.stdout.buffer
+    offset = 0
+    script = first_script
+    expect_started = not launched
+    started = False
+    lost_since: float | None = None
+    announced = False
+    interrupt_deadline: float | None = None
+    result = FollowResult()
+    with _Interrupts() as intr:
+        while True:
+            proc = transport.popen(script)
+            err: list[bytes] = []
+            drain = threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)
+            drain.start()
+            sel = selectors.DefaultSelector()
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            sel.register(fd, selectors.EVENT_READ)
+            sel.register(intr.rfd, selectors.EVENT_READ)
+            pending = b""
+            handled = intr.count
+            try:
+                while True:
+                    if intr.count > handled:
+                        handled = intr.count
+                        os.read(intr.rfd, 64)
+                        if intr.count >= 2 or interrupt_deadline is not None or not interruptible:
+                            result.detached = True
+                            result.interrupted = True
+                            return result
+                        ui.note(
+                            "Ctrl-C: interrupting the remote command "
+                            "(press Ctrl-C again to detach and leave it running)"
+                        )
+                        _send_signal(transport, run_id, ui)
+                        interrupt_deadline = time.monotonic() + INTERRUPT_GRACE
+                        result.interrupted = True
+                    if interrupt_deadline is not None and time.monotonic() > interrupt_deadline:
+                        ui.warn(f"the command did not stop within {INTERRUPT_GRACE:.0f}s")
+                        result.detached = True
+                        return result
+                    events = sel.select(timeout=0.25)
+                    if not any(key.fd == fd for key, _ in events):
+                        continue
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    if expect_started and not started:
+                        pending += chunk
+                        if len(pending) < len(remote.STARTED):
+                            continue
+                        if pending.startswith(remote.STARTED):
+                            started = True
+                            chunk = pending[len(remote.STARTED) :]
+                        else:
+                            chunk, pending = pending, b""
+                            started = True
+                    if chunk:
+                        out.write(chunk)
+                        out.flush()
+                        offset += len(chunk)
+                        lost_since = None
+            finally:
+                sel.close()
+                if result.detached:
+                    _stop(proc)
+            proc.wait()
+            drain.join(timeout=5)
+            code, saw_exit, change_blob, norun, other = _parse_stderr(b"".join(err))
+            if pending and not started:
+                out.write(pending)
+                out.flush()
+            if saw_exit:
+                result.exit_code = code
+                result.lost = code is None
+                result.changes = change_blob
+                return result
+            if norun:
+                if expect_started and not started:
+                    raise VpError(f"the run could not be started on {transport.label}: {other}")
+                raise VpError(f"run {run_id} no longer exists on {transport.label}")
+            if "VPERR" in other:
+                raise VpError(other.split("VPERR", 1)[1].strip() + f" ({transport.label})")
+            # The connection dropped (or ssh failed): the run goes on; reconnect and resume.
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if not announced:
+                detail = f": {other.splitlines()[-1]}" if other.strip() else ""
+                ui.warn(
+                    f"connection to {transport.label} lost{detail}; reconnecting "
+                    f"(the run continues; Ctrl-C to stop waiting)"
+                )
+                announced = True
+            if now - lost_since > reconnect_timeout:
+                raise ConnectionFailed(
+                    f"lost the connection to {transport.label} for {reconnect_timeout:.0f}s",
+                    hint=f"the run may still be going: vp logs -f {run_id}",
+                )
+            if intr.count == handled:
+                _wait_reconnect(transport, intr, handled, lost_since, reconnect_timeout)
+            if intr.count > handled:
+                result.detached = True
+                result.interrupted = True
+                return result
+            script = remote.follow_script(
+                transport.runs_dir_sh, run_id, offset, workdir_sh, changes=changes
+            )
+            expect_started = False
+
+
+def _wait_reconnect(
+    transport: Transport, intr: _Interrupts, handled: int, since: float, limit: float
+) -> None:
+    """Retry the connection with backoff until it is up, the limit passes, or Ctrl-C."""
+    delay = 0.5
+    while intr.count == handled and time.monotonic() - since <= limit:
+        try:
+            transport.ensure()
+            return
+        except ConnectionFailed:
+            pass
+        end = time.monotonic() + delay
+        while time.monotonic() < end and intr.count == handled:
+            time.sleep(0.1)
+        delay = min(delay * 2, 5.0)
+
+
+def _send_signal(transport: Transport, run_id: str, ui: UI) -> None:
+    try:
+        transport.run(remote.signal_script(transport.runs_dir_sh, run_id, "INT"), timeout=20)
+    except (VpError, subprocess.TimeoutExpired) as exc:
+        ui.warn(f"could not signal the remote command: {exc}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.kill()

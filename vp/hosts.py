@@ -1,0 +1,234 @@
+"""Pick the project's host: a running one > a stopped one (start it) > create one from [host].
+
+The warm path (a host vp already knows and can reach) makes no provider API call; the API is
+asked only when ssh fails or no host is known. A create that fails after the provider accepted
+it destroys what it made, so a failure never leaves a billed instance behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vp.config import Config
+from vp.errors import ConnectionFailed, UsageError, VpError
+from vp.platforms import CLOUDS, get_platform
+from vp.platforms.base import PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
+from vp.ssh import SshTarget, SshTransport, known_hosts_file
+from vp.state import State
+from vp.transport import LocalTransport, Transport
+from vp.ui import UI
+
+
+def spec_from_config(cfg: Config) -> HostSpec:
+    h = cfg.section("host")
+    return HostSpec(
+        gpu=h.get("gpu"),
+        gpus=h.get("gpus") or 1,
+        max_price=h.get("max_price"),
+        disk_gb=h.get("disk_gb") or 50,
+        image=h.get("image"),
+        spot=bool(h.get("spot")),
+        cpus=h.get("cpus"),
+        memory_gb=h.get("memory_gb"),
+        region=h.get("region"),
+        idle_stop_minutes=h.get("idle_stop_minutes"),
+    )
+
+
+def platform_for(cfg: Config, name: str | None = None) -> Platform:
+    name = name or cfg.platform
+    settings = cfg.section(name) if name in cfg.data else {}
+    if name == "ssh":
+        settings = cfg.section("ssh")
+    return get_platform(name, settings)
+
+
+def is_pinned(alias: str) -> bool:
+    """Has vp already recorded this host's key? Then a mismatch must be refused, not accepted."""
+    prefix = (alias + " ").encode()
+    try:
+        with open(known_hosts_file(), "rb") as fh:
+            return any(line.startswith(prefix) for line in fh)
+    except FileNotFoundError:
+        return False
+
+
+def transport_for(host: Host, cfg: Config) -> Transport:
+    if host.platform == "local":
+        return LocalTransport()
+    connect_timeout = int(cfg.get("ssh", "connect_timeout") or 10)
+    if host.platform == "ssh":
+        from vp.ssh import parse_target
+
+        target = parse_target(host.id)
+        target.identity_file = cfg.get("ssh", "identity_file")
+        return SshTransport(target, connect_timeout)
+    if not host.ssh_host:
+        raise VpError(f"host {host.name} ({host.platform}) has no ssh address yet")
+    alias = host.host_key_alias or f"vp-{host.platform}-{host.id}"
+    target = SshTarget(
+        host=host.ssh_host,
+        user=host.ssh_user,
+        port=host.ssh_port,
+        identity_file=host.key_path,
+        host_key_alias=alias,
+        accept_new=not is_pinned(alias),
+    )
+    return SshTransport(target, connect_timeout)
+
+
+def resolve(
+    cfg: Config,
+    state: State,
+    ui: UI,
+    *,
+    host_name: str | None = None,
+    create: bool = True,
+) -> tuple[Host, Transport]:
+    """The host this project runs on, connected and ready."""
+    name = cfg.platform
+    if name == "local":
+        from vp.platforms.local import LOCAL_HOST
+
+        return LOCAL_HOST, LocalTransport()
+    if name == "ssh":
+        spec = host_name or cfg.get("ssh", "host")
+        if not spec:
+            raise UsageError(
+                "the ssh platform needs a host",
+                hint='set [ssh] host = "user@host:port" (or an ~/.ssh/config alias) or pass --host',
+            )
+        from vp.platforms.ssh import host_for
+
+        host = host_for(spec)
+        transport = transport_for(host, cfg)
+        transport.ensure()
+        state.save_host(host, cfg.project)
+        return host, transport
+    if name == "auto":
+        return _resolve_auto(cfg, state, ui, host_name=host_name, create=create)
+    if name not in CLOUDS:
+        raise UsageError(f"unknown platform '{name}'")
+    return _resolve_cloud(cfg, state, ui, name, host_name=host_name, create=create)
+
+
+def _matches(host: Host, wanted: str | None) -> bool:
+    return wanted is None or wanted in (host.id, host.name)
+
+
+def _with_local_facts(host: Host, state: State) -> Host:
+    """Providers don't know our key file or pin alias; the state DB does."""
+    known = state.host(host.key)
+    if known is None:
+        return host
+    return replace(
+        host,
+        key_path=host.key_path or known.key_path,
+        host_key_alias=host.host_key_alias or known.host_key_alias,
+        created_at=host.created_at or known.created_at,
+    )
+
+
+def _resolve_cloud(
+    cfg: Config, state: State, ui: UI, name: str, *, host_name: str | None, create: bool
+) -> tuple[Host, Transport]:
+    project = cfg.project
+    # Warm path: a host we know and can reach needs no provider API call.
+    for host in state.hosts(project, name):
+        if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
+            transport = transport_for(host, cfg)
+            try:
+                transport.ensure()
+                return host, transport
+            except ConnectionFailed as exc:
+                ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
+    platform = platform_for(cfg, name)
+    hosts = [_with_local_facts(h, state) for h in platform.list(project)]
+    if not getattr(platform, "labels_hosts", True):
+        hosts = [h for h in hosts if state.host(h.key) is not None]
+    hosts = [h for h in hosts if _matches(h, host_name)]
+    timeout = float(cfg.get("host", "ready_timeout") or 600)
+    running = [h for h in hosts if h.status in (RUNNING, PENDING)]
+    stopped = [h for h in hosts if h.status == STOPPED]
+    if running:
+        host = running[0]
+        if host.status != RUNNING or not host.ssh_host:
+            ui.info(f"waiting for {host.name} on {name} to be ready")
+            host = _with_local_facts(platform.wait_ready(host.id, timeout), state)
+    elif stopped:
+        host = stopped[0]
+        ui.info(f"starting stopped host {host.name} on {name}")
+        platform.start(host.id)
+        host = _with_local_facts(platform.wait_ready(host.id, timeout), state)
+    elif host_name:
+        raise VpError(f"no host '{host_name}' on {name}", hint="see `vp ls`")
+    elif create:
+        return create_host(cfg, state, ui, platform)
+    else:
+        raise VpError(f"project {project} has no host on {name}", hint="create one with `vp up`")
+    state.save_host(host, project)
+    transport = transport_for(host, cfg)
+    transport.ensure()
+    return host, transport
+
+
+def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[Host, Transport]:
+    """Create, wait for ssh, pin the host key. Any failure destroys what was made."""
+    spec = spec_from_config(cfg)
+    name = cfg.get("host", "name") or f"vp-{cfg.project}"
+    what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
+    price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
+    ui.info(f"creating {what} on {platform.name}{price} as {name}")
+    host = platform.create(spec, name)
+    state.save_host(host, cfg.project)
+    try:
+        timeout = float(cfg.get("host", "ready_timeout") or 600)
+        ui.info(f"waiting for {host.name} ({host.id}) to boot and answer ssh")
+        ready = platform.wait_ready(host.id, timeout)
+        host = replace(
+            ready,
+            key_path=ready.key_path or host.key_path,
+            host_key_alias=ready.host_key_alias or host.host_key_alias,
+        )
+        state.save_host(host, cfg.project)
+        transport = transport_for(host, cfg)
+        transport.ensure()
+    except BaseException as exc:
+        ui.warn(
+            f"create failed ({exc or type(exc).__name__}); destroying {host.id} on {platform.name}"
+        )
+        try:
+            platform.destroy(host.id)
+            state.forget_host(host.key)
+        except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first
+            ui.error(
+                f"could not destroy {host.id} on {platform.name}: {cleanup_exc}",
+                hint="destroy it by hand in the provider's console; it may be billing",
+            )
+        raise
+    ui.info(
+        f"{host.name} is ready ({host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22})"
+    )
+    return host, transport
+
+
+def _resolve_auto(
+    cfg: Config, state: State, ui: UI, *, host_name: str | None, create: bool
+) -> tuple[Host, Transport]:
+    """Use a host the project already has anywhere; else create the cheapest matching offer."""
+    for host in state.hosts(cfg.project):
+        if host.platform in CLOUDS and host.status == RUNNING and _matches(host, host_name):
+            transport = transport_for(host, cfg)
+            try:
+                transport.ensure()
+                return host, transport
+            except ConnectionFailed:
+                continue
+    from vp.offers import cheapest
+
+    offer = cheapest(cfg, ui)
+    ui.info(
+        f"cheapest offer: {offer.gpus}x {offer.gpu} on {offer.platform} at ${offer.price:.2f}/h"
+    )
+    cfg.data["host"]["platform"] = offer.platform
+    return _resolve_cloud(cfg, state, ui, offer.platform, host_name=host_name, create=create)

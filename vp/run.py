@@ -1,0 +1,194 @@
+"""The Build-Sync-Run-Sync pipeline behind `vp CMD`. Knows nothing of the CLI."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vp import remote
+from vp.config import Config
+from vp.errors import EXIT_INTERRUPTED, VpError
+from vp.follow import follow
+from vp.hosts import resolve
+from vp.platforms.base import Host
+from vp.state import RunRecord, State
+from vp.sync.ignore import IgnoreRules
+from vp.sync.transfer import Manifest, download, parse_changes, plan_download, upload
+from vp.transport import LocalTransport, Transport
+from vp.ui import UI
+
+
+@dataclass
+class RunOptions:
+    argv: list[str]
+    sync: bool = True
+    sync_only: bool = False
+    download: bool | None = None  # None: [sync] download
+    detach: bool = False
+    docker: bool | None = None  # None: [docker] enabled
+    host_name: str | None = None
+
+
+def command_text(argv: list[str]) -> str:
+    """One argument is shell text (`vp "cd sub && make"`); several keep their exact quoting."""
+    if len(argv) == 1:
+        return argv[0]
+    return shlex.join(argv)
+
+
+@dataclass
+class Workspace:
+    """Where a project lives on one host, and the manifest both sides agree on."""
+
+    cfg: Config
+    state: State
+    host: Host
+    transport: Transport
+    workdir: str
+
+    @property
+    def root(self) -> Path:
+        return self.cfg.project_root
+
+    def rules(self) -> IgnoreRules:
+        return IgnoreRules.for_project(
+            self.root,
+            extra=self.cfg.get("sync", "extra_ignore") or [],
+            use_gitignore=bool(self.cfg.get("sync", "use_gitignore")),
+        )
+
+    def manifest(self) -> Manifest:
+        return Manifest.from_json(self.state.manifest(self.host.key, str(self.root), self.workdir))
+
+    def save_manifest(self, manifest: Manifest) -> None:
+        self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+
+
+def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = None) -> Workspace:
+    host, transport = resolve(cfg, state, ui, host_name=host_name)
+    if isinstance(transport, LocalTransport):
+        workdir = transport.workdir_for(cfg.project, cfg.project_root)
+    else:
+        workdir = cfg.get("sync", "workdir")
+    return Workspace(cfg, state, host, transport, workdir)
+
+
+def sync_up(ws: Workspace, ui: UI) -> None:
+    result, manifest = upload(
+        ws.transport, ws.root, ws.workdir, ws.rules(), ws.manifest(), say=ui.info
+    )
+    if result.skipped:
+        ui.debug("workspace unchanged since the last upload; not syncing")
+    else:
+        ws.save_manifest(manifest)
+        if result.deleted:
+            ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
+
+
+def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
+    rules = ws.rules()
+    manifest = ws.manifest()
+    names, dirs_changed = plan_download(ws.root, parse_changes(changes), rules, manifest)
+    result = download(ws.transport, ws.root, ws.workdir, names, manifest, say=ui.info, warn=ui.warn)
+    # The host may now hold files we don't (a deletion we can't see, a conflict we kept
+    # local): mark the manifest so the next upload does not skip.
+    manifest.clean = not dirs_changed and not result.conflicts
+    ws.save_manifest(manifest)
+
+
+def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
+    """Run one command through the pipeline; return the exit status vp should exit with."""
+    state = state or State()
+    ws = open_workspace(cfg, state, ui, opts.host_name)
+    command = command_text(opts.argv)
+    use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
+    if use_docker:
+        from vp.docker_run import docker_command
+
+        command = docker_command(cfg, ws, command, ui)
+    if opts.sync:
+        sync_up(ws, ui)
+    if opts.sync_only:
+        return 0
+    # --no-sync skips both directions; --no-download only the way back.
+    want_download = opts.sync and bool(
+        cfg.get("sync", "download") if opts.download is None else opts.download
+    )
+
+    run_id = remote.new_run_id()
+    record = RunRecord(
+        id=run_id,
+        project=cfg.project,
+        host_key=ws.host.key,
+        platform=ws.host.platform,
+        host_name=ws.host.name,
+        command=command_text(opts.argv),
+        workdir=ws.workdir,
+        started=time.time(),
+        price=ws.host.price,
+    )
+    state.add_run(record)
+    t = ws.transport
+    workdir_sh = _workdir_sh(ws)
+    env = {k: str(v) for k, v in cfg.section("env").items()}
+    env.setdefault("VP_RUN_ID", run_id)
+    script = remote.launch_script(
+        t.runs_dir_sh, run_id, workdir_sh, command, env, follow=not opts.detach
+    )
+    if opts.detach:
+        proc = t.run(script, timeout=60)
+        if remote.STARTED not in proc.stdout:
+            state.finish_run(run_id, None, "failed")
+            detail = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise VpError(
+                f"could not start the run on {t.label}" + (f": {detail[-1]}" if detail else "")
+            )
+        state.set_run_status(run_id, "detached")
+        ui.note(f"run {run_id} started on {ws.host.name}; follow it with: vp logs -f {run_id}")
+        print(run_id)
+        return 0
+
+    if not ui.quiet:
+        ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
+    try:
+        result = follow(
+            t,
+            run_id,
+            workdir_sh,
+            script,
+            ui,
+            reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+        )
+    except BaseException:
+        state.finish_run(run_id, None, "failed")
+        raise
+    if result.detached:
+        state.set_run_status(run_id, "detached")
+        ui.note(
+            f"detached: run {run_id} keeps going on {ws.host.name}. "
+            f"Re-attach with: vp logs -f {run_id}"
+        )
+        return EXIT_INTERRUPTED
+    status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
+    state.finish_run(run_id, result.exit_code, status)
+    if want_download and result.changes is not None:
+        sync_down(ws, ui, result.changes)
+    elif result.changes is not None:
+        manifest = ws.manifest()
+        manifest.clean = False
+        ws.save_manifest(manifest)
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    if result.lost:
+        raise VpError(
+            f"run {run_id} on {ws.host.name} ended without an exit status "
+            "(killed, or the host rebooted)",
+            hint=f"see its output with: vp logs {run_id}",
+        )
+    return result.exit_code if result.exit_code is not None else 1
+
+
+def _workdir_sh(ws: Workspace) -> str:
+    return ws.transport.workdir_sh(ws.workdir)

@@ -1,0 +1,317 @@
+"""Every ssh and rsync argv vp runs is built here, so connection reuse, host-key pinning and
+quoting are decided once.
+
+One OpenSSH ControlMaster per host is shared by every phase (sync, run, download) and by the
+next `vp` call for ControlPersist's ten minutes. vp runs ssh with `-F` on a config of its own
+that includes the user's `$HOME/.ssh/config` and the system one: OpenSSH finds `~` from the
+user database, which containers and test harnesses relocate.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vp import paths
+from vp.errors import ConnectionFailed, UsageError, VpError
+from vp.transport import Transport
+
+CONTROL_PERSIST = 600
+SERVER_ALIVE_INTERVAL = 5
+SERVER_ALIVE_COUNT = 3
+
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.][A-Za-z0-9_.-]*)$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class SshTarget:
+    """Where and how to log in. `host` may be an ssh_config alias."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+    identity_file: str | None = None
+    host_key_alias: str | None = None
+    # First contact with a host vp just created: accept its key once, then pin it.
+    accept_new: bool = True
+
+    @property
+    def label(self) -> str:
+        who = f"{self.user}@" if self.user else ""
+        port = f":{self.port}" if self.port else ""
+        return f"{who}{self.host}{port}"
+
+
+def parse_target(spec: str) -> SshTarget:
+    """Parse `alias`, `host`, `user@host`, `user@host:port` (or `[v6]:port`).
+
+    Host strings come from flags and config files, so anything that could be read as an ssh
+    option or shell text is refused here, before it reaches any argv.
+    """
+    original = spec
+    spec = spec.strip()
+    if spec.startswith("ssh://"):
+        spec = spec[len("ssh://") :]
+    user = None
+    if "@" in spec:
+        user, spec = spec.rsplit("@", 1)
+        if not _USER_RE.match(user):
+            raise UsageError(f"invalid ssh user in host '{original}'", hint="use user@host:port")
+    port = None
+    m = re.match(r"^(.*):(\d+)$", spec)
+    if m and (spec.count(":") == 1 or spec.startswith("[")):
+        spec, port_s = m.group(1), m.group(2)
+        port = int(port_s)
+        if not 0 < port < 65536:
+            raise UsageError(f"invalid port {port} in host '{original}'")
+    if not spec or not _HOST_RE.match(spec):
+        raise UsageError(
+            f"invalid ssh host '{original}'",
+            hint="use an ~/.ssh/config alias or user@host:port",
+        )
+    return SshTarget(host=spec, user=user, port=port)
+
+
+def known_hosts_file() -> Path:
+    path = paths.ensure_private_dir(paths.state_dir()) / "known_hosts"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    return path
+
+
+def base_config_file() -> Path:
+    """vp's own ssh config: the user's config (at $HOME, not the passwd home), then the system's."""
+    path = paths.ensure_private_dir(paths.state_dir()) / "ssh_config"
+    lines = ["# Written by vp; regenerated on every run.\n"]
+    user_config = Path.home() / ".ssh" / "config"
+    if user_config.is_file():
+        lines.append(f"Include {_ssh_quote(str(user_config))}\n")
+    if Path("/etc/ssh/ssh_config").is_file():
+        lines.append("Include /etc/ssh/ssh_config\n")
+    text = "".join(lines)
+    try:
+        current = path.read_text()
+    except FileNotFoundError:
+        current = None
+    if current != text:
+        tmp = path.with_name(f".ssh_config.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
+def _ssh_quote(value: str) -> str:
+    """Quote a value for ssh_config / `-o` parsing (double quotes, no escapes inside)."""
+    if re.search(r'[\s"]', value):
+        if '"' in value:
+            raise UsageError(f"path {value!r} contains a double quote, which ssh cannot parse")
+        return f'"{value}"'
+    return value
+
+
+def _classify_failure(stderr: str, target: SshTarget) -> VpError:
+    text = stderr.strip()
+    last = text.splitlines()[-1] if text else "ssh failed"
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key verification failed" in text:
+        alias = target.host_key_alias or target.host
+        return VpError(
+            f"host key for {target.label} does not match the one vp pinned: refusing to connect",
+            hint=(
+                "if the host was really reinstalled, remove its line from "
+                f"{known_hosts_file()} (ssh-keygen -R '{alias}' -f that file) and retry"
+            ),
+        )
+    if "Permission denied" in text:
+        return VpError(
+            f"ssh login to {target.label} was refused: {last}",
+            hint="check the user and key (ssh.identity_file) or your ~/.ssh/config",
+        )
+    if "Could not resolve hostname" in text:
+        return ConnectionFailed(
+            f"cannot resolve ssh host '{target.host}'",
+            hint="use an ~/.ssh/config alias or user@host:port",
+        )
+    return ConnectionFailed(f"cannot connect to {target.label}: {last}")
+
+
+class SshTransport(Transport):
+    """A host reached over OpenSSH with a shared, pinned, kept-alive connection."""
+
+    def __init__(self, target: SshTarget, connect_timeout: int = 10):
+        self.target = target
+        self.label = target.label
+        self.connect_timeout = connect_timeout
+        digest = hashlib.sha1(
+            "\0".join(
+                str(x)
+                for x in (
+                    target.host,
+                    target.user,
+                    target.port,
+                    target.host_key_alias,
+                    target.identity_file,
+                )
+            ).encode()
+        ).hexdigest()[:20]
+        self.control_path = str(paths.control_dir() / digest)
+        self._checked_at = 0.0
+
+    # argv ----------------------------------------------------------------------
+    def options(self) -> list[str]:
+        t = self.target
+        user_known = Path.home() / ".ssh" / "known_hosts"
+        known = _ssh_quote(str(known_hosts_file()))
+        if t.host_key_alias is None and user_known.is_file():
+            # A host the user already trusts with plain ssh is trusted by vp too.
+            known += " " + _ssh_quote(str(user_known))
+        opts = [
+            "-F",
+            str(base_config_file()),
+            "-o",
+            f"ControlPath={_ssh_quote(self.control_path)}",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            f"ServerAliveInterval={SERVER_ALIVE_INTERVAL}",
+            "-o",
+            f"ServerAliveCountMax={SERVER_ALIVE_COUNT}",
+            "-o",
+            f"ConnectTimeout={self.connect_timeout}",
+            "-o",
+            f"UserKnownHostsFile={known}",
+            "-o",
+            f"StrictHostKeyChecking={'accept-new' if t.accept_new else 'yes'}",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "HashKnownHosts=no",  # keep vp's pins readable: `is_pinned` looks them up
+        ]
+        if t.host_key_alias:
+            opts += ["-o", f"HostKeyAlias={t.host_key_alias}"]
+        if t.identity_file:
+            opts += [
+                "-o",
+                f"IdentityFile={_ssh_quote(t.identity_file)}",
+                "-o",
+                "IdentitiesOnly=yes",
+            ]
+        if t.port:
+            opts += ["-p", str(t.port)]
+        if t.user:
+            opts += ["-l", t.user]
+        return opts
+
+    def ssh_argv(self, *extra: str) -> list[str]:
+        return ["ssh", *self.options(), *extra]
+
+    def shell_argv(self) -> list[str]:
+        return self.ssh_argv("-T", "--", self.target.host, "sh -s")
+
+    def rsync_argv(self) -> list[str]:
+        ssh_cmd = " ".join(shlex.quote(a) for a in self.ssh_argv())
+        return ["rsync", "-e", ssh_cmd]
+
+    def remote_path(self, path: str) -> str:
+        host = self.target.host
+        return f"{host}:{path}"
+
+    def interactive_argv(self, command: str | None = None) -> list[str]:
+        extra = ["-t"] if command is None else ["-T"]
+        argv = self.ssh_argv(*extra, "--", self.target.host)
+        return argv if command is None else [*argv, command]
+
+    # the shared connection ---------------------------------------------------
+    def _check(self) -> str:
+        """'up', 'down' or 'wedged' for the master at our ControlPath."""
+        if not os.path.exists(self.control_path):
+            return "down"
+        try:
+            proc = subprocess.run(
+                self.ssh_argv("-O", "check", "--", self.target.host),
+                capture_output=True,
+                timeout=5,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            return "wedged"
+        return "up" if proc.returncode == 0 else "down"
+
+    def ensure(self) -> None:
+        """Start (or verify) the ControlMaster. Raises a one-line VpError on failure."""
+        now = time.monotonic()
+        if now - self._checked_at < 1.0 and os.path.exists(self.control_path):
+            return
+        lock_path = self.control_path + ".lock"
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._check()
+            if state == "up":
+                self._checked_at = time.monotonic()
+                return
+            if state == "wedged":
+                subprocess.run(
+                    self.ssh_argv("-O", "exit", "--", self.target.host),
+                    capture_output=True,
+                    timeout=5,
+                    start_new_session=True,
+                    check=False,
+                )
+            if os.path.exists(self.control_path):
+                os.unlink(self.control_path)
+            self._start_master()
+            self._checked_at = time.monotonic()
+
+    def _start_master(self) -> None:
+        # ssh takes the first value given for an option, so these win over options()' "no".
+        argv = [
+            "ssh",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPersist={CONTROL_PERSIST}",
+            *self.options(),
+            "-N",
+            "-f",
+            "--",
+            self.target.host,
+        ]
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    timeout=self.connect_timeout + 30,
+                    start_new_session=True,
+                )
+            except subprocess.TimeoutExpired:
+                raise ConnectionFailed(f"ssh to {self.label} did not answer in time") from None
+            err.seek(0)
+            stderr = err.read().decode(errors="replace")
+        if proc.returncode != 0:
+            raise _classify_failure(stderr, self.target)
+        if not os.path.exists(self.control_path):
+            raise ConnectionFailed(f"ssh to {self.label} started but left no control socket")
+
+    def close(self) -> None:
+        if os.path.exists(self.control_path):
+            subprocess.run(
+                self.ssh_argv("-O", "exit", "--", self.target.host),
+                capture_output=True,
+                timeout=10,
+                start_new_session=True,
+                check=False,
+            )

@@ -1,0 +1,173 @@
+"""Local state in SQLite (WAL): known hosts, run history, and sync manifests.
+
+Several `vp` processes may run at once against one project, so every write is a short
+transaction and the database runs in WAL mode with a busy timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from vp import paths
+from vp.errors import UsageError
+from vp.platforms.base import Host
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts (
+    key TEXT PRIMARY KEY,
+    project TEXT,
+    data TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    project TEXT,
+    host_key TEXT,
+    platform TEXT,
+    host_name TEXT,
+    command TEXT,
+    workdir TEXT,
+    started REAL,
+    ended REAL,
+    exit_code INTEGER,
+    status TEXT,
+    price REAL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+CREATE TABLE IF NOT EXISTS manifests (
+    host_key TEXT,
+    root TEXT,
+    workdir TEXT,
+    data TEXT NOT NULL,
+    PRIMARY KEY (host_key, root, workdir)
+);
+"""
+
+
+@dataclass
+class RunRecord:
+    id: str
+    project: str
+    host_key: str
+    platform: str
+    host_name: str
+    command: str
+    workdir: str
+    started: float
+    ended: float | None = None
+    exit_code: int | None = None
+    status: str = "running"  # running | done | failed | detached | interrupted
+    price: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
+
+    @property
+    def cost(self) -> float | None:
+        if self.price is None or self.duration is None:
+            return None
+        return round(self.price * self.duration / 3600, 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["duration"] = self.duration
+        d["cost"] = self.cost
+        return d
+
+
+class State:
+    def __init__(self, path: Path | None = None):
+        path = path or paths.ensure_private_dir(paths.state_dir()) / "state.db"
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.executescript(SCHEMA)
+
+    # hosts -----------------------------------------------------------------
+    def save_host(self, host: Host, project: str | None) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO hosts(key, project, data, updated) VALUES (?,?,?,?)",
+            (host.key, project, json.dumps(host.to_dict()), time.time()),
+        )
+
+    def hosts(self, project: str | None = None, platform: str | None = None) -> list[Host]:
+        rows = self.db.execute("SELECT data, project FROM hosts ORDER BY updated DESC").fetchall()
+        out = []
+        for data, proj in rows:
+            host = Host(**json.loads(data))
+            if project is not None and proj != project:
+                continue
+            if platform is not None and host.platform != platform:
+                continue
+            out.append(host)
+        return out
+
+    def host(self, key: str) -> Host | None:
+        row = self.db.execute("SELECT data FROM hosts WHERE key=?", (key,)).fetchone()
+        return Host(**json.loads(row[0])) if row else None
+
+    def forget_host(self, key: str) -> None:
+        self.db.execute("DELETE FROM hosts WHERE key=?", (key,))
+        self.db.execute("DELETE FROM manifests WHERE host_key=?", (key,))
+
+    # runs ------------------------------------------------------------------
+    def add_run(self, run: RunRecord) -> None:
+        cols = [f.name for f in fields(RunRecord)]
+        self.db.execute(
+            f"INSERT INTO runs({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
+            [getattr(run, c) for c in cols],
+        )
+
+    def finish_run(self, run_id: str, exit_code: int | None, status: str) -> None:
+        self.db.execute(
+            "UPDATE runs SET ended=?, exit_code=?, status=? WHERE id=?",
+            (time.time(), exit_code, status, run_id),
+        )
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        self.db.execute("UPDATE runs SET status=? WHERE id=?", (status, run_id))
+
+    def runs(self, project: str | None = None, limit: int = 50) -> list[RunRecord]:
+        cols = [f.name for f in fields(RunRecord)]
+        query = f"SELECT {','.join(cols)} FROM runs"
+        args: list[Any] = []
+        if project:
+            query += " WHERE project=?"
+            args.append(project)
+        query += " ORDER BY started DESC LIMIT ?"
+        args.append(limit)
+        return [RunRecord(*row) for row in self.db.execute(query, args).fetchall()]
+
+    def run(self, run_id: str) -> RunRecord:
+        """Find a run by id or unique prefix; a bad id is a usage error naming it."""
+        if not run_id or not all(c.isalnum() or c == "-" for c in run_id) or len(run_id) > 64:
+            raise UsageError(f"'{run_id}' is not a run id", hint="see `vp runs` for run ids")
+        cols = [f.name for f in fields(RunRecord)]
+        rows = self.db.execute(
+            f"SELECT {','.join(cols)} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
+        ).fetchall()
+        if not rows:
+            raise UsageError(f"no run '{run_id}'", hint="see `vp runs` for run ids")
+        if len(rows) > 1:
+            raise UsageError(f"run id '{run_id}' is ambiguous", hint="type more of it")
+        return RunRecord(*rows[0])
+
+    # manifests ---------------------------------------------------------------
+    def manifest(self, host_key: str, root: str, workdir: str) -> dict[str, list] | None:
+        row = self.db.execute(
+            "SELECT data FROM manifests WHERE host_key=? AND root=? AND workdir=?",
+            (host_key, root, workdir),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save_manifest(self, host_key: str, root: str, workdir: str, data: dict) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data) VALUES (?,?,?,?)",
+            (host_key, root, workdir, json.dumps(data, separators=(",", ":"))),
+        )

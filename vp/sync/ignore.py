@@ -1,0 +1,125 @@
+"""Which files are synced: gitignore rules (via pathspec) from built-in defaults, `.gitignore`
+(when `sync.use_gitignore`), `.vpignore` and `sync.extra_ignore`, in that order, last match wins.
+
+Rules are applied as one ordered spec rather than a set of `--exclude`s, so `!` negation works,
+and ignored directories are pruned while walking, so a 2 GB `.venv` costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+# What no one wants shipped to a GPU box: VCS metadata, environments, caches, and secrets.
+DEFAULT_RULES = [
+    ".git/",
+    ".hg/",
+    ".svn/",
+    ".venv/",
+    "venv/",
+    ".tox/",
+    ".nox/",
+    "__pycache__/",
+    "*.pyc",
+    "*.pyo",
+    "node_modules/",
+    ".mypy_cache/",
+    ".pytest_cache/",
+    ".ruff_cache/",
+    ".ipynb_checkpoints/",
+    ".DS_Store",
+    ".vp/",
+    ".vp-dl-*/",
+    "*.vp-remote",
+    # secrets: listed explicitly with `!name` in .vpignore if you really mean to sync them
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_ed25519*",
+    "id_ecdsa*",
+    ".netrc",
+    ".pypirc",
+    ".aws/",
+    ".ssh/",
+    ".docker/config.json",
+    "credentials.json",
+    "*.tfstate",
+]
+
+# Directory names pruned on the host when listing what a run changed (cheap `find -prune`).
+PRUNE_DIRS = [".git", ".hg", ".svn", ".venv", "node_modules", "__pycache__", ".mypy_cache"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    size: int
+    mtime_ns: int
+    is_link: bool
+
+    def as_list(self) -> list:
+        return [self.size, self.mtime_ns, int(self.is_link)]
+
+
+class IgnoreRules:
+    def __init__(self, lines: Iterable[str]):
+        self.lines = [line for line in lines]
+        self.spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
+
+    @classmethod
+    def for_project(
+        cls, root: Path, extra: Iterable[str] = (), use_gitignore: bool = False
+    ) -> IgnoreRules:
+        lines = list(DEFAULT_RULES)
+        sources = [".gitignore"] if use_gitignore else []
+        sources.append(".vpignore")
+        for name in sources:
+            path = root / name
+            if path.is_file():
+                lines += read_rules(path)
+        lines += list(extra)
+        return cls(lines)
+
+    def ignored(self, relpath: str, is_dir: bool = False) -> bool:
+        """Is `relpath` (posix, relative to the root) excluded, itself or through a parent dir?"""
+        parts = relpath.split("/")
+        for i in range(1, len(parts)):
+            if self.spec.match_file("/".join(parts[:i]) + "/"):
+                return True
+        return self.spec.match_file(relpath + ("/" if is_dir else ""))
+
+    def walk(self, root: Path) -> dict[str, Entry]:
+        """Every synced file and symlink under `root`, pruning ignored directories."""
+        out: dict[str, Entry] = {}
+        stack = [""]
+        while stack:
+            rel_dir = stack.pop()
+            directory = os.path.join(root, rel_dir) if rel_dir else str(root)
+            try:
+                entries = list(os.scandir(directory))
+            except (PermissionError, FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    if not self.spec.match_file(rel + "/"):
+                        stack.append(rel)
+                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    if not self.spec.match_file(rel):
+                        out[rel] = Entry(st.st_size, st.st_mtime_ns, stat.S_ISLNK(st.st_mode))
+        return out
+
+
+def read_rules(path: Path) -> list[str]:
+    """Lines of an ignore file. Undecodable bytes are replaced, not fatal: it's a filter."""
+    return path.read_bytes().decode("utf-8", errors="replace").splitlines()

@@ -1,0 +1,116 @@
+"""How vp reaches a host: run a shell script there, and the rsync arguments to copy files.
+
+`LocalTransport` (the `local` platform) and `vp.ssh.SshTransport` have the same surface, so
+the pipeline in `vp.run` is written once and behaves the same on both.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from vp import paths
+
+
+class Transport:
+    """Base: a host we can run `sh -s` on and rsync to."""
+
+    label = "host"
+    is_local = False
+    # Shell expression for the directory holding run logs and exit codes on the host.
+    runs_dir_sh = '"$HOME"/.vp/runs'
+
+    def ensure(self) -> None:
+        """Make sure a connection is up (ssh: the shared ControlMaster)."""
+
+    def shell_argv(self) -> list[str]:
+        """argv that runs `sh -s` on the host, reading the script from stdin."""
+        raise NotImplementedError
+
+    def rsync_argv(self) -> list[str]:
+        """`rsync` plus the options that route it to this host (`-e ssh ...`)."""
+        return ["rsync"]
+
+    def remote_path(self, path: str) -> str:
+        """rsync's notation for `path` on the host."""
+        return path
+
+    def workdir_sh(self, workdir: str) -> str:
+        """`workdir` as a quoted shell word; relative and ~ paths are under the remote home."""
+        if workdir.startswith("~/"):
+            workdir = workdir[2:]
+        elif workdir == "~":
+            return '"$HOME"'
+        if workdir.startswith("/"):
+            return shlex.quote(workdir)
+        return '"$HOME"/' + shlex.quote(workdir)
+
+    def rsync_workdir(self, workdir: str) -> str:
+        """Workdir as rsync sees it: relative paths are relative to the login home already."""
+        if workdir.startswith("~/"):
+            workdir = workdir[2:]
+        return workdir.rstrip("/") + "/"
+
+    def run(
+        self, script: str, *, timeout: float | None = None, check_connect: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run a short script, capturing its output."""
+        self.ensure()
+        return subprocess.run(
+            self.shell_argv(),
+            input=script.encode(),
+            capture_output=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
+
+    def popen(self, script: str) -> subprocess.Popen[bytes]:
+        """Start a long script (the run follower); the caller reads stdout as it comes."""
+        proc = subprocess.Popen(
+            self.shell_argv(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # the terminal's Ctrl-C reaches vp, which decides
+        )
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(script.encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return proc
+
+    def interactive_argv(self, command: str | None = None) -> list[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop the shared connection (ssh -O exit)."""
+
+
+class LocalTransport(Transport):
+    """The embedded `local` platform: the same pipeline, on this machine, no ssh."""
+
+    label = "local"
+    is_local = True
+
+    def __init__(self) -> None:
+        base = paths.ensure_private_dir(paths.data_dir() / "local")
+        self.base = base
+        self.runs_dir_sh = shlex.quote(str(base / "runs"))
+
+    def shell_argv(self) -> list[str]:
+        return ["sh", "-s"]
+
+    def workdir_for(self, project: str, root: Path) -> str:
+        import hashlib
+
+        digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
+        return str(self.base / "workspaces" / f"{project}-{digest}")
+
+    def interactive_argv(self, command: str | None = None) -> list[str]:
+        import os
+
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        return [shell] if command is None else [shell, "-c", command]

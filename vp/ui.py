@@ -1,0 +1,52 @@
+"""Everything vp says to a person goes to stderr, so stdout carries only the command's output or,
+with `-o json|yaml|table`, only data."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class UI:
+    quiet: bool = False
+    verbose: bool = False
+    output: str = "text"
+
+    @property
+    def structured(self) -> bool:
+        return self.output != "text"
+
+    def _tty(self) -> bool:
+        return sys.stderr.isatty()
+
+    def _emit(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def info(self, message: str) -> None:
+        """Progress: silent with -q and in structured modes."""
+        if not (self.quiet or self.structured):
+            self._emit(self._style(f"vp: {message}", "2"))
+
+    def debug(self, message: str) -> None:
+        if self.verbose and not self.structured:
+            self._emit(self._style(f"vp: {message}", "2"))
+
+    def note(self, message: str) -> None:
+        """Things a person must see even with -q (Ctrl-C help, detach instructions)."""
+        if not self.structured or sys.stderr.isatty():
+            self._emit(self._style(f"vp: {message}", "1"))
+
+    def warn(self, message: str) -> None:
+        self._emit(self._style(f"vp: warning: {message}", "33"))
+
+    def error(self, message: str, hint: str | None = None) -> None:
+        self._emit(self._style(f"vp: error: {message}", "31"))
+        if hint:
+            self._emit(f"vp: hint: {hint}")
+
+    def _style(self, text: str, code: str) -> str:
+        if self._tty():
+            return f"\x1b[{code}m{text}\x1b[0m"
+        return text
