@@ -3,4 +3,9 @@
 Importing this package registers them on `vp.cli.app`.
 """
 
+import contextlib
+
 from vp.commands import hosts as _hosts  # noqa: F401
+
+with contextlib.suppress(ModuleNotFoundError):
+    from vp.commands import access as _access  # noqa: F401
