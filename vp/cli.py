@@ -310,12 +310,12 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: render every failure as one line (plus a hint), never a traceback."""
     import click
 
-    from vp import commands  # noqa: F401  - registers the lifecycle and access commands
-
-    args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
-    command = typer.main.get_command(app)
-    ui = UI(verbose="-v" in args or "--verbose" in args)
+    ui = UI(verbose="-v" in sys.argv or "--verbose" in sys.argv)
     try:
+        from vp import commands  # noqa: F401  - registers the lifecycle and access commands
+
+        args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+        command = typer.main.get_command(app)
         code = command.main(args=args, prog_name="vp", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code

@@ -43,4 +43,3 @@ def new_keypair(label: str) -> KeyPair:
         raise VpError(f"ssh-keygen failed: {proc.stderr.strip()}", hint="is OpenSSH installed?")
     os.chmod(path, 0o600)
     return KeyPair(path, path.with_suffix(".pub").read_text().strip())
-

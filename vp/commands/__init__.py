@@ -7,5 +7,5 @@ import contextlib
 
 from vp.commands import hosts as _hosts  # noqa: F401
 
-with contextlib.suppress(ModuleNotFoundError):
+with contextlib.suppress(ImportError):  # TODO: plain import once access.py lands
     from vp.commands import access as _access  # noqa: F401

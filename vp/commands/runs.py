@@ -9,6 +9,7 @@ import typer
 
 from vp import remote
 from vp.errors import EXIT_INTERRUPTED, VpError
+from vp.follow import follow as follow_run
 from vp.hosts import transport_for
 from vp.state import State
 
@@ -53,7 +54,7 @@ def show_logs(g, run_id: str, *, follow: bool, attach: bool) -> int:
         sys.stdout.buffer.write(proc.stdout)
         return 0
     script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
-    result = follow(
+    result = follow_run(
         transport,
         record.id,
         workdir_sh,

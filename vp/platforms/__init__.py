@@ -1,4 +1,4 @@
-"""Provider registry. Modules are imported only when a platform is used, so `vp --help` stays fast."""
+"""Provider registry. Modules are imported only when a platform is used: `vp --help` stays fast."""
 
 from __future__ import annotations
 

@@ -270,6 +270,7 @@ class GcePlatform:
             },
             key_path=str(keys.keys_dir() / key_file) if key_file else None,
             host_key_alias=f"vp-{NAME}-{inst.name}",
+            created_at=_timestamp(inst.creation_timestamp),
         )
 
     def _get_raw(self, host_id: str):
@@ -411,7 +412,7 @@ class GcePlatform:
         if isinstance(exc, gexc.ClientError):
             _forget_key(key)
             self._api("instances.insert", _raise, exc)
-        done = self._delete_quietly(instance_name, key, missing_ok=True)
+        done = self._delete_quietly(instance_name, key)
         self._reraise_after_cleanup(exc, done)
 
     def _wait_operation(self, op_name: str, instance_name: str, spec: HostSpec) -> None:
@@ -436,34 +437,43 @@ class GcePlatform:
         if not errors:
             return
         codes = [e.code for e in errors]
-        message = errors[0].message or codes[0]
         if any(c in CAPACITY_ERRORS for c in codes):
+            code = next(c for c in codes if c in CAPACITY_ERRORS)
             what = f"{spec.gpus}x {spec.gpu or 'GPU'}"
+            reason = "GPU quota exceeded" if code == "QUOTA_EXCEEDED" else "no capacity"
             raise VpError(
-                f"gce zone {self.zone} cannot create {what} now ({codes[0]}: {message})",
-                hint=f"try another zone: set [gce] zone (e.g. {_other_zone(self.zone)})",
+                f"gce zone {self.zone} cannot create {what} now: {reason} ({code})",
+                hint=f"try another zone: set [gce] zone (e.g. {_other_zone(self.zone)})"
+                + (" or request more GPU quota" if code == "QUOTA_EXCEEDED" else ""),
             )
+        message = " ".join((errors[0].message or "").split())
         raise VpError(f"gce: creating {instance_name} failed: {codes[0]}: {message}")
 
-    def _delete_quietly(
-        self, instance_name: str, key: Path | None, missing_ok: bool = False
-    ) -> str:
+    def _delete_quietly(self, instance_name: str, key: Path | None) -> str:
+        """Delete a VM this create made; say what happened ("" if GCE had already dropped it)."""
         try:
-            self.destroy(instance_name)
-        except HostGone:
-            pass
+            existed = self._lifecycle_quiet_delete(instance_name)
         except BaseException:  # noqa: BLE001 - report the original failure, not this one
             return f"could not delete the new gce instance {instance_name}; run: vp cleanup"
-        if key is not None:
-            _forget_key(key)
-        return f"deleted the new gce instance {instance_name}"
+        finally:
+            if key is not None:
+                _forget_key(key)
+        return f"deleted the new gce instance {instance_name}" if existed else ""
+
+    def _lifecycle_quiet_delete(self, instance_name: str) -> bool:
+        try:
+            self._lifecycle("delete", "delete_unary", instance_name)
+        except HostGone:
+            return False
+        return True
 
     def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
+        tail = f"; {done}" if done else ""
         if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating a GCE host; {done}") from None
+            raise Interrupted(f"interrupted while creating a GCE host{tail}") from None
         if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-        raise VpError(f"creating a GCE host failed ({_message(exc)}); {done}") from None
+            raise type(exc)(f"{exc.message}{tail}", hint=exc.hint) from None
+        raise VpError(f"creating a GCE host failed ({_message(exc)}){tail}") from None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -513,6 +523,15 @@ class GcePlatform:
                     hint="raise [host] ready_timeout, or vp down the host and try again",
                 )
             time.sleep(min(self.poll_interval, max(0.05, deadline - time.monotonic())))
+
+
+def _timestamp(text: str | None) -> float | None:
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def _raise(exc: BaseException):

@@ -1,0 +1,187 @@
+"""The run pipeline end to end: `vp CMD` against a real sshd host, as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VpEnv
+
+
+def _runs_dir() -> Path:
+    return Path.home() / ".vp" / "runs"  # the test host is root on this machine
+
+
+def test_round_trip_output_and_results(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    (ssh_project.project / "train.py").write_text(
+        "import pathlib\nprint('training')\npathlib.Path('out').mkdir(exist_ok=True)\n"
+        "pathlib.Path('out/model.txt').write_text('weights')\n"
+    )
+    r = ssh_project.run("python3", "train.py")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "training\n"
+    assert (remote_workdir / "train.py").read_text().startswith("import pathlib")
+    assert (ssh_project.project / "out" / "model.txt").read_text() == "weights"
+
+
+@pytest.mark.parametrize("code", [0, 3, 127])
+def test_exit_code_is_the_remote_one(ssh_project: VpEnv, code: int) -> None:
+    r = ssh_project.run("sh", "-c", f"exit {code}")
+    assert r.returncode == code, r.stderr
+
+
+def test_unknown_command_exits_127(ssh_project: VpEnv) -> None:
+    r = ssh_project.run("no-such-command-vp-test")
+    assert r.returncode == 127
+    assert "not found" in r.stdout
+
+
+def test_arguments_keep_their_quoting(ssh_project: VpEnv) -> None:
+    r = ssh_project.run(
+        "python3", "-c", "import sys; print(sys.argv[1:])", "a b; c", "$HOME", "'q'"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "['a b; c', '$HOME', \"'q'\"]"
+    r = ssh_project.run("python3", "-c", "print('a b; c')")
+    assert r.stdout == "a b; c\n"
+
+
+def test_single_argument_is_shell_text(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    r = ssh_project.run("mkdir -p sub && cd sub && pwd && echo $((6*7))")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(remote_workdir / "sub"), "42"]
+
+
+def test_env_section_is_exported(ssh_project: VpEnv) -> None:
+    cfg = ssh_project.project / "vp.toml"
+    cfg.write_text(cfg.read_text() + '\n[env]\nGREETING = "hi there; $(rm -rf /)"\n')
+    r = ssh_project.run("sh", "-c", 'printf "%s|%s\\n" "$GREETING" "$VP_RUN_ID"')
+    assert r.returncode == 0, r.stderr
+    greeting, run_id = r.stdout.strip().split("|")
+    assert greeting == "hi there; $(rm -rf /)"
+    assert len(run_id) == 8
+
+
+def test_output_is_streamed_live_and_in_order(ssh_project: VpEnv) -> None:
+    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.3; done; echo last"
+    proc = ssh_project.popen("sh", "-c", script)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    t_first = time.monotonic()
+    rest = proc.stdout.read()  # not communicate(): readline() already buffered some output
+    t_end = time.monotonic()
+    proc.wait(timeout=60)
+    assert first == b"out1\n"
+    # the first line arrived while the command was still sleeping, not at the end
+    assert t_end - t_first > 0.5
+    assert (first + rest).decode().split() == [
+        "out1",
+        "err1",
+        "out2",
+        "err2",
+        "out3",
+        "err3",
+        "last",
+    ]
+    assert proc.returncode == 0
+
+
+def test_run_survives_killing_the_control_master(ssh_project: VpEnv) -> None:
+    script = "for i in $(seq 1 8); do echo line$i; sleep 0.5; done; exit 5"
+    proc = ssh_project.popen("sh", "-c", script)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"line1\n"
+    # kill every ssh ControlMaster of this test's vp (its control dir is private to it)
+    masters = subprocess.run(
+        ["pgrep", "-f", f"ControlPath=/tmp/vp-{os.getuid()}-"], capture_output=True, text=True
+    ).stdout.split()
+    killed = 0
+    for pid in masters:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"ControlMaster=yes" in cmdline and str(ssh_project.home).encode() in cmdline:
+            os.kill(int(pid), signal.SIGKILL)
+            killed += 1
+    assert killed == 1
+    rest = proc.stdout.read()
+    proc.wait(timeout=90)
+    err = proc.stderr.read()
+    lines = (b"line1\n" + rest).decode().split()
+    assert lines == [f"line{i}" for i in range(1, 9)], err
+    assert proc.returncode == 5, err
+
+
+def test_ctrl_c_interrupts_the_remote_command(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    script = (
+        "trap 'echo got-int > interrupted.txt; exit 130' INT; echo ready; "
+        "while true; do sleep 0.1; done"
+    )
+    proc = ssh_project.popen("bash", "-c", script)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    proc.stdout.read()
+    proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert proc.returncode == 130, err
+    assert b"Ctrl-C" in err
+    assert (remote_workdir / "interrupted.txt").read_text() == "got-int\n"
+    # what existed was downloaded
+    assert (ssh_project.project / "interrupted.txt").read_text() == "got-int\n"
+
+
+def test_detach_then_logs_follow(ssh_project: VpEnv) -> None:
+    r = ssh_project.run("--detach", "sh", "-c", "echo one; sleep 1; echo two; exit 4")
+    assert r.returncode == 0, r.stderr
+    run_id = r.stdout.strip()
+    assert len(run_id) == 8
+    f = ssh_project.run("logs", "-f", run_id)
+    assert f.stdout == "one\ntwo\n"
+    assert f.returncode == 4
+    logs = ssh_project.run("logs", run_id[:5])
+    assert logs.stdout == "one\ntwo\n"
+    runs = ssh_project.run("-o", "json", "runs")
+    import json
+
+    rows = json.loads(runs.stdout)
+    assert rows[0]["id"] == run_id and rows[0]["exit_code"] == 4
+
+
+def test_bad_run_id_is_a_usage_error(ssh_project: VpEnv) -> None:
+    r = ssh_project.run("logs", "../../etc/passwd")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("vp: error: '../../etc/passwd' is not a run id")
+
+
+def test_unreachable_host_is_one_line(vp_env: VpEnv) -> None:
+    vp_env.write_config('[host]\nplatform = "ssh"\n[ssh]\nhost = "root@127.0.0.1:1"\n')
+    r = vp_env.run("true")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines()[0].startswith("vp: error: cannot connect to root@127.0.0.1:1")
+
+
+def test_changed_host_key_is_refused(ssh_project: VpEnv) -> None:
+    assert ssh_project.run("true").returncode == 0
+    host = ssh_project.host  # type: ignore[attr-defined]
+    # another machine now answers at the same address: a new host key (the old ssh
+    # connection dies with the old sshd)
+    host.stop()
+    host.host_key_path.unlink()
+    Path(str(host.host_key_path) + ".pub").unlink(missing_ok=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.host_key_path)], check=True
+    )
+    host.start()
+    r = ssh_project.run("true")
+    assert r.returncode == 1
+    assert "does not match the one vp pinned" in r.stderr
+    assert "Traceback" not in r.stderr
