@@ -1,7 +1,7 @@
 """Shell scripts vp sends to a host's `sh -s` (on stdin, so nothing secret is ever in argv).
 
 A run is a directory `RUNS/RUN_ID/` on the host holding `run.sh`, `pid` (its process group),
-`log` (stdout and stderr, merged in order), `since` (start time for change detection) and,
+`log` (stdout and stderr, merged in order), `since` (a marker: files whose ctime is newer changed during the run) and,
 once the command ends, `exit`. The command runs in its own session (`setsid -f`, so its
 SIGINT is not ignored the way `&` would make it), detached from any ssh connection.
 Streaming is `tail -c +OFFSET` of the log until the wrapper exits, so a reconnect resumes
@@ -59,6 +59,7 @@ echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {exports}{_user_shell()}
+sleep 0.01  # let the clock tick past $R/since, so every change the command makes is newer
 "$vp_sh" -c {shlex.quote(command)} < /dev/null >> "$R/log" 2>&1
 vp_finish $?
 """
@@ -70,7 +71,7 @@ vp_finish $?
 R={rdir}
 mkdir -p {runs_dir_sh} && mkdir "$R" || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
 mkdir -p {workdir_sh} 2>/dev/null
-echo $(( $(date +%s) - 2 )) > "$R/since"
+: > "$R/since"
 : > "$R/log"
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
@@ -104,7 +105,7 @@ printf '{EXIT_MARK}%s\\n' "${{vp_ec:-none}}" >&2
 """
     if changes:
         script += f"""printf '{CHANGES_MARK}' >&2
-cd {workdir_sh} 2>/dev/null && find . -mindepth 1 \\( {prune} \\) -prune -o \\( -type f -o -type l -o -type d \\) -newerct "@$(cat "$R/since")" -printf '%y %s %T@ %P\\0' >&2
+cd {workdir_sh} 2>/dev/null && find . \\( {prune} \\) -prune -o \\( -type f -o -type l -o -type d \\) -newercm "$R/since" -printf '%y %s %T@ %P\\0' >&2
 """
     return script
 

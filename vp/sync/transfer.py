@@ -163,6 +163,9 @@ def plan_download(
     wanted: list[str] = []
     dirs_changed = False
     for ch in changes:
+        if ch.kind == "d" and ch.path == "":  # the workdir itself
+            dirs_changed = True
+            continue
         if not _safe_relpath(ch.path) or rules.ignored(ch.path, is_dir=ch.kind == "d"):
             continue
         if ch.kind == "d":
