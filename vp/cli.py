@@ -308,7 +308,10 @@ def _command_names() -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: render every failure as one line (plus a hint), never a traceback."""
-    import click
+    try:  # typer >= 0.20 vendors click privately; older releases use click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover
+        from click import exceptions as click_exc  # type: ignore[no-redef]
 
     ui = UI(verbose="-v" in sys.argv or "--verbose" in sys.argv)
     try:
@@ -317,15 +320,18 @@ def main(argv: list[str] | None = None) -> None:
         args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
         command = typer.main.get_command(app)
         code = command.main(args=args, prog_name="vp", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except click.exceptions.UsageError as exc:
+    except click_exc.UsageError as exc:
         where = f" (vp {exc.ctx.info_name})" if exc.ctx and exc.ctx.parent else ""
         ui.error(f"{exc.format_message()}{where}", hint="see vp --help")
         code = EXIT_USAGE
-    except click.exceptions.Abort:
+    except typer.Abort:
         ui.error("aborted")
         code = EXIT_INTERRUPTED
+    except click_exc.ClickException as exc:
+        ui.error(exc.format_message())
+        code = exc.exit_code
     except VpError as exc:
         ui.error(exc.message, hint=exc.hint)
         code = exc.exit_code

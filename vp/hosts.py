@@ -90,6 +90,7 @@ def resolve(
     if name == "local":
         from vp.platforms.local import LOCAL_HOST
 
+        state.save_host(LOCAL_HOST, cfg.project)
         return LOCAL_HOST, LocalTransport()
     if name == "ssh":
         spec = host_name or cfg.get("ssh", "host")

@@ -1,0 +1,97 @@
+"""The embedded `local` platform: the same pipeline on this machine, with no configuration."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import vp.commands  # noqa: F401  - registers every subcommand, as `vp` itself does
+from tests.conftest import VpEnv
+from vp.cli import normalize_argv
+
+
+def test_fresh_install_runs_hello_locally(vp_env: VpEnv) -> None:
+    r = vp_env.run("python3", "-c", "print('hello')")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello\n"
+    workspaces = vp_env.home / ".local/share/vp/local/workspaces"
+    assert [p.name.startswith("proj-") for p in workspaces.iterdir()] == [True]
+
+
+def test_local_results_come_back_and_exit_code(vp_env: VpEnv) -> None:
+    (vp_env.project / "in.txt").write_text("data\n")
+    r = vp_env.run("sh", "-c", "cat in.txt; tr a-z A-Z < in.txt > out.txt; exit 3")
+    assert r.returncode == 3
+    assert r.stdout == "data\n"
+    assert (vp_env.project / "out.txt").read_text() == "DATA\n"
+    # the run happened in the workspace copy, not in the project itself
+    assert "vp/local/workspaces" in vp_env.run("pwd").stdout
+
+
+def test_local_ctrl_c_and_detach(vp_env: VpEnv) -> None:
+    proc = vp_env.popen("sh", "-c", "echo ready; sleep 30")
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    proc.stdout.read()
+    assert proc.wait(timeout=30) == 130
+    r = vp_env.run("--detach", "sh", "-c", "echo bg")
+    run_id = r.stdout.strip()
+    f = vp_env.run("logs", "-f", run_id)
+    assert f.stdout == "bg\n" and f.returncode == 0
+
+
+def test_runs_history_lists_runs(vp_env: VpEnv) -> None:
+    vp_env.run("sh", "-c", "exit 2")
+    r = vp_env.run("runs")
+    assert r.returncode == 0
+    header, row = r.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["ID", "COMMAND", "HOST_NAME"]
+    assert "local" in row and " 2 " in f" {row} "
+
+
+def test_argv_normalisation() -> None:
+    assert normalize_argv(["python", "train.py", "--epochs", "3"]) == [
+        "run",
+        "--",
+        "python",
+        "train.py",
+        "--epochs",
+        "3",
+    ]
+    assert normalize_argv(["-p", "runpod", "nvidia-smi"]) == [
+        "-p",
+        "runpod",
+        "run",
+        "--",
+        "nvidia-smi",
+    ]
+    assert normalize_argv(["--detach", "run", "-v", "x", "-y"]) == [
+        "--detach",
+        "-v",
+        "run",
+        "--",
+        "x",
+        "-y",
+    ]
+    assert normalize_argv(["runs"]) == ["runs"]
+    assert normalize_argv(["--", "ls", "-la"]) == ["run", "--", "ls", "-la"]
+    assert normalize_argv(["--platform=ssh", "ls"]) == ["--platform=ssh", "ls"]
+
+
+def test_help_is_fast_to_import(vp_env: VpEnv) -> None:
+    """`vp --help` must not import the cloud SDKs (2-3 s each)."""
+    r = vp_env.run("-c", "x", cwd=Path("/"))  # unknown option: still no SDK import needed
+    assert r.returncode == 2
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.argv=['vp','--help']\n"
+        "from vp.cli import main\n"
+        "try:\n    main()\nexcept SystemExit: pass\n"
+        "heavy=[m for m in ('runpod','vastai','boto3','google.cloud','docker','rich.progress')"
+        " if m in sys.modules]\nprint('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "HEAVY []" in out
