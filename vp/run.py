@@ -101,13 +101,22 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
 def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
     """Run one command through the pipeline; return the exit status vp should exit with."""
     state = state or State()
+    use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
+    container_host = use_docker and cfg.platform in ("vast", "runpod")
+    if container_host:
+        # Container platforms boot from the image itself: build and push before the host.
+        from vp.docker.dispatch import build_and_push
+
+        cfg.data["host"]["image"], _auth = build_and_push(cfg, ui)
     ws = open_workspace(cfg, state, ui, opts.host_name)
     command = command_text(opts.argv)
-    use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
-    if use_docker:
-        from vp.docker_run import docker_command
+    run_id = remote.new_run_id()
+    env = {k: str(v) for k, v in cfg.section("env").items()}
+    env.setdefault("VP_RUN_ID", run_id)
+    if use_docker and not container_host:
+        from vp.docker.dispatch import prepare_command
 
-        command = docker_command(cfg, ws, command, ui)
+        command = prepare_command(cfg, ws.transport, ws.workdir, command, env, run_id, ui)
     if opts.sync:
         sync_up(ws, ui)
     if opts.sync_only:
@@ -117,7 +126,6 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         cfg.get("sync", "download") if opts.download is None else opts.download
     )
 
-    run_id = remote.new_run_id()
     record = RunRecord(
         id=run_id,
         project=cfg.project,
@@ -132,8 +140,6 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     state.add_run(record)
     t = ws.transport
     workdir_sh = _workdir_sh(ws)
-    env = {k: str(v) for k, v in cfg.section("env").items()}
-    env.setdefault("VP_RUN_ID", run_id)
     script = remote.launch_script(
         t.runs_dir_sh, run_id, workdir_sh, command, env, follow=not opts.detach
     )

@@ -38,6 +38,9 @@ def init_project(
     }
     if docker:
         files["Dockerfile"] = template("Dockerfile")
+        files[".dockerignore"] = template("dockerignore")
+        if not (root / "requirements.txt").exists():
+            files["requirements.txt"] = ""  # the Dockerfile installs it
     for filename, text in files.items():
         path = root / filename
         if path.exists() and not force:

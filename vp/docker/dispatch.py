@@ -1,0 +1,152 @@
+"""Docker in the run pipeline: build (locally or on the host's engine), push, and wrap the command.
+
+VM-like hosts (ssh, aws, gce, thunder, local) run the command in `docker run` inside vp's
+detached wrapper, so streaming, reconnects, exit codes and Ctrl-C behave as without Docker.
+Container platforms (vast, runpod) instead boot the instance from the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+from vp import paths
+from vp.config import Config
+from vp.errors import UsageError, VpError
+from vp.ssh import SshTransport
+from vp.transport import Transport
+from vp.ui import UI
+
+CONTAINER_PLATFORMS = ("vast", "runpod")
+
+
+def image_name(cfg: Config) -> str:
+    return cfg.get("docker", "image") or f"vp-{cfg.project}"
+
+
+def _has_registry(image: str) -> bool:
+    first = image.split("/", 1)[0]
+    return "/" in image and ("." in first or ":" in first or first == "localhost")
+
+
+def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
+    """Build locally and push: the image ref and the pull credentials."""
+    from vp.docker import ensure_image, registry_auth
+
+    image = image_name(cfg)
+    if not _has_registry(image):
+        raise UsageError(
+            f"[docker] image = {image!r} names no registry to push to",
+            hint='set [docker] image = "registry.example.com/you/project", '
+            'or build_on = "remote" to build on the host itself',
+        )
+    auth = registry_auth(image, cfg.section("docker"))
+    ref = ensure_image(
+        cfg.project_root,
+        dockerfile=cfg.get("docker", "dockerfile"),
+        image=image,
+        push=True,
+        auth=auth,
+        progress=ui.info,
+    )
+    return ref, auth
+
+
+def build_local(cfg: Config, ui: UI) -> str:
+    from vp.docker import ensure_image
+
+    return ensure_image(
+        cfg.project_root,
+        dockerfile=cfg.get("docker", "dockerfile"),
+        image=image_name(cfg),
+        push=False,
+        auth=None,
+        progress=ui.info,
+    )
+
+
+@contextlib.contextmanager
+def forwarded_engine(transport: SshTransport) -> Iterator[str]:
+    """The host's Docker socket as a local unix socket, over the shared ssh connection."""
+    transport.ensure()
+    digest = hashlib.sha1(transport.control_path.encode()).hexdigest()[:10]
+    sock = str(paths.control_dir() / f"d-{digest}.sock")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(sock)
+    spec = f"{sock}:/var/run/docker.sock"
+    host = transport.target.host
+    proc = subprocess.run(
+        transport.ssh_argv("-O", "forward", "-L", spec, "--", host),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        start_new_session=True,
+    )
+    if proc.returncode != 0:
+        raise VpError(
+            f"could not forward the Docker socket of {transport.label}: {proc.stderr.strip()}",
+            hint="is Docker installed there, and may the ssh user use it (docker group)?",
+        )
+    try:
+        yield f"unix://{sock}"
+    finally:
+        subprocess.run(
+            transport.ssh_argv("-O", "cancel", "-L", spec, "--", host),
+            capture_output=True,
+            timeout=30,
+            start_new_session=True,
+        )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock)
+
+
+def prepare_command(
+    cfg: Config,
+    transport: Transport,
+    workdir: str,
+    command: str,
+    env: dict[str, str],
+    run_id: str,
+    ui: UI,
+) -> str:
+    """Make the image available to the host and return the command wrapped in `docker run`."""
+    from vp.docker import ensure_image, wrap_command
+
+    dockerfile = cfg.project_root / cfg.get("docker", "dockerfile")
+    if not Path(dockerfile).is_file():
+        raise UsageError(
+            f"Dockerfile not found: {dockerfile}",
+            hint="write one with `vp init --docker`, or set [docker] dockerfile",
+        )
+    pull_auth = None
+    if transport.is_local:
+        ref = build_local(cfg, ui)
+    elif cfg.get("docker", "build_on") == "remote":
+        if not isinstance(transport, SshTransport):
+            raise UsageError('build_on = "remote" needs an ssh host')
+        with forwarded_engine(transport) as docker_host:
+            ui.info(f"building on {transport.label}'s Docker engine")
+            ref = ensure_image(
+                cfg.project_root,
+                dockerfile=cfg.get("docker", "dockerfile"),
+                image=image_name(cfg),
+                push=False,
+                auth=None,
+                progress=ui.info,
+                docker_host=docker_host,
+            )
+    else:
+        ref, pull_auth = build_and_push(cfg, ui)
+    return wrap_command(
+        command,
+        image=ref,
+        workdir=workdir,
+        env=env,
+        gpus=cfg.get("docker", "gpus"),
+        name=f"vp-{run_id}",
+        pull_auth=pull_auth,
+    )
