@@ -1,0 +1,681 @@
+"""Access and everyday use: ssh, ssh-config, cleanup, tunnel, upload, download, sync.
+
+Each command parses, calls a small function (here, or in `vp.sshconfig`, `vp.tunnel`,
+`vp.watch`) and renders. Every connection is the project's shared one from `vp.hosts.resolve`.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import posixpath
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import typer
+
+from vp.cli import _globals, app
+from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
+from vp.hosts import resolve
+from vp.output import render
+from vp.platforms.base import Host
+from vp.state import State
+from vp.sync.transfer import REMOTE_SUFFIX, _human, _rsync_error, upload
+from vp.transport import LocalTransport, Transport
+from vp.ui import UI
+
+
+class _DashDashCommand(typer.core.TyperCommand):
+    """Keeps everything after `--` out of click's hands: `vp ssh [HOST] -- CMD ARGS...`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["vp.command"] = args[i + 1 :]
+            args = args[:i]
+        return super().parse_args(ctx, args)
+
+
+def _workdir(cfg, transport: Transport) -> str:
+    if isinstance(transport, LocalTransport):
+        return transport.workdir_for(cfg.project, cfg.project_root)
+    return cfg.get("sync", "workdir")
+
+
+def _connect(ctx: typer.Context, host_arg: str | None = None):
+    g = _globals(ctx)
+    cfg = g.load()
+    state = State()
+    host, transport = resolve(cfg, state, g.ui, host_name=host_arg or g.host, create=False)
+    return g, cfg, state, host, transport
+
+
+def _exec(argv: list[str], cwd: str | None = None) -> None:
+    """Become `argv`: the terminal, signals and exit status are the child's own."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if cwd:
+        os.chdir(cwd)
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        raise VpError(f"cannot start {argv[0]}: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------- ssh
+
+
+def session_name(project: str) -> str:
+    from vp.sshconfig import alias_for
+
+    return alias_for(project)  # vp-PROJECT, safe for tmux (no '.' or ':')
+
+
+def login_script(workdir_sh: str, session: str, tmux: bool = True) -> str:
+    """Shell text for an interactive login: cd to the workdir, attach to (or create) the
+    project's tmux session, or fall back to a plain login shell without tmux or a terminal."""
+    attach = (
+        f"if [ -t 0 ] && command -v tmux >/dev/null 2>&1; then "
+        f"exec tmux new-session -A -s {shlex.quote(session)}; fi; "
+        if tmux
+        else ""
+    )
+    script = f'cd {workdir_sh} 2>/dev/null; {attach}exec "${{SHELL:-/bin/sh}}" -l'
+    return "sh -c " + shlex.quote(script)
+
+
+@app.command(
+    "ssh",
+    cls=_DashDashCommand,
+    help=(
+        "Shell on the project's host, in its workdir, inside the tmux session vp-PROJECT "
+        "(created or re-attached; a plain login shell without tmux). "
+        "`vp ssh -- CMD ...` runs one command there and exits with its status. "
+        "On the local platform: a shell in the local workspace."
+    ),
+    epilog="Examples: vp ssh   |   vp ssh -- nvidia-smi   |   vp ssh -- 'tail -f log.txt'",
+)
+def ssh_cmd(
+    ctx: typer.Context,
+    host: str = typer.Argument(None, help="Host name or id (default: the project's)"),
+    no_tmux: bool = typer.Option(False, "--no-tmux", help="Plain login shell, no tmux"),
+) -> None:
+    from vp.run import command_text
+
+    command = ctx.meta.get("vp.command")
+    g, cfg, _state, _host, transport = _connect(ctx, host)
+    workdir = _workdir(cfg, transport)
+    text = command_text(command) if command else None
+    if isinstance(transport, LocalTransport):
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        _exec(transport.interactive_argv(text), cwd=workdir)
+    from vp.ssh import SshTransport
+
+    if not isinstance(transport, SshTransport):
+        raise VpError(f"cannot open a shell over {type(transport).__name__}")
+    wd = transport.workdir_sh(workdir)
+    if text is None:
+        remote = login_script(wd, session_name(cfg.project), tmux=not no_tmux)
+        tty = "-t"
+    else:
+        remote = f"cd {wd} 2>/dev/null; {text}"
+        tty = "-t" if sys.stdin.isatty() and sys.stdout.isatty() else "-T"
+    g.ui.debug(f"ssh {transport.label}: {remote}")
+    _exec(transport.ssh_argv(tty, "--", transport.target.host, remote))
+
+
+# ---------------------------------------------------------------------------- ssh-config
+
+
+@app.command(
+    "ssh-config",
+    help=(
+        "Write (or --remove) the alias vp-PROJECT in ~/.ssh/config, so `ssh vp-PROJECT`, "
+        "scp and VS Code Remote-SSH reach the host as vp does (same key, pinned host key)."
+    ),
+    epilog="Re-run it after the host's address changes (cloud hosts get a new IP on start).",
+)
+def ssh_config_cmd(
+    ctx: typer.Context,
+    remove: bool = typer.Option(False, "--remove", help="Remove the project's block"),
+) -> None:
+    from vp import sshconfig
+
+    g = _globals(ctx)
+    cfg = g.load()
+    name = sshconfig.alias_for(cfg.project)[3:]
+    if remove:
+        removed = sshconfig.remove_blocks({name})
+        if g.output != "text":
+            render({"alias": f"vp-{name}", "removed": bool(removed)}, g.output)
+        elif removed:
+            g.ui.info(f"removed Host vp-{name} from {sshconfig.user_config_path()}")
+        else:
+            g.ui.info(f"no vp-{name} block in {sshconfig.user_config_path()}")
+        return
+    from vp.ssh import SshTransport
+
+    state = State()
+    host, transport = resolve(cfg, state, g.ui, host_name=g.host, create=False)
+    if not isinstance(transport, SshTransport):
+        raise UsageError(
+            f"the {host.platform} platform has no ssh host", hint="use `vp ssh` for a local shell"
+        )
+    block = sshconfig.render_block(name, host, sshconfig.resolved_options(transport))
+    path = sshconfig.write_block(name, block)
+    alias = f"vp-{name}"
+    if g.output != "text":
+        render({"alias": alias, "config": str(path), "host": host.name}, g.output)
+        return
+    g.ui.info(f"wrote Host {alias} ({host.name}) to {path}")
+    g.ui.info(f"connect with `ssh {alias}` or VS Code: Remote-SSH: Connect to Host > {alias}")
+    print(alias)
+
+
+# ---------------------------------------------------------------------------- cleanup
+
+
+@dataclass
+class CleanupReport:
+    ssh_config: list[str] = field(default_factory=list)
+    known_hosts: list[str] = field(default_factory=list)
+    orphans: list[dict] = field(default_factory=list)
+    destroyed: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)  # platforms that could not be listed
+
+    def to_dict(self) -> dict:
+        return {
+            "ssh_config_removed": self.ssh_config,
+            "known_hosts_removed": self.known_hosts,
+            "orphans": self.orphans,
+            "destroyed": self.destroyed,
+            "unchecked_platforms": self.unchecked,
+        }
+
+
+def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupReport:
+    """Drop ssh-config blocks and known_hosts pins of hosts that are gone; find (and with
+    `destroy_orphans`, destroy) hosts labelled for vp that this machine's state doesn't know."""
+    from vp import sshconfig
+    from vp.hosts import platform_for
+    from vp.platforms import CLOUDS
+
+    report = CleanupReport()
+    known = {h.key: h for h in state.hosts()}
+    platforms = {h.platform for h in known.values()} | {cfg.platform}
+    gone: set[str] = set()
+    for name in sorted(p for p in platforms if p in CLOUDS):
+        try:
+            platform = platform_for(cfg, name)
+            listed = platform.list(None)
+        except Exception as exc:  # noqa: BLE001 - one unreachable provider must not stop the rest
+            ui.warn(f"could not list hosts on {name} ({exc}); left its entries alone")
+            report.unchecked.append(name)
+            continue
+        keys = {h.key for h in listed}
+        gone |= {k for k, h in known.items() if h.platform == name and k not in keys}
+        if not getattr(platform, "labels_hosts", True):
+            continue  # the account's hosts are not marked as vp's: none can be called orphaned
+        for h in listed:
+            if h.key in known:
+                continue
+            report.orphans.append(
+                {"platform": name, "id": h.id, "name": h.name, "status": h.status, "gpu": h.gpu}
+            )
+            if destroy_orphans:
+                try:
+                    platform.destroy(h.id)
+                    report.destroyed.append(h.key)
+                    ui.info(f"destroyed orphaned {h.name} ({h.id}) on {name}")
+                except VpError as exc:
+                    ui.warn(f"could not destroy {h.id} on {name}: {exc}")
+    blocks = sshconfig.find_blocks(_read_text(sshconfig.user_config_path()))
+    stale = {
+        b.project for b in blocks if b.host_key and (b.host_key not in known or b.host_key in gone)
+    }
+    report.ssh_config = [f"vp-{p}" for p in sshconfig.remove_blocks(stale)] if stale else []
+    live = {
+        h.host_key_alias or f"vp-{h.platform}-{h.id}" for k, h in known.items() if k not in gone
+    }
+    report.known_hosts = sshconfig.prune_known_hosts(live)
+    return report
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+@app.command(
+    "cleanup",
+    help=(
+        "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, and list "
+        "orphaned instances: hosts labelled for vp that this machine's state doesn't know "
+        "(they may belong to vp on another machine). --yes destroys the orphans."
+    ),
+)
+def cleanup_cmd(
+    ctx: typer.Context,
+    yes: bool = typer.Option(False, "-y", "--yes", help="Destroy orphaned instances"),
+) -> None:
+    g = _globals(ctx)
+    report = cleanup(g.load(), State(), g.ui, destroy_orphans=yes)
+    if g.output != "text":
+        render(report.to_dict(), g.output)
+        return
+    for alias in report.ssh_config:
+        g.ui.info(f"removed Host {alias} from ~/.ssh/config")
+    for alias in report.known_hosts:
+        g.ui.info(f"removed the host key pin of {alias}")
+    if report.orphans and not yes:
+        g.ui.warn(f"{len(report.orphans)} orphaned host(s) may be billing; `vp cleanup --yes`")
+        render(report.orphans, "table", ["platform", "id", "name", "status", "gpu"])
+    if not (report.ssh_config or report.known_hosts or report.orphans):
+        g.ui.info("nothing to clean up")
+
+
+# ---------------------------------------------------------------------------- tunnel
+
+
+@app.command(
+    "tunnel",
+    help=(
+        "Forward host ports here until Ctrl-C: REMOTE_PORT[:LOCAL_PORT] ... and print "
+        "http://127.0.0.1:LOCAL for each. Jupyter 8888, ComfyUI 8188, TensorBoard 6006."
+    ),
+    epilog="Examples: vp tunnel 8888   |   vp tunnel 8188:8189 6006",
+)
+def tunnel_cmd(
+    ctx: typer.Context,
+    ports: list[str] = typer.Argument(..., help="REMOTE_PORT[:LOCAL_PORT]"),
+) -> None:
+    from vp.tunnel import connect, serve
+
+    g, _cfg, _state, host, transport = _connect(ctx)
+    tunnels = connect(host, transport, ports, say=g.ui.info, debug=g.ui.debug)
+    try:
+        if g.output == "text":
+            for f in tunnels.forwards:
+                app_name = f" ({f.label})" if f.label else ""
+                g.ui.info(f"{host.name}:{f.remote}{app_name} -> {f.url}")
+                print(f.url, flush=True)
+        else:
+            render([f.to_dict() for f in tunnels.forwards], g.output)
+        g.ui.note("forwarding; Ctrl-C stops")
+        serve(tunnels, warn=g.ui.warn)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        tunnels.close()
+
+
+# ---------------------------------------------------------------------------- upload/download
+
+
+def _remote_rsync_path(transport: Transport, workdir: str, rel: str) -> str:
+    """rsync's path for `rel` on the host: absolute, ~/-relative, or under the workdir."""
+    if rel.startswith("/"):
+        return rel
+    if rel == "~" or rel.startswith("~/"):
+        return rel[2:] or "."
+    return transport.rsync_workdir(workdir) + rel
+
+
+def _remote_sh(transport: Transport, workdir: str, rel: str) -> str:
+    """The same path as one quoted shell word."""
+    if rel.startswith("/") or rel == "~" or rel.startswith("~/"):
+        return transport.workdir_sh(rel)
+    return transport.workdir_sh(workdir) + "/" + shlex.quote(rel)
+
+
+def _rsync(transport: Transport, argv: list[str], what: str) -> None:
+    transport.ensure()
+    proc = subprocess.run(
+        [*transport.rsync_argv(), *argv],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    if proc.returncode not in (0, 24):
+        err = proc.stderr.decode(errors="replace")
+        if what == "download" and proc.returncode == 23 and "No such file or directory" in err:
+            raise VpError(f"nothing at {argv[-2].split(':', 1)[-1]} on {transport.label}")
+        raise _rsync_error(proc, transport.label, what)
+
+
+def copy_up(
+    transport: Transport, root: Path, workdir: str, src: str, dst: str | None
+) -> tuple[str, int]:
+    """Copy a local file or folder to the host, outside the sync rules. Relative DSTs are
+    under the workdir; the default is SRC's path relative to the project (else its name).
+    Returns the remote path and the bytes sent."""
+    source = Path(src)
+    if not os.path.lexists(source):
+        raise UsageError(f"no such file or folder: {src}")
+    absolute = Path(os.path.abspath(source))
+    is_dir = absolute.is_dir() and not absolute.is_symlink()
+    if dst is None:
+        try:
+            rel = absolute.relative_to(root).as_posix()
+        except ValueError:
+            rel = absolute.name
+        if rel in ("", "."):
+            raise UsageError("that is the whole project", hint="use `vp sync` for it")
+    elif dst.endswith("/") and not is_dir:
+        rel = dst.rstrip("/") + "/" + absolute.name if dst.strip("/") else absolute.name
+        if dst.startswith("/") and not rel.startswith("/"):
+            rel = "/" + rel
+    else:
+        rel = dst.rstrip("/") or dst
+    target_dir = rel if is_dir else (posixpath.dirname(rel) or ".")
+    argv = ["-a", "--protect-args"]
+    if transport.is_local:
+        Path(_remote_rsync_path(transport, workdir, target_dir)).mkdir(parents=True, exist_ok=True)
+    else:
+        mkdir = f"mkdir -p {_remote_sh(transport, workdir, target_dir)} && rsync"
+        argv.append(f"--rsync-path={mkdir}")
+    remote = _remote_rsync_path(transport, workdir, rel)
+    if is_dir:
+        argv += [str(absolute) + "/", transport.remote_path(remote.rstrip("/") + "/")]
+        size = sum(f.stat().st_size for f in absolute.rglob("*") if f.is_file())
+    else:
+        argv += [str(absolute), transport.remote_path(remote)]
+        size = absolute.lstat().st_size
+    _rsync(transport, argv, "upload")
+    return rel, size
+
+
+@dataclass
+class Fetched:
+    placed: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # kept local; host's copy at NAME.vp-remote
+    unchanged: int = 0
+
+    def to_dict(self) -> dict:
+        return {"fetched": self.placed, "conflicts": self.conflicts, "unchanged": self.unchanged}
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.is_symlink() or b.is_symlink():
+        return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
+    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+
+
+def place(src: Path, dest: Path, *, force: bool, result: Fetched, shown: Path) -> None:
+    """Move the staged `src` to `dest` file by file (each rename is atomic). An existing,
+    different local file is kept unless `force`; the host's copy lands as NAME.vp-remote."""
+    if src.is_dir() and not src.is_symlink():
+        if os.path.lexists(dest) and not (dest.is_dir() and not dest.is_symlink()):
+            _conflict(src, dest, force=force, result=result, shown=shown)
+            return
+        dest.mkdir(parents=True, exist_ok=True)
+        for child in sorted(src.iterdir()):
+            place(child, dest / child.name, force=force, result=result, shown=shown / child.name)
+        return
+    if not os.path.lexists(dest):
+        os.replace(src, dest)
+        result.placed.append(str(shown))
+    elif _same(src, dest):
+        result.unchanged += 1
+    else:
+        _conflict(src, dest, force=force, result=result, shown=shown)
+
+
+def _conflict(src: Path, dest: Path, *, force: bool, result: Fetched, shown: Path) -> None:
+    if force:
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        os.replace(src, dest)
+        result.placed.append(str(shown))
+        return
+    side = dest.with_name(dest.name + REMOTE_SUFFIX)
+    if side.is_dir() and not side.is_symlink():
+        shutil.rmtree(side)
+    os.replace(src, side)
+    result.conflicts.append(str(shown))
+
+
+def copy_down(
+    transport: Transport,
+    workdir: str,
+    src: str,
+    dst: Path,
+    *,
+    force: bool,
+) -> Fetched:
+    """Fetch a file or folder from the host into `dst`, never clobbering a local file unless
+    `force`: rsync writes a staging dir beside `dst`, then each file is renamed into place."""
+    rel = src.rstrip("/") or src
+    if not rel:
+        raise UsageError("download what?", hint="e.g. vp download outputs/")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".vp-dl-", dir=dst.parent))
+    try:
+        remote = _remote_rsync_path(transport, workdir, rel)
+        _rsync(
+            transport,
+            ["-a", "--protect-args", transport.remote_path(remote), str(staging) + "/"],
+            "download",
+        )
+        fetched = staging / posixpath.basename(remote.rstrip("/"))
+        if not os.path.lexists(fetched):
+            entries = list(staging.iterdir())
+            if len(entries) != 1:
+                raise VpError(f"nothing at {rel} on {transport.label}")
+            fetched = entries[0]
+        result = Fetched()
+        place(fetched, dst, force=force, result=result, shown=Path(dst.name))
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@app.command(
+    "upload",
+    help=(
+        "Copy a file or folder to the host, outside the sync rules (data, checkpoints). "
+        "DST defaults to SRC's path in the workdir; a relative DST is under the workdir."
+    ),
+    epilog="Examples: vp upload data/raw   |   vp upload ~/weights.bin models/",
+)
+def upload_cmd(
+    ctx: typer.Context,
+    src: str = typer.Argument(..., help="Local file or folder"),
+    dst: str = typer.Argument(None, help="Path on the host (default: same relative path)"),
+) -> None:
+    g, cfg, _state, host, transport = _connect(ctx)
+    workdir = _workdir(cfg, transport)
+    g.ui.info(f"uploading {src} to {host.name}")
+    rel, size = copy_up(transport, cfg.project_root, workdir, src, dst)
+    if g.output != "text":
+        render({"source": src, "target": rel, "bytes": size, "host": host.name}, g.output)
+    else:
+        g.ui.info(f"uploaded {src} ({_human(size)}) to {host.name}:{rel}")
+
+
+@app.command(
+    "download",
+    help=(
+        "Copy a file or folder from the host (a path under the workdir, or absolute). DST "
+        "defaults to the same relative path here. An existing local file that differs is "
+        "kept and the host's copy written beside it as NAME.vp-remote, unless --force."
+    ),
+    epilog="Examples: vp download outputs/   |   vp download /data/ckpt.pt ckpts/",
+)
+def download_cmd(
+    ctx: typer.Context,
+    src: str = typer.Argument(..., help="Path on the host"),
+    dst: str = typer.Argument(None, help="Local path (default: same relative path)"),
+    force: bool = typer.Option(False, "-f", "--force", help="Overwrite local files"),
+) -> None:
+    g, cfg, _state, host, transport = _connect(ctx)
+    workdir = _workdir(cfg, transport)
+    name = posixpath.basename(src.rstrip("/"))
+    if dst is None:
+        rel = src.rstrip("/")
+        local = Path.cwd() / (name if rel.startswith(("/", "~")) else rel)
+    else:
+        local = Path(dst)
+        if dst.endswith("/") or (local.is_dir() and not local.is_symlink()):
+            local = local / name
+    result = copy_down(transport, workdir, src, local, force=force)
+    if g.output != "text":
+        render(result.to_dict(), g.output)
+        return
+    for path in result.conflicts[:20]:
+        g.ui.warn(
+            f"{path} exists locally and differs: kept it; the host's is {path}{REMOTE_SUFFIX}"
+        )
+    if len(result.conflicts) > 20:
+        g.ui.warn(f"... and {len(result.conflicts) - 20} more (--force overwrites)")
+    g.ui.info(
+        f"downloaded {len(result.placed)} file(s) from {host.name} to {local}"
+        + (f", {result.unchanged} already identical" if result.unchanged else "")
+    )
+
+
+# ---------------------------------------------------------------------------- sync
+
+
+def _known_host(cfg, state: State, host_name: str | None) -> tuple[Host | None, str | None]:
+    """The project's host and workdir as vp last knew them, with no connection made."""
+    if cfg.platform == "local":
+        from vp.platforms.local import LOCAL_HOST
+
+        return LOCAL_HOST, LocalTransport().workdir_for(cfg.project, cfg.project_root)
+    workdir = cfg.get("sync", "workdir")
+    if cfg.platform == "ssh":
+        from vp.platforms.ssh import host_for
+
+        spec = host_name or cfg.get("ssh", "host")
+        return (host_for(spec) if spec else None), workdir
+    for h in state.hosts(cfg.project, None if cfg.platform == "auto" else cfg.platform):
+        if host_name is None or host_name in (h.id, h.name):
+            return h, workdir
+    return None, workdir
+
+
+def _upload(ws, ui: UI, say) -> dict:
+    result, manifest = upload(ws.transport, ws.root, ws.workdir, ws.rules(), ws.manifest(), say=say)
+    if not result.skipped:
+        ws.save_manifest(manifest)
+    return {
+        "host": ws.host.name,
+        "workdir": ws.workdir,
+        "skipped": result.skipped,
+        "files": result.files,
+        "bytes": result.bytes,
+        "deleted": result.deleted,
+    }
+
+
+def sync_status(cfg, state: State, host_name: str | None) -> dict:
+    """What `vp sync` would move now: the walk against the last upload's manifest."""
+    from vp.sync.transfer import Manifest
+    from vp.watch import plan_upload
+
+    host, workdir = _known_host(cfg, state, host_name)
+    stored = state.manifest(host.key, str(cfg.project_root), workdir) if host else None
+    plan = plan_upload(cfg.project_root, _rules(cfg), Manifest.from_json(stored))
+    return {"host": host.name if host else None, "workdir": workdir, **plan.to_dict()}
+
+
+def _rules(cfg):
+    from vp.sync.ignore import IgnoreRules
+
+    return IgnoreRules.for_project(
+        cfg.project_root,
+        extra=cfg.get("sync", "extra_ignore") or [],
+        use_gitignore=bool(cfg.get("sync", "use_gitignore")),
+    )
+
+
+def _print_status(data: dict, root: Path) -> None:
+    up, delete = data["upload"], data["delete"]
+    where = f"{data['host']}:{data['workdir']}" if data["host"] else "a new host"
+    lines = [f"to upload: {up['files']} file(s), {_human(up['bytes'])} -> {where}"]
+    sizes = []
+    for p in up["paths"]:
+        try:
+            sizes.append((os.lstat(root / p).st_size, p))
+        except OSError:
+            continue
+    for size, p in sorted(sizes, reverse=True)[:15]:
+        lines.append(f"  + {p}  ({_human(size)})")
+    if up["files"] > 15:
+        lines.append(f"  ... {up['files'] - 15} more (the largest are listed)")
+    lines.append(f"to delete on the host: {delete['files']} file(s)")
+    lines += [f"  - {p}" for p in delete["paths"][:15]]
+    lines.append(f"unchanged: {data['unchanged']} file(s)")
+    if not data["manifest_clean"]:
+        lines.append("(the host may differ from the last upload: every file is re-checked)")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+@app.command(
+    "sync",
+    help=(
+        "Upload the workspace now (the same rules as `vp run`). --watch keeps uploading "
+        "changes until Ctrl-C; --status shows what would move, moving nothing."
+    ),
+    epilog="Examples: vp sync --status   |   vp sync --watch",
+)
+def sync_cmd(
+    ctx: typer.Context,
+    watch: bool = typer.Option(False, "-w", "--watch", help="Upload on every local change"),
+    status: bool = typer.Option(False, "--status", help="Dry run: what would be uploaded"),
+) -> None:
+    from vp.run import open_workspace
+
+    g = _globals(ctx)
+    if watch and status:
+        raise UsageError("--watch and --status don't go together")
+    cfg = g.load()
+    state = State()
+    if status:
+        data = sync_status(cfg, state, g.host)
+        if g.output == "text":
+            _print_status(data, cfg.project_root)
+        else:
+            render(data, g.output)
+        return
+    ws = open_workspace(cfg, state, g.ui, g.host)
+    data = _upload(ws, g.ui, g.ui.info)
+    if not watch:
+        if g.output != "text":
+            render(data, g.output)
+        elif data["skipped"]:
+            g.ui.info(f"{ws.host.name}:{ws.workdir} is already up to date")
+        return
+    from vp.watch import plan_upload
+    from vp.watch import watch as watch_loop
+
+    def sync_changes() -> None:
+        plan = plan_upload(ws.root, ws.rules(), ws.manifest())
+        if plan.empty and plan.manifest_clean:
+            return
+        names = sorted(plan.upload) + [f"-{p}" for p in plan.delete]
+        shown = ", ".join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
+        g.ui.info(f"sync: {shown or 'checking the host'}")
+        _upload(ws, g.ui, g.ui.debug)
+
+    try:
+        watch_loop(
+            ws.root,
+            ws.rules,
+            sync_changes,
+            ready=lambda: g.ui.note(
+                f"watching {ws.root} -> {ws.host.name}:{ws.workdir} (Ctrl-C stops)"
+            ),
+            warn=g.ui.warn,
+        )
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
