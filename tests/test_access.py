@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import VpEnv
 from vp import sshconfig
+from vp.cli import VALUE_OPTIONS
 from vp.platforms.base import Host
 
 HOST_KEY_LINE = (
@@ -382,3 +383,71 @@ def test_tunnel_spec_parsing(spec: str):
     f = parse_spec(spec)
     assert f.remote == int(spec.split(":")[0])
     assert f.local == int(spec.split(":")[-1])
+
+
+def test_cleanup_finds_orphans_on_a_provider_and_destroys_them_with_yes(
+    vp_env: VpEnv, tmp_path: Path, monkeypatch
+):
+    """Against the vast emulator: a vp-labelled instance this state doesn't know is an
+    orphan (listed; destroyed with --yes); a known host the provider no longer has is gone,
+    so its ssh-config block and host key pin go too."""
+    pytest.importorskip("vastai")
+    from tests.emulators.vast import VastEmulator
+    from vp.platforms import get_platform
+    from vp.platforms.base import HostSpec
+    from vp.state import State
+
+    emulator = VastEmulator(tmp_path / "vast-emulator")
+    emulator.start()
+    try:
+        vp_env.env.update(VAST_URL=emulator.url, VAST_API_KEY=emulator.api_key)
+        for name in ("HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "VAST_URL", "VAST_API_KEY"):
+            monkeypatch.setenv(name, vp_env.env[name])
+        orphan = get_platform("vast", {"poll_interval": 0.1}).create(
+            HostSpec(gpu="4090", max_price=0.5, disk_gb=40), "vp-elsewhere"
+        )
+        gone = Host(id="31337", name="vp-proj", platform="vast", ssh_host="10.9.9.9")
+        State().save_host(gone, "proj")
+        opts = {"hostname": ["10.9.9.9"], "port": ["22"], "user": ["root"]}
+        sshconfig.write_block("proj", sshconfig.render_block("proj", gone, opts))
+        known = vp_env.home / ".local/state/vp/known_hosts"
+        known.write_text("vp-vast-31337 " + HOST_KEY_LINE.split(" ", 1)[1] + "\n")
+
+        # (an explicit poll_interval: vp.platforms.vast reads the key's None default as-is)
+        vp_env.write_config('[project]\nname = "proj"\n[vast]\npoll_interval = 0.1\n')
+        listed = vp_env.run("-p", "vast", "-o", "json", "cleanup")
+        assert listed.returncode == 0, listed.stderr
+        report = json.loads(listed.stdout)
+        assert [o["id"] for o in report["orphans"]] == [orphan.id], listed.stderr
+        assert report["destroyed"] == []
+        assert report["ssh_config_removed"] == ["vp-proj"]
+        assert report["known_hosts_removed"] == ["vp-vast-31337"]
+        assert "vp-proj" not in (vp_env.home / ".ssh/config").read_text()
+
+        destroyed = vp_env.run("-p", "vast", "-o", "json", "cleanup", "--yes")
+        assert destroyed.returncode == 0, destroyed.stderr
+        assert json.loads(destroyed.stdout)["destroyed"] == [f"vast:{orphan.id}"]
+        assert get_platform("vast", {}).list(None) == []
+    finally:
+        emulator.close()
+
+
+@pytest.mark.skipif("--tunnel" not in VALUE_OPTIONS, reason="vp run --tunnel is not wired yet")
+def test_run_tunnel_forwards_while_the_run_lasts(ssh_project: VpEnv, tmp_path: Path):
+    (ssh_project.project / "index.html").write_text("served by the run")
+    remote_port, local_port = _free_port(), _free_port()
+    serve = (
+        f"python3 -m http.server {remote_port} --bind 127.0.0.1 & "
+        "while [ ! -e stop ]; do sleep 0.1; done; kill $!"
+    )
+    run = ssh_project.popen("--tunnel", f"{remote_port}:{local_port}", serve)
+    try:
+        assert _get(f"http://127.0.0.1:{local_port}/index.html") == b"served by the run"
+        ssh_project.run("ssh", "--", "touch stop")
+        assert run.wait(timeout=30) in (0, 143), run.stderr.read().decode()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    with pytest.raises(OSError):  # closed with the run
+        urllib.request.urlopen(f"http://127.0.0.1:{local_port}/", timeout=2)
