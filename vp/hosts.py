@@ -37,9 +37,9 @@ def spec_from_config(cfg: Config) -> HostSpec:
 
 def platform_for(cfg: Config, name: str | None = None) -> Platform:
     name = name or cfg.platform
-    settings = cfg.section(name) if name in cfg.data else {}
-    if name == "ssh":
-        settings = cfg.section("ssh")
+    section = "ssh" if name == "ssh" else name
+    # Unset keys are absent, not None, so a platform's own defaults apply.
+    settings = {k: v for k, v in cfg.section(section).items() if v is not None}
     return get_platform(name, settings)
 
 

@@ -1,0 +1,152 @@
+"""`vp -p CLOUD CMD` end to end against each provider's emulator (real SDK, real sshd):
+create on first use, reuse without a create, stop then start again on the next run, and
+`vp down --yes` leaves nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VpEnv
+from tests.emulators.runpod import runpod_emulator  # noqa: F401
+from tests.emulators.thunder import thunder_emulator  # noqa: F401
+from tests.emulators.vast import vast_emulator  # noqa: F401
+
+pytestmark = pytest.mark.timeout(240)
+
+CLOUDS = {
+    # name: (emulator fixture, endpoint env, key env, url suffix, gpu, user-file settings)
+    "vast": ("vast_emulator", "VAST_URL", "VAST_API_KEY", "", "4090", "poll_interval = 0.1"),
+    "runpod": (
+        "runpod_emulator",
+        "RUNPOD_API_BASE_URL",
+        "RUNPOD_API_KEY",
+        "",
+        "4090",
+        "poll_interval = 0.1",
+    ),
+    "thunder": (
+        "thunder_emulator",
+        "TNR_API_URL",
+        "TNR_API_TOKEN",
+        "/v1",
+        "A100",
+        'poll_interval = 0.1\nuser = "root"',  # the emulator's hosts log in as root
+    ),
+}
+
+
+def _setup(name: str, request, vp_env: VpEnv, workdir: Path):
+    fixture, url_env, key_env, suffix, gpu, settings = CLOUDS[name]
+    emulator = request.getfixturevalue(fixture)
+    vp_env.env[url_env] = emulator.url + suffix
+    vp_env.env[key_env] = emulator.api_key
+    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+    user_cfg.parent.mkdir(parents=True, exist_ok=True)
+    user_cfg.write_text(f"[{name}]\n{settings}\n")
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "mnist"
+
+        [host]
+        platform = "{name}"
+        gpu = "{gpu}"
+        max_price = 5.0
+        ready_timeout = 60
+
+        [sync]
+        workdir = "{workdir}"
+        """
+    )
+    return emulator
+
+
+def _live(emulator) -> list[str]:
+    return [iid for iid, rec in emulator.instances.items() if iid in emulator.hosts]
+
+
+@pytest.mark.parametrize("name", list(CLOUDS))
+def test_create_reuse_stop_start_down(
+    name: str, request, vp_env: VpEnv, remote_workdir: Path
+) -> None:
+    emulator = _setup(name, request, vp_env, remote_workdir)
+    (vp_env.project / "train.py").write_text("open('out.txt', 'w').write('trained')\nprint('ok')\n")
+
+    r = vp_env.run("python3", "train.py")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n"
+    assert "creating" in r.stderr
+    assert (vp_env.project / "out.txt").read_text() == "trained"
+    assert len(emulator.instances) == 1
+
+    r = vp_env.run("python3", "-c", "print('again')")
+    assert r.returncode == 0 and r.stdout == "again\n", r.stderr
+    assert "creating" not in r.stderr
+    assert len(emulator.instances) == 1  # reused, no second create
+
+    ls = vp_env.run("-o", "json", "ls")
+    assert ls.returncode == 0, ls.stderr
+    rows = json.loads(ls.stdout)
+    assert [row["status"] for row in rows] == ["running"]
+
+    r = vp_env.run("stop")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
+    assert [row["status"] for row in rows] == ["stopped"]
+
+    r = vp_env.run("echo", "back")
+    assert r.returncode == 0 and r.stdout == "back\n", r.stderr
+    assert "starting stopped host" in r.stderr
+    assert len(emulator.instances) == 1
+
+    r = vp_env.run("down", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert _live(emulator) == []
+    assert emulator.live_sshd() == 0
+
+
+@pytest.mark.parametrize("name", ["vast"])
+def test_never_ready_create_leaves_nothing(
+    name: str, request, vp_env: VpEnv, remote_workdir: Path
+) -> None:
+    emulator = _setup(name, request, vp_env, remote_workdir)
+    emulator.never_ready = True
+    cfg = vp_env.project / "vp.toml"
+    cfg.write_text(cfg.read_text().replace("ready_timeout = 60", "ready_timeout = 3"))
+    r = vp_env.run("true")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "destroy" in r.stderr
+    assert _live(emulator) == []
+
+
+@pytest.mark.parametrize("name", ["runpod"])
+def test_max_price_is_respected(name: str, request, vp_env: VpEnv, remote_workdir: Path) -> None:
+    emulator = _setup(name, request, vp_env, remote_workdir)
+    cfg = vp_env.project / "vp.toml"
+    cfg.write_text(cfg.read_text().replace("max_price = 5.0", "max_price = 0.01"))
+    r = vp_env.run("true")
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert emulator.instances == {}
+
+
+def test_auto_picks_the_cheapest(request, vp_env: VpEnv, remote_workdir: Path) -> None:
+    vast = _setup("vast", request, vp_env, remote_workdir)
+    _setup("runpod", request, vp_env, remote_workdir)
+    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+    user_cfg.write_text("[vast]\npoll_interval = 0.1\n[runpod]\npoll_interval = 0.1\n")
+    r = vp_env.run("-p", "auto", "-o", "json", "offers", "--gpu", "4090")
+    assert r.returncode == 0, r.stderr
+    offers = json.loads(r.stdout)
+    assert {o["platform"] for o in offers} == {"vast", "runpod"}
+    assert [o["price"] for o in offers] == sorted(o["price"] for o in offers)
+    cheapest = offers[0]
+    r = vp_env.run("-p", "auto", "echo", "hi")
+    assert r.returncode == 0, r.stderr
+    assert f"on {cheapest['platform']}" in r.stderr
+    if cheapest["platform"] == "vast":
+        assert len(vast.instances) == 1
