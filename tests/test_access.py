@@ -249,6 +249,11 @@ def test_tunnel_forwards_a_host_port_until_ctrl_c(ssh_project: VpEnv, tmp_path: 
     server, port = _serve_http(tmp_path / "www")
     try:
         _check_tunnel(ssh_project, port, "sshtunnel")
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = ssh_project.run("tunnel", f"{port}:{taken.getsockname()[1]}", timeout=30)
+        assert busy.returncode == 2 and "already in use" in busy.stderr, busy.stderr
     finally:
         server.kill()
         server.wait()
@@ -413,8 +418,7 @@ def test_cleanup_finds_orphans_on_a_provider_and_destroys_them_with_yes(
         known = vp_env.home / ".local/state/vp/known_hosts"
         known.write_text("vp-vast-31337 " + HOST_KEY_LINE.split(" ", 1)[1] + "\n")
 
-        # (an explicit poll_interval: vp.platforms.vast reads the key's None default as-is)
-        vp_env.write_config('[project]\nname = "proj"\n[vast]\npoll_interval = 0.1\n')
+        vp_env.write_config('[project]\nname = "proj"\n')
         listed = vp_env.run("-p", "vast", "-o", "json", "cleanup")
         assert listed.returncode == 0, listed.stderr
         report = json.loads(listed.stdout)

@@ -13,6 +13,7 @@ has already authenticated and verified the host.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -89,6 +90,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _check_free(port: int) -> None:
+    """Say which local port is taken before any connection is made."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((LOCAL_BIND_HOST, port))
+        except OSError:
+            raise UsageError(
+                f"local port {port} is already in use",
+                hint=f"pick another local port: REMOTE:LOCAL, e.g. {port}:{port + 1}",
+            ) from None
+
+
 class Tunnels:
     """Open forwards; `alive()` / `restart()` let a long-lived caller heal a dropped link."""
 
@@ -132,7 +147,7 @@ class _Paramiko(Tunnels):
 
     def __init__(self, options: dict[str, list[str]], label: str, forwards: list[Forward]):
         self.label = label
-        self._messages: list[str] = []
+        self._messages: collections.deque[str] = collections.deque(maxlen=20)
         self._forwarder = self._make(options, forwards)
         self._start()
         self.forwards = [
@@ -237,7 +252,7 @@ class _Paramiko(Tunnels):
 
 
 class _Collect(logging.Handler):
-    def __init__(self, sink: list[str]):
+    def __init__(self, sink: collections.deque[str]):
         super().__init__(logging.INFO)
         self.sink = sink
 
@@ -350,6 +365,8 @@ def connect(
         raise UsageError("no port to forward", hint="e.g. vp tunnel 8888")
     if transport.is_local:
         return _Local(forwards)
+    for f in forwards:
+        _check_free(f.local)
     from vp.ssh import SshTransport
     from vp.sshconfig import resolved_options
 
