@@ -185,3 +185,31 @@ def test_changed_host_key_is_refused(ssh_project: VpEnv) -> None:
     assert r.returncode == 1
     assert "does not match the one vp pinned" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_idle_watchdog_stops_the_host_after_the_last_run(
+    ssh_project: VpEnv, tmp_path: Path
+) -> None:
+    marker = tmp_path / "stopped"
+    cfg = ssh_project.project / "vp.toml"
+    cfg.write_text(
+        cfg.read_text().replace(
+            "[ssh]\n", f'idle_stop_minutes = 0.05\nidle_stop_command = "date > {marker}"\n\n[ssh]\n'
+        )
+    )
+    # a run longer than the idle limit keeps the host up while it runs
+    r = ssh_project.run("sleep", "5")
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert marker.exists()
+
+
+def test_idle_stop_on_a_plain_ssh_host_says_it_cannot(ssh_project: VpEnv) -> None:
+    cfg = ssh_project.project / "vp.toml"
+    cfg.write_text(cfg.read_text().replace("[ssh]\n", "idle_stop_minutes = 30\n\n[ssh]\n"))
+    r = ssh_project.run("true")
+    assert r.returncode == 0
+    assert "idle_stop_minutes has no effect on ssh hosts" in r.stderr

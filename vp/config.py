@@ -33,7 +33,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "cpus": (int, None),
         "memory_gb": (int, None),
         "region": (str, None),
-        "idle_stop_minutes": (int, None),
+        "idle_stop_minutes": ((int, float), None),
+        "idle_stop_command": (str, None),
         "ready_timeout": ((int, float), 600),
     },
     "ssh": {

@@ -48,8 +48,12 @@ def launch_script(
     *,
     follow: bool = True,
     changes: bool = True,
+    pre_start: str = "",
 ) -> str:
-    """Create the run, start it detached, and (unless `follow` is false) stream it."""
+    """Create the run, start it detached, and (unless `follow` is false) stream it.
+
+    `pre_start` is shell text run just before the command starts (the idle watchdog).
+    """
     rdir = _run_dir(runs_dir_sh, run_id)
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     token = "VP_EOF_" + secrets.token_hex(8)
@@ -65,7 +69,14 @@ vp_finish $?
 """
     if token in body:  # astronomically unlikely; never emit an ambiguous here-document
         return launch_script(
-            runs_dir_sh, run_id, workdir_sh, command, env, follow=follow, changes=changes
+            runs_dir_sh,
+            run_id,
+            workdir_sh,
+            command,
+            env,
+            follow=follow,
+            changes=changes,
+            pre_start=pre_start,
         )
     script = f"""umask 077
 R={rdir}
@@ -75,7 +86,7 @@ mkdir -p {workdir_sh} 2>/dev/null
 : > "$R/log"
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
-command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
+{pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
 setsid -f /bin/sh "$R/run.sh" < /dev/null > /dev/null 2>&1
 printf '{STARTED.decode()}'
 """

@@ -141,7 +141,13 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     t = ws.transport
     workdir_sh = _workdir_sh(ws)
     script = remote.launch_script(
-        t.runs_dir_sh, run_id, workdir_sh, command, env, follow=not opts.detach
+        t.runs_dir_sh,
+        run_id,
+        workdir_sh,
+        command,
+        env,
+        follow=not opts.detach,
+        pre_start=_idle_watchdog(cfg, ws, ui),
     )
     if opts.detach:
         proc = t.run(script, timeout=60)
@@ -194,6 +200,24 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
             hint=f"see its output with: vp logs {run_id}",
         )
     return result.exit_code if result.exit_code is not None else 1
+
+
+def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
+    """Shell text that (re)arms the host's idle-stop watchdog, or "" when not configured."""
+    minutes = cfg.get("host", "idle_stop_minutes")
+    if not minutes:
+        return ""
+    from vp import idle
+
+    command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
+    if command is None:
+        # Said on every run on purpose: a silently ignored autostop costs money.
+        ui.warn(
+            f"idle_stop_minutes has no effect on {ws.host.platform} hosts (vp cannot stop "
+            "them) unless [host] idle_stop_command says how"
+        )
+        return ""
+    return idle.watchdog_snippet(ws.transport.runs_dir_sh, float(minutes), command)
 
 
 def _workdir_sh(ws: Workspace) -> str:

@@ -30,7 +30,7 @@ class HostSpec:
     cpus: int | None = None
     memory_gb: int | None = None
     region: str | None = None
-    idle_stop_minutes: int | None = None
+    idle_stop_minutes: float | None = None
 
 
 @dataclass

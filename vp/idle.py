@@ -1,0 +1,75 @@
+"""Idle stop: a small watchdog on the host stops it after `idle_stop_minutes` with no vp run.
+
+It is installed by the run's own launch session (no extra round trip) and survives the
+connection. Activity is a live run under the runs dir, or a vp session touching the activity
+file. How a host stops itself depends on the platform: VMs shut down (AWS and GCE turn a guest
+shutdown into a stop), vast.ai and RunPod containers call their provider with the scoped key
+the provider injects into the instance. `[host] idle_stop_command` replaces the built-in one.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+_FROM_PID1 = (
+    # Providers put their scoped credentials in the container's environment (PID 1), which
+    # an ssh session does not inherit.
+    "eval \"$(tr '\\0' '\\n' < /proc/1/environ 2>/dev/null"
+    " | grep -E '^(CONTAINER_ID|CONTAINER_API_KEY|RUNPOD_POD_ID|RUNPOD_API_KEY)=[A-Za-z0-9_.-]*$'"
+    " | sed 's/^/export /')\"; "
+)
+VM_SHUTDOWN = (
+    "sudo -n shutdown -h now 2>/dev/null || shutdown -h now || sudo -n poweroff || poweroff"
+)
+STOP_COMMANDS = {
+    "aws": VM_SHUTDOWN,
+    "gce": VM_SHUTDOWN,
+    "thunder": VM_SHUTDOWN,
+    "vast": _FROM_PID1
+    + 'curl -fsS -X PUT -H "Authorization: Bearer $CONTAINER_API_KEY"'
+    + " -H 'Content-Type: application/json' -d '{\"state\": \"stopped\"}'"
+    + ' "https://console.vast.ai/api/v0/instances/$CONTAINER_ID/"',
+    "runpod": _FROM_PID1 + 'runpodctl stop pod "$RUNPOD_POD_ID"',
+}
+
+
+def stop_command(platform: str, override: str | None) -> str | None:
+    """The shell command that stops this host from inside, or None if there is none."""
+    return override or STOP_COMMANDS.get(platform)
+
+
+def watchdog_snippet(runs_dir_sh: str, minutes: float, command: str) -> str:
+    """Shell text for the launch script: record activity, (re)configure and start the watchdog."""
+    seconds = max(1, int(minutes * 60))
+    interval = max(1, min(30, seconds // 4))
+    base = f"{runs_dir_sh}/../watchdog"
+    body = f"""echo $$ > "$W.pid"
+while :; do
+  . "$W.conf"
+  sleep "$vp_interval"
+  vp_busy=0
+  for vp_d in {runs_dir_sh}/*/; do
+    [ -e "$vp_d/exit" ] && continue
+    vp_p=$(cat "$vp_d/pid" 2>/dev/null) && kill -0 "$vp_p" 2>/dev/null && vp_busy=1
+  done
+  if [ "$vp_busy" = 1 ]; then touch "$W.activity"; continue; fi
+  vp_last=$(stat -c %Y "$W.activity" 2>/dev/null || echo 0)
+  if [ $(( $(date +%s) - vp_last )) -ge "$vp_limit" ]; then
+    echo "$(date) idle for $vp_limit s: stopping" >> "$W.log"
+    rm -f "$W.pid"
+    sh "$W.stop" >> "$W.log" 2>&1
+    exit 0
+  fi
+done
+"""
+    return f"""W={base}
+touch "$W.activity"
+printf 'vp_limit=%s\\nvp_interval=%s\\n' {seconds} {interval} > "$W.conf"
+printf '%s\\n' {shlex.quote(command)} > "$W.stop"
+if ! {{ [ -s "$W.pid" ] && kill -0 "$(cat "$W.pid")" 2>/dev/null; }}; then
+cat > "$W.sh" <<'VP_WATCHDOG_EOF'
+W={base}
+{body}VP_WATCHDOG_EOF
+setsid -f /bin/sh "$W.sh" < /dev/null > /dev/null 2>&1
+fi
+"""
