@@ -8,6 +8,7 @@ vp may delete (only its own uploads), and whether a downloaded file would clobbe
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
 import subprocess
@@ -255,6 +256,8 @@ def _place(
         unchanged = recorded is not None and [st.st_size, st.st_mtime_ns] == recorded[:2]
         if unchanged:  # the manifest holds only files and links: safe to replace
             os.replace(src, dest)
+        elif _same_content(src, dest):
+            pass  # already here, e.g. fetched by another run of this project: no conflict
         else:
             side = root / (name + REMOTE_SUFFIX)
             if os.path.isdir(side) and not os.path.islink(side):
@@ -270,6 +273,17 @@ def _place(
     new = os.lstat(dest)
     manifest.files[name] = Entry(new.st_size, new.st_mtime_ns, os.path.islink(dest)).as_list()
     result.fetched.append(name)
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    """Two regular files with equal bytes, or two symlinks to the same target."""
+    if os.path.islink(a) or os.path.islink(b):
+        return os.path.islink(a) and os.path.islink(b) and os.readlink(a) == os.readlink(b)
+    if not (os.path.isfile(a) and os.path.isfile(b)):
+        return False
+    if os.path.getsize(a) != os.path.getsize(b):
+        return False
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def _human(n: float) -> str:
