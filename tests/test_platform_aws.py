@@ -300,3 +300,11 @@ def test_ctrl_c_while_ec2_launches_destroys_the_new_instance(aws, emulator, tmp_
     assert out.startswith("Interrupted ") and "destroyed the new aws instance i-" in out
     assert emulator.live_instances() == []
     assert key_files(tmp_path) == []
+
+
+def test_importing_the_module_does_not_import_the_sdk():
+    code = (
+        "import sys, vp.platforms.aws; print('boto3' in sys.modules or 'botocore' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -139,6 +139,10 @@ def test_host_lifecycle_create_ssh_stop_start_destroy(gce, emulator, tmp_path):
     assert body["scheduling"]["onHostMaintenance"] == "TERMINATE"
     assert body["networkInterfaces"][0]["accessConfigs"][0]["type"] == "ONE_TO_ONE_NAT"
     assert body["labels"]["vp-project"] == "mnist"
+    assert body["tags"]["items"] == ["vp-ssh"]
+    rule = emulator.firewalls["vp-ssh"]
+    assert rule["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+    assert rule["targetTags"] == ["vp-ssh"] and rule["direction"] == "INGRESS"
     meta = metadata(body)
     assert meta["ssh-keys"].startswith("root:ssh-ed25519 ")
     assert meta["enable-oslogin"] == "FALSE"
@@ -241,7 +245,7 @@ def test_unknown_project_is_a_usage_hint(env, tmp_path):
     gce = create_platform({"project": "not-mine", "user": "root"})
     with pytest.raises(VpError, match="not-mine") as err:
         gce.create(HostSpec(gpu="T4"), "vp-x")
-    assert "[gce] project" in err.value.hint
+    assert "[gce] project" in (err.value.hint or "")
     assert key_files(tmp_path) == []
 
 
@@ -314,3 +318,9 @@ def test_ctrl_c_while_gce_creates_deletes_the_new_instance(env, tmp_path):
     assert out.startswith("Interrupted ") and "deleted the new gce instance vp-interrupted-" in out
     assert eventually(lambda: not [k for k in env.instances if "interrupted" in k[1]])
     assert key_files(tmp_path) == []
+
+
+def test_importing_the_module_does_not_import_the_sdk():
+    code = "import sys, vp.platforms.gce; print(any(m.startswith('google') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -70,6 +70,7 @@ class GceEmulator:
         self.instances: dict[tuple[str, str], dict] = {}  # (zone, name) -> Instance JSON
         self.operations: dict[str, dict] = {}
         self.hosts: dict[tuple[str, str], Any] = {}  # (zone, name) -> SshHost
+        self.firewalls: dict[str, dict] = {}
         self.inserts: list[dict] = []  # request bodies of accepted inserts
         self.requests: list[str] = []  # "METHOD path" of every API call
         self.auth_kinds: list[str] = []  # "self-signed-jwt" / "access-token" per API call
@@ -537,6 +538,46 @@ class GceEmulator:
                     inst["status"] = "TERMINATED"
         self._finish(op)
 
+    def get_firewall(self, project: str, name: str) -> dict:
+        self._check_scope(project, "us-central1-a")
+        rule = self.firewalls.get(name)
+        if rule is None:
+            raise ApiError(
+                404,
+                "notFound",
+                f"The resource 'projects/{project}/global/firewalls/{name}' was not found",
+            )
+        return rule
+
+    def insert_firewall(self, project: str, body: dict) -> dict:
+        self._check_scope(project, "us-central1-a")
+        name = body.get("name", "")
+        with self._lock:
+            if name in self.firewalls:
+                raise ApiError(
+                    409,
+                    "alreadyExists",
+                    f"The resource 'projects/{project}/global/firewalls/{name}' already exists",
+                )
+            link = f"{self.url}/compute/v1/projects/{project}/global/firewalls/{name}"
+            self.firewalls[name] = {
+                **body,
+                "kind": "compute#firewall",
+                "id": str(secrets.randbits(63)),
+                "selfLink": link,
+            }
+            op_name = f"operation-{int(time.time() * 1000)}-{secrets.token_hex(8)}"
+            return {
+                "kind": "compute#operation",
+                "id": str(secrets.randbits(63)),
+                "name": op_name,
+                "operationType": "insert",
+                "targetLink": link,
+                "status": "DONE",
+                "progress": 100,
+                "selfLink": f"{self.url}/compute/v1/projects/{project}/global/operations/{op_name}",
+            }
+
     def list_instances(self, project: str, zone: str, query: dict) -> dict:
         self._check_scope(project, zone)
         wanted = _parse_filter(query.get("filter", [""])[0])
@@ -587,6 +628,8 @@ ROUTES = [
     ("POST", r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)/start", "start"),
     ("POST", r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)/stop", "stop"),
     ("GET", r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", "operation"),
+    ("GET", r"/compute/v1/projects/([^/]+)/global/firewalls/([^/]+)", "get_firewall"),
+    ("POST", r"/compute/v1/projects/([^/]+)/global/firewalls", "insert_firewall"),
 ]
 
 
@@ -637,6 +680,10 @@ class _Handler(BaseHTTPRequestHandler):
                 emu._check_scope(args[0], args[1])
                 with emu._lock:
                     result = json.loads(json.dumps(emu._get_instance(*args)))
+            elif action == "get_firewall":
+                result = emu.get_firewall(*args)
+            elif action == "insert_firewall":
+                result = emu.insert_firewall(*args, json.loads(body or b"{}"))
             elif action == "delete":
                 result = emu.delete_instance(*args)
             elif action == "start":

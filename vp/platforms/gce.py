@@ -74,6 +74,7 @@ DEFAULT_IMAGE = (
     "projects/deeplearning-platform-release/global/images/family/"
     "common-cu128-ubuntu-2204-nvidia-570"
 )
+FIREWALL = "vp-ssh"  # ingress tcp/22 to VMs with this network tag
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Insert-operation error codes that mean "not in this zone right now".
 CAPACITY_ERRORS = {
@@ -120,6 +121,7 @@ class GcePlatform:
         self.create_timeout = float(self.settings.get("create_timeout") or 600)
         self._instances = None
         self._operations = None
+        self._firewalls = None
         self._project: str | None = None
 
     # ---------------------------------------------------------------- SDK plumbing
@@ -158,6 +160,9 @@ class GcePlatform:
             credentials=credentials, client_options=options
         )
         self._operations = compute_v1.ZoneOperationsClient(
+            credentials=credentials, client_options=options
+        )
+        self._firewalls = compute_v1.FirewallsClient(
             credentials=credentials, client_options=options
         )
 
@@ -346,6 +351,7 @@ class GcePlatform:
                     compute_v1.Items(key="install-nvidia-driver", value="True"),
                 ]
             ),
+            tags=compute_v1.Tags(items=[FIREWALL]),
             labels={
                 "vp-project": _label(project),
                 "vp-managed": "true",
@@ -361,6 +367,43 @@ class GcePlatform:
             ]
         return body
 
+    def _ensure_firewall(self) -> None:
+        """A firewall rule opening tcp/22 to VMs tagged `vp-ssh` on the default network (the
+        counterpart of the AWS security group). Without the right to create it, carry on: the
+        network may already let ssh in (the auto-mode default network's default-allow-ssh)."""
+        from google.api_core import exceptions as gexc
+        from google.cloud import compute_v1
+
+        try:
+            self._api(
+                "firewalls.get", self._firewalls.get, project=self._project, firewall=FIREWALL
+            )
+            return
+        except gexc.NotFound:
+            pass
+        rule = compute_v1.Firewall(
+            name=FIREWALL,
+            network="global/networks/default",
+            direction="INGRESS",
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
+            source_ranges=["0.0.0.0/0"],
+            target_tags=[FIREWALL],
+            description="vp: ssh access to GPU hosts",
+        )
+        try:
+            self._firewalls.insert_unary(project=self._project, firewall_resource=rule)
+        except (gexc.Conflict, gexc.Forbidden):
+            pass  # made concurrently, or not ours to make
+        except gexc.NotFound as exc:
+            raise VpError(
+                f"gce: project {self._project} not found ({_message(exc)})",
+                hint="check [gce] project (or GOOGLE_CLOUD_PROJECT)",
+            ) from exc
+        except gexc.GoogleAPICallError as exc:
+            raise VpError(
+                f"gce: creating firewall rule {FIREWALL} failed: {_message(exc)}"
+            ) from exc
+
     def create(self, spec: HostSpec, name: str) -> Host:
         offers = self.offers(spec)
         if not offers:
@@ -371,6 +414,7 @@ class GcePlatform:
             )
         offer = offers[0]
         self._connect()
+        self._ensure_firewall()
         project = name[3:] if name.startswith("vp-") else name
         instance_name = f"{_label(name).strip('-_') or 'vp'}"[:55].rstrip("-_")
         instance_name = f"{instance_name}-{secrets.token_hex(3)}"
