@@ -87,6 +87,8 @@ CAPACITY_ERRORS = {
     "Unsupported",
 }
 NOT_FOUND = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+# A host still stopped this long after wait_ready began (no start in flight) never comes up.
+STOPPED_GRACE = 30.0
 HINT_INSTALL = "pip install 'vp-runner[aws]'"
 
 
@@ -611,7 +613,8 @@ class AwsPlatform:
                 p.unlink()
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         host = None
         while True:
             host = self._get(host_id)
@@ -619,6 +622,11 @@ class AwsPlatform:
                 raise HostGone(f"aws instance {host_id} is gone ({host.status})")
             if host.status == RUNNING and host.ssh_host and ssh_banner(host.ssh_host, 22):
                 return host
+            if host.status == STOPPED and time.monotonic() - started > STOPPED_GRACE:
+                raise VpError(
+                    f"aws instance {host_id} is stopped; it will not become ready by itself",
+                    hint="start it with: vp start",
+                )
             if time.monotonic() >= deadline:
                 state = host.status if host.status != RUNNING else "running, ssh not answering"
                 raise VpError(

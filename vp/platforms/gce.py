@@ -85,6 +85,8 @@ CAPACITY_ERRORS = {
     "RESOURCE_NOT_AVAILABLE",
     "UNSUPPORTED_OPERATION",
 }
+# A host still stopped this long after wait_ready began (no start in flight) never comes up.
+STOPPED_GRACE = 30.0
 HINT_INSTALL = "pip install 'vp-runner[gce]'"
 
 
@@ -553,13 +555,19 @@ class GcePlatform:
             _forget_key(Path(key))
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
             host = self._get(host_id)
             if host.status == GONE:
                 raise HostGone(f"gce instance {host_id} is gone")
             if host.status == RUNNING and host.ssh_host and ssh_banner(host.ssh_host, 22):
                 return host
+            if host.status == STOPPED and time.monotonic() - started > STOPPED_GRACE:
+                raise VpError(
+                    f"gce instance {host_id} is stopped; it will not become ready by itself",
+                    hint="start it with: vp start",
+                )
             if time.monotonic() >= deadline:
                 state = host.status if host.status != RUNNING else "running, ssh not answering"
                 raise VpError(
