@@ -503,9 +503,10 @@ class AwsPlatform:
                 ],
             )
         except BaseException as e:
-            self._forget_key(kp.private_path)
             if isinstance(e, ce):
+                self._forget_key(kp.private_path)
                 raise self._fail("ImportKeyPair", e) from e
+            self._delete_key_pair(key_name, kp.private_path)  # it may have got there
             raise
 
         inst = None
@@ -536,19 +537,13 @@ class AwsPlatform:
                     if quota
                     else "try another region ([aws] region) or another GPU type",
                 )
-        except BaseException:
-            if inst is None:
-                self._delete_key_pair(key_name, kp.private_path)
-            raise
-
-        host_id = inst["InstanceId"]
-        try:
             host = self._host(inst)
-            if host.status == UNKNOWN:
-                host = self._get(host_id)
-            return host
+            return self._get(host.id) if host.status == UNKNOWN else host
         except BaseException as e:
-            self._reraise_after_cleanup(e, self._destroy_quietly(host_id))
+            if inst is None:  # EC2 made nothing: only the key pair is ours to remove
+                self._delete_key_pair(key_name, kp.private_path)
+                raise
+            self._reraise_after_cleanup(e, self._destroy_quietly(inst["InstanceId"]))
             raise  # unreachable
 
     # ---------------------------------------------------------------- lifecycle
