@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
@@ -34,7 +34,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
+VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
 FLAG_OPTIONS = {
     "--no-sync",
     "--sync-only",
@@ -67,6 +67,7 @@ class Globals:
     verbose: bool = False
     quiet: bool = False
     config: Path | None = None
+    tunnel: list[str] = field(default_factory=list)
 
     @property
     def ui(self) -> UI:
@@ -112,6 +113,12 @@ def main_options(
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Say more"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Say only warnings and errors"),
     config: Path = typer.Option(None, "--config", help="Project config file to use"),
+    tunnel: list[str] = typer.Option(
+        None,
+        "--tunnel",
+        help="Forward a host port while the run lasts: REMOTE[:LOCAL], repeatable "
+        "(Jupyter 8888, TensorBoard 6006)",
+    ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
     ),
@@ -132,6 +139,7 @@ def main_options(
         verbose=verbose,
         quiet=quiet,
         config=config,
+        tunnel=list(tunnel or []),
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -158,6 +166,7 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         detach=g.detach,
         docker=g.docker,
         host_name=g.host if cfg.platform != "ssh" else None,
+        tunnels=g.tunnel,
     )
     raise typer.Exit(execute(cfg, opts, g.ui))
 

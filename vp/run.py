@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vp import remote
@@ -29,6 +30,7 @@ class RunOptions:
     detach: bool = False
     docker: bool | None = None  # None: [docker] enabled
     host_name: str | None = None
+    tunnels: list[str] = field(default_factory=list)  # REMOTE[:LOCAL] forwards for the run
 
 
 def command_text(argv: list[str]) -> str:
@@ -150,6 +152,8 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         pre_start=_idle_watchdog(cfg, ws, ui),
     )
     if opts.detach:
+        if opts.tunnels:
+            ui.warn("--tunnel ends with vp: with --detach, forward with `vp tunnel PORT`")
         proc = t.run(script, timeout=60)
         if remote.STARTED not in proc.stdout:
             state.finish_run(run_id, None, "failed")
@@ -165,14 +169,23 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     if not ui.quiet:
         ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
     try:
-        result = follow(
-            t,
-            run_id,
-            workdir_sh,
-            script,
-            ui,
-            reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
-        )
+        with contextlib.ExitStack() as tunnels:
+            if opts.tunnels:
+                from vp.tunnel import open_tunnels
+
+                forwards = tunnels.enter_context(
+                    open_tunnels(ws.host, t, opts.tunnels, say=ui.info)
+                )
+                for f in forwards:
+                    ui.note(f"tunnel: {f.url} -> {ws.host.name}:{f.remote}")
+            result = follow(
+                t,
+                run_id,
+                workdir_sh,
+                script,
+                ui,
+                reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+            )
     except BaseException:
         state.finish_run(run_id, None, "failed")
         raise

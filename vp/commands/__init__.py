@@ -3,9 +3,5 @@
 Importing this package registers them on `vp.cli.app`.
 """
 
-import contextlib
-
+from vp.commands import access as _access  # noqa: F401
 from vp.commands import hosts as _hosts  # noqa: F401
-
-with contextlib.suppress(ImportError):  # TODO: plain import once access.py lands
-    from vp.commands import access as _access  # noqa: F401
