@@ -107,7 +107,7 @@ vp_i=0
 while [ ! -s "$R/pid" ] && [ ! -e "$R/exit" ] && [ $vp_i -lt 1000 ]; do sleep 0.01; vp_i=$((vp_i+1)); done
 vp_pid=$(cat "$R/pid" 2>/dev/null)
 if [ -n "$vp_pid" ] && [ ! -e "$R/exit" ] && kill -0 "$vp_pid" 2>/dev/null; then
-  tail -c +{offset + 1} --pid="$vp_pid" -s 0.05 -f "$R/log"
+  tail -c +{offset + 1} --pid="$vp_pid" -s 0.02 -f "$R/log"
 else
   tail -c +{offset + 1} "$R/log"
 fi
