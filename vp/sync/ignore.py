@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pathspec
 
+from vp.errors import ConfigError
+
 # What no one wants shipped to a GPU box: VCS metadata, environments, caches, and secrets.
 DEFAULT_RULES = [
     ".git/",
@@ -68,9 +70,12 @@ class Entry:
 
 
 class IgnoreRules:
-    def __init__(self, lines: Iterable[str]):
+    def __init__(self, lines: Iterable[str], source: str = "ignore rules"):
         self.lines = [line for line in lines]
-        self.spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
+        try:
+            self.spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
+        except Exception:  # noqa: BLE001 - pathspec raises ValueError or re.error
+            raise _bad_line(self.lines, source) from None
 
     @classmethod
     def for_project(
@@ -82,8 +87,10 @@ class IgnoreRules:
         for name in sources:
             path = root / name
             if path.is_file():
-                lines += read_rules(path)
-        lines += list(extra)
+                rules = read_rules(path)
+                cls(rules, str(path))  # name the file and line of a bad pattern
+                lines += rules
+        lines += cls(extra, "[sync] extra_ignore").lines
         return cls(lines)
 
     def ignored(self, relpath: str, is_dir: bool = False) -> bool:
@@ -118,6 +125,18 @@ class IgnoreRules:
                     if not self.spec.match_file(rel):
                         out[rel] = Entry(st.st_size, st.st_mtime_ns, stat.S_ISLNK(st.st_mode))
         return out
+
+
+def _bad_line(lines: list[str], source: str) -> ConfigError:
+    for number, line in enumerate(lines, 1):
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except Exception:  # noqa: BLE001
+            return ConfigError(
+                f"{source}: line {number}: invalid pattern {line!r}",
+                hint="use gitignore syntax: a lone ! or a trailing backslash is not a pattern",
+            )
+    return ConfigError(f"{source}: invalid patterns")
 
 
 def read_rules(path: Path) -> list[str]:
