@@ -42,11 +42,19 @@ class UI:
         self._emit(self._style(f"vp: warning: {message}", "33"))
 
     def error(self, message: str, hint: str | None = None) -> None:
-        self._emit(self._style(f"vp: error: {message}", "31"))
+        self._emit(self._style(f"vp: error: {one_line(message)}", "31"))
         if hint:
-            self._emit(f"vp: hint: {hint}")
+            self._emit(f"vp: hint: {one_line(hint)}")
 
     def _style(self, text: str, code: str) -> str:
         if self._tty():
             return f"\x1b[{code}m{text}\x1b[0m"
         return text
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped: input echoed in an error (a key, a host, a
+    path) can never break the one-line message or smuggle terminal escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
