@@ -298,9 +298,10 @@ class GcePlatform:
 
     def list(self, project: str | None = None) -> list[Host]:
         self._connect()
-        filt = 'labels.vp-managed = "true"'
+        # One parenthesized expression per term, joined by AND (compute's list filter syntax).
+        filt = '(labels.vp-managed = "true")'
         if project:
-            filt += f' AND labels.vp-project = "{_label(project)}"'
+            filt += f' AND (labels.vp-project = "{_label(project)}")'
         pager = self._api(
             "instances.list",
             self._instances.list,
