@@ -53,6 +53,7 @@ class AwsEmulator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._patches: list[tuple[Any, str, Any]] = []
+        self._owns_lock = False
         self._pending_since: dict[str, float] = {}
         self._boots: dict[str, int] = {}
         self._lock = threading.Lock()  # API state changes vs. the controller's
@@ -128,6 +129,7 @@ class AwsEmulator:
     def start(self) -> AwsEmulator:
         if not _active_lock.acquire(blocking=False):
             raise RuntimeError("only one AwsEmulator per process at a time")
+        self._owns_lock = True
         try:
             from moto.server import ThreadedMotoServer
 
@@ -167,6 +169,8 @@ class AwsEmulator:
         if self._patches:
             self._patches.clear()
             self._reset_moto()
+        if self._owns_lock:
+            self._owns_lock = False
             _active_lock.release()
 
     def __enter__(self) -> AwsEmulator:
