@@ -103,6 +103,9 @@ SECRET_KEYS = {
     ("docker", "password"),
 }
 
+# [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
+SECRET_ENV_NAME = re.compile(r"(?i)key|token|secret|passw|pwd|credential|auth|private")
+
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
     "VP_PLATFORM": ("host", "platform"),
@@ -347,6 +350,9 @@ def masked(data: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     for section, key in SECRET_KEYS:
         if out.get(section, {}).get(key):
             out[section][key] = "****"
+    for name, value in out.get("env", {}).items():
+        if value and SECRET_ENV_NAME.search(name):
+            out["env"][name] = "****"
     return out
 
 
