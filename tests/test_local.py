@@ -95,3 +95,12 @@ def test_help_is_fast_to_import(vp_env: VpEnv) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "HEAVY []" in out
+
+
+def test_sync_only_alone_syncs(vp_env: VpEnv) -> None:
+    (vp_env.project / "a.txt").write_text("a")
+    r = vp_env.run("--sync-only")
+    assert r.returncode == 0, r.stderr
+    assert "Usage" not in r.stdout
+    workspaces = list((vp_env.home / ".local/share/vp/local/workspaces").iterdir())
+    assert (workspaces[0] / "a.txt").read_text() == "a"

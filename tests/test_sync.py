@@ -159,3 +159,40 @@ def test_local_edit_during_run_is_kept_and_remote_copy_saved_beside_it(
     # the conflict copy is never uploaded
     r = ssh_project.run("--", "ls")
     assert "notes.txt.vp-remote" not in r.stdout
+
+
+def test_progress_bar_on_a_terminal_only(ssh_project: VpEnv) -> None:
+    import pty
+    import subprocess
+
+    (ssh_project.project / "big.bin").write_bytes(os.urandom(8 << 20))
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*__import__("tests.conftest", fromlist=["VP"]).VP, "--sync-only"],
+        cwd=ssh_project.project,
+        env=ssh_project.env,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out = proc.stdout.read() if proc.stdout else b""
+    assert proc.wait(timeout=60) == 0, out
+    os.close(master)
+    assert b"upload" in seen, (
+        seen,
+        out,
+    ) and b"MB" in seen  # rich's bytes column, drawn on the terminal
+    # not a terminal: plain lines only
+    (ssh_project.project / "big.bin").write_bytes(os.urandom(1 << 20))
+    r = ssh_project.run("--sync-only")
+    assert r.returncode == 0
+    assert "\x1b[" not in r.stderr and "MB/s" not in r.stderr

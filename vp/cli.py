@@ -116,6 +116,7 @@ def main_options(
     tunnel: list[str] = typer.Option(
         None,
         "--tunnel",
+        metavar="REMOTE[:LOCAL]",
         help="Forward a host port while the run lasts: REMOTE[:LOCAL], repeatable "
         "(Jupyter 8888, TensorBoard 6006)",
     ),
@@ -306,7 +307,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
         if arg in subcommands and not saw_run:
             return out + argv[i:]
         return [*out, "run", "--", *argv[i:]]
-    return [*out, "run"] if saw_run else out
+    # `vp --sync-only` alone is a run with nothing to run
+    return [*out, "run"] if saw_run or "--sync-only" in out else out
 
 
 def _command_names() -> list[str]:

@@ -18,7 +18,7 @@ from vp.state import RunRecord, State
 from vp.sync.ignore import IgnoreRules
 from vp.sync.transfer import Manifest, download, parse_changes, plan_download, upload
 from vp.transport import LocalTransport, Transport
-from vp.ui import UI
+from vp.ui import UI, ByteProgress
 
 
 @dataclass
@@ -79,7 +79,13 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
 
 def sync_up(ws: Workspace, ui: UI) -> None:
     result, manifest = upload(
-        ws.transport, ws.root, ws.workdir, ws.rules(), ws.manifest(), say=ui.info
+        ws.transport,
+        ws.root,
+        ws.workdir,
+        ws.rules(),
+        ws.manifest(),
+        say=ui.info,
+        progress=lambda label, total: ByteProgress(ui, label, total),
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")

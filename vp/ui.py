@@ -58,3 +58,48 @@ def one_line(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class ByteProgress:
+    """A bytes progress bar on a terminal (rich), nothing otherwise: plain lines already say
+    what is moving, and structured output must stay clean."""
+
+    def __init__(self, ui: UI, label: str, total: int):
+        self._progress = None
+        if not (ui.quiet or ui.structured) and sys.stderr.isatty() and total > 0:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._progress.add_task(label, total=total)
+
+    @property
+    def callback(self):
+        return self.update if self._progress is not None else None
+
+    def update(self, done: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done)
+
+    def __enter__(self) -> ByteProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -8,6 +8,7 @@ vp may delete (only its own uploads), and whether a downloaded file would clobbe
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import os
 import shutil
@@ -19,9 +20,17 @@ from pathlib import Path
 
 from vp.errors import ConnectionFailed, VpError
 from vp.sync.ignore import Entry, IgnoreRules
+from vp.sync.rsync import run_rsync
 from vp.transport import Transport
 
 REMOTE_SUFFIX = ".vp-remote"
+
+# (label, total bytes) -> a context manager whose value has `.callback(bytes_done)` or None.
+ProgressFactory = Callable[[str, int], contextlib.AbstractContextManager]
+
+
+def _no_progress(_label: str, _total: int) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext(None)
 
 
 @dataclass
@@ -90,6 +99,7 @@ def upload(
     previous: Manifest,
     *,
     say: Callable[[str], None] = lambda _m: None,
+    progress: ProgressFactory | None = None,
 ) -> tuple[UploadResult, Manifest]:
     """Send the workspace; remove remotely only files vp uploaded before and the user deleted."""
     local = rules.walk(root)
@@ -118,7 +128,8 @@ def upload(
     argv += [str(root) + "/", transport.remote_path(transport.rsync_workdir(workdir))]
     transport.ensure()
     payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-    proc = subprocess.run(argv, input=payload, capture_output=True, start_new_session=True)
+    with (progress or _no_progress)("upload", total) as bar:
+        proc = run_rsync(argv, payload, bar.callback if bar else None)
     if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
         raise _rsync_error(proc, transport.label, "upload")
     return (
@@ -194,6 +205,8 @@ def download(
     *,
     say: Callable[[str], None] = lambda _m: None,
     warn: Callable[[str], None] = lambda _m: None,
+    progress: ProgressFactory | None = None,
+    total_bytes: int = 0,
 ) -> DownloadResult:
     """Fetch `names` into a staging dir, then move each into place, never clobbering a local
     edit: a file that changed locally since the upload stays, and the host's copy lands
@@ -219,7 +232,8 @@ def download(
         ]
         transport.ensure()
         payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-        proc = subprocess.run(argv, input=payload, capture_output=True, start_new_session=True)
+        with (progress or _no_progress)("download", total_bytes) as bar:
+            proc = run_rsync(argv, payload, bar.callback if bar else None)
         if proc.returncode not in (0, 23, 24):
             raise _rsync_error(proc, transport.label, "download")
         for name in names:

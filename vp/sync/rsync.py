@@ -1,0 +1,65 @@
+"""Run rsync with a NUL-separated file list on stdin, optionally reporting bytes as they move.
+
+With a progress callback, rsync runs with `--info=progress2` and its running byte count is
+parsed from stdout; the list is written from a thread so a long list and a chatty rsync can
+never block each other.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+from collections.abc import Callable
+
+_PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+(\d+)%")
+
+
+def run_rsync(
+    argv: list[str], payload: bytes, on_bytes: Callable[[int], None] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    if on_bytes is None:
+        return subprocess.run(argv, input=payload, capture_output=True, start_new_session=True)
+    argv = [argv[0], "--info=progress2", "--no-human-readable", *argv[1:]]
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # Ctrl-C reaches vp, which decides
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    err: list[bytes] = []
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(payload)  # type: ignore[union-attr]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except (BrokenPipeError, ValueError):
+            pass
+
+    threads = [
+        threading.Thread(target=feed, daemon=True),
+        threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
+    ]
+    for t in threads:
+        t.start()
+    out = b""
+    try:
+        pending = b""
+        for chunk in iter(lambda: proc.stdout.read1(4096), b""):  # type: ignore[union-attr]
+            out += chunk
+            pending += chunk
+            *lines, pending = re.split(rb"[\r\n]", pending)
+            for line in lines:
+                m = _PROGRESS.match(line)
+                if m:
+                    on_bytes(int(m.group(1).replace(b",", b"").replace(b".", b"")))
+        proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    for t in threads:
+        t.join(timeout=5)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, b"".join(err))
