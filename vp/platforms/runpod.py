@@ -12,15 +12,21 @@ import contextlib
 import io
 import os
 import re
-import socket
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, UsageError, VpError
+from vp.errors import HostGone, UsageError, VpError
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.platforms.common import (
+    affordable,
+    describe,
+    destroy_after_failure,
+    discard_key,
+    no_offer,
+    wait_until_ready,
+)
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
 STATUS: dict[str, str] = {
@@ -84,13 +90,19 @@ class RunPodPlatform:
         return hosts
 
     def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if _affordable(o, spec)]
+        return [o for o in self._search(spec) if affordable(o, spec)]
 
     def create(self, spec: HostSpec, name: str) -> Host:
         found = self._search(spec)
-        affordable = [o for o in found if _affordable(o, spec)]
-        if not affordable:
-            raise _no_offer(spec, found)
+        fitting = [o for o in found if affordable(o, spec)]
+        if not fitting:
+            raise no_offer(
+                spec,
+                found,
+                what="RunPod GPU",
+                platform="runpod",
+                unmatched=f"no RunPod GPU type matches {describe(spec)}",
+            )
         image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
         _check_literal("pod name", name)
         _check_literal("image", image)
@@ -99,7 +111,7 @@ class RunPodPlatform:
         last_error: VpError | None = None
         try:
             _check_literal("public key", pair.public_key)
-            for offer in affordable[:3]:
+            for offer in fitting[:3]:
                 try:
                     result = self._call(
                         "create a pod",
@@ -125,11 +137,11 @@ class RunPodPlatform:
                 break
         finally:
             if pod_id is None:
-                _discard(pair.private_path)
+                discard_key(pair.private_path)
         if pod_id is None:
             assert last_error is not None
             raise VpError(
-                f"RunPod has no capacity for {_describe(spec)}: {last_error.message}",
+                f"RunPod has no capacity for {describe(spec)}: {last_error.message}",
                 hint="try again, pick another gpu, or raise max_price",
             )
         try:
@@ -159,22 +171,14 @@ class RunPodPlatform:
             self._call("terminate the pod", lambda rp: rp.terminate_pod(_pod_id(host_id)))
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        deadline = time.monotonic() + timeout
-        while True:
-            host = self._get(host_id)
-            if host.status == GONE:
-                raise HostGone(f"RunPod pod {host_id} is gone")
-            if host.status == RUNNING and host.ssh_host and host.ssh_port:
-                left = max(0.5, min(5.0, deadline - time.monotonic()))
-                if _ssh_banner(host.ssh_host, host.ssh_port, left):
-                    return host
-            if time.monotonic() >= deadline:
-                raise VpError(
-                    f"RunPod pod {host_id} was not ready after {timeout:.0f}s "
-                    f"(status: {host.labels.get('runpod_status', 'unknown')})",
-                    hint="raise [host] ready_timeout, or try another gpu",
-                )
-            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+        return wait_until_ready(
+            lambda: self._get(host_id),
+            what=f"RunPod pod {host_id}",
+            timeout=timeout,
+            poll_interval=self.poll_interval,
+            status_label="runpod_status",
+            hint="raise [host] ready_timeout, or try another gpu",
+        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -256,20 +260,15 @@ class RunPodPlatform:
         )
 
     def _destroy_after_failure(self, pod_id: str, exc: BaseException) -> None:
-        """Terminate what the provider accepted, then re-raise `exc`, saying so."""
-        try:
-            self.destroy(pod_id)
-            done = f"destroyed the new RunPod pod {pod_id}"
-        except BaseException:  # noqa: BLE001 - report the original failure, not this one
-            done = f"could not destroy the new RunPod pod {pod_id}; run: vp cleanup"
-        path = self._key_paths.pop(pod_id, None)
-        if path:
-            _discard(Path(path))
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating a RunPod host; {done}") from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-        raise VpError(f"creating a RunPod host failed ({exc}); {done}") from None
+        destroy_after_failure(
+            lambda: self.destroy(pod_id),
+            self._key_paths.pop(pod_id, None),
+            exc,
+            what=f"RunPod pod {pod_id}",
+            provider="RunPod",
+            verb="destroy",
+            past="destroyed",
+        )
 
     def _sdk(self) -> Any:
         if self._sdk_module is None:
@@ -355,41 +354,3 @@ def _check_literal(what: str, value: str) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _affordable(offer: Offer, spec: HostSpec) -> bool:
-    return spec.max_price is None or offer.price <= spec.max_price
-
-
-def _describe(spec: HostSpec) -> str:
-    return f"{spec.gpus}x {spec.gpu or 'any GPU'}"
-
-
-def _no_offer(spec: HostSpec, found: list[Offer]) -> VpError:
-    if found:
-        cheapest = found[0]
-        return VpError(
-            f"no RunPod GPU for {_describe(spec)} at or below ${spec.max_price:.2f}/h; "
-            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
-            hint="raise [host] max_price or pick another gpu",
-        )
-    return VpError(
-        f"no RunPod GPU type matches {_describe(spec)}",
-        hint="run `vp offers -p runpod` to see what is available",
-    )
-
-
-def _discard(path: Path) -> None:
-    for p in (path, path.with_suffix(".pub")):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
-def _ssh_banner(host: str, port: int, timeout: float) -> bool:
-    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(256).startswith(b"SSH-")
-    except OSError:
-        return False

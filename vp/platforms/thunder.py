@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -24,8 +23,15 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from vp import __version__, keys
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, VpError
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.platforms.common import (
+    affordable,
+    destroy_after_failure,
+    discard_key,
+    no_offer,
+    wait_until_ready,
+)
 
 # Thunder's instance statuses -> vp state.
 STATUS: dict[str, str] = {
@@ -75,14 +81,14 @@ class ThunderPlatform:
         return [self._host(iid, item) for iid, item in sorted(listing.items(), key=_by_id)]
 
     def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if _affordable(o, spec)]
+        return [o for o in self._search(spec) if affordable(o, spec)]
 
     def create(self, spec: HostSpec, name: str) -> Host:
         found = self._search(spec)
-        affordable = [o for o in found if _affordable(o, spec)]
-        if not affordable:
-            raise _no_offer(spec, found)
-        offer = affordable[0]
+        fitting = [o for o in found if affordable(o, spec)]
+        if not fitting:
+            raise no_offer(spec, found, what="Thunder Compute offer", platform="thunder")
+        offer = fitting[0]
         pair = keys.new_keypair(name)
         body = {
             "cpu_cores": offer.extra["cpu_cores"],
@@ -96,18 +102,18 @@ class ThunderPlatform:
         try:
             result = self._request("POST", "/instances/create", body, what="create an instance")
         except _Capacity as exc:
-            _discard(pair.private_path)
+            discard_key(pair.private_path)
             raise VpError(
                 f"Thunder Compute has no capacity for {offer.gpus}x {offer.gpu} "
                 f"({offer.extra['mode']}): {exc.message}",
                 hint="try again, pick another gpu, or raise max_price",
             ) from None
         except BaseException:
-            _discard(pair.private_path)
+            discard_key(pair.private_path)
             raise
         identifier = (result or {}).get("identifier")
         if identifier is None:
-            _discard(pair.private_path)
+            discard_key(pair.private_path)
             raise VpError(
                 "Thunder Compute accepted the create but returned no instance id",
                 hint="check `vp ls -p thunder` and destroy the instance if one appeared",
@@ -144,22 +150,14 @@ class ThunderPlatform:
             )
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        deadline = time.monotonic() + timeout
-        while True:
-            host = self._get(host_id)
-            if host.status == GONE:
-                raise HostGone(f"Thunder Compute instance {host_id} is gone")
-            if host.status == RUNNING and host.ssh_host and host.ssh_port:
-                left = max(0.5, min(5.0, deadline - time.monotonic()))
-                if _ssh_banner(host.ssh_host, host.ssh_port, left):
-                    return host
-            if time.monotonic() >= deadline:
-                raise VpError(
-                    f"Thunder Compute instance {host_id} was not ready after {timeout:.0f}s "
-                    f"(status: {host.labels.get('thunder_status', 'unknown')})",
-                    hint="raise [host] ready_timeout, or try another gpu",
-                )
-            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+        return wait_until_ready(
+            lambda: self._get(host_id),
+            what=f"Thunder Compute instance {host_id}",
+            timeout=timeout,
+            poll_interval=self.poll_interval,
+            status_label="thunder_status",
+            hint="raise [host] ready_timeout, or try another gpu",
+        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -247,24 +245,15 @@ class ThunderPlatform:
         )
 
     def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
-        """Delete what the provider accepted, then re-raise `exc`, saying so."""
-        try:
-            self.destroy(instance_id)
-            done = f"deleted the new Thunder Compute instance {instance_id}"
-        except BaseException:  # noqa: BLE001 - report the original failure, not this one
-            done = (
-                f"could not delete the new Thunder Compute instance {instance_id}; run: vp cleanup"
-            )
-        path = self._key_paths.pop(instance_id, None)
-        if path:
-            _discard(Path(path))
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(
-                f"interrupted while creating a Thunder Compute host; {done}"
-            ) from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-        raise VpError(f"creating a Thunder Compute host failed ({exc}); {done}") from None
+        destroy_after_failure(
+            lambda: self.destroy(instance_id),
+            self._key_paths.pop(instance_id, None),
+            exc,
+            what=f"Thunder Compute instance {instance_id}",
+            provider="Thunder Compute",
+            verb="delete",
+            past="deleted",
+        )
 
     def _api_token(self) -> str:
         if self._token:
@@ -382,25 +371,6 @@ def _by_id(entry: tuple[str, Any]) -> tuple[int, str]:
     return (int(iid), iid) if iid.isdigit() else (1 << 62, iid)
 
 
-def _affordable(offer: Offer, spec: HostSpec) -> bool:
-    return spec.max_price is None or offer.price <= spec.max_price
-
-
-def _no_offer(spec: HostSpec, found: list[Offer]) -> VpError:
-    wanted = f"{spec.gpus}x {spec.gpu or 'any GPU'}"
-    if found:
-        cheapest = found[0]
-        return VpError(
-            f"no Thunder Compute offer for {wanted} at or below ${spec.max_price:.2f}/h; "
-            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
-            hint="raise [host] max_price or pick another gpu",
-        )
-    return VpError(
-        f"no Thunder Compute offer for {wanted}",
-        hint="run `vp offers -p thunder` to see what is available",
-    )
-
-
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -408,19 +378,3 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
     with contextlib.suppress(OSError):  # its public half no longer matches
         path.with_suffix(".pub").unlink()
-
-
-def _discard(path: Path) -> None:
-    for p in (path, path.with_suffix(".pub")):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
-def _ssh_banner(host: str, port: int, timeout: float) -> bool:
-    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(256).startswith(b"SSH-")
-    except OSError:
-        return False

@@ -11,14 +11,20 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import socket
-import time
 from pathlib import Path
 from typing import Any
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, UsageError, VpError
-from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.errors import HostGone, UsageError, VpError
+from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.platforms.common import (
+    affordable,
+    describe,
+    destroy_after_failure,
+    discard_key,
+    no_offer,
+    wait_until_ready,
+)
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
 STATUS: dict[str | None, str] = {
@@ -73,19 +79,25 @@ class VastPlatform:
         return hosts
 
     def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if _affordable(o, spec)]
+        return [o for o in self._search(spec) if affordable(o, spec)]
 
     def create(self, spec: HostSpec, name: str) -> Host:
         found = self._search(spec)
-        affordable = [o for o in found if _affordable(o, spec)]
-        if not affordable:
-            raise _no_offer(spec, found)
+        fitting = [o for o in found if affordable(o, spec)]
+        if not fitting:
+            raise no_offer(
+                spec,
+                found,
+                what="vast.ai offer",
+                platform="vast",
+                unmatched=f"no vast.ai offer for {describe(spec)} with {spec.disk_gb} GB disk",
+            )
         pair = keys.new_keypair(name)
         image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
         instance_id = None
         last_error: VpError | None = None
         try:
-            for offer in affordable[:3]:  # the cheapest may be rented away under us: try the next
+            for offer in fitting[:3]:  # the cheapest may be rented away under us: try the next
                 try:
                     result = self._call(
                         "create an instance",
@@ -111,11 +123,11 @@ class VastPlatform:
                 break
         finally:
             if instance_id is None:
-                _discard(pair.private_path)
+                discard_key(pair.private_path)
         if instance_id is None:
             assert last_error is not None
             raise VpError(
-                f"vast.ai has no capacity for {_describe(spec)}: {last_error.message}",
+                f"vast.ai has no capacity for {describe(spec)}: {last_error.message}",
                 hint="try again, pick another gpu, or raise max_price",
             )
         try:
@@ -142,22 +154,14 @@ class VastPlatform:
             self._call("destroy the instance", lambda c: c.destroy_instance(_vast_id(host_id)))
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        deadline = time.monotonic() + timeout
-        while True:
-            host = self._get(host_id)
-            if host.status == GONE:
-                raise HostGone(f"vast instance {host_id} is gone")
-            if host.status == RUNNING and host.ssh_host and host.ssh_port:
-                left = max(0.5, min(5.0, deadline - time.monotonic()))
-                if _ssh_banner(host.ssh_host, host.ssh_port, left):
-                    return host
-            if time.monotonic() >= deadline:
-                raise VpError(
-                    f"vast instance {host_id} was not ready after {timeout:.0f}s "
-                    f"(status: {host.labels.get('vast_status') or 'provisioning'})",
-                    hint="raise [host] ready_timeout, or try another offer",
-                )
-            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+        return wait_until_ready(
+            lambda: self._get(host_id),
+            what=f"vast instance {host_id}",
+            timeout=timeout,
+            poll_interval=self.poll_interval,
+            status_label="vast_status",
+            hint="raise [host] ready_timeout, or try another offer",
+        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -252,20 +256,15 @@ class VastPlatform:
         )
 
     def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
-        """Destroy what the provider accepted, then re-raise `exc`, saying so."""
-        try:
-            self.destroy(instance_id)
-            done = f"destroyed the new vast instance {instance_id}"
-        except BaseException:  # noqa: BLE001 - report the original failure, not this one
-            done = f"could not destroy the new vast instance {instance_id}; run: vp cleanup"
-        path = self._key_paths.pop(instance_id, None)
-        if path:
-            _discard(Path(path))
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating a vast.ai host; {done}") from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-        raise VpError(f"creating a vast.ai host failed ({exc}); {done}") from None
+        destroy_after_failure(
+            lambda: self.destroy(instance_id),
+            self._key_paths.pop(instance_id, None),
+            exc,
+            what=f"vast instance {instance_id}",
+            provider="vast.ai",
+            verb="destroy",
+            past="destroyed",
+        )
 
     def _sdk(self) -> Any:
         if self._client is None:
@@ -360,41 +359,3 @@ def _vast_id(host_id: str) -> int:
         return int(host_id)
     except ValueError:
         raise UsageError(f"'{host_id}' is not a vast.ai instance id (a number)") from None
-
-
-def _affordable(offer: Offer, spec: HostSpec) -> bool:
-    return spec.max_price is None or offer.price <= spec.max_price
-
-
-def _describe(spec: HostSpec) -> str:
-    return f"{spec.gpus}x {spec.gpu or 'any GPU'}"
-
-
-def _no_offer(spec: HostSpec, found: list[Offer]) -> VpError:
-    if found:
-        cheapest = found[0]
-        return VpError(
-            f"no vast.ai offer for {_describe(spec)} at or below ${spec.max_price:.2f}/h; "
-            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
-            hint="raise [host] max_price or pick another gpu",
-        )
-    return VpError(
-        f"no vast.ai offer for {_describe(spec)} with {spec.disk_gb} GB disk",
-        hint="run `vp offers -p vast` to see what is available",
-    )
-
-
-def _discard(path: Path) -> None:
-    for p in (path, path.with_suffix(".pub")):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
-def _ssh_banner(host: str, port: int, timeout: float) -> bool:
-    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(256).startswith(b"SSH-")
-    except OSError:
-        return False

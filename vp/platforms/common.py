@@ -1,0 +1,118 @@
+"""Pieces every cloud provider module needs the same way: readiness, offers, failed creates."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms.base import GONE, RUNNING, Host, HostSpec, Offer
+
+
+def ssh_banner(host: str, port: int, timeout: float) -> bool:
+    """True once `host:port` accepts a TCP connection and sends an `SSH-` banner."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(256).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def wait_until_ready(
+    get: Callable[[], Host],
+    *,
+    what: str,
+    timeout: float,
+    poll_interval: float,
+    status_label: str,
+    hint: str,
+) -> Host:
+    """Poll `get` until the host is RUNNING with an ssh endpoint that answers with a banner.
+
+    `what` names the instance in messages ("vast instance 42"); `status_label` is the
+    `Host.labels` key holding the provider's own status, quoted when time runs out.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        host = get()
+        if host.status == GONE:
+            raise HostGone(f"{what} is gone")
+        if host.status == RUNNING and host.ssh_host and host.ssh_port:
+            left = max(0.5, min(5.0, deadline - time.monotonic()))
+            if ssh_banner(host.ssh_host, host.ssh_port, left):
+                return host
+        if time.monotonic() >= deadline:
+            status = host.labels.get(status_label) or "provisioning"
+            raise VpError(
+                f"{what} was not ready after {timeout:.0f}s (status: {status})", hint=hint
+            )
+        time.sleep(max(0.05, min(poll_interval, deadline - time.monotonic())))
+
+
+def discard_key(path: Path) -> None:
+    """Remove a host's key pair (private and .pub)."""
+    for p in (path, path.with_suffix(".pub")):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def destroy_after_failure(
+    destroy: Callable[[], None],
+    key_path: str | None,
+    exc: BaseException,
+    *,
+    what: str,
+    provider: str,
+    verb: str = "destroy",
+    past: str = "destroyed",
+) -> NoReturn:
+    """Destroy what the provider accepted, then re-raise `exc`, saying so.
+
+    `what` names the instance ("vast instance 42"), `provider` the service ("vast.ai").
+    """
+    try:
+        destroy()
+        done = f"{past} the new {what}"
+    except BaseException:  # noqa: BLE001 - report the original failure, not this one
+        done = f"could not {verb} the new {what}; run: vp cleanup"
+    if key_path:
+        discard_key(Path(key_path))
+    if isinstance(exc, KeyboardInterrupt):
+        raise Interrupted(f"interrupted while creating a {provider} host; {done}") from None
+    if isinstance(exc, VpError):
+        raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
+    raise VpError(f"creating a {provider} host failed ({exc}); {done}") from None
+
+
+def affordable(offer: Offer, spec: HostSpec) -> bool:
+    return spec.max_price is None or offer.price <= spec.max_price
+
+
+def describe(spec: HostSpec) -> str:
+    return f"{spec.gpus}x {spec.gpu or 'any GPU'}"
+
+
+def no_offer(
+    spec: HostSpec, found: list[Offer], *, what: str, platform: str, unmatched: str | None = None
+) -> VpError:
+    """No offer fits: name the cheapest one above max_price, or say none matches at all.
+
+    `what` is the provider's noun ("vast.ai offer"); `unmatched` overrides the message for
+    the nothing-matches case.
+    """
+    if found:
+        cheapest = found[0]
+        return VpError(
+            f"no {what} for {describe(spec)} at or below ${spec.max_price:.2f}/h; "
+            f"the cheapest is ${cheapest.price:.2f}/h ({cheapest.gpus}x {cheapest.gpu})",
+            hint="raise [host] max_price or pick another gpu",
+        )
+    return VpError(
+        unmatched or f"no {what} for {describe(spec)}",
+        hint=f"run `vp offers -p {platform}` to see what is available",
+    )
