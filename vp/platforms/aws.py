@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
-import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 from vp import keys
 from vp.errors import HostGone, Interrupted, VpError
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.platforms.common import discard_key, wait_until_ready
 
 NAME = "aws"
 
@@ -504,7 +503,7 @@ class AwsPlatform:
             )
         except BaseException as e:
             if isinstance(e, ce):
-                self._forget_key(kp.private_path)
+                discard_key(kp.private_path)
                 raise self._fail("ImportKeyPair", e) from e
             self._delete_key_pair(key_name, kp.private_path)  # it may have got there
             raise
@@ -599,43 +598,15 @@ class AwsPlatform:
         with suppress(self._client_error()):
             self._call("delete_key_pair", KeyName=key_name)
         if private_path is not None:
-            self._forget_key(private_path)
-
-    @staticmethod
-    def _forget_key(private_path: Path) -> None:
-        for p in (private_path, private_path.with_suffix(".pub")):
-            with suppress(FileNotFoundError):
-                p.unlink()
+            discard_key(private_path)
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        started = time.monotonic()
-        deadline = started + timeout
-        host = None
-        while True:
-            host = self._get(host_id)
-            if host.status == GONE:
-                raise HostGone(f"aws instance {host_id} is gone ({host.status})")
-            if host.status == RUNNING and host.ssh_host and ssh_banner(host.ssh_host, 22):
-                return host
-            if host.status == STOPPED and time.monotonic() - started > STOPPED_GRACE:
-                raise VpError(
-                    f"aws instance {host_id} is stopped; it will not become ready by itself",
-                    hint="start it with: vp start",
-                )
-            if time.monotonic() >= deadline:
-                state = host.status if host.status != RUNNING else "running, ssh not answering"
-                raise VpError(
-                    f"aws instance {host_id} not ready after {timeout:.0f}s ({state})",
-                    hint="raise [host] ready_timeout, or vp down the host and try again",
-                )
-            time.sleep(min(self.poll_interval, max(0.05, deadline - time.monotonic())))
-
-
-def ssh_banner(address: str, port: int, timeout: float = 3.0) -> bool:
-    """True when something at address:port speaks SSH (sends an `SSH-` identification line)."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            return sock.recv(8).startswith(b"SSH-")
-    except OSError:
-        return False
+        return wait_until_ready(
+            lambda: self._get(host_id),
+            what=f"aws instance {host_id}",
+            timeout=timeout,
+            poll_interval=self.poll_interval,
+            status_label=None,
+            hint="raise [host] ready_timeout, or vp down the host and try again",
+            stopped_grace=STOPPED_GRACE,
+        )

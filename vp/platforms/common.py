@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vp.errors import HostGone, Interrupted, VpError
-from vp.platforms.base import GONE, RUNNING, Host, HostSpec, Offer
+from vp.platforms.base import GONE, RUNNING, STOPPED, Host, HostSpec, Offer
 
 
 def ssh_banner(host: str, port: int, timeout: float) -> bool:
@@ -29,25 +29,38 @@ def wait_until_ready(
     what: str,
     timeout: float,
     poll_interval: float,
-    status_label: str,
+    status_label: str | None,
     hint: str,
+    stopped_grace: float | None = None,
 ) -> Host:
     """Poll `get` until the host is RUNNING with an ssh endpoint that answers with a banner.
 
     `what` names the instance in messages ("vast instance 42"); `status_label` is the
-    `Host.labels` key holding the provider's own status, quoted when time runs out.
+    `Host.labels` key holding the provider's own status, quoted when time runs out. With
+    `stopped_grace`, a host still STOPPED after that many seconds is an error at once: a
+    stopped VM never becomes ready by itself.
     """
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
         host = get()
         if host.status == GONE:
             raise HostGone(f"{what} is gone")
-        if host.status == RUNNING and host.ssh_host and host.ssh_port:
+        if host.status == RUNNING and host.ssh_host:
             left = max(0.5, min(5.0, deadline - time.monotonic()))
-            if ssh_banner(host.ssh_host, host.ssh_port, left):
+            if ssh_banner(host.ssh_host, host.ssh_port or 22, left):
                 return host
+        stopped_for = time.monotonic() - started
+        if host.status == STOPPED and stopped_grace is not None and stopped_for > stopped_grace:
+            raise VpError(
+                f"{what} is stopped; it will not become ready by itself",
+                hint="start it with: vp start",
+            )
         if time.monotonic() >= deadline:
-            status = host.labels.get(status_label) or "provisioning"
+            if status_label:
+                status = host.labels.get(status_label) or "provisioning"
+            else:
+                status = host.status if host.status != RUNNING else "running, ssh not answering"
             raise VpError(
                 f"{what} was not ready after {timeout:.0f}s (status: {status})", hint=hint
             )

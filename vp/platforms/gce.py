@@ -27,8 +27,8 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, Interrupted, VpError
-from vp.platforms.aws import ssh_banner
-from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
+from vp.platforms.common import discard_key, wait_until_ready
 
 NAME = "gce"
 
@@ -451,13 +451,13 @@ class GcePlatform:
         from google.api_core import exceptions as gexc
 
         if isinstance(exc, gexc.NotFound):
-            _forget_key(key)
+            discard_key(key)
             raise VpError(
                 f"gce: project {self._project} or zone {self.zone} not found ({_message(exc)})",
                 hint="check [gce] project and [gce] zone",
             ) from None
         if isinstance(exc, gexc.ClientError):
-            _forget_key(key)
+            discard_key(key)
             self._api("instances.insert", _raise, exc)
         done = self._delete_quietly(instance_name, key)
         self._reraise_after_cleanup(exc, done)
@@ -504,7 +504,7 @@ class GcePlatform:
             return f"could not delete the new gce instance {instance_name}; run: vp cleanup"
         finally:
             if key is not None:
-                _forget_key(key)
+                discard_key(key)
         return f"deleted the new gce instance {instance_name}" if existed else ""
 
     def _lifecycle_quiet_delete(self, instance_name: str) -> bool:
@@ -553,29 +553,18 @@ class GcePlatform:
         except HostGone:
             pass
         if key:
-            _forget_key(Path(key))
+            discard_key(Path(key))
 
     def wait_ready(self, host_id: str, timeout: float) -> Host:
-        started = time.monotonic()
-        deadline = started + timeout
-        while True:
-            host = self._get(host_id)
-            if host.status == GONE:
-                raise HostGone(f"gce instance {host_id} is gone")
-            if host.status == RUNNING and host.ssh_host and ssh_banner(host.ssh_host, 22):
-                return host
-            if host.status == STOPPED and time.monotonic() - started > STOPPED_GRACE:
-                raise VpError(
-                    f"gce instance {host_id} is stopped; it will not become ready by itself",
-                    hint="start it with: vp start",
-                )
-            if time.monotonic() >= deadline:
-                state = host.status if host.status != RUNNING else "running, ssh not answering"
-                raise VpError(
-                    f"gce instance {host_id} not ready after {timeout:.0f}s ({state})",
-                    hint="raise [host] ready_timeout, or vp down the host and try again",
-                )
-            time.sleep(min(self.poll_interval, max(0.05, deadline - time.monotonic())))
+        return wait_until_ready(
+            lambda: self._get(host_id),
+            what=f"gce instance {host_id}",
+            timeout=timeout,
+            poll_interval=self.poll_interval,
+            status_label=None,
+            hint="raise [host] ready_timeout, or vp down the host and try again",
+            stopped_grace=STOPPED_GRACE,
+        )
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -594,12 +583,6 @@ def _raise(exc: BaseException):
 def _message(exc: BaseException) -> str:
     msg = getattr(exc, "message", None) or str(exc)
     return " ".join(str(msg).split())[:300]
-
-
-def _forget_key(private_path: Path) -> None:
-    for p in (private_path, private_path.with_suffix(".pub")):
-        with suppress(FileNotFoundError):
-            p.unlink()
 
 
 def _other_zone(zone: str) -> str:
