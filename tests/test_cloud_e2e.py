@@ -150,3 +150,61 @@ def test_auto_picks_the_cheapest(request, vp_env: VpEnv, remote_workdir: Path) -
     assert f"on {cheapest['platform']}" in r.stderr
     if cheapest["platform"] == "vast":
         assert len(vast.instances) == 1
+
+
+@pytest.fixture
+def vm_cloud(request, vp_env: VpEnv, remote_workdir: Path):
+    """An AWS (moto) or GCE emulator whose instances are network-namespace sshd hosts on
+    port 22, with the project pointed at it."""
+    name = request.param
+    if name == "aws":
+        from tests.emulators.aws import AwsEmulator as Emulator
+    else:
+        from tests.emulators.gce import GceEmulator as Emulator  # type: ignore[assignment]
+    with Emulator(request.getfixturevalue("tmp_path") / f"{name}-emu") as emulator:
+        vp_env.env.update(emulator.env())
+        user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+        user_cfg.parent.mkdir(parents=True, exist_ok=True)
+        # the emulators' hosts let root in (EC2 would say ubuntu, GCE the metadata user)
+        user_cfg.write_text(f'[{name}]\nuser = "root"\npoll_interval = 0.1\n')
+        vp_env.write_config(
+            f"""
+            [project]
+            name = "mnist"
+
+            [host]
+            platform = "{name}"
+            gpu = "T4"
+            max_price = 5.0
+            ready_timeout = 90
+
+            [sync]
+            workdir = "{remote_workdir}"
+            """
+        )
+        yield name, emulator
+
+
+@pytest.mark.parametrize("vm_cloud", ["aws", "gce"], indirect=True)
+def test_vm_cloud_create_reuse_stop_start_down(vm_cloud, vp_env: VpEnv) -> None:
+    name, emulator = vm_cloud
+    r = vp_env.run("sh", "-c", "echo made > out.txt; echo ok")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "ok\n" and "creating" in r.stderr
+    assert (vp_env.project / "out.txt").read_text() == "made\n"
+
+    r = vp_env.run("echo", "again")
+    assert r.stdout == "again\n" and "creating" not in r.stderr, r.stderr
+
+    assert vp_env.run("stop").returncode == 0
+    # the VM comes back at a new address; its pinned host key still matches
+    r = vp_env.run("echo", "back")
+    assert r.returncode == 0 and r.stdout == "back\n", r.stderr
+    assert "starting stopped host" in r.stderr
+
+    rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
+    assert [row["status"] for row in rows] == ["running"]
+    r = vp_env.run("down", "--yes")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
+    assert [row for row in rows if row["status"] != "gone"] == []

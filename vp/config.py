@@ -89,8 +89,18 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "user": (str, None),
         "data_volume_gb": (int, None),
         "keep_data_volume": (bool, False),
+        "ami": (str, None),
+        "poll_interval": ((int, float), None),
+        "api_timeout": ((int, float), None),
     },
-    "gce": {"project": (str, None), "zone": (str, None), "user": (str, None)},
+    "gce": {
+        "project": (str, None),
+        "zone": (str, None),
+        "user": (str, None),
+        "image": (str, None),
+        "poll_interval": ((int, float), None),
+        "create_timeout": ((int, float), None),
+    },
 }
 
 # Sections whose keys name free-form variables.
