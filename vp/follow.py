@@ -13,14 +13,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vp import remote
-from vp.errors import ConnectionFailed, VpError
+from vp.errors import ConnectionFailed, HostGone, VpError
 from vp.transport import Transport
 from vp.ui import UI
 
 INTERRUPT_GRACE = 15.0  # seconds to wait for the command to exit after SIGINT
+HOST_CHECK_INTERVAL = 15.0  # while reconnecting, ask the provider this often if the host exists
 
 
 @dataclass
@@ -97,10 +99,13 @@ def follow(
     out=None,
     launched: bool = False,
     interruptible: bool = True,
+    host_gone: Callable[[], str | None] | None = None,
 ) -> FollowResult:
     """Run `first_script` (launch+follow, or only follow when `launched`) until the run ends.
 
-    With `interruptible` false (`vp logs -f`), Ctrl-C only stops watching.
+    With `interruptible` false (`vp logs -f`), Ctrl-C only stops watching. `host_gone`, asked
+    while reconnecting fails, says why the host can never answer again (the provider destroyed
+    or stopped it) or None: then vp stops at once instead of waiting out `reconnect_timeout`.
     """
     out = out or sys.stdout.buffer
     offset = 0
@@ -202,7 +207,9 @@ def follow(
                     hint=f"the run may still be going: vp logs -f {run_id}",
                 )
             if intr.count == handled:
-                _wait_reconnect(transport, intr, handled, lost_since, reconnect_timeout)
+                _wait_reconnect(
+                    transport, intr, handled, lost_since, reconnect_timeout, run_id, host_gone
+                )
             if intr.count > handled:
                 result.detached = True
                 result.interrupted = True
@@ -214,16 +221,40 @@ def follow(
 
 
 def _wait_reconnect(
-    transport: Transport, intr: _Interrupts, handled: int, since: float, limit: float
+    transport: Transport,
+    intr: _Interrupts,
+    handled: int,
+    since: float,
+    limit: float,
+    run_id: str = "",
+    host_gone: Callable[[], str | None] | None = None,
 ) -> None:
-    """Retry the connection with backoff until it is up, the limit passes, or Ctrl-C."""
+    """Retry the connection with backoff until it is up, the limit passes, or Ctrl-C.
+
+    Between failed attempts, ask the provider (`host_gone`) at most every HOST_CHECK_INTERVAL
+    seconds whether the host still exists; if not, raise HostGone rather than keep waiting.
+    """
     delay = 0.5
+    asked_at: float | None = None
     while intr.count == handled and time.monotonic() - since <= limit:
         try:
             transport.ensure()
             return
         except ConnectionFailed:
             pass
+        now = time.monotonic()
+        if host_gone is not None and (asked_at is None or now - asked_at >= HOST_CHECK_INTERVAL):
+            asked_at = now
+            try:
+                why = host_gone()
+            except VpError:  # the provider's API is unreachable too: keep trying ssh
+                why = None
+            if why:
+                raise HostGone(
+                    f"{why}; run {run_id} on it is lost" if run_id else why,
+                    hint="what was already streamed and fetched is kept; run again to get "
+                    "a new host",
+                )
         end = time.monotonic() + delay
         while time.monotonic() < end and intr.count == handled:
             time.sleep(0.1)
