@@ -252,10 +252,66 @@ def test_host_gone_for_good_stops_after_reconnect_timeout(
     lines = run.stdout.split()
     assert lines[:3] == expected_lines(3) and lines == expected_lines(len(lines))
     [error] = error_lines(run.stderr)
-    assert "testhost" in error and "lost the connection" in error, run.stderr
+    # stop() kills the run first, sshd after: the last follow session may see the run die
+    # (reported as lost) or only the connection drop (reported after reconnect_timeout).
+    said = "lost the connection" in error or "ended without an exit status" in error
+    assert "testhost" in error and said, run.stderr
     assert "Traceback" not in run.stderr
     assert (vp_env.project / "earlier.txt").read_text() == "kept\n"  # earlier results stay
     assert not leftovers(vp_env.project)
+
+
+def _wired_for_host_gone() -> bool:
+    import vp.run
+
+    return "host_gone" in Path(vp.run.__file__).read_text()
+
+
+@pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+def test_cloud_host_destroyed_mid_run_is_reported_at_once(
+    vp_env: VpEnv,
+    vast_emulator,  # noqa: F811
+    remote_workdir: Path,
+) -> None:
+    if not _wired_for_host_gone():
+        pytest.xfail("vp.run does not pass host_gone to follow() yet (see the issue 6 report)")
+    vast_emulator.boot_delay = 0.3
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "proj"
+        [host]
+        platform = "vast"
+        gpu = "4090"
+        ready_timeout = 60
+        [vast]
+        poll_interval = 0.1
+        [ssh]
+        reconnect_timeout = 120
+        [sync]
+        workdir = "{remote_workdir}"
+        """
+    )
+    extra = {"VAST_URL": vast_emulator.url, "VAST_API_KEY": vast_emulator.api_key}
+    r = vp_env.run("sh", "-c", "echo kept > earlier.txt", extra_env=extra)
+    assert r.returncode == 0, r.stderr
+    [iid] = list(vast_emulator.instances)
+    run = start(vp_env, "sh", "-c", counting_script(100, 0.3, 0), extra_env=extra)
+    run.wait_out(b"line3\n")
+    t0 = time.monotonic()
+    vast_emulator.destroy(iid)  # from the provider's console: gone, with the run on it
+    code = run.finish(timeout=100)
+    assert time.monotonic() - t0 < 30, "vp waited for the reconnect timeout"
+    assert code == 1, run.stderr
+    lines = run.stdout.split()
+    assert lines[:3] == expected_lines(3) and lines == expected_lines(len(lines))
+    [error] = error_lines(run.stderr)
+    # vp either finds the connection gone (and the provider says why) or, if the last
+    # follow session saw the run's processes die first, the run lost: both name the host.
+    said = f"{iid}) no longer exists" in error or ("vp-proj ended without an exit status" in error)
+    assert said, run.stderr
+    assert "Traceback" not in run.stderr
+    assert (vp_env.project / "earlier.txt").read_text() == "kept\n"
 
 
 # ------------------------------------------------------------------------------- 4 disk full
