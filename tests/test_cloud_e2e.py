@@ -82,10 +82,17 @@ def test_create_reuse_stop_start_down(
     assert (vp_env.project / "out.txt").read_text() == "trained"
     assert len(emulator.instances) == 1
 
+    # the warm path makes no provider API call: it works while the API refuses us
+    emulator.fail_auth = True
     r = vp_env.run("python3", "-c", "print('again')")
+    emulator.fail_auth = False
     assert r.returncode == 0 and r.stdout == "again\n", r.stderr
     assert "creating" not in r.stderr
     assert len(emulator.instances) == 1  # reused, no second create
+
+    status = json.loads(vp_env.run("-o", "json", "status").stdout)
+    assert status["status"] == "running" and status["price"] > 0
+    assert status["uptime_h"] >= 0 and "cost_so_far" in status
 
     ls = vp_env.run("-o", "json", "ls")
     assert ls.returncode == 0, ls.stderr

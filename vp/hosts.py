@@ -7,6 +7,7 @@ it destroys what it made, so a failure never leaves a billed instance behind.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from vp.config import Config
@@ -117,7 +118,7 @@ def _matches(host: Host, wanted: str | None) -> bool:
     return wanted is None or wanted in (host.id, host.name)
 
 
-def _with_local_facts(host: Host, state: State) -> Host:
+def with_local_facts(host: Host, state: State) -> Host:
     """Providers don't know our key file or pin alias; the state DB does."""
     known = state.host(host.key)
     if known is None:
@@ -127,6 +128,7 @@ def _with_local_facts(host: Host, state: State) -> Host:
         key_path=host.key_path or known.key_path,
         host_key_alias=host.host_key_alias or known.host_key_alias,
         created_at=host.created_at or known.created_at,
+        price=host.price if host.price is not None else known.price,
     )
 
 
@@ -144,7 +146,7 @@ def _resolve_cloud(
             except ConnectionFailed as exc:
                 ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
     platform = platform_for(cfg, name)
-    hosts = [_with_local_facts(h, state) for h in platform.list(project)]
+    hosts = [with_local_facts(h, state) for h in platform.list(project)]
     if not getattr(platform, "labels_hosts", True):
         hosts = [h for h in hosts if state.host(h.key) is not None]
     hosts = [h for h in hosts if _matches(h, host_name)]
@@ -155,12 +157,12 @@ def _resolve_cloud(
         host = running[0]
         if host.status != RUNNING or not host.ssh_host:
             ui.info(f"waiting for {host.name} on {name} to be ready")
-            host = _with_local_facts(platform.wait_ready(host.id, timeout), state)
+            host = with_local_facts(platform.wait_ready(host.id, timeout), state)
     elif stopped:
         host = stopped[0]
         ui.info(f"starting stopped host {host.name} on {name}")
         platform.start(host.id)
-        host = _with_local_facts(platform.wait_ready(host.id, timeout), state)
+        host = with_local_facts(platform.wait_ready(host.id, timeout), state)
     elif host_name:
         raise VpError(f"no host '{host_name}' on {name}", hint="see `vp ls`")
     elif create:
@@ -181,6 +183,8 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
     host = platform.create(spec, name)
+    if host.created_at is None:
+        host.created_at = time.time()  # for uptime and cost when the provider keeps no date
     state.save_host(host, cfg.project)
     try:
         timeout = float(cfg.get("host", "ready_timeout") or 600)
@@ -190,6 +194,8 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
             ready,
             key_path=ready.key_path or host.key_path,
             host_key_alias=ready.host_key_alias or host.host_key_alias,
+            created_at=ready.created_at or host.created_at,
+            price=ready.price if ready.price is not None else host.price,
         )
         state.save_host(host, cfg.project)
         transport = transport_for(host, cfg)

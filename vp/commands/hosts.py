@@ -9,7 +9,7 @@ import typer
 
 from vp.cli import _globals, app
 from vp.errors import UsageError, VpError
-from vp.hosts import platform_for, resolve, spec_from_config
+from vp.hosts import platform_for, resolve, spec_from_config, with_local_facts
 from vp.output import render
 from vp.platforms import CLOUDS
 from vp.platforms.base import Host
@@ -52,12 +52,10 @@ def ls_cmd(
     state = State()
     platform = platform_for(cfg)
     hosts = platform.list(None if all_projects else cfg.project)
-    for host in hosts:
-        if cfg.platform in CLOUDS:
-            known = state.host(host.key)
-            if known is not None:
-                host.key_path = known.key_path
-                host.host_key_alias = known.host_key_alias
+    if cfg.platform in CLOUDS:
+        hosts = [with_local_facts(h, state) for h in hosts]
+        for host in hosts:  # refresh what vp knows (address, status) for the warm path
+            if state.host(host.key) is not None:
                 state.save_host(host, cfg.project)
     rows = [_row(h) for h in hosts]
     if g.output == "text":
@@ -179,6 +177,7 @@ def status_cmd(ctx: typer.Context) -> None:
         host, _t = resolve(cfg, state, g.ui, host_name=g.host, create=False)
     else:
         host, _p = _find(cfg, state, g.host, g.ui)
+        host = with_local_facts(host, state)
     row = _row(host)
     known = state.host(host.key)
     created = host.created_at or (known.created_at if known else None)

@@ -124,7 +124,9 @@ class ThunderPlatform:
             server_key = (result or {}).get("key")
             if server_key:  # the API made its own pair: keep its private half, 0600
                 _write_private(pair.private_path, server_key)
-            return self._get(instance_id)
+            host = self._get(instance_id)
+            host.price = host.price or offer.price  # the instance list carries no price
+            return host
         except BaseException as exc:
             self._destroy_after_failure(instance_id, exc)
             raise
