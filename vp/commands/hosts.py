@@ -55,7 +55,7 @@ def ls_cmd(
     if cfg.platform in CLOUDS:
         hosts = [with_local_facts(h, state) for h in hosts]
         for host in hosts:  # refresh what vp knows (address, status) for the warm path
-            if state.host(host.key) is not None:
+            if not all_projects and state.host(host.key) is not None:
                 state.save_host(host, cfg.project)
     rows = [_row(h) for h in hosts]
     if g.output == "text":
