@@ -313,7 +313,7 @@ def test_cli_bad_vpignore_is_one_line_or_works(vp_env: VpEnv, lines: list[str]) 
     vp_env.write_config('[project]\nname = "proj"\n')
     (vp_env.project / ".vpignore").write_text("\n".join(lines) + "\n")
     r = vp_env.run("--sync-only", "true", timeout=60)
-    if any(line in ("\\", "!", "[z-a]") for line in lines):
+    if set(lines) - {"ok.txt"}:  # each of the others is invalid gitignore syntax
         check_cli_failure(r, codes=(2,))
         assert ".vpignore: line" in r.stderr
     else:
