@@ -16,8 +16,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import click
 import typer
 
 from vp.cli import _globals, app
@@ -30,11 +30,14 @@ from vp.sync.transfer import REMOTE_SUFFIX, _human, _rsync_error, upload
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI
 
+if TYPE_CHECKING:
+    from typer._click import Context
+
 
 class _DashDashCommand(typer.core.TyperCommand):
     """Keeps everything after `--` out of click's hands: `vp ssh [HOST] -- CMD ARGS...`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         if "--" in args:
             i = args.index("--")
             ctx.meta["vp.command"] = args[i + 1 :]
