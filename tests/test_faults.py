@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -418,6 +419,9 @@ def test_two_runs_at_once_on_one_host(ssh_project: VpEnv, remote_workdir: Path) 
     rows = json.loads(r.stdout)
     assert sorted((row["exit_code"], row["status"]) for row in rows) == [(3, "done"), (5, "done")]
     assert len({row["id"] for row in rows}) == 2
+    db = sqlite3.connect(ssh_project.home / ".local/state/vp/state.db")
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
 
 
 # ------------------------------------------------------------------------------- 7 Ctrl-C
