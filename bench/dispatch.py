@@ -1,0 +1,105 @@
+"""Warm dispatch: `vp true` on a host vp already knows, its ControlMaster up and its manifest
+current, against raw `ssh -o ControlPath=<our own master> host true` to the same host.
+
+Also counts the ssh sessions (and new connections) one warm `vp true` opens, from the sshd
+VERBOSE log; the design target (DESIGN.md §10) is one session and no new connection.
+
+To show where the overhead lives, it also times vp's remote protocol alone: the very
+launch+follow script `vp true` sends (vp.remote.launch_script), fed to `sh -s` over the raw
+master, once as vp sends it and once with `SHLVL=1` before the wrapper's `"$vp_sh" -c`
+(a candidate fix: it stops bash from sourcing ~/.bashrc a second time per run).
+
+    .venv/bin/python bench/dispatch.py [--delay-ms 25] [--reps 10]
+"""
+
+from __future__ import annotations
+
+from common import Bench, check, count_sessions, fmt, header, interleaved, median, parse_args
+
+TARGET_OVERHEAD = 0.2  # seconds
+
+
+def remote_protocol(b: Bench, *, shlvl_fix: bool) -> str:
+    """The launch+follow script a warm `vp true` sends, for a fresh run id."""
+    from vp import remote
+    from vp.transport import Transport
+
+    workdir = b.remote / "ws"
+    t = Transport()
+    script = remote.launch_script(
+        t.runs_dir_sh, remote.new_run_id(), t.workdir_sh(str(workdir)), "true", {}, follow=True
+    )
+    if shlvl_fix:
+        script = script.replace('"$vp_sh" -c', 'SHLVL=1 "$vp_sh" -c', 1)
+        assert "SHLVL=1" in script
+    script += 'rm -rf "$R"\n'  # the run is ours alone: leave no trace in the host's ~/.vp
+    return script
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0], reps=10)
+    header("dispatch: warm `vp true` vs raw ssh over a ControlMaster", args)
+    with Bench(args.delay_ms) as b:
+        (b.project / "train.py").write_text("print('hi')\n")
+        # Warm-up: starts vp's master, uploads, and records the manifest. The second call
+        # makes sure the steady state (nothing to upload, nothing to fetch) is reached.
+        for _ in range(2):
+            check(b.vp("true"), "vp true (warm-up)")
+        check(b.raw_ssh("true"), "raw ssh true")
+
+        offset = b.log_size()
+        check(b.vp("true"), "vp true")
+        sessions, logins = count_sessions(b.log_since(offset))
+        offset = b.log_size()
+        check(b.raw_ssh("true"), "raw ssh true")
+        raw_sessions, raw_logins = count_sessions(b.log_since(offset))
+
+        # An edited file costs one upload session more, once: the call after is warm again.
+        (b.project / "train.py").write_text("print('edited')\n")
+        offset = b.log_size()
+        check(b.vp("true"), "vp true (after an edit)")
+        edit_sessions, edit_logins = count_sessions(b.log_since(offset))
+        offset = b.log_size()
+        check(b.vp("true"), "vp true (the call after)")
+        next_sessions, next_logins = count_sessions(b.log_since(offset))
+
+        times = interleaved(
+            {
+                "vp": lambda: check(b.vp("true"), "vp true"),
+                "raw": lambda: check(b.raw_ssh("true"), "raw ssh true"),
+                "proto": lambda: check(
+                    b.raw_script(remote_protocol(b, shlvl_fix=False)), "vp's script via ssh"
+                ),
+                "proto_fix": lambda: check(
+                    b.raw_script(remote_protocol(b, shlvl_fix=True)), "script+SHLVL via ssh"
+                ),
+            },
+            args.reps,
+        )
+    vp_t, raw_t = median(times["vp"]), median(times["raw"])
+    proto, proto_fix = median(times["proto"]), median(times["proto_fix"])
+    overhead = vp_t - raw_t
+    print(f"warm vp true        median {fmt(vp_t)}  (min {fmt(min(times['vp']))})")
+    print(f"raw ssh true        median {fmt(raw_t)}  (min {fmt(min(times['raw']))})")
+    verdict = "ok" if overhead <= TARGET_OVERHEAD else "OVER TARGET"
+    target = f"target <= {TARGET_OVERHEAD * 1000:.0f} ms: {verdict}"
+    print(f"overhead            {fmt(overhead)}  ({target})")
+    print(f"ratio vp/raw        {vp_t / raw_t:8.2f}x")
+    verdict = "ok" if sessions == 1 and logins == 0 else "OVER TARGET"
+    print(
+        f"ssh sessions        vp true: {sessions} session(s), {logins} new connection(s)"
+        f"  (target 1 and 0: {verdict}); raw ssh: {raw_sessions}, {raw_logins}"
+    )
+    print(
+        f"after editing a file vp true: {edit_sessions} session(s), {edit_logins} new"
+        f" connection(s) (upload + run = 2); the call after: {next_sessions}, {next_logins}"
+    )
+    print("where it goes:")
+    print(f"  vp's remote script alone, via raw ssh     {fmt(proto)}")
+    print(f"  the same with SHLVL=1 (no 2nd ~/.bashrc)  {fmt(proto_fix)}")
+    print(f"  => local side of vp (python, state, ...)  {fmt(vp_t - proto)}")
+    print(f"  => remote script beyond raw ssh true      {fmt(proto - raw_t)}")
+
+
+if __name__ == "__main__":
+    main()
