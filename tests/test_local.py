@@ -104,3 +104,9 @@ def test_sync_only_alone_syncs(vp_env: VpEnv) -> None:
     assert "Usage" not in r.stdout
     workspaces = list((vp_env.home / ".local/share/vp/local/workspaces").iterdir())
     assert (workspaces[0] / "a.txt").read_text() == "a"
+
+
+def test_subcommand_list_matches_the_registered_commands() -> None:
+    from vp.cli import SUBCOMMANDS, registered_commands
+
+    assert set(registered_commands()) == SUBCOMMANDS

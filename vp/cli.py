@@ -273,9 +273,19 @@ def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id"
     kill_run(_globals(ctx), run_id)
 
 
+# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
+# the command modules (the run path skips them). tests/test_local.py keeps this list honest.
+SUBCOMMANDS = frozenset(
+    {"run", "init", "config", "runs", "logs", "attach", "kill"}
+    | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
+    | {"status", "gpu"}
+    | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
+)
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """Turn `vp [GLOBAL...] CMD ARGS...` into `vp [GLOBAL...] run -- CMD ARGS...`."""
-    subcommands = set(_command_names())
+    subcommands = SUBCOMMANDS
     out: list[str] = []
     saw_run = False
     i = 0
@@ -311,7 +321,22 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return [*out, "run"] if saw_run or "--sync-only" in out else out
 
 
-def _command_names() -> list[str]:
+def _is_run(args: list[str]) -> bool:
+    """Does `args` (normalized) invoke `run`? Then the other commands need not be loaded."""
+    i = 0
+    while i < len(args):
+        if args[i] in VALUE_OPTIONS:
+            i += 2
+        elif args[i].startswith("-"):
+            if args[i] in ("-h", "--help", "--install-completion", "--show-completion"):
+                return False
+            i += 1
+        else:
+            return args[i] == "run"
+    return False
+
+
+def registered_commands() -> list[str]:
     names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
     names += [g.name for g in app.registered_groups if g.name]
     return names
@@ -326,9 +351,10 @@ def main(argv: list[str] | None = None) -> None:
 
     ui = UI(verbose="-v" in sys.argv or "--verbose" in sys.argv)
     try:
-        from vp import commands  # noqa: F401  - registers the lifecycle and access commands
-
         args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+        if not _is_run(args):
+            from vp import commands  # noqa: F401  - registers the lifecycle and access commands
+
         command = typer.main.get_command(app)
         code = command.main(args=args, prog_name="vp", standalone_mode=False)
     except typer.Exit as exc:

@@ -1,9 +1,12 @@
 """Shell scripts vp sends to a host's `sh -s` (on stdin, so nothing secret is ever in argv).
 
-A run is a directory `RUNS/RUN_ID/` on the host holding `run.sh`, `pid` (its process group),
-`log` (stdout and stderr, merged in order), `since` (a marker: files whose ctime is newer changed during the run) and,
-once the command ends, `exit`. The command runs in its own session (`setsid -f`, so its
-SIGINT is not ignored the way `&` would make it), detached from any ssh connection.
+A run is a directory `RUNS/RUN_ID/` on the host holding `run.sh`, `pid` (the wrapper's),
+`pgid` (its process group), `log` (stdout and stderr, merged in order), `since` (a marker:
+files whose ctime is newer changed during the run) and, once the command ends, `exit`. The command runs in its own session (`setsid -f`, so its
+SIGINT is not ignored the way `&` would make it), detached from any ssh connection. The
+session leader (its pid in `pgid`, the group Ctrl-C signals) waits for `run.sh` in the
+foreground, so `run.sh` is reaped the moment it ends and `tail --pid` sees that at once,
+whatever the host's init does about orphans.
 Streaming is `tail -c +OFFSET` of the log until the wrapper exits, so a reconnect resumes
 at the byte already shown. The remote exit code comes from the `exit` file, never from ssh.
 """
@@ -93,7 +96,7 @@ mkdir -p {workdir_sh} 2>/dev/null
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
 {pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
-setsid -f /bin/sh "$R/run.sh" < /dev/null > /dev/null 2>&1
+setsid -f /bin/sh -c 'trap : INT; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1
 printf '{STARTED.decode()}'
 """
     if follow:
@@ -132,9 +135,9 @@ def signal_script(runs_dir_sh: str, run_id: str, signal: str = "INT") -> str:
     rdir = _run_dir(runs_dir_sh, run_id)
     sig = signal if signal.isalnum() else "INT"
     return f"""R={rdir}
-vp_pid=$(cat "$R/pid" 2>/dev/null) || exit 3
+vp_pg=$(cat "$R/pgid" 2>/dev/null) || vp_pg=$(cat "$R/pid" 2>/dev/null) || exit 3
 [ -e "$R/exit" ] && exit 4
-kill -{sig} -"$vp_pid" 2>/dev/null || kill -{sig} "$vp_pid"
+kill -{sig} -"$vp_pg" 2>/dev/null || kill -{sig} "$vp_pg"
 """
 
 
