@@ -7,13 +7,15 @@ it destroys what it made, so a failure never leaves a billed instance behind.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import replace
 
 from vp.config import Config
 from vp.errors import ConnectionFailed, UsageError, VpError
 from vp.platforms import CLOUDS, get_platform
-from vp.platforms.base import PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
 from vp.ssh import SshTarget, SshTransport, known_hosts_file
 from vp.state import State
 from vp.transport import LocalTransport, Transport
@@ -207,6 +209,10 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
         try:
             platform.destroy(host.id)
             state.forget_host(host.key)
+            if host.key_path:  # the key of a host that no longer exists opens nothing
+                for path in (host.key_path, host.key_path + ".pub"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
         except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first
             ui.error(
                 f"could not destroy {host.id} on {platform.name}: {cleanup_exc}",
@@ -217,6 +223,25 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
         f"{host.name} is ready ({host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22})"
     )
     return host, transport
+
+
+def host_gone(cfg: Config, state: State, host: Host) -> str | None:
+    """Why `host` can never answer again (destroyed or stopped at the provider), or None.
+
+    Asked only while reconnecting fails, so a vanished cloud host ends the wait at once
+    instead of after the reconnect timeout.
+    """
+    if host.platform not in CLOUDS:
+        return None
+    listed = platform_for(cfg, host.platform).list(cfg.project)
+    now = next((h for h in listed if h.id == host.id), None)
+    if now is None or now.status == GONE:
+        state.forget_host(host.key)
+        return f"{host.platform} host {host.name} ({host.id}) no longer exists"
+    if now.status == STOPPED:
+        state.save_host(with_local_facts(now, state), cfg.project)
+        return f"{host.platform} host {host.name} ({host.id}) was stopped"
+    return None
 
 
 def _resolve_auto(

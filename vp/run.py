@@ -12,7 +12,7 @@ from vp import remote
 from vp.config import Config
 from vp.errors import EXIT_INTERRUPTED, VpError
 from vp.follow import follow
-from vp.hosts import resolve
+from vp.hosts import host_gone, resolve
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
 from vp.sync.ignore import IgnoreRules
@@ -191,6 +191,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 script,
                 ui,
                 reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+                host_gone=lambda: host_gone(cfg, state, ws.host),
             )
     except BaseException:
         state.finish_run(run_id, None, "failed")
