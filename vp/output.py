@@ -10,6 +10,15 @@ from typing import Any
 FORMATS = ("text", "json", "yaml", "table")
 
 
+def human_size(n: float) -> str:
+    """Bytes as a short decimal size for progress lines and messages: 512B, 1.9MB, 12.3GB."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}GB"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

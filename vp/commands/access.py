@@ -23,10 +23,10 @@ import typer
 from vp.cli import _globals, app
 from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.hosts import resolve
-from vp.output import render
+from vp.output import human_size, render
 from vp.platforms.base import Host
 from vp.state import State
-from vp.sync.transfer import REMOTE_SUFFIX, _human, _rsync_error, upload
+from vp.sync.transfer import REMOTE_SUFFIX, rsync_error, upload
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI
 
@@ -351,7 +351,7 @@ def _rsync(transport: Transport, argv: list[str], what: str) -> None:
         err = proc.stderr.decode(errors="replace")
         if what == "download" and proc.returncode == 23 and "No such file or directory" in err:
             raise VpError(f"nothing at {argv[-2].split(':', 1)[-1]} on {transport.label}")
-        raise _rsync_error(proc, transport.label, what)
+        raise rsync_error(proc, transport.label, what)
 
 
 def copy_up(
@@ -501,7 +501,7 @@ def upload_cmd(
     if g.output != "text":
         render({"source": src, "target": rel, "bytes": size, "host": host.name}, g.output)
     else:
-        g.ui.info(f"uploaded {src} ({_human(size)}) to {host.name}:{rel}")
+        g.ui.info(f"uploaded {src} ({human_size(size)}) to {host.name}:{rel}")
 
 
 @app.command(
@@ -604,7 +604,7 @@ def _rules(cfg):
 def _print_status(data: dict, root: Path) -> None:
     up, delete = data["upload"], data["delete"]
     where = f"{data['host']}:{data['workdir']}" if data["host"] else "a new host"
-    lines = [f"to upload: {up['files']} file(s), {_human(up['bytes'])} -> {where}"]
+    lines = [f"to upload: {up['files']} file(s), {human_size(up['bytes'])} -> {where}"]
     sizes = []
     for p in up["paths"]:
         try:
@@ -612,7 +612,7 @@ def _print_status(data: dict, root: Path) -> None:
         except OSError:
             continue
     for size, p in sorted(sizes, reverse=True)[:15]:
-        lines.append(f"  + {p}  ({_human(size)})")
+        lines.append(f"  + {p}  ({human_size(size)})")
     if up["files"] > 15:
         lines.append(f"  ... {up['files'] - 15} more (the largest are listed)")
     lines.append(f"to delete on the host: {delete['files']} file(s)")

@@ -22,7 +22,7 @@ import collections
 import time
 from collections.abc import Callable
 
-from vp.docker.engine import human_size
+from vp.output import human_size
 
 # Lines of a step's output kept for the hint when it fails.
 TAIL_LINES = 12

@@ -10,6 +10,7 @@ import os
 from typing import TYPE_CHECKING
 
 from vp.errors import VpError
+from vp.output import human_size
 
 if TYPE_CHECKING:
     import docker
@@ -186,12 +187,3 @@ def check_disk(
             hint="raise [host] disk_gb, free space on the host (`docker system prune`), "
             "or slim the image",
         )
-
-
-def human_size(n: float) -> str:
-    """Bytes as a short decimal size for progress lines and messages: 512B, 1.9MB, 12.3GB."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}GB"

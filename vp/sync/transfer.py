@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vp.errors import ConnectionFailed, VpError
+from vp.output import human_size
 from vp.sync.ignore import Entry, IgnoreRules
 from vp.sync.rsync import run_rsync
 from vp.transport import Transport
@@ -73,7 +74,7 @@ class DownloadResult:
     conflicts: list[str] = field(default_factory=list)
 
 
-def _rsync_error(proc: subprocess.CompletedProcess[bytes], label: str, what: str) -> VpError:
+def rsync_error(proc: subprocess.CompletedProcess[bytes], label: str, what: str) -> VpError:
     err = proc.stderr.decode(errors="replace").strip()
     lines = [ln for ln in err.splitlines() if ln.strip()]
     detail = lines[0] if lines else f"rsync exited {proc.returncode}"
@@ -109,7 +110,7 @@ def upload(
     deleted = [p for p in previous.files if p not in current and not os.path.lexists(root / p)]
     names = sorted(current) + deleted
     total = sum(e.size for e in local.values())
-    say(f"syncing {len(current)} files ({_human(total)}) to {transport.label}:{workdir}")
+    say(f"syncing {len(current)} files ({human_size(total)}) to {transport.label}:{workdir}")
     argv = [
         *transport.rsync_argv(),
         "-a",
@@ -131,7 +132,7 @@ def upload(
     with (progress or _no_progress)("upload", total) as bar:
         proc = run_rsync(argv, payload, bar.callback if bar else None)
     if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
-        raise _rsync_error(proc, transport.label, "upload")
+        raise rsync_error(proc, transport.label, "upload")
     return (
         UploadResult(skipped=False, files=len(current), bytes=total, deleted=len(deleted)),
         Manifest(files=current, clean=True),
@@ -235,7 +236,7 @@ def download(
         with (progress or _no_progress)("download", total_bytes) as bar:
             proc = run_rsync(argv, payload, bar.callback if bar else None)
         if proc.returncode not in (0, 23, 24):
-            raise _rsync_error(proc, transport.label, "download")
+            raise rsync_error(proc, transport.label, "download")
         for name in names:
             src = staging / name
             if not os.path.lexists(src):
@@ -298,11 +299,3 @@ def _same_content(a: Path, b: Path) -> bool:
     if os.path.getsize(a) != os.path.getsize(b):
         return False
     return filecmp.cmp(a, b, shallow=False)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
