@@ -261,13 +261,7 @@ class SshTransport(Transport):
                 self._checked_at = time.monotonic()
                 return
             if state == "wedged":
-                subprocess.run(
-                    self.ssh_argv("-O", "exit", "--", self.target.host),
-                    capture_output=True,
-                    timeout=5,
-                    start_new_session=True,
-                    check=False,
-                )
+                self._control("exit", timeout=5)
             if os.path.exists(self.control_path):
                 os.unlink(self.control_path)
             self._start_master()
@@ -306,12 +300,20 @@ class SshTransport(Transport):
         if not os.path.exists(self.control_path):
             raise ConnectionFailed(f"ssh to {self.label} started but left no control socket")
 
-    def close(self) -> None:
-        if os.path.exists(self.control_path):
+    def _control(self, op: str, timeout: float) -> None:
+        """`ssh -O op` to the master; a wedged master that does not answer is left behind
+        (its socket is replaced), never waited on."""
+        try:
             subprocess.run(
-                self.ssh_argv("-O", "exit", "--", self.target.host),
+                self.ssh_argv("-O", op, "--", self.target.host),
                 capture_output=True,
-                timeout=10,
+                timeout=timeout,
                 start_new_session=True,
                 check=False,
             )
+        except subprocess.TimeoutExpired:
+            pass
+
+    def close(self) -> None:
+        if os.path.exists(self.control_path):
+            self._control("exit", timeout=10)

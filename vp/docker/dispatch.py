@@ -56,7 +56,8 @@ def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
     return ref, auth
 
 
-def build_local(cfg: Config, ui: UI) -> str:
+def build_unpushed(cfg: Config, ui: UI, docker_host: str | None = None) -> str:
+    """Build on the engine that will run the image (this machine's, or the host's)."""
     from vp.docker import ensure_image
 
     return ensure_image(
@@ -66,6 +67,7 @@ def build_local(cfg: Config, ui: UI) -> str:
         push=False,
         auth=None,
         progress=ui.info,
+        docker_host=docker_host,
     )
 
 
@@ -114,7 +116,7 @@ def prepare_command(
     ui: UI,
 ) -> str:
     """Make the image available to the host and return the command wrapped in `docker run`."""
-    from vp.docker import ensure_image, wrap_command
+    from vp.docker import wrap_command
 
     dockerfile = cfg.project_root / cfg.get("docker", "dockerfile")
     if not Path(dockerfile).is_file():
@@ -124,21 +126,13 @@ def prepare_command(
         )
     pull_auth = None
     if transport.is_local:
-        ref = build_local(cfg, ui)
+        ref = build_unpushed(cfg, ui)
     elif cfg.get("docker", "build_on") == "remote":
         if not isinstance(transport, SshTransport):
             raise UsageError('build_on = "remote" needs an ssh host')
         with forwarded_engine(transport) as docker_host:
             ui.info(f"building on {transport.label}'s Docker engine")
-            ref = ensure_image(
-                cfg.project_root,
-                dockerfile=cfg.get("docker", "dockerfile"),
-                image=image_name(cfg),
-                push=False,
-                auth=None,
-                progress=ui.info,
-                docker_host=docker_host,
-            )
+            ref = build_unpushed(cfg, ui, docker_host)
     else:
         ref, pull_auth = build_and_push(cfg, ui)
     return wrap_command(
