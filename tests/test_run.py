@@ -213,3 +213,29 @@ def test_idle_stop_on_a_plain_ssh_host_says_it_cannot(ssh_project: VpEnv) -> Non
     r = ssh_project.run("true")
     assert r.returncode == 0
     assert "idle_stop_minutes has no effect on ssh hosts" in r.stderr
+
+
+def _masters_of(env: VpEnv) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "ControlMaster=yes"], capture_output=True, text=True)
+    pids = []
+    for pid in out.stdout.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if str(env.home).encode() in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def test_a_wedged_master_is_replaced(ssh_project: VpEnv) -> None:
+    assert ssh_project.run("true").returncode == 0
+    [master] = _masters_of(ssh_project)
+    os.kill(master, signal.SIGSTOP)  # alive but answering nothing, like a hung mux
+    try:
+        r = ssh_project.run("echo", "still here", timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "still here\n"
+        assert [p for p in _masters_of(ssh_project) if p != master]  # a fresh master
+    finally:
+        os.kill(master, signal.SIGKILL)
