@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,28 @@ def forwarded_engine(transport: SshTransport) -> Iterator[str]:
             os.unlink(sock)
 
 
+def _check_room(transport: Transport, ref: str) -> None:
+    """Refuse before a pull that cannot fit on the host's disk; once per image and host."""
+    from vp.docker import FREE_BYTES_SHELL, check_disk, image_size, parse_free_bytes
+
+    marker = paths.ensure_private_dir(paths.state_dir() / "docker-pulled") / hashlib.sha1(
+        f"{transport.label}\0{ref}".encode()
+    ).hexdigest()
+    if marker.exists():
+        return
+    size = image_size(ref)
+    if size:
+        probe = (
+            f"docker image inspect {shlex.quote(ref)} >/dev/null 2>&1 && echo present || "
+            f"{{ {FREE_BYTES_SHELL}; }}\n"
+        )
+        out = transport.run(probe, timeout=60).stdout.decode(errors="replace")
+        free = None if "present" in out else parse_free_bytes(out)
+        if free is not None:
+            check_disk(size, free, host=transport.label)
+    marker.touch()
+
+
 def prepare_command(
     cfg: Config,
     transport: Transport,
@@ -135,6 +158,7 @@ def prepare_command(
             ref = build_unpushed(cfg, ui, docker_host)
     else:
         ref, pull_auth = build_and_push(cfg, ui)
+        _check_room(transport, ref)
     return wrap_command(
         command,
         image=ref,
