@@ -98,8 +98,20 @@ def sync_up(ws: Workspace, ui: UI) -> None:
 def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
     rules = ws.rules()
     manifest = ws.manifest()
-    names, dirs_changed = plan_download(ws.root, parse_changes(changes), rules, manifest)
-    result = download(ws.transport, ws.root, ws.workdir, names, manifest, say=ui.info, warn=ui.warn)
+    remote_changes = parse_changes(changes)
+    names, dirs_changed = plan_download(ws.root, remote_changes, rules, manifest)
+    wanted = set(names)
+    result = download(
+        ws.transport,
+        ws.root,
+        ws.workdir,
+        names,
+        manifest,
+        say=ui.info,
+        warn=ui.warn,
+        progress=lambda label, total: ByteProgress(ui, label, total),
+        total_bytes=sum(c.size for c in remote_changes if c.path in wanted),
+    )
     # The host may now hold files we don't (a deletion we can't see, a conflict we kept
     # local): mark the manifest so the next upload does not skip.
     manifest.clean = not dirs_changed and not result.conflicts
