@@ -6,8 +6,7 @@ VERBOSE log; the design target (DESIGN.md §10) is one session and no new connec
 
 To show where the overhead lives, it also times vp's remote protocol alone: the very
 launch+follow script `vp true` sends (vp.remote.launch_script), fed to `sh -s` over the raw
-master, once as vp sends it and once with `SHLVL=1` before the wrapper's `"$vp_sh" -c`
-(a candidate fix: it stops bash from sourcing ~/.bashrc a second time per run).
+master; the rest of vp's time is its local side (interpreter, imports, state, ssh -O check).
 
     .venv/bin/python bench/dispatch.py [--delay-ms 25] [--reps 10]
 """
@@ -19,7 +18,7 @@ from common import Bench, check, count_sessions, fmt, header, interleaved, media
 TARGET_OVERHEAD = 0.2  # seconds
 
 
-def remote_protocol(b: Bench, *, shlvl_fix: bool) -> str:
+def remote_protocol(b: Bench) -> str:
     """The launch+follow script a warm `vp true` sends, for a fresh run id."""
     from vp import remote
     from vp.transport import Transport
@@ -29,9 +28,6 @@ def remote_protocol(b: Bench, *, shlvl_fix: bool) -> str:
     script = remote.launch_script(
         t.runs_dir_sh, remote.new_run_id(), t.workdir_sh(str(workdir)), "true", {}, follow=True
     )
-    if shlvl_fix:
-        script = script.replace('"$vp_sh" -c', 'SHLVL=1 "$vp_sh" -c', 1)
-        assert "SHLVL=1" in script
     script += 'rm -rf "$R"\n'  # the run is ours alone: leave no trace in the host's ~/.vp
     return script
 
@@ -67,17 +63,12 @@ def main() -> None:
             {
                 "vp": lambda: check(b.vp("true"), "vp true"),
                 "raw": lambda: check(b.raw_ssh("true"), "raw ssh true"),
-                "proto": lambda: check(
-                    b.raw_script(remote_protocol(b, shlvl_fix=False)), "vp's script via ssh"
-                ),
-                "proto_fix": lambda: check(
-                    b.raw_script(remote_protocol(b, shlvl_fix=True)), "script+SHLVL via ssh"
-                ),
+                "proto": lambda: check(b.raw_script(remote_protocol(b)), "vp's script via ssh"),
             },
             args.reps,
         )
     vp_t, raw_t = median(times["vp"]), median(times["raw"])
-    proto, proto_fix = median(times["proto"]), median(times["proto_fix"])
+    proto = median(times["proto"])
     overhead = vp_t - raw_t
     print(f"warm vp true        median {fmt(vp_t)}  (min {fmt(min(times['vp']))})")
     print(f"raw ssh true        median {fmt(raw_t)}  (min {fmt(min(times['raw']))})")
@@ -96,7 +87,6 @@ def main() -> None:
     )
     print("where it goes:")
     print(f"  vp's remote script alone, via raw ssh     {fmt(proto)}")
-    print(f"  the same with SHLVL=1 (no 2nd ~/.bashrc)  {fmt(proto_fix)}")
     print(f"  => local side of vp (python, state, ...)  {fmt(vp_t - proto)}")
     print(f"  => remote script beyond raw ssh true      {fmt(proto - raw_t)}")
 
