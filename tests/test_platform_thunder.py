@@ -13,7 +13,14 @@ import pytest
 
 from vp.errors import VpError
 from vp.platforms import get_platform
-from vp.platforms.base import PENDING, RUNNING, STOPPED, HostSpec
+from vp.platforms.base import (
+    PENDING,
+    RUNNING,
+    STOPPED,
+    HostSpec,
+    SupportsClone,
+    SupportsModify,
+)
 
 try:
     from tests.emulators.common import Response, interrupt_create, ssh_run, wait_for
@@ -196,6 +203,147 @@ def test_ctrl_c_after_accept_destroys_the_new_host(env, tmp_path):
     )
     assert env.instances == {} and env.live_sshd() == 0
     assert list((tmp_path / "state" / "vp" / "keys").iterdir()) == []  # its key went too
+
+
+# -- modify and clone (capabilities only Thunder has) ------------------------------------------
+
+
+def _bodies(emulator, line: str) -> list[dict]:
+    import json
+
+    return [
+        json.loads(text.split("\n", 1)[1] or "null")
+        for text in emulator.request_texts
+        if text.split("\n", 1)[0] == line
+    ]
+
+
+def test_thunder_has_the_modify_and_clone_capabilities_local_does_not(thunder):
+    assert isinstance(thunder, SupportsModify) and isinstance(thunder, SupportsClone)
+    local = get_platform("local", {})
+    assert not isinstance(local, SupportsModify) and not isinstance(local, SupportsClone)
+
+
+def test_modify_goes_through_modifying_and_keeps_the_key(thunder, env, tmp_path):
+    host = thunder.create(HostSpec(gpu="t4"), "vp-mnist")
+    thunder.wait_ready(host.id, timeout=30)
+    env.boot_delay = 0.5
+    changed = thunder.modify(host.id, gpu="A6000", cpus=8, disk_gb=200)
+    assert changed.status == PENDING and changed.labels["thunder_status"] == "MODIFYING"
+    assert changed.ssh_host is None  # no address while it restarts on the new hardware
+    assert _bodies(env, f"POST /v1/instances/{host.id}/modify") == [
+        {"gpu_type": "a6000", "cpu_cores": 8, "disk_size_gb": 200}
+    ]
+    inst = env.instances[host.id]
+    assert (inst["gpuType"], inst["cpuCores"], inst["storage"]) == ("a6000", "8", 200)
+    ready = thunder.wait_ready(host.id, timeout=30)
+    assert ready.gpu == "a6000" and ready.key_path == host.key_path
+    assert ssh(ready, host.key_path, env, tmp_path).returncode == 0
+    thunder.destroy(host.id)
+    assert env.errors == []
+
+
+def test_modify_to_a_config_without_the_current_vcpus_picks_its_first_option(thunder, env):
+    host = thunder.create(HostSpec(gpu="a100"), "vp-mnist")  # a100xl x1: 4 vCPUs
+    thunder.wait_ready(host.id, timeout=30)
+    thunder.modify(host.id, gpus=2)  # a100xl x2 takes 8 or 16
+    assert _bodies(env, f"POST /v1/instances/{host.id}/modify") == [{"num_gpus": 2, "cpu_cores": 8}]
+    assert thunder.wait_ready(host.id, timeout=30).gpus == 2
+    thunder.destroy(host.id)
+
+
+def test_modify_refusals_are_one_line_and_send_nothing(thunder, env):
+    host = thunder.create(HostSpec(gpu="t4", disk_gb=150), "vp-mnist")
+    thunder.wait_ready(host.id, timeout=30)
+    cases = [
+        ({}, "nothing to modify"),
+        ({"disk_gb": 120}, "cannot shrink"),
+        ({"cpus": 5}, "takes 4, 8 vCPUs, not 5"),
+        ({"gpu": "b200"}, "no b200 GPU in prototyping mode"),
+        ({"gpus": 8}, "offers no 8x t4 in prototyping mode"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(VpError, match=message) as info:
+            thunder.modify(host.id, **kwargs)
+        assert "\n" not in str(info.value)
+    thunder.stop(host.id)
+    wait_for(lambda: env.instances[host.id]["status"] == "STOPPED")
+    with pytest.raises(VpError, match="only modify a RUNNING instance.*STOPPED") as info:
+        thunder.modify(host.id, cpus=8)
+    assert info.value.hint == "start it first: vp start"
+    assert not any(path.endswith("/modify") for _m, path in env.requests)
+    thunder.destroy(host.id)
+
+
+def test_clone_snapshots_the_disk_and_makes_a_new_host_with_its_own_key(thunder, env, tmp_path):
+    host = thunder.create(HostSpec(gpu="h100", disk_gb=150), "vp-mnist")
+    thunder.wait_ready(host.id, timeout=30)
+    copy = thunder.clone(host.id, "vp-copy")
+    assert copy.id != host.id and copy.key_path and copy.key_path != host.key_path
+    assert copy.host_key_alias == f"vp-thunder-{copy.id}"
+    snapshot = copy.labels["snapshot"]
+    assert snapshot.startswith("vp-copy-")
+    [created] = _bodies(env, "POST /v1/snapshots/create")
+    assert created == {"instanceId": env.instances[host.id]["uuid"], "name": snapshot}
+    new = env.instances[copy.id]
+    assert (new["template"], new["gpuType"], new["mode"], new["storage"]) == (
+        snapshot,
+        "h100",
+        "prototyping",
+        150,
+    )
+    assert copy.price == pytest.approx(1.38 + 50 * 0.0002)
+    ready = thunder.wait_ready(copy.id, timeout=30)
+    assert ssh(ready, copy.key_path, env, tmp_path).returncode == 0
+    # the source is untouched and running again after its SNAPPING phase
+    assert thunder.wait_ready(host.id, timeout=30).status == RUNNING
+    [snap] = env.snapshots.values()
+    assert (snap["name"], snap["status"]) == (snapshot, "READY")  # kept; named in the label
+    for h in (host, copy):
+        thunder.destroy(h.id)
+    assert env.live_sshd() == 0 and env.errors == []
+
+
+def test_clone_of_a_stopped_host_is_refused(thunder, env):
+    host = thunder.create(HostSpec(gpu="t4"), "vp-mnist")
+    thunder.wait_ready(host.id, timeout=30)
+    thunder.stop(host.id)
+    wait_for(lambda: env.instances[host.id]["status"] == "STOPPED")
+    with pytest.raises(VpError, match="only clone a RUNNING instance"):
+        thunder.clone(host.id, "vp-copy")
+    assert env.snapshots == {}
+    thunder.destroy(host.id)
+
+
+def test_clone_without_capacity_leaves_no_instance_snapshot_or_key(thunder, env, tmp_path):
+    host = thunder.create(HostSpec(gpu="t4"), "vp-mnist")
+    thunder.wait_ready(host.id, timeout=30)
+    env.capacity_error = True
+    with pytest.raises(VpError, match="no capacity for 1x t4"):
+        thunder.clone(host.id, "vp-copy")
+    assert list(env.instances) == [host.id] and env.snapshots == {}
+    keys_dir = tmp_path / "state" / "vp" / "keys"
+    assert not any(p.name.startswith("vp-copy") for p in keys_dir.iterdir())
+    thunder.destroy(host.id)
+
+
+def test_clone_failure_after_accept_deletes_the_new_instance_and_snapshot(thunder, env):
+    host = thunder.create(HostSpec(gpu="t4"), "vp-mnist")
+    thunder.wait_ready(host.id, timeout=30)
+    original = env.handle
+
+    def flaky(req):  # once Thunder has accepted the clone's create, listing instances fails
+        if req.path == "/v1/instances/list" and ("POST", "/v1/instances/create") in env.requests:
+            return Response(500, {"error": "internal", "message": "boom", "code": 500})
+        return original(req)
+
+    env.requests.clear()
+    env.handle = flaky
+    with pytest.raises(VpError, match="deleted the new Thunder Compute instance"):
+        thunder.clone(host.id, "vp-copy")
+    env.handle = original
+    assert list(env.instances) == [host.id] and env.snapshots == {}
+    thunder.destroy(host.id)
 
 
 def test_importing_the_module_stays_light():

@@ -6,13 +6,20 @@ GET /v1/instances/list -> {ID: {uuid, name, status, ip (null until RUNNING), por
 numGpus (string), cpuCores, mode, template, storage, createdAt, ...}};
 POST /v1/instances/create {cpu_cores, gpu_type, num_gpus, mode, template, disk_size_gb,
 public_key?} -> {uuid, identifier, key (a server-made private key when no public_key was sent)};
-POST /v1/instances/{id}/start|stop|delete|add_key; GET /v1/pricing -> {"pricing":
+POST /v1/instances/{id}/start|stop|delete|add_key; POST /v1/instances/{id}/modify {cpu_cores?,
+gpu_type?, num_gpus?, disk_size_gb?, mode?} -> {identifier, instance_name, mode, gpu_type,
+num_gpus} (409 unless RUNNING); POST /v1/snapshots/create {instanceId (the instance uuid),
+name} -> {message}; GET /v1/snapshots/list -> [{id, name, minimumDiskSizeGb, status, createdAt}];
+DELETE /v1/snapshots/{id}; a create whose `template` names a READY snapshot restores it;
+GET /v1/pricing -> {"pricing":
 {"h100_x1_prototyping": $/h, "disk_gb": ..., ...}}; GET /v1/specs -> {"specs": {KEY: {displayName,
 gpuCount, mode, vcpuOptions, storageGB: {min, max}, ...}}}; GET /v1/status -> {"specs": {KEY:
 "available"|...}}. Errors are {"error": CODE, "message": TEXT, "code": STATUS}.
 
-Statuses: PROVISIONING -> RUNNING; STOPPING -> STOPPED; STARTING -> RUNNING. The sshd keeps its
-port across a stop/start here (a real instance may come back on another ip/port).
+Statuses: PROVISIONING -> RUNNING; STOPPING -> STOPPED; STARTING -> RUNNING; MODIFYING -> RUNNING
+(sshd restarts); SNAPPING -> RUNNING while a snapshot goes CREATING -> READY; a restored instance
+is RESTORING -> RUNNING on a new sshd that also accepts the keys the snapshot's disk carried. The
+sshd keeps its port across a stop/start here (a real instance may come back on another ip/port).
 The exact wording of Thunder's "no capacity" answer is not published; this emulator answers 409
 with error "gpu_unavailable".
 """
@@ -69,6 +76,8 @@ class ThunderEmulator(Emulator):
         # Behave like an API that makes its own key pair and returns the private half.
         self.ignore_public_key = False
         self._ids = itertools.count(0)
+        self.snapshots: dict[str, dict] = {}  # snapshot id -> record
+        self.snapshot_delay = 0.3  # seconds a snapshot stays CREATING
 
     def specs(self) -> dict:
         out = {}
@@ -101,10 +110,20 @@ class ThunderEmulator(Emulator):
                 return Response(200, {iid: self._view(i) for iid, i in self.instances.items()})
         if path == "/instances/create" and req.method == "POST":
             return self.create(req.json or {})
-        if (m := re.fullmatch(r"/instances/([^/]+)/(start|stop|delete|add_key)", path)) and (
+        if (m := re.fullmatch(r"/instances/([^/]+)/(start|stop|delete|add_key|modify)", path)) and (
             req.method == "POST"
         ):
             return getattr(self, f"action_{m[2]}")(m[1], req.json or {})
+        if path == "/snapshots/create" and req.method == "POST":
+            return self.snapshot_create(req.json or {})
+        if path == "/snapshots/list" and req.method == "GET":
+            with self.lock:
+                return Response(200, [self._view(s) for s in self.snapshots.values()])
+        if (m := re.fullmatch(r"/snapshots/([^/]+)", path)) and req.method == "DELETE":
+            with self.lock:
+                if self.snapshots.pop(m[1], None) is None:
+                    return _error(404, "snapshot_not_found", "Snapshot not found")
+            return Response(200, {"message": "Snapshot deleted"})
         if path == "/pricing" and req.method == "GET":
             return Response(200, {"pricing": dict(self.pricing)})
         if path == "/specs" and req.method == "GET":
@@ -137,7 +156,12 @@ class ThunderEmulator(Emulator):
             return _error(
                 400, "invalid_vcpus", f"cpu_cores must be one of {spec['vcpuOptions']} for {key}"
             )
-        if not spec["storageGB"]["min"] <= body["disk_size_gb"] <= spec["storageGB"]["max"]:
+        snapshot = self._ready_snapshot(body["template"])
+        low, high = spec["storageGB"]["min"], spec["storageGB"]["max"]
+        if snapshot is not None:  # a snapshot restores at its own size or more
+            low = max(low, snapshot["minimumDiskSizeGb"])
+            high = max(high, snapshot["minimumDiskSizeGb"])
+        if not low <= body["disk_size_gb"] <= high:
             return _error(400, "invalid_disk", "disk_size_gb out of range")
         if self.capacity_error or key in self.unavailable:
             return _error(
@@ -151,11 +175,12 @@ class ThunderEmulator(Emulator):
         private_key = None
         if not public_key:
             public_key, private_key = self._server_keypair(iid)
+        phase = "PROVISIONING" if snapshot is None else "RESTORING"
         with self.lock:
             self.instances[iid] = {
                 "uuid": uuid.uuid4().hex[:8],
                 "name": f"instance-{iid}",
-                "status": "PROVISIONING",
+                "status": phase,
                 "ip": None,
                 "port": 22,
                 "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -172,11 +197,23 @@ class ThunderEmulator(Emulator):
                 "httpPorts": [],
                 "sshPublicKeys": [public_key],
             }
-        self.new_host(iid, [public_key])
-        self._boot(iid, "PROVISIONING")
+        carried = list(snapshot["_keys"]) if snapshot is not None else []
+        self.new_host(iid, [public_key, *carried])
+        self._boot(iid, phase)
         return Response(
             200, {"uuid": self.instances[iid]["uuid"], "identifier": int(iid), "key": private_key}
         )
+
+    def _ready_snapshot(self, template: str) -> dict | None:
+        with self.lock:
+            return next(
+                (
+                    snap
+                    for snap in self.snapshots.values()
+                    if snap["name"] == template and snap["status"] == "READY"
+                ),
+                None,
+            )
 
     def _server_keypair(self, iid: str) -> tuple[str, str]:
         path = self.workdir / f"server-key-{iid}-{secrets.token_hex(3)}"
@@ -272,6 +309,94 @@ class ThunderEmulator(Emulator):
         if host is not None:
             host.add_authorized_key(public_key)
         return Response(200, {"uuid": inst["uuid"], "key": private_key, "success": True})
+
+    def action_modify(self, iid: str, body: dict) -> Response:
+        with self.lock:
+            inst = self._instance(iid)
+            if inst is None:
+                return _error(404, "instance_not_found", "Instance not found")
+            if inst["status"] != "RUNNING":
+                return _error(
+                    409, "invalid_state", f"Instance is {inst['status']}; it must be RUNNING"
+                )
+            mode = body.get("mode") or inst["mode"]
+            gpu = body.get("gpu_type") or inst["gpuType"]
+            count = int(body.get("num_gpus") or inst["numGpus"])
+            key = f"{gpu}_x{count}_{mode}"
+            spec = self.specs().get(key)
+            if spec is None:
+                return _error(400, "invalid_config", f"GPU configuration {key} is not offered")
+            cpus = int(body.get("cpu_cores") or inst["cpuCores"])
+            if cpus not in spec["vcpuOptions"]:
+                return _error(
+                    400,
+                    "invalid_vcpus",
+                    f"cpu_cores must be one of {spec['vcpuOptions']} for {key}",
+                )
+            disk = int(body.get("disk_size_gb") or inst["storage"])
+            if not inst["storage"] <= disk <= spec["storageGB"]["max"]:
+                return _error(400, "invalid_disk", "disk_size_gb cannot shrink or exceed the max")
+            inst.update(
+                status="MODIFYING",
+                ip=None,
+                mode=mode,
+                gpuType=gpu,
+                numGpus=str(count),
+                cpuCores=str(cpus),
+                memory=str(cpus * spec["ramPerVCPUGiB"]),
+                storage=disk,
+            )
+        self.sshd_down(iid)  # the VM restarts on its new hardware
+        self._boot(iid, "MODIFYING")
+        return Response(
+            200,
+            {
+                "identifier": iid,
+                "instance_name": inst["name"],
+                "mode": mode,
+                "gpu_type": gpu,
+                "num_gpus": count,
+            },
+        )
+
+    def snapshot_create(self, body: dict) -> Response:
+        source, name = str(body.get("instanceId") or ""), str(body.get("name") or "")
+        if not source or not name:
+            return _error(400, "invalid_request", "instanceId and name are required")
+        with self.lock:
+            found = [(iid, i) for iid, i in self.instances.items() if source in (iid, i["uuid"])]
+            if not found:
+                return _error(404, "instance_not_found", "Instance not found")
+            iid, inst = found[0]
+            if inst["status"] != "RUNNING":
+                return _error(
+                    409, "invalid_state", f"Instance is {inst['status']}; it must be RUNNING"
+                )
+            if any(s["name"] == name for s in self.snapshots.values()):
+                return _error(409, "snapshot_exists", f"A snapshot named {name} already exists")
+            sid = uuid.uuid4().hex[:12]
+            self.snapshots[sid] = {
+                "id": sid,
+                "name": name,
+                "minimumDiskSizeGb": inst["storage"],
+                "status": "CREATING",
+                "createdAt": int(time.time()),
+                "_source": iid,
+                "_keys": list(inst["sshPublicKeys"]),
+            }
+            inst["status"] = "SNAPPING"
+
+        def done() -> None:
+            with self.lock:
+                snap = self.snapshots.get(sid)
+                if snap is not None:
+                    snap["status"] = "READY"
+                inst = self.instances.get(iid)
+                if inst is not None and inst["status"] == "SNAPPING":
+                    inst["status"] = "RUNNING"
+
+        self.after(self.snapshot_delay, done)
+        return Response(200, {"message": f"Snapshot {name} is being created"})
 
 
 @pytest.fixture

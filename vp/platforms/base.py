@@ -99,3 +99,30 @@ class Platform(Protocol):
     def destroy(self, host_id: str) -> None: ...
 
     def wait_ready(self, host_id: str, timeout: float) -> Host: ...
+
+
+# Capabilities only some providers have. A provider that lacks one simply does not implement
+# it: callers ask `isinstance(platform, SupportsModify)`, never catch NotImplementedError.
+
+
+@runtime_checkable
+class SupportsModify(Protocol):
+    """Change a host's hardware in place (its disk and address stay; it may reboot)."""
+
+    def modify(
+        self,
+        host_id: str,
+        *,
+        cpus: int | None = None,
+        gpu: str | None = None,
+        gpus: int | None = None,
+        disk_gb: int | None = None,
+    ) -> Host: ...
+
+
+@runtime_checkable
+class SupportsClone(Protocol):
+    """Make a new host from an existing host's disk. The new host has its own key pair; a
+    clone that fails after the provider accepted it is destroyed, as a failed create is."""
+
+    def clone(self, host_id: str, name: str) -> Host: ...

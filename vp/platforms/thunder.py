@@ -6,6 +6,11 @@ label, so `list()` returns every instance on the account and the caller tells vp
 through its state DB. Each instance gets the public half of a key pair vp made for it; if the
 API answers with a server-made private key instead, that key is stored 0600 in its place.
 The ip and port are null until the instance is RUNNING and may change on every start.
+
+Beyond the Platform surface, Thunder can modify a running instance in place
+(`POST /instances/{id}/modify`) and snapshot one (`POST /snapshots/create`), which `clone`
+uses to make a new instance from an old one's disk. Shapes from Thunder's Go CLI
+(github.com/Thunder-Compute/thunder-cli, `api/client.go`, `pkg/types/types.go`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import time
 import urllib.error
 import urllib.request
@@ -55,6 +61,7 @@ DEFAULT_TEMPLATE = "base"
 TOKEN_HINT = "set TNR_API_TOKEN, or put the token in ~/.thunder/token"
 CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)_(?P<mode>[a-z]+)$")
 CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
+SNAPSHOT_FAILED = ("FAILED", "ERROR", "DELETING", "DELETED")
 
 
 def create_platform(settings: dict[str, Any]) -> ThunderPlatform:
@@ -89,7 +96,6 @@ class ThunderPlatform:
         if not fitting:
             raise no_offer(spec, found, what="Thunder Compute offer", platform="thunder")
         offer = fitting[0]
-        pair = keys.new_keypair(name)
         body = {
             "cpu_cores": offer.extra["cpu_cores"],
             "gpu_type": offer.extra["gpu_type"],
@@ -97,39 +103,10 @@ class ThunderPlatform:
             "mode": offer.extra["mode"],
             "template": self.settings.get("template") or DEFAULT_TEMPLATE,
             "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
-            "public_key": pair.public_key,
         }
-        try:
-            result = self._request("POST", "/instances/create", body, what="create an instance")
-        except _Capacity as exc:
-            discard_key(pair.private_path)
-            raise VpError(
-                f"Thunder Compute has no capacity for {offer.gpus}x {offer.gpu} "
-                f"({offer.extra['mode']}): {exc.message}",
-                hint="try again, pick another gpu, or raise max_price",
-            ) from None
-        except BaseException:
-            discard_key(pair.private_path)
-            raise
-        identifier = (result or {}).get("identifier")
-        if identifier is None:
-            discard_key(pair.private_path)
-            raise VpError(
-                "Thunder Compute accepted the create but returned no instance id",
-                hint="check `vp ls -p thunder` and destroy the instance if one appeared",
-            )
-        instance_id = str(identifier)
-        try:
-            self._key_paths[instance_id] = str(pair.private_path)
-            server_key = (result or {}).get("key")
-            if server_key:  # the API made its own pair: keep its private half, 0600
-                _write_private(pair.private_path, server_key)
-            host = self._get(instance_id)
-            host.price = host.price or offer.price  # the instance list carries no price
-            return host
-        except BaseException as exc:
-            self._destroy_after_failure(instance_id, exc)
-            raise
+        host = self._launch(body, name, f"{offer.gpus}x {offer.gpu} ({offer.extra['mode']})")
+        host.price = host.price or offer.price  # the instance list carries no price
+        return host
 
     def start(self, host_id: str) -> Host:
         self._request(
@@ -161,7 +138,222 @@ class ThunderPlatform:
             hint="raise [host] ready_timeout, or try another gpu",
         )
 
+    # -- capabilities (vp.platforms.base.SupportsModify / SupportsClone) ---------------------------
+
+    def modify(
+        self,
+        host_id: str,
+        *,
+        cpus: int | None = None,
+        gpu: str | None = None,
+        gpus: int | None = None,
+        disk_gb: int | None = None,
+    ) -> Host:
+        """Change a RUNNING instance's GPU type or count, vCPUs or disk (which only grows).
+
+        Thunder answers at once and the instance passes through MODIFYING (no ip) back to
+        RUNNING, possibly on another port: follow with `wait_ready`. A new GPU configuration
+        whose vCPU options exclude the current count gets the first option, as Thunder's CLI
+        does.
+        """
+        if cpus is None and gpu is None and gpus is None and disk_gb is None:
+            raise VpError("nothing to modify", hint="pass --gpu, --gpus, --cpus or --disk-gb")
+        item = self._item(host_id)
+        _require_running(item, host_id, "modify")
+        mode = str(item.get("mode") or "prototyping")
+        current_gpu = str(item.get("gpuType") or "").lower()
+        current_count = int(item.get("numGpus") or 1)
+        body: dict[str, Any] = {}
+        target_gpu = current_gpu
+        if gpu is not None:
+            target_gpu = self._gpu_type(gpu, mode)
+            body["gpu_type"] = target_gpu
+        target_count = current_count if gpus is None else int(gpus)
+        if gpus is not None:
+            body["num_gpus"] = target_count
+        key = f"{target_gpu}_x{target_count}_{mode}"
+        specs = self._optional("/specs").get("specs") or {}
+        config = specs.get(key)
+        if specs and config is None:
+            raise VpError(
+                f"Thunder Compute offers no {target_count}x {target_gpu} in {mode} mode",
+                hint="run `vp offers -p thunder` to see what is available",
+            )
+        options = [int(v) for v in (config or {}).get("vcpuOptions") or []]
+        if cpus is not None:
+            if options and int(cpus) not in options:
+                choices = ", ".join(map(str, options))
+                raise VpError(
+                    f"{target_count}x {target_gpu} ({mode}) takes {choices} vCPUs, not {cpus}"
+                )
+            body["cpu_cores"] = int(cpus)
+        elif options and int(item.get("cpuCores") or 0) not in options:
+            body["cpu_cores"] = options[0]
+        if disk_gb is not None:
+            current_disk = int(item.get("storage") or 0)
+            if int(disk_gb) < current_disk:
+                raise VpError(
+                    f"a Thunder Compute disk cannot shrink ({current_disk} GB now, "
+                    f"{disk_gb} GB asked)"
+                )
+            maximum = ((config or {}).get("storageGB") or {}).get("max")
+            if maximum and int(disk_gb) > int(maximum):
+                raise VpError(f"{key} allows at most {maximum} GB of disk")
+            body["disk_size_gb"] = int(disk_gb)
+        self._request(
+            "POST",
+            f"/instances/{quote(str(host_id), safe='')}/modify",
+            body,
+            what="modify the instance",
+        )
+        return self._get(str(host_id))
+
+    def clone(self, host_id: str, name: str) -> Host:
+        """A new instance, same configuration, from a snapshot of a RUNNING instance's disk.
+
+        The snapshot (`POST /snapshots/create`, polled in `GET /snapshots/list` until READY)
+        is made under a fresh name and used as the new instance's template; it is kept, named in
+        the new host's `snapshot` label (Thunder bills its storage until it is deleted). The
+        new instance gets its own key pair; a failure after Thunder accepted it deletes it.
+        """
+        item = self._item(host_id)
+        _require_running(item, host_id, "clone")
+        snapshot = f"{name}-{secrets.token_hex(3)}"
+        source = str(item.get("uuid") or host_id)  # Thunder's CLI sends the instance uuid
+        self._request(
+            "POST",
+            "/snapshots/create",
+            {"instanceId": source, "name": snapshot},
+            what="snapshot the instance",
+        )
+        try:
+            ready = self._wait_snapshot(snapshot)
+            mode = str(item.get("mode") or "prototyping")
+            count = int(item.get("numGpus") or 1)
+            gpu_type = str(item.get("gpuType") or "").lower()
+            disk = max(int(item.get("storage") or 0), int(ready.get("minimumDiskSizeGb") or 0))
+            body = {
+                "cpu_cores": int(item.get("cpuCores") or 0),
+                "gpu_type": gpu_type,
+                "num_gpus": count,
+                "mode": mode,
+                "template": snapshot,
+                "disk_size_gb": disk,
+            }
+            host = self._launch(body, name, f"{count}x {gpu_type} ({mode})")
+        except BaseException:
+            self._delete_snapshot(snapshot)
+            raise
+        host.labels["snapshot"] = snapshot
+        if host.price is None:
+            key = f"{body['gpu_type']}_x{count}_{mode}"
+            spec = HostSpec(gpus=count, disk_gb=disk, cpus=body["cpu_cores"])
+            host.price = next((o.price for o in self._search(spec) if o.id == key), None)
+        return host
+
     # -- internals -------------------------------------------------------------------------------
+
+    def _launch(self, body: dict[str, Any], name: str, what: str) -> Host:
+        """POST /instances/create with a key pair made for `name`; delete what Thunder made if
+        anything fails after it accepted."""
+        pair = keys.new_keypair(name)
+        try:
+            result = self._request(
+                "POST",
+                "/instances/create",
+                {**body, "public_key": pair.public_key},
+                what="create an instance",
+            )
+        except _Capacity as exc:
+            discard_key(pair.private_path)
+            raise VpError(
+                f"Thunder Compute has no capacity for {what}: {exc.message}",
+                hint="try again, pick another gpu, or raise max_price",
+            ) from None
+        except BaseException:
+            discard_key(pair.private_path)
+            raise
+        identifier = (result or {}).get("identifier")
+        if identifier is None:
+            discard_key(pair.private_path)
+            raise VpError(
+                "Thunder Compute accepted the create but returned no instance id",
+                hint="check `vp ls -p thunder` and destroy the instance if one appeared",
+            )
+        instance_id = str(identifier)
+        try:
+            self._key_paths[instance_id] = str(pair.private_path)
+            server_key = (result or {}).get("key")
+            if server_key:  # the API made its own pair: keep its private half, 0600
+                _write_private(pair.private_path, server_key)
+            return self._get(instance_id)
+        except BaseException as exc:
+            self._destroy_after_failure(instance_id, exc)
+            raise
+
+    def _item(self, host_id: str) -> dict:
+        listing = self._request("GET", "/instances/list", what="list instances") or {}
+        item = listing.get(str(host_id))
+        if item is None:
+            raise HostGone(f"Thunder Compute instance {host_id} no longer exists")
+        return item
+
+    def _gpu_type(self, wanted: str, mode: str) -> str:
+        """Thunder's gpu_type key (`a100xl`) for a name the user gives (`A100`, `h100`)."""
+        pricing = (self._request("GET", "/pricing", what="read prices") or {}).get("pricing") or {}
+        specs = self._optional("/specs").get("specs") or {}
+        found: list[str] = []
+        for key in pricing:
+            m = CONFIG_KEY.match(key)
+            if not m or m["mode"] != mode:
+                continue
+            display = str((specs.get(key) or {}).get("displayName") or "")
+            if m["gpu"] == wanted.lower():
+                return m["gpu"]
+            if wanted.lower() in f"{m['gpu']} {display}".lower() and m["gpu"] not in found:
+                found.append(m["gpu"])
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise VpError(
+                f"Thunder Compute has no {wanted} GPU in {mode} mode",
+                hint="run `vp offers -p thunder` to see what is available",
+            )
+        raise VpError(f"'{wanted}' could mean {', '.join(found)}; name one of them")
+
+    def _snapshots(self) -> list[dict]:
+        listing = self._request("GET", "/snapshots/list", what="list snapshots") or []
+        return [s for s in listing if isinstance(s, dict)]
+
+    def _wait_snapshot(self, name: str) -> dict:
+        timeout = float(self.settings.get("snapshot_timeout") or 1800)
+        deadline = time.monotonic() + timeout
+        status = "not listed yet"
+        while True:
+            snap = next((s for s in self._snapshots() if s.get("name") == name), None)
+            if snap is not None:
+                status = str(snap.get("status") or "").upper()
+                if status == "READY":
+                    return snap
+                if status in SNAPSHOT_FAILED:
+                    raise VpError(f"Thunder Compute could not snapshot the instance ({status})")
+            if time.monotonic() >= deadline:
+                raise VpError(
+                    f"snapshot {name} was not ready after {timeout:.0f}s (status: {status})",
+                    hint="raise [thunder] snapshot_timeout",
+                )
+            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+
+    def _delete_snapshot(self, name: str) -> None:
+        """Delete the snapshot called `name`, if there is one; never raises."""
+        with contextlib.suppress(Exception):
+            for snap in self._snapshots():
+                if snap.get("name") == name and snap.get("id"):
+                    self._request(
+                        "DELETE",
+                        f"/snapshots/{quote(str(snap['id']), safe='')}",
+                        what="delete the snapshot",
+                    )
 
     def _search(self, spec: HostSpec) -> list[Offer]:
         pricing = (self._request("GET", "/pricing", what="read prices") or {}).get("pricing") or {}
@@ -217,11 +409,7 @@ class ThunderPlatform:
         return result if isinstance(result, dict) else {}
 
     def _get(self, host_id: str) -> Host:
-        listing = self._request("GET", "/instances/list", what="list instances") or {}
-        item = listing.get(str(host_id))
-        if item is None:
-            raise HostGone(f"Thunder Compute instance {host_id} no longer exists")
-        return self._host(str(host_id), item)
+        return self._host(str(host_id), self._item(host_id))
 
     def _host(self, iid: str, item: dict) -> Host:
         raw = str(item.get("status") or "UNKNOWN").upper()
@@ -350,6 +538,15 @@ def _http_error(what: str, status: int, raw: bytes) -> VpError:
     if status >= 500:
         return _ServerError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
     return VpError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
+
+
+def _require_running(item: dict, host_id: str, verb: str) -> None:
+    status = str(item.get("status") or "UNKNOWN").upper()
+    if status != "RUNNING":
+        raise VpError(
+            f"Thunder Compute can only {verb} a RUNNING instance; {host_id} is {status}",
+            hint="start it first: vp start" if status == "STOPPED" else "wait until it is running",
+        )
 
 
 def _base_url(value: str | None) -> str:
