@@ -278,7 +278,7 @@ def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id"
 SUBCOMMANDS = frozenset(
     {"run", "init", "config", "runs", "logs", "attach", "kill"}
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
-    | {"status", "gpu"}
+    | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
 )
 
