@@ -12,9 +12,10 @@ from vp.errors import UsageError, VpError
 from vp.hosts import platform_for, resolve, spec_from_config, with_local_facts
 from vp.output import render
 from vp.platforms import CLOUDS
-from vp.platforms.base import Host
+from vp.platforms.base import STOPPED, Host
 from vp.state import State
 
+STOP_TIMEOUT = 300.0
 HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "price", "ssh"]
 
 
@@ -133,11 +134,32 @@ def stop_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id 
     state = State()
     target, platform = _find(cfg, state, host or g.host, g.ui)
     platform.stop(target.id)
+    g.ui.info(f"stopping {target.name} ({target.id}) on {cfg.platform}")
+    stopped = _wait_for_status(platform, cfg, target, STOPPED, STOP_TIMEOUT)
     known = state.host(target.key)
     if known:
-        known.status = "stopped"
+        known.status = stopped.status if stopped else "stopped"
         state.save_host(known, cfg.project)
-    g.ui.info(f"stopped {target.name} ({target.id}) on {cfg.platform}")
+    if stopped is None:
+        g.ui.warn(f"{target.name} was still stopping after {STOP_TIMEOUT:.0f}s; see `vp ls`")
+    else:
+        g.ui.info(f"stopped {target.name} ({target.id}) on {cfg.platform}")
+
+
+def _wait_for_status(platform, cfg, target: Host, status: str, timeout: float) -> Host | None:
+    """Poll the provider until `target` reaches `status`: `vp stop` returns when billing
+    for compute has stopped, not when the request was accepted."""
+    deadline = time.monotonic() + timeout
+    delay = 0.2
+    while time.monotonic() < deadline:
+        now = next((h for h in platform.list(cfg.project) if h.id == target.id), None)
+        if now is None:  # gone altogether: certainly not billing for compute
+            return target
+        if now.status == status:
+            return now
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+    return None
 
 
 @app.command("down", help="Destroy a host and its disk. Asks first unless --yes.")
