@@ -6,6 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.conftest import VpEnv
 from vp.sync.ignore import IgnoreRules
 
@@ -200,3 +203,55 @@ def test_progress_bars_on_a_terminal_only(ssh_project: VpEnv) -> None:
     r = ssh_project.run("--sync-only")
     assert r.returncode == 0
     assert "\x1b[" not in r.stderr and "MB/s" not in r.stderr
+
+
+RULE_POOL = [
+    ".git/",
+    "*.pyc",
+    "!keep.pyc",
+    "/top",
+    "build/",
+    "a/**/b",
+    "!build/keep",
+    "data/raw/",
+    "*.log",
+    "!important.log",
+    "**/cache",
+    "x?y",
+    "[ab]*.txt",
+    "\\#lit",
+]
+SEGMENTS = [
+    "a",
+    "b",
+    "build",
+    "top",
+    "keep.pyc",
+    "m.pyc",
+    "x1y",
+    "cache",
+    "important.log",
+    "d.log",
+    "a.txt",
+    "c.txt",
+    "data",
+    "raw",
+    ".git",
+    "#lit",
+    "keep",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rules=st.lists(st.sampled_from(RULE_POOL), max_size=8),
+    path=st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=5),
+    is_dir=st.booleans(),
+)
+def test_prefilter_never_changes_a_decision(
+    rules: list[str], path: list[str], is_dir: bool
+) -> None:
+    """The one-regex prefilter is only a shortcut: same answer as pathspec on every path."""
+    r = IgnoreRules(rules)
+    p = "/".join(path) + ("/" if is_dir else "")
+    assert r._match(p) == r.spec.match_file(p)
