@@ -8,6 +8,7 @@ the IP.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -300,6 +301,77 @@ def test_ctrl_c_while_ec2_launches_destroys_the_new_instance(aws, emulator, tmp_
     assert out.startswith("Interrupted ") and "destroyed the new aws instance i-" in out
     assert emulator.live_instances() == []
     assert key_files(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------ quotas
+
+
+def test_offers_show_the_family_vcpu_quota_of_their_market(aws, emulator):
+    emulator.quotas["L-3819A6DF"] = 32.0  # G and VT spot
+    asked = emulator.quota_requests
+    t4 = aws.offers(HostSpec(gpu="T4"))
+    assert [(o.id, o.extra["vcpus"], o.extra["quota_vcpus"]) for o in t4] == [
+        ("g4dn.xlarge", 4, 64),
+        ("g4dn.2xlarge", 8, 64),
+    ]
+    assert {o.extra["quota_vcpus"] for o in aws.offers(HostSpec(gpu="T4", spot=True))} == {32}
+    assert aws.offers(HostSpec(gpu="V100"))[0].extra["quota_vcpus"] == 192  # P on-demand
+    aws.offers(HostSpec(gpu="L4"))
+    assert emulator.quota_requests - asked == 3  # one GetServiceQuota per quota code
+
+
+def test_unreadable_quotas_show_a_question_mark_and_block_nothing(aws, emulator, tmp_path):
+    emulator.quotas_denied = True
+    emulator.quotas["L-DB2E81BA"] = 0.0  # vp cannot see it, so it cannot stop for it
+    asked = emulator.quota_requests
+    offers = aws.offers(HostSpec(gpu="T4", spot=True))
+    assert {o.extra["quota_vcpus"] for o in offers} == {"?"}
+    assert emulator.quota_requests - asked == 1  # after one refusal vp stops asking
+    host = aws.create(HostSpec(gpu="T4"), "vp-noquota")
+    assert host.labels["instance_type"] == "g4dn.xlarge"
+    aws.destroy(host.id)
+
+
+def test_create_over_the_quota_fails_before_anything_is_made(aws, emulator, tmp_path):
+    emulator.quotas["L-DB2E81BA"] = 0.0  # a new account: no on-demand G instances at all
+    launches = len(emulator.launches)
+    with pytest.raises(VpError) as err:
+        aws.create(HostSpec(gpu="T4"), "vp-quota")
+    message = err.value.message
+    assert "\n" not in message
+    assert "g4dn.xlarge needs 4 vCPUs" in message
+    assert "'Running On-Demand G and VT instances' in us-east-1 is 0" in message
+    assert "Service Quotas console" in err.value.hint
+    assert len(emulator.launches) == launches
+    assert not [k for k in emulator.backend.key_pairs if k.startswith("aws-vp-quota")]
+    assert key_files(tmp_path) == []
+
+
+def test_a_spot_quota_too_small_falls_back_to_on_demand(aws, emulator):
+    emulator.quotas["L-3819A6DF"] = 2.0
+    host = aws.create(HostSpec(gpu="T4", spot=True), "vp-spotquota")
+    assert host.labels["market"] == "on-demand"
+    assert emulator.launches[-1]["market"] == "on-demand"
+    aws.destroy(host.id)
+
+
+def test_vp_offers_renders_the_quota_column(emulator, vp_env, tmp_path):
+    vp_env.env.update(emulator.env())
+    emulator.quotas["L-DB2E81BA"] = 8.0
+    r = vp_env.run("-p", "aws", "offers", "--gpu", "T4")
+    assert r.returncode == 0, r.stderr
+    header, *rows = r.stdout.splitlines()
+    assert header.split()[-1] == "QUOTA_VCPUS"
+    assert [row.split()[-1] for row in rows] == ["8", "8"]
+    r = vp_env.run("-p", "aws", "-o", "json", "offers", "--gpu", "T4")
+    assert {o["extra"]["quota_vcpus"] for o in json.loads(r.stdout)} == {8}
+    emulator.quotas_denied = True
+    r = vp_env.run("-p", "aws", "offers", "--gpu", "T4")
+    assert r.returncode == 0 and [row.split()[-1] for row in r.stdout.splitlines()[1:]] == [
+        "?",
+        "?",
+    ], r.stderr
+    emulator.clear_faults()
 
 
 def test_importing_the_module_does_not_import_the_sdk():

@@ -12,7 +12,12 @@ moto speaks the EC2 query/XML wire format boto3 sends, but boots nothing. This m
   be stopped, cancelled requests stay visible as `cancelled`, no public IP before `running`;
 - a Deep Learning AMI with the real name pattern, owned by amazon (and an older one, so
   "newest CreationDate" is tested);
-- fault injection: capacity errors for spot and/or on-demand launches.
+- fault injection: capacity errors for spot and/or on-demand launches;
+- EC2's vCPU quotas in Service Quotas. moto's server mode routes the JSON protocol
+  (`X-Amz-Target: ServiceQuotasV20190624.GetServiceQuota`) but knows only `vpc` quotas and
+  answers NoSuchResourceException for `ec2`; the patched backend answers the `ec2` codes in
+  `quotas` with the real `{"Quota": {...}}` body, or AccessDeniedException when
+  `quotas_denied` is set (a user without servicequotas:GetServiceQuota).
 
 moto's backends are process-global, so one emulator is active per process at a time (each
 xdist worker is its own process).
@@ -33,6 +38,14 @@ ACCOUNT = "123456789012"  # moto's default account for the fake credentials belo
 DLAMI_OWNER = "898082745236"  # AWS's Deep Learning AMI account
 DLAMI_NEW = "ami-0d1a0b5e11c0ffee1"
 DLAMI_OLD = "ami-0d1a0b5e11c0ffee0"
+
+# Service Quotas code -> (name, default vCPUs) for the EC2 GPU families.
+EC2_QUOTAS = {
+    "L-DB2E81BA": ("Running On-Demand G and VT instances", 64.0),
+    "L-417A185B": ("Running On-Demand P instances", 192.0),
+    "L-3819A6DF": ("All G and VT Spot Instance Requests", 64.0),
+    "L-7212CCBC": ("All P Spot Instance Requests", 192.0),
+}
 
 _active_lock = threading.Lock()
 _local = threading.local()
@@ -61,6 +74,9 @@ class AwsEmulator:
         self.lose_run_response = False  # RunInstances creates the instance, then fails
         self.run_response_delay = 0.0  # RunInstances creates the instance, then hangs
         self.delayed_runs = 0
+        self.quotas: dict[str, float] = {code: v for code, (_n, v) in EC2_QUOTAS.items()}
+        self.quotas_denied = False
+        self.quota_requests = 0
 
     # ---------------------------------------------------------------- public surface
 
@@ -106,6 +122,8 @@ class AwsEmulator:
         self.boot_delay = 0.0
         self.lose_run_response = False
         self.run_response_delay = 0.0
+        self.quotas = {code: v for code, (_n, v) in EC2_QUOTAS.items()}
+        self.quotas_denied = False
 
     def instance(self, instance_id: str):
         return self.backend.get_instance(instance_id)
@@ -219,8 +237,36 @@ class AwsEmulator:
         from moto.ec2.models.instances import Instance, InstanceBackend
         from moto.ec2.models.spot_requests import SpotRequestBackend
         from moto.ec2.responses.instances import InstanceResponse
+        from moto.servicequotas.models import ServiceQuotasBackend
 
         emu = self
+        orig_get_quota = ServiceQuotasBackend.get_service_quota
+
+        def get_quota(sq_self, service_code: str, quota_code: str):
+            from moto.core.exceptions import JsonRESTError
+
+            emu.quota_requests += 1
+            if emu.quotas_denied:
+                raise JsonRESTError(
+                    "AccessDeniedException",
+                    f"User: arn:aws:iam::{ACCOUNT}:user/vp is not authorized to perform: "
+                    "servicequotas:GetServiceQuota",
+                )
+            if service_code != "ec2" or quota_code not in emu.quotas:
+                return orig_get_quota(sq_self, service_code, quota_code)
+            name = EC2_QUOTAS.get(quota_code, (quota_code, 0.0))[0]
+            return {
+                "ServiceCode": "ec2",
+                "ServiceName": "Amazon Elastic Compute Cloud (Amazon EC2)",
+                "QuotaArn": f"arn:aws:servicequotas:{emu.region}:{ACCOUNT}:ec2/{quota_code}",
+                "QuotaCode": quota_code,
+                "QuotaName": name,
+                "Value": float(emu.quotas[quota_code]),
+                "Unit": "None",
+                "Adjustable": True,
+                "GlobalQuota": False,
+            }
+
         orig_response_run = InstanceResponse.run_instances
         orig_backend_run = InstanceBackend.run_instances
         orig_start = Instance.start
@@ -336,6 +382,7 @@ class AwsEmulator:
         self._patch(Instance, "stop", stop)
         self._patch(Instance, "terminate", terminate)
         self._patch(SpotRequestBackend, "cancel_spot_instance_requests", cancel)
+        self._patch(ServiceQuotasBackend, "get_service_quota", get_quota)
         # Public IPs are handed out by the controller (the SshHost's veth address), never moto.
         self._patch(NetworkInterface, "check_auto_public_ip", lambda nic_self: None)
         # DescribeInstances Filter client-token: EC2 has it, moto does not.

@@ -93,6 +93,10 @@ def offers_cmd(
         offers = platform_for(cfg).offers(spec)
     rows = [o.to_dict() for o in offers[:limit]]
     columns = ["platform", "gpu", "gpus", "price", "region", "spot", "id"]
+    if any("quota_vcpus" in row["extra"] for row in rows):  # aws: the family's vCPU quota
+        columns.append("quota_vcpus")
+        for row in rows:
+            row["quota_vcpus"] = row["extra"].get("quota_vcpus")
     if g.output == "text" and not rows:
         g.ui.info("no offers match")
         return

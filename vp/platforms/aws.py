@@ -10,7 +10,10 @@ profile, SSO, instance role), so vp has no AWS-specific switches. Facts EC2 impo
   relaunches it);
 - the EC2 API has no prices: on-demand prices of the types vp offers are built in below. A spot
   request's default `MaxPrice` is the on-demand price, so a type is only chosen when its
-  on-demand price is within `max_price`, and no host ever costs more than that.
+  on-demand price is within `max_price`, and no host ever costs more than that;
+- GPU instances count against per-family vCPU quotas (Service Quotas, service code `ec2`), which
+  are 0 on many new accounts: offers show the quota, and create stops before launching anything
+  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?".
 """
 
 from __future__ import annotations
@@ -62,6 +65,43 @@ INSTANCE_TYPES: dict[str, tuple[str, int, float]] = {
     "p4d.24xlarge": ("A100", 8, 21.958),
     "p5.48xlarge": ("H100", 8, 55.040),
     "p5en.48xlarge": ("H200", 8, 63.296),
+}
+
+# instance type -> vCPUs (what the family's vCPU quota counts).
+VCPUS: dict[str, int] = {
+    "g4dn.xlarge": 4,
+    "g4dn.2xlarge": 8,
+    "g4dn.12xlarge": 48,
+    "g4dn.metal": 96,
+    "g5.xlarge": 4,
+    "g5.2xlarge": 8,
+    "g5.12xlarge": 48,
+    "g5.48xlarge": 192,
+    "g6.xlarge": 4,
+    "g6.2xlarge": 8,
+    "g6.12xlarge": 48,
+    "g6.48xlarge": 192,
+    "g6e.xlarge": 4,
+    "g6e.12xlarge": 48,
+    "g6e.48xlarge": 192,
+    "p3.2xlarge": 8,
+    "p3.8xlarge": 32,
+    "p3.16xlarge": 64,
+    "p4d.24xlarge": 96,
+    "p5.48xlarge": 192,
+    "p5en.48xlarge": 192,
+}
+
+# instance family letter -> {market: (Service Quotas code, quota name)}, service code "ec2".
+QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
+    "g": {
+        "on-demand": ("L-DB2E81BA", "Running On-Demand G and VT instances"),
+        "spot": ("L-3819A6DF", "All G and VT Spot Instance Requests"),
+    },
+    "p": {
+        "on-demand": ("L-417A185B", "Running On-Demand P instances"),
+        "spot": ("L-7212CCBC", "All P Spot Instance Requests"),
+    },
 }
 
 GPU_ALIASES = {"A10": "A10G", "L40": "L40S", "A100-40GB": "A100"}
@@ -139,6 +179,9 @@ class AwsPlatform:
         self.user = self.settings.get("user") or DEFAULT_USER
         self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
         self._client = None
+        self._quota_client = None
+        self._quotas: dict[str, float | None] = {}  # quota code -> vCPUs (None: unreadable)
+        self._quotas_unreadable = False
 
     # ---------------------------------------------------------------- SDK plumbing
 
@@ -150,21 +193,49 @@ class AwsPlatform:
             raise VpError("the aws platform needs boto3", hint=HINT_INSTALL) from exc
         return boto3, botocore.exceptions
 
+    def _new_client(self, service: str, timeout: float, retries: dict):
+        boto3, _ = self._sdk()
+        from botocore.config import Config
+
+        session = boto3.session.Session(
+            profile_name=self.settings.get("profile") or None, region_name=self.region
+        )
+        config = Config(connect_timeout=min(timeout, 10), read_timeout=timeout, retries=retries)
+        return session.client(service, config=config)
+
     @property
     def ec2(self):
         if self._client is None:
-            boto3, _ = self._sdk()
-            from botocore.config import Config
-
-            session = boto3.session.Session(
-                profile_name=self.settings.get("profile") or None, region_name=self.region
-            )
             timeout = float(self.settings.get("api_timeout") or 60)
-            config = Config(
-                connect_timeout=min(timeout, 10), read_timeout=timeout, retries={"mode": "standard"}
-            )
-            self._client = session.client("ec2", config=config)
+            self._client = self._new_client("ec2", timeout, {"mode": "standard"})
         return self._client
+
+    def quota_vcpus(self, itype: str, spot: bool) -> float | None:
+        """The account's vCPU quota in this region for `itype`'s family and market, or None
+        when it cannot be read (no permission, no credentials, unknown family).
+
+        Quotas only inform: a failure to read one is never an error, and after the first
+        failure vp stops asking.
+        """
+        entry = QUOTAS.get(itype[:1], {}).get("spot" if spot else "on-demand")
+        if entry is None:
+            return None
+        code = entry[0]
+        if code in self._quotas:
+            return self._quotas[code]
+        value = None
+        if not self._quotas_unreadable:
+            try:
+                if self._quota_client is None:
+                    self._quota_client = self._new_client(
+                        "service-quotas", 10.0, {"mode": "standard", "max_attempts": 2}
+                    )
+                quota = self._quota_client.get_service_quota(ServiceCode="ec2", QuotaCode=code)
+                value = float(quota["Quota"]["Value"])
+            except Exception:  # noqa: BLE001 - AccessDenied, no credentials, no endpoint...
+                self._quotas_unreadable = True
+        self._quotas[code] = value
+        return value
 
     def _call(self, method: str, **kwargs) -> dict:
         """One EC2 call; SDK failures become a one-line VpError, ClientError passes through."""
@@ -208,6 +279,9 @@ class AwsPlatform:
                 continue
             if spec.max_price is not None and price > spec.max_price:
                 continue
+            extra: dict[str, Any] = {"vcpus": VCPUS.get(itype)}
+            if spec.spot:
+                extra["price_is"] = "on-demand (a spot host costs at most this)"
             out.append(
                 Offer(
                     platform=NAME,
@@ -217,14 +291,39 @@ class AwsPlatform:
                     price=price,
                     region=self.region,
                     spot=bool(spec.spot),
-                    extra={"price_is": "on-demand (a spot host costs at most this)"}
-                    if spec.spot
-                    else {},
+                    extra=extra,
                 )
             )
         # The smallest machine with enough GPUs: never fall back to an 8-GPU box for 1 GPU.
         fewest = min((o.gpus for o in out), default=0)
-        return sorted((o for o in out if o.gpus == fewest), key=lambda o: (o.price, o.id))
+        chosen = sorted((o for o in out if o.gpus == fewest), key=lambda o: (o.price, o.id))
+        for offer in chosen:
+            quota = self.quota_vcpus(offer.id, offer.spot)
+            offer.extra["quota_vcpus"] = "?" if quota is None else int(quota)
+        return chosen
+
+    def _within_quota(self, offers: list[Offer], spot: bool) -> list[tuple[Offer, bool]]:
+        """The (offer, spot?) launches to try, in order, leaving out those whose vCPUs exceed
+        a quota vp could read; a one-line error when that leaves none."""
+        tries = [(o, market) for o in offers for market in ((True, False) if spot else (False,))]
+        allowed, refused = [], []
+        for offer, market in tries:
+            quota = self.quota_vcpus(offer.id, market)
+            vcpus = VCPUS.get(offer.id)
+            if quota is not None and vcpus is not None and vcpus > quota:
+                refused.append((offer, market, vcpus, quota))
+            else:
+                allowed.append((offer, market))
+        if allowed or not refused:
+            return allowed
+        offer, market, vcpus, quota = refused[0]
+        _code, quota_name = QUOTAS[offer.id[:1]]["spot" if market else "on-demand"]
+        more = f" (and {len(refused) - 1} more refused)" if len(refused) > 1 else ""
+        raise VpError(
+            f"aws: {offer.id} needs {vcpus} vCPUs but the account's quota "
+            f"'{quota_name}' in {self.region} is {quota:g}{more}",
+            hint="request an increase in the Service Quotas console (AWS services > Amazon EC2)",
+        )
 
     def _host(self, inst: dict) -> Host:
         tags = _tags(inst)
@@ -483,6 +582,7 @@ class AwsPlatform:
                 f"aws offers no {spec.gpus}x {spec.gpu or 'GPU'} instance{within}",
                 hint="vp offers -p aws lists what there is; raise max_price or pick another GPU",
             )
+        tries = self._within_quota(offers, bool(spec.spot))
         ce = self._client_error()
         try:
             image = self._image()
@@ -512,18 +612,15 @@ class AwsPlatform:
         failures: list[str] = []
         try:
             args = self._launch_args(image, spec, name, sg, key_name, kp.private_path.name)
-            for offer in offers:
-                for spot in (True, False) if spec.spot else (False,):
-                    try:
-                        inst = self._run(args, offer.id, spot)
-                        break
-                    except ce as e:
-                        code = self._code(e)
-                        if code not in CAPACITY_ERRORS:
-                            raise self._fail("RunInstances", e) from e
-                        failures.append(f"{offer.id} {'spot' if spot else 'on-demand'}: {code}")
-                if inst is not None:
+            for offer, spot in tries:
+                try:
+                    inst = self._run(args, offer.id, spot)
                     break
+                except ce as e:
+                    code = self._code(e)
+                    if code not in CAPACITY_ERRORS:
+                        raise self._fail("RunInstances", e) from e
+                    failures.append(f"{offer.id} {'spot' if spot else 'on-demand'}: {code}")
             if inst is None:
                 codes = sorted({f.rsplit(": ", 1)[1] for f in failures})
                 tried = ", ".join(dict.fromkeys(f.split()[0] for f in failures))
