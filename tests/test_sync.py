@@ -255,3 +255,15 @@ def test_prefilter_never_changes_a_decision(
     r = IgnoreRules(rules)
     p = "/".join(path) + ("/" if is_dir else "")
     assert r._match(p) == r.spec.match_file(p)
+
+
+def test_only_changed_files_are_sent_again(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    _tree(ssh_project.project, [f"src/m{i}.py" for i in range(20)])
+    r = ssh_project.run("true")
+    assert "syncing 21 files" in r.stderr, r.stderr  # 20 + vp.toml
+    (ssh_project.project / "src" / "m3.py").write_text("changed")
+    r = ssh_project.run("cat", "src/m3.py")
+    assert "syncing 1 changed file " in r.stderr, r.stderr
+    assert r.stdout == "changed"
+    r = ssh_project.run("true")
+    assert "syncing" not in r.stderr  # nothing changed: no upload at all

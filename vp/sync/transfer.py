@@ -108,9 +108,17 @@ def upload(
     if previous.clean and current == previous.files:
         return UploadResult(skipped=True), previous
     deleted = [p for p in previous.files if p not in current and not os.path.lexists(root / p)]
-    names = sorted(current) + deleted
-    total = sum(e.size for e in local.values())
-    say(f"syncing {len(current)} files ({human_size(total)}) to {transport.label}:{workdir}")
+    if previous.clean:
+        # The host holds exactly what the manifest says: send only what differs from it.
+        send = sorted(p for p, entry in current.items() if previous.files.get(p) != entry)
+    else:
+        send = sorted(current)
+    names = send + deleted
+    total = sum(local[p].size for p in send)
+    what = f"{len(send)} file{'s' if len(send) != 1 else ''}"
+    if previous.clean and previous.files:
+        what = f"{len(send)} changed file{'s' if len(send) != 1 else ''}"
+    say(f"syncing {what} ({human_size(total)}) to {transport.label}:{workdir}")
     argv = [
         *transport.rsync_argv(),
         "-a",
@@ -134,7 +142,7 @@ def upload(
     if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
         raise rsync_error(proc, transport.label, "upload")
     return (
-        UploadResult(skipped=False, files=len(current), bytes=total, deleted=len(deleted)),
+        UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
         Manifest(files=current, clean=True),
     )
 
