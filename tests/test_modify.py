@@ -49,6 +49,7 @@ def test_modify_then_clone_then_run_on_both(thunder_project, vp_env: VpEnv) -> N
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)
     assert (row["id"], row["status"]) == (source, "running")
+    assert row["price"] == pytest.approx(0.27 + 100 * 0.0002 + 4 * 0.02)  # t4, 8 vCPUs, 200 GB
     assert (emulator.instances[source]["cpuCores"], emulator.instances[source]["storage"]) == (
         "8",
         200,

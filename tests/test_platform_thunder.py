@@ -231,6 +231,7 @@ def test_modify_goes_through_modifying_and_keeps_the_key(thunder, env, tmp_path)
     changed = thunder.modify(host.id, gpu="A6000", cpus=8, disk_gb=200)
     assert changed.status == PENDING and changed.labels["thunder_status"] == "MODIFYING"
     assert changed.ssh_host is None  # no address while it restarts on the new hardware
+    assert changed.price == pytest.approx(0.57 + 100 * 0.0002 + 4 * 0.02)  # the new config's
     assert _bodies(env, f"POST /v1/instances/{host.id}/modify") == [
         {"gpu_type": "a6000", "cpu_cores": 8, "disk_size_gb": 200}
     ]

@@ -45,10 +45,11 @@ def modify_cmd(
     state = State()
     target, _p = _find(cfg, state, host or g.host, g.ui)
     g.ui.info(f"modifying {target.name} ({target.id}) on {cfg.platform}")
-    platform.modify(target.id, cpus=cpus, gpu=gpu, gpus=gpus, disk_gb=disk_gb)
+    changed = platform.modify(target.id, cpus=cpus, gpu=gpu, gpus=gpus, disk_gb=disk_gb)
     ready = platform.wait_ready(target.id, _ready_timeout(cfg))
     # The key and pin alias stay; the price vp remembered was the old hardware's.
-    ready = replace(with_local_facts(ready, state), price=ready.price)
+    price = ready.price if ready.price is not None else changed.price
+    ready = replace(with_local_facts(ready, state), price=price)
     state.save_host(ready, cfg.project)
     render(_row(ready), g.output)
 

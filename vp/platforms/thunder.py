@@ -206,7 +206,11 @@ class ThunderPlatform:
             body,
             what="modify the instance",
         )
-        return self._get(str(host_id))
+        host = self._get(str(host_id))
+        disk = int(body.get("disk_size_gb") or item.get("storage") or 0)
+        cores = int(body.get("cpu_cores") or item.get("cpuCores") or 0)
+        host.price = self._price(target_gpu, target_count, mode, disk, cores)
+        return host
 
     def clone(self, host_id: str, name: str) -> Host:
         """A new instance, same configuration, from a snapshot of a RUNNING instance's disk.
@@ -245,10 +249,7 @@ class ThunderPlatform:
             self._delete_snapshot(snapshot)
             raise
         host.labels["snapshot"] = snapshot
-        if host.price is None:
-            key = f"{body['gpu_type']}_x{count}_{mode}"
-            spec = HostSpec(gpus=count, disk_gb=disk, cpus=body["cpu_cores"])
-            host.price = next((o.price for o in self._search(spec) if o.id == key), None)
+        host.price = host.price or self._price(gpu_type, count, mode, disk, body["cpu_cores"])
         return host
 
     # -- internals -------------------------------------------------------------------------------
@@ -290,6 +291,14 @@ class ThunderPlatform:
         except BaseException as exc:
             self._destroy_after_failure(instance_id, exc)
             raise
+
+    def _price(self, gpu_type: str, count: int, mode: str, disk: int, cpus: int) -> float | None:
+        """$/h of a configuration, priced as offers are (the instance list has no price)."""
+        key = f"{gpu_type}_x{count}_{mode}"
+        with contextlib.suppress(VpError):
+            spec = HostSpec(gpus=count, disk_gb=disk, cpus=cpus)
+            return next((o.price for o in self._search(spec) if o.id == key), None)
+        return None
 
     def _item(self, host_id: str) -> dict:
         listing = self._request("GET", "/instances/list", what="list instances") or {}
