@@ -72,7 +72,6 @@ echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {exports}{_user_shell()}
-sleep 0.01  # let the clock tick past $R/since, so every change the command makes is newer
 "$vp_sh" -c {shlex.quote(command)} < /dev/null >> "$R/log" 2>&1
 vp_finish $?
 """
@@ -91,7 +90,15 @@ vp_finish $?
 R={rdir}
 mkdir -p {runs_dir_sh} && mkdir "$R" || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
 mkdir -p {workdir_sh} 2>/dev/null
-: > "$R/since"
+# The marker is dated 10 ms back: file times advance in clock ticks (up to 10 ms), and a
+# file the command writes in the marker's own tick must still count as newer. What the
+# upload wrote (a session earlier) stays older; anything else is filtered by comparing.
+vp_now=$(date +%s%N 2>/dev/null)
+case "$vp_now" in
+  ''|*[!0-9]*) : > "$R/since"; sleep 0.01;;
+  *) vp_m=$((vp_now - 10000000))
+     touch -d "@${{vp_m%?????????}}.${{vp_m#??????????}}" "$R/since" 2>/dev/null || {{ : > "$R/since"; sleep 0.01; }};;
+esac
 : > "$R/log"
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
@@ -113,7 +120,7 @@ def follow_script(
     script = f"""R={rdir}
 [ -d "$R" ] || {{ printf '{NORUN_MARK}\\n' >&2; exit 0; }}
 vp_i=0
-while [ ! -s "$R/pid" ] && [ ! -e "$R/exit" ] && [ $vp_i -lt 1000 ]; do sleep 0.01; vp_i=$((vp_i+1)); done
+while [ ! -s "$R/pid" ] && [ ! -e "$R/exit" ] && [ $vp_i -lt 5000 ]; do sleep 0.002; vp_i=$((vp_i+1)); done
 vp_pid=$(cat "$R/pid" 2>/dev/null)
 if [ -n "$vp_pid" ] && [ ! -e "$R/exit" ] && kill -0 "$vp_pid" 2>/dev/null; then
   tail -c +{offset + 1} --pid="$vp_pid" -s 0.02 -f "$R/log"
