@@ -111,9 +111,10 @@ def _check_room(transport: Transport, ref: str) -> None:
     """Refuse before a pull that cannot fit on the host's disk; once per image and host."""
     from vp.docker import FREE_BYTES_SHELL, check_disk, image_size, parse_free_bytes
 
-    marker = paths.ensure_private_dir(paths.state_dir() / "docker-pulled") / hashlib.sha1(
-        f"{transport.label}\0{ref}".encode()
-    ).hexdigest()
+    marker = (
+        paths.ensure_private_dir(paths.state_dir() / "docker-pulled")
+        / hashlib.sha1(f"{transport.label}\0{ref}".encode()).hexdigest()
+    )
     if marker.exists():
         return
     size = image_size(ref)
