@@ -53,7 +53,7 @@ class Transport:
         return workdir.rstrip("/") + "/"
 
     def run(
-        self, script: str, *, timeout: float | None = None, check_connect: bool = True
+        self, script: str, *, timeout: float | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a short script, capturing its output."""
         self.ensure()

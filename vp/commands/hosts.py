@@ -9,7 +9,13 @@ import typer
 
 from vp.cli import _globals, app
 from vp.errors import UsageError, VpError
-from vp.hosts import platform_for, resolve, spec_from_config, with_local_facts
+from vp.hosts import (
+    platform_for,
+    resolve,
+    spec_from_config,
+    transport_for,
+    with_local_facts,
+)
 from vp.output import render
 from vp.platforms import CLOUDS
 from vp.platforms.base import STOPPED, Host
@@ -187,6 +193,9 @@ def down_cmd(
             f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?", abort=True
         )
     platform.destroy(target.id)
+    known = state.host(target.key)
+    if known is not None and known.ssh_host:
+        transport_for(known, cfg).close()  # its shared connection would linger 10 minutes
     state.forget_host(target.key)
     g.ui.info(f"destroyed {target.name} ({target.id}) on {cfg.platform}")
 
