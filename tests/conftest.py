@@ -60,6 +60,29 @@ class VpEnv:
             **kw,
         )
 
+    def stderr_on_a_terminal(self, *args: str, timeout: float = 120) -> bytes:
+        """Run vp with a pty as stderr (stdout stays a pipe): what it drew for a person."""
+        import pty
+
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [*VP, *args], cwd=self.project, env=self.env, stdout=subprocess.PIPE, stderr=slave
+        )
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        out = proc.stdout.read() if proc.stdout else b""
+        assert proc.wait(timeout=timeout) == 0, (seen, out)
+        os.close(master)
+        return seen
+
     def write_config(self, text: str) -> Path:
         path = self.project / "vp.toml"
         path.write_text(textwrap.dedent(text))

@@ -215,3 +215,12 @@ def test_vm_cloud_create_reuse_stop_start_down(vm_cloud, vp_env: VpEnv) -> None:
     assert r.returncode == 0, r.stderr
     rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
     assert [row for row in rows if row["status"] != "gone"] == []
+
+
+def test_create_shows_a_live_status_on_a_terminal(request, vp_env: VpEnv, remote_workdir: Path):
+    emulator = _setup("vast", request, vp_env, remote_workdir)
+    emulator.boot_delay = 2.0
+    seen = vp_env.stderr_on_a_terminal("true")
+    assert b"waiting for vp-mnist" in seen
+    assert b"0:00:0" in seen  # rich's elapsed-time column, redrawn while it waits
+    assert vp_env.run("down", "--yes").returncode == 0

@@ -164,38 +164,11 @@ def test_local_edit_during_run_is_kept_and_remote_copy_saved_beside_it(
     assert "notes.txt.vp-remote" not in r.stdout
 
 
-def _stderr_on_a_terminal(env: VpEnv, *args: str) -> bytes:
-    """Run vp with a pty as stderr (stdout stays a pipe) and return what it drew there."""
-    import pty
-    import subprocess
-
-    from tests.conftest import VP
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*VP, *args], cwd=env.project, env=env.env, stdout=subprocess.PIPE, stderr=slave
-    )
-    os.close(slave)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-    out = proc.stdout.read() if proc.stdout else b""
-    assert proc.wait(timeout=60) == 0, (seen, out)
-    os.close(master)
-    return seen
-
-
 def test_progress_bars_on_a_terminal_only(ssh_project: VpEnv) -> None:
     (ssh_project.project / "big.bin").write_bytes(os.urandom(8 << 20))
-    seen = _stderr_on_a_terminal(ssh_project, "--sync-only")
+    seen = ssh_project.stderr_on_a_terminal("--sync-only")
     assert b"upload" in seen and b"MB" in seen  # rich's bytes column, drawn on the terminal
-    seen = _stderr_on_a_terminal(ssh_project, "head -c 8000000 /dev/urandom > result.bin")
+    seen = ssh_project.stderr_on_a_terminal("head -c 8000000 /dev/urandom > result.bin")
     assert b"download" in seen and b"MB" in seen
     assert (ssh_project.project / "result.bin").stat().st_size == 8000000
     # not a terminal: plain lines only

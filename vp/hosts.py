@@ -19,7 +19,7 @@ from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, P
 from vp.ssh import SshTarget, SshTransport, known_hosts_file
 from vp.state import State
 from vp.transport import LocalTransport, Transport
-from vp.ui import UI
+from vp.ui import UI, Status
 
 
 def spec_from_config(cfg: Config) -> HostSpec:
@@ -190,8 +190,8 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
     state.save_host(host, cfg.project)
     try:
         timeout = float(cfg.get("host", "ready_timeout") or 600)
-        ui.info(f"waiting for {host.name} ({host.id}) to boot and answer ssh")
-        ready = platform.wait_ready(host.id, timeout)
+        with Status(ui, f"waiting for {host.name} ({host.id}) to boot and answer ssh"):
+            ready = platform.wait_ready(host.id, timeout)
         host = replace(
             ready,
             key_path=ready.key_path or host.key_path,

@@ -103,3 +103,43 @@ class ByteProgress:
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class Status:
+    """A live one-line status (spinner, elapsed time, latest detail) on a terminal; anywhere
+    else each update is a plain progress line. For work with no byte count: create, build."""
+
+    def __init__(self, ui: UI, label: str):
+        self.ui = ui
+        self.label = label
+        self._progress = None
+
+    def __enter__(self) -> Status:
+        if not (self.ui.quiet or self.ui.structured) and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[detail]}"),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._task = self._progress.add_task(f"vp: {self.label}", total=None, detail="")
+            self._progress.start()
+        else:
+            self.ui.info(self.label)
+        return self
+
+    def update(self, detail: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, detail=one_line(detail)[:100])
+        else:
+            self.ui.info(detail)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self.ui.info(self.label + " - done" if exc[0] is None else self.label)

@@ -20,7 +20,7 @@ from vp.config import Config
 from vp.errors import UsageError, VpError
 from vp.ssh import SshTransport
 from vp.transport import Transport
-from vp.ui import UI
+from vp.ui import UI, Status
 
 CONTAINER_PLATFORMS = ("vast", "runpod")
 
@@ -46,14 +46,15 @@ def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
             'or build_on = "remote" to build on the host itself',
         )
     auth = registry_auth(image, cfg.section("docker"))
-    ref = ensure_image(
-        cfg.project_root,
-        dockerfile=cfg.get("docker", "dockerfile"),
-        image=image,
-        push=True,
-        auth=auth,
-        progress=ui.info,
-    )
+    with Status(ui, f"image {image}") as status:
+        ref = ensure_image(
+            cfg.project_root,
+            dockerfile=cfg.get("docker", "dockerfile"),
+            image=image,
+            push=True,
+            auth=auth,
+            progress=status.update,
+        )
     return ref, auth
 
 
@@ -61,15 +62,16 @@ def build_unpushed(cfg: Config, ui: UI, docker_host: str | None = None) -> str:
     """Build on the engine that will run the image (this machine's, or the host's)."""
     from vp.docker import ensure_image
 
-    return ensure_image(
-        cfg.project_root,
-        dockerfile=cfg.get("docker", "dockerfile"),
-        image=image_name(cfg),
-        push=False,
-        auth=None,
-        progress=ui.info,
-        docker_host=docker_host,
-    )
+    with Status(ui, f"image {image_name(cfg)}") as status:
+        return ensure_image(
+            cfg.project_root,
+            dockerfile=cfg.get("docker", "dockerfile"),
+            image=image_name(cfg),
+            push=False,
+            auth=None,
+            progress=status.update,
+            docker_host=docker_host,
+        )
 
 
 @contextlib.contextmanager
