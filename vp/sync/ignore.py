@@ -102,7 +102,7 @@ class IgnoreRules:
                 cls(rules, str(path))  # name the file and line of a bad pattern
                 lines += rules
         lines += cls(extra, "[sync] extra_ignore").lines
-        return cls(lines)
+        return cls(lines + _own_dirs(root))
 
     def ignored(self, relpath: str, is_dir: bool = False) -> bool:
         """Is `relpath` (posix, relative to the root) excluded, itself or through a parent dir?"""
@@ -148,6 +148,29 @@ def _bad_line(lines: list[str], source: str) -> ConfigError:
                 hint="use gitignore syntax: a lone ! or a trailing backslash is not a pattern",
             )
     return ConfigError(f"{source}: invalid patterns")
+
+
+def _own_dirs(root: Path) -> list[str]:
+    """vp's own state, data and config folders when they sit inside the project (a project at
+    $HOME): never synced, and last so no `!` rule can bring them back. The local platform's
+    workspace lives there, so syncing it would copy the project into itself."""
+    from vp import paths
+
+    rules = []
+    resolved = root.resolve()
+    for own in (paths.state_dir(), paths.data_dir(), paths.config_dir()):
+        try:
+            rel = own.resolve().relative_to(resolved)
+        except ValueError:
+            continue
+        if rel.parts:
+            rules.append("/" + glob_escape(rel.as_posix()) + "/")
+    return rules
+
+
+def glob_escape(text: str) -> str:
+    """A literal path as a gitignore pattern."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 def _any_exclude(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
