@@ -239,3 +239,10 @@ def test_a_wedged_master_is_replaced(ssh_project: VpEnv) -> None:
         assert [p for p in _masters_of(ssh_project) if p != master]  # a fresh master
     finally:
         os.kill(master, signal.SIGKILL)
+
+
+def test_a_terminal_is_told_what_ctrl_c_does(ssh_project: VpEnv) -> None:
+    seen = ssh_project.stderr_on_a_terminal("echo", "hi")
+    assert b"Ctrl-C interrupts it, twice detaches" in seen
+    r = ssh_project.run("echo", "hi")  # not a terminal: no such chatter
+    assert "Ctrl-C" not in r.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shlex
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,8 +185,13 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         print(run_id)
         return 0
 
-    if not ui.quiet:
-        ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
+    ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
+    if sys.stderr.isatty() and not t.is_local:
+        # People fear Ctrl-C kills a long job: say up front what it does.
+        ui.info(
+            f"run {run_id} on {ws.host.name}: Ctrl-C interrupts it, twice detaches "
+            f"(re-attach: vp attach {run_id})"
+        )
     try:
         with contextlib.ExitStack() as tunnels:
             if opts.tunnels:
@@ -212,7 +218,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         state.set_run_status(run_id, "detached")
         ui.note(
             f"detached: run {run_id} keeps going on {ws.host.name}. "
-            f"Re-attach with: vp logs -f {run_id}"
+            f"Re-attach with: vp attach {run_id} (or only watch: vp logs -f {run_id})"
         )
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
