@@ -6,27 +6,24 @@ Each command parses, calls a small function (here, or in `vp.sshconfig`, `vp.tun
 
 from __future__ import annotations
 
-import filecmp
 import os
 import posixpath
 import shlex
-import shutil
-import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
+from vp.cleanup import cleanup
 from vp.cli import _globals, app
 from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.hosts import resolve
 from vp.output import human_size, render
 from vp.platforms.base import Host
 from vp.state import State
-from vp.sync.transfer import REMOTE_SUFFIX, rsync_error, upload
+from vp.sync.copy import copy_down, copy_up
+from vp.sync.transfer import REMOTE_SUFFIX, upload
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI
 
@@ -184,79 +181,6 @@ def ssh_config_cmd(
 # ---------------------------------------------------------------------------- cleanup
 
 
-@dataclass
-class CleanupReport:
-    ssh_config: list[str] = field(default_factory=list)
-    known_hosts: list[str] = field(default_factory=list)
-    orphans: list[dict] = field(default_factory=list)
-    destroyed: list[str] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)  # platforms that could not be listed
-
-    def to_dict(self) -> dict:
-        return {
-            "ssh_config_removed": self.ssh_config,
-            "known_hosts_removed": self.known_hosts,
-            "orphans": self.orphans,
-            "destroyed": self.destroyed,
-            "unchecked_platforms": self.unchecked,
-        }
-
-
-def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupReport:
-    """Drop ssh-config blocks and known_hosts pins of hosts that are gone; find (and with
-    `destroy_orphans`, destroy) hosts labelled for vp that this machine's state doesn't know."""
-    from vp import sshconfig
-    from vp.hosts import platform_for
-    from vp.platforms import CLOUDS
-
-    report = CleanupReport()
-    known = {h.key: h for h in state.hosts()}
-    platforms = {h.platform for h in known.values()} | {cfg.platform}
-    gone: set[str] = set()
-    for name in sorted(p for p in platforms if p in CLOUDS):
-        try:
-            platform = platform_for(cfg, name)
-            listed = platform.list(None)
-        except Exception as exc:  # noqa: BLE001 - one unreachable provider must not stop the rest
-            ui.warn(f"could not list hosts on {name} ({exc}); left its entries alone")
-            report.unchecked.append(name)
-            continue
-        keys = {h.key for h in listed}
-        gone |= {k for k, h in known.items() if h.platform == name and k not in keys}
-        if not getattr(platform, "labels_hosts", True):
-            continue  # the account's hosts are not marked as vp's: none can be called orphaned
-        for h in listed:
-            if h.key in known:
-                continue
-            report.orphans.append(
-                {"platform": name, "id": h.id, "name": h.name, "status": h.status, "gpu": h.gpu}
-            )
-            if destroy_orphans:
-                try:
-                    platform.destroy(h.id)
-                    report.destroyed.append(h.key)
-                    ui.info(f"destroyed orphaned {h.name} ({h.id}) on {name}")
-                except VpError as exc:
-                    ui.warn(f"could not destroy {h.id} on {name}: {exc}")
-    blocks = sshconfig.find_blocks(_read_text(sshconfig.user_config_path()))
-    stale = {
-        b.project for b in blocks if b.host_key and (b.host_key not in known or b.host_key in gone)
-    }
-    report.ssh_config = [f"vp-{p}" for p in sshconfig.remove_blocks(stale)] if stale else []
-    live = {
-        h.host_key_alias or f"vp-{h.platform}-{h.id}" for k, h in known.items() if k not in gone
-    }
-    report.known_hosts = sshconfig.prune_known_hosts(live)
-    return report
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
-
-
 @app.command(
     "cleanup",
     help=(
@@ -321,164 +245,6 @@ def tunnel_cmd(
 
 
 # ---------------------------------------------------------------------------- upload/download
-
-
-def _remote_rsync_path(transport: Transport, workdir: str, rel: str) -> str:
-    """rsync's path for `rel` on the host: absolute, ~/-relative, or under the workdir."""
-    if rel.startswith("/"):
-        return rel
-    if rel == "~" or rel.startswith("~/"):
-        return rel[2:] or "."
-    return transport.rsync_workdir(workdir) + rel
-
-
-def _remote_sh(transport: Transport, workdir: str, rel: str) -> str:
-    """The same path as one quoted shell word."""
-    if rel.startswith("/") or rel == "~" or rel.startswith("~/"):
-        return transport.workdir_sh(rel)
-    return transport.workdir_sh(workdir) + "/" + shlex.quote(rel)
-
-
-def _rsync(transport: Transport, argv: list[str], what: str) -> None:
-    transport.ensure()
-    proc = subprocess.run(
-        [*transport.rsync_argv(), *argv],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    if proc.returncode not in (0, 24):
-        err = proc.stderr.decode(errors="replace")
-        if what == "download" and proc.returncode == 23 and "No such file or directory" in err:
-            raise VpError(f"nothing at {argv[-2].split(':', 1)[-1]} on {transport.label}")
-        raise rsync_error(proc, transport.label, what)
-
-
-def copy_up(
-    transport: Transport, root: Path, workdir: str, src: str, dst: str | None
-) -> tuple[str, int]:
-    """Copy a local file or folder to the host, outside the sync rules. Relative DSTs are
-    under the workdir; the default is SRC's path relative to the project (else its name).
-    Returns the remote path and the bytes sent."""
-    source = Path(src)
-    if not os.path.lexists(source):
-        raise UsageError(f"no such file or folder: {src}")
-    absolute = Path(os.path.abspath(source))
-    is_dir = absolute.is_dir() and not absolute.is_symlink()
-    if dst is None:
-        try:
-            rel = absolute.relative_to(root).as_posix()
-        except ValueError:
-            rel = absolute.name
-        if rel in ("", "."):
-            raise UsageError("that is the whole project", hint="use `vp sync` for it")
-    elif dst.endswith("/") and not is_dir:
-        rel = dst.rstrip("/") + "/" + absolute.name if dst.strip("/") else absolute.name
-        if dst.startswith("/") and not rel.startswith("/"):
-            rel = "/" + rel
-    else:
-        rel = dst.rstrip("/") or dst
-    target_dir = rel if is_dir else (posixpath.dirname(rel) or ".")
-    argv = ["-a", "--protect-args"]
-    if transport.is_local:
-        Path(_remote_rsync_path(transport, workdir, target_dir)).mkdir(parents=True, exist_ok=True)
-    else:
-        mkdir = f"mkdir -p {_remote_sh(transport, workdir, target_dir)} && rsync"
-        argv.append(f"--rsync-path={mkdir}")
-    remote = _remote_rsync_path(transport, workdir, rel)
-    if is_dir:
-        argv += [str(absolute) + "/", transport.remote_path(remote.rstrip("/") + "/")]
-        size = sum(f.stat().st_size for f in absolute.rglob("*") if f.is_file())
-    else:
-        argv += [str(absolute), transport.remote_path(remote)]
-        size = absolute.lstat().st_size
-    _rsync(transport, argv, "upload")
-    return rel, size
-
-
-@dataclass
-class Fetched:
-    placed: list[str] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)  # kept local; host's copy at NAME.vp-remote
-    unchanged: int = 0
-
-    def to_dict(self) -> dict:
-        return {"fetched": self.placed, "conflicts": self.conflicts, "unchanged": self.unchanged}
-
-
-def _same(a: Path, b: Path) -> bool:
-    if a.is_symlink() or b.is_symlink():
-        return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
-    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
-
-
-def place(src: Path, dest: Path, *, force: bool, result: Fetched, shown: Path) -> None:
-    """Move the staged `src` to `dest` file by file (each rename is atomic). An existing,
-    different local file is kept unless `force`; the host's copy lands as NAME.vp-remote."""
-    if src.is_dir() and not src.is_symlink():
-        if os.path.lexists(dest) and not (dest.is_dir() and not dest.is_symlink()):
-            _conflict(src, dest, force=force, result=result, shown=shown)
-            return
-        dest.mkdir(parents=True, exist_ok=True)
-        for child in sorted(src.iterdir()):
-            place(child, dest / child.name, force=force, result=result, shown=shown / child.name)
-        return
-    if not os.path.lexists(dest):
-        os.replace(src, dest)
-        result.placed.append(str(shown))
-    elif _same(src, dest):
-        result.unchanged += 1
-    else:
-        _conflict(src, dest, force=force, result=result, shown=shown)
-
-
-def _conflict(src: Path, dest: Path, *, force: bool, result: Fetched, shown: Path) -> None:
-    if force:
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        os.replace(src, dest)
-        result.placed.append(str(shown))
-        return
-    side = dest.with_name(dest.name + REMOTE_SUFFIX)
-    if side.is_dir() and not side.is_symlink():
-        shutil.rmtree(side)
-    os.replace(src, side)
-    result.conflicts.append(str(shown))
-
-
-def copy_down(
-    transport: Transport,
-    workdir: str,
-    src: str,
-    dst: Path,
-    *,
-    force: bool,
-) -> Fetched:
-    """Fetch a file or folder from the host into `dst`, never clobbering a local file unless
-    `force`: rsync writes a staging dir beside `dst`, then each file is renamed into place."""
-    rel = src.rstrip("/") or src
-    if not rel:
-        raise UsageError("download what?", hint="e.g. vp download outputs/")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".vp-dl-", dir=dst.parent))
-    try:
-        remote = _remote_rsync_path(transport, workdir, rel)
-        _rsync(
-            transport,
-            ["-a", "--protect-args", transport.remote_path(remote), str(staging) + "/"],
-            "download",
-        )
-        fetched = staging / posixpath.basename(remote.rstrip("/"))
-        if not os.path.lexists(fetched):
-            entries = list(staging.iterdir())
-            if len(entries) != 1:
-                raise VpError(f"nothing at {rel} on {transport.label}")
-            fetched = entries[0]
-        result = Fetched()
-        place(fetched, dst, force=force, result=result, shown=Path(dst.name))
-        return result
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 @app.command(
