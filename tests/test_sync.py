@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import VpEnv
+from tests.sshhost import SshHost
 from vp.sync.ignore import IgnoreRules
 
 
@@ -240,3 +242,48 @@ def test_only_changed_files_are_sent_again(ssh_project: VpEnv, remote_workdir: P
     assert r.stdout == "changed"
     r = ssh_project.run("true")
     assert "syncing" not in r.stderr  # nothing changed: no upload at all
+
+
+class _NoRsyncHost(SshHost):
+    """A host whose image has no rsync: sshd runs in its own mount namespace with a stand-in
+    that fails the way a shell does for a missing command."""
+
+    def _argv(self) -> list[str]:
+        fake = self.root / "no-rsync"
+        fake.write_text('#!/bin/sh\necho "sh: 1: rsync: not found" >&2\nexit 127\n')
+        fake.chmod(0o755)
+        real = shutil.which("rsync") or "/usr/bin/rsync"
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount --bind {fake} {real} && exec "$0" "$@"',
+            *super()._argv(),
+        ]
+
+
+def test_a_host_without_rsync_gets_tar(vp_env: VpEnv, tmp_path: Path) -> None:
+    host = _NoRsyncHost(tmp_path / "norsync-host")
+    host.start()
+    try:
+        remote = tmp_path / "remote"
+        vp_env.use_ssh_host(host, remote)
+        p = vp_env.project
+        _tree(p, ["a.py", "sub dir/b ü.txt", "gone.txt"])
+        r = vp_env.run("sh", "-c", "cat 'sub dir/b ü.txt'; echo out > result.txt")
+        assert r.returncode == 0, r.stderr
+        assert "rsync is not installed on testhost: copying with tar" in r.stderr
+        assert r.stdout == "sub dir/b ü.txt"
+        assert (p / "result.txt").read_text() == "out\n"
+        # the next call goes straight to tar, deletions included
+        (p / "gone.txt").unlink()
+        (p / "a.py").write_text("changed")
+        r = vp_env.run("cat", "a.py")
+        assert r.returncode == 0 and r.stdout == "changed", r.stderr
+        assert "rsync is not installed" not in r.stderr
+        assert not (remote / "gone.txt").exists()
+    finally:
+        host.close()

@@ -219,6 +219,9 @@ class SshTransport(Transport):
     def shell_argv(self) -> list[str]:
         return self.ssh_argv("-T", "--", self.target.host, "sh -s")
 
+    def exec_argv(self, script: str) -> list[str]:
+        return self.ssh_argv("-T", "--", self.target.host, script)
+
     def rsync_argv(self) -> list[str]:
         ssh_cmd = " ".join(shlex.quote(a) for a in self.ssh_argv())
         return ["rsync", "-e", ssh_cmd]

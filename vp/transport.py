@@ -28,6 +28,10 @@ class Transport:
         """argv that runs `sh -s` on the host, reading the script from stdin."""
         raise NotImplementedError
 
+    def exec_argv(self, script: str) -> list[str]:
+        """argv that runs `script` (no secrets: it is in argv) with stdin free for data."""
+        raise NotImplementedError
+
     def rsync_argv(self) -> list[str]:
         """`rsync` plus the options that route it to this host (`-e ssh ...`)."""
         return ["rsync"]
@@ -102,6 +106,9 @@ class LocalTransport(Transport):
 
     def shell_argv(self) -> list[str]:
         return ["sh", "-s"]
+
+    def exec_argv(self, script: str) -> list[str]:
+        return ["sh", "-c", script]
 
     def workdir_for(self, project: str, root: Path) -> str:
         import hashlib

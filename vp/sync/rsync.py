@@ -18,6 +18,15 @@ _PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+(\d+)%")
 def run_rsync(
     argv: list[str], payload: bytes, on_bytes: Callable[[int], None] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
+    import shutil
+
+    if shutil.which(argv[0]) is None:
+        from vp.errors import VpError
+
+        raise VpError(
+            "rsync is not installed on this machine",
+            hint="install it: apt-get install rsync (Debian/Ubuntu), brew install rsync (macOS)",
+        )
     if on_bytes is None:
         return subprocess.run(argv, input=payload, capture_output=True, start_new_session=True)
     argv = [argv[0], "--info=progress2", "--no-human-readable", *argv[1:]]

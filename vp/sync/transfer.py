@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vp.errors import ConnectionFailed, VpError
 from vp.output import human_size
+from vp.sync import tarpipe
 from vp.sync.ignore import Entry, IgnoreRules
 from vp.sync.rsync import run_rsync
 from vp.transport import Transport
@@ -85,10 +86,6 @@ def rsync_error(proc: subprocess.CompletedProcess[bytes], label: str, what: str)
         )
     if proc.returncode == 255 or "connection unexpectedly closed" in err:
         return ConnectionFailed(f"{what} to {label} failed: connection lost ({detail})")
-    if "command not found" in err and "rsync" in err:
-        return VpError(
-            f"rsync is not installed on {label}", hint="install it there (apt-get install rsync)"
-        )
     return VpError(f"{what} with {label} failed: {detail}")
 
 
@@ -136,11 +133,18 @@ def upload(
         argv.append(f"--rsync-path={mk}")
     argv += [str(root) + "/", transport.remote_path(transport.rsync_workdir(workdir))]
     transport.ensure()
-    payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-    with (progress or _no_progress)("upload", total) as bar:
-        proc = run_rsync(argv, payload, bar.callback if bar else None)
-    if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
-        raise rsync_error(proc, transport.label, "upload")
+    if not tarpipe.host_lacks_rsync(transport):
+        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        with (progress or _no_progress)("upload", total) as bar:
+            proc = run_rsync(argv, payload, bar.callback if bar else None)
+        if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
+            if not tarpipe.rsync_missing(proc):
+                raise rsync_error(proc, transport.label, "upload")
+            tarpipe.remember_no_rsync(transport)
+            say(f"rsync is not installed on {transport.label}: copying with tar over ssh")
+            tarpipe.upload(transport, root, workdir, send, deleted)
+    else:
+        tarpipe.upload(transport, root, workdir, send, deleted)
     return (
         UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
         Manifest(files=current, clean=True),
@@ -240,11 +244,17 @@ def download(
             str(staging) + "/",
         ]
         transport.ensure()
-        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-        with (progress or _no_progress)("download", total_bytes) as bar:
-            proc = run_rsync(argv, payload, bar.callback if bar else None)
-        if proc.returncode not in (0, 23, 24):
-            raise rsync_error(proc, transport.label, "download")
+        if tarpipe.host_lacks_rsync(transport):
+            tarpipe.download(transport, workdir, names, staging)
+        else:
+            payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+            with (progress or _no_progress)("download", total_bytes) as bar:
+                proc = run_rsync(argv, payload, bar.callback if bar else None)
+            if proc.returncode not in (0, 23, 24):
+                if not tarpipe.rsync_missing(proc):
+                    raise rsync_error(proc, transport.label, "download")
+                tarpipe.remember_no_rsync(transport)
+                tarpipe.download(transport, workdir, names, staging)
         for name in names:
             src = staging / name
             if not os.path.lexists(src):

@@ -1,0 +1,139 @@
+"""The fallback when a host has no rsync (common on vast.ai and RunPod container images):
+the same NUL-separated file lists, carried by `tar` over one ssh session each way.
+
+Which hosts lack rsync is remembered under vp's state dir, so only the first transfer to such
+a host pays for the failed rsync attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+from pathlib import Path
+
+from vp import paths
+from vp.errors import ConnectionFailed, VpError
+from vp.transport import Transport
+
+
+def _marker(transport: Transport) -> Path:
+    digest = hashlib.sha1(transport.label.encode()).hexdigest()[:16]
+    return paths.ensure_private_dir(paths.state_dir() / "no-rsync") / digest
+
+
+def host_lacks_rsync(transport: Transport) -> bool:
+    return not transport.is_local and _marker(transport).exists()
+
+
+def remember_no_rsync(transport: Transport) -> None:
+    _marker(transport).touch()
+
+
+def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
+    """Did rsync fail because the host has none (rather than for any other reason)?"""
+    err = proc.stderr.decode(errors="replace")
+    return any(
+        s in err for s in ("rsync: not found", "rsync: command not found", "rsync: No such file")
+    )
+
+
+def _payload(names: list[str]) -> bytes:
+    return b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+
+
+def _feed(stream, data: bytes) -> None:
+    """Write the name list from a thread: tar reads it while its output is being consumed."""
+
+    def write() -> None:
+        try:
+            stream.write(data)
+            stream.close()
+        except (BrokenPipeError, ValueError):
+            pass
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+def _check(proc: subprocess.CompletedProcess[bytes], transport: Transport, what: str) -> None:
+    if proc.returncode == 0:
+        return
+    err = proc.stderr.decode(errors="replace").strip()
+    detail = err.splitlines()[-1] if err else f"exit {proc.returncode}"
+    if "No space left on device" in err:
+        raise VpError(
+            f"{what} to {transport.label} failed: the host's disk is full",
+            hint="free space on the host, or raise [host] disk_gb",
+        )
+    if proc.returncode == 255:
+        raise ConnectionFailed(f"{what} to {transport.label} failed: connection lost ({detail})")
+    raise VpError(f"{what} with {transport.label} (tar) failed: {detail}")
+
+
+def upload(
+    transport: Transport, root: Path, workdir: str, send: list[str], deleted: list[str]
+) -> None:
+    """tar `send` (paths under `root`) into the workdir; remove `deleted` there."""
+    wd = transport.workdir_sh(workdir)
+    transport.ensure()
+    if send:
+        local = subprocess.Popen(
+            ["tar", "-C", str(root), "--null", "-T", "-", "-c", "-f", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert local.stdin and local.stdout
+        remote = subprocess.Popen(
+            transport.exec_argv(f"mkdir -p {wd} && cd {wd} && tar -x -p -f -"),
+            stdin=local.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        local.stdout.close()  # the remote side owns it now
+        _feed(local.stdin, _payload(send))
+        out, err = remote.communicate()
+        local.wait()
+        _check(subprocess.CompletedProcess([], remote.returncode, out, err), transport, "upload")
+    if deleted:
+        proc = subprocess.run(
+            transport.exec_argv(f"cd {wd} && xargs -0 rm -f --"),
+            input=_payload(deleted),
+            capture_output=True,
+            start_new_session=True,
+        )
+        _check(proc, transport, "upload")
+
+
+def download(transport: Transport, workdir: str, names: list[str], staging: Path) -> None:
+    """tar `names` from the workdir into `staging` (missing names are skipped)."""
+    wd = transport.workdir_sh(workdir)
+    transport.ensure()
+    remote = subprocess.Popen(
+        transport.exec_argv(f"cd {wd} && tar --null -T - -c -f - --ignore-failed-read"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert remote.stdin and remote.stdout
+    local = subprocess.Popen(
+        ["tar", "-C", str(staging), "-x", "-p", "-f", "-"],
+        stdin=remote.stdout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    remote.stdout.close()
+    _feed(remote.stdin, _payload(names))
+    _out, local_err = local.communicate()
+    remote.wait()
+    if remote.returncode == 255:
+        raise ConnectionFailed(f"download from {transport.label} failed: connection lost")
+    if local.returncode != 0:
+        detail = local_err.decode(errors="replace").strip().splitlines()
+        raise VpError(
+            f"download from {transport.label} (tar) failed: {detail[-1] if detail else ''}"
+        )
