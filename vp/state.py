@@ -17,6 +17,7 @@ from vp import paths
 from vp.errors import UsageError
 from vp.platforms.base import Host
 
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
     key TEXT PRIMARY KEY,
@@ -85,19 +86,39 @@ class State:
     def __init__(self, path: Path | None = None):
         path = path or paths.ensure_private_dir(paths.state_dir()) / "state.db"
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(SCHEMA)
+        self._x("PRAGMA busy_timeout=30000")
+        if self._x("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            self._x("PRAGMA journal_mode=WAL")
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self._x(statement)
+            self._x(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _x(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+        """Execute, riding out the moments another vp holds the lock.
+
+        busy_timeout covers most waits, but SQLite answers some at once (switching to WAL
+        while another process opens the file, a schema change racing a reader), and two
+        `vp` runs on one project start at the same instant often enough.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return self.db.execute(sql, args)
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # hosts -----------------------------------------------------------------
     def save_host(self, host: Host, project: str | None) -> None:
-        self.db.execute(
+        self._x(
             "INSERT OR REPLACE INTO hosts(key, project, data, updated) VALUES (?,?,?,?)",
             (host.key, project, json.dumps(host.to_dict()), time.time()),
         )
 
     def hosts(self, project: str | None = None, platform: str | None = None) -> list[Host]:
-        rows = self.db.execute("SELECT data, project FROM hosts ORDER BY updated DESC").fetchall()
+        rows = self._x("SELECT data, project FROM hosts ORDER BY updated DESC").fetchall()
         out = []
         for data, proj in rows:
             host = Host(**json.loads(data))
@@ -109,29 +130,29 @@ class State:
         return out
 
     def host(self, key: str) -> Host | None:
-        row = self.db.execute("SELECT data FROM hosts WHERE key=?", (key,)).fetchone()
+        row = self._x("SELECT data FROM hosts WHERE key=?", (key,)).fetchone()
         return Host(**json.loads(row[0])) if row else None
 
     def forget_host(self, key: str) -> None:
-        self.db.execute("DELETE FROM hosts WHERE key=?", (key,))
-        self.db.execute("DELETE FROM manifests WHERE host_key=?", (key,))
+        self._x("DELETE FROM hosts WHERE key=?", (key,))
+        self._x("DELETE FROM manifests WHERE host_key=?", (key,))
 
     # runs ------------------------------------------------------------------
     def add_run(self, run: RunRecord) -> None:
         cols = [f.name for f in fields(RunRecord)]
-        self.db.execute(
+        self._x(
             f"INSERT INTO runs({','.join(cols)}) VALUES ({','.join('?' * len(cols))})",
             [getattr(run, c) for c in cols],
         )
 
     def finish_run(self, run_id: str, exit_code: int | None, status: str) -> None:
-        self.db.execute(
+        self._x(
             "UPDATE runs SET ended=?, exit_code=?, status=? WHERE id=?",
             (time.time(), exit_code, status, run_id),
         )
 
     def set_run_status(self, run_id: str, status: str) -> None:
-        self.db.execute("UPDATE runs SET status=? WHERE id=?", (status, run_id))
+        self._x("UPDATE runs SET status=? WHERE id=?", (status, run_id))
 
     def runs(self, project: str | None = None, limit: int = 50) -> list[RunRecord]:
         cols = [f.name for f in fields(RunRecord)]
@@ -142,14 +163,14 @@ class State:
             args.append(project)
         query += " ORDER BY started DESC LIMIT ?"
         args.append(limit)
-        return [RunRecord(*row) for row in self.db.execute(query, args).fetchall()]
+        return [RunRecord(*row) for row in self._x(query, args).fetchall()]
 
     def run(self, run_id: str) -> RunRecord:
         """Find a run by id or unique prefix; a bad id is a usage error naming it."""
         if not run_id or not all(c.isalnum() or c == "-" for c in run_id) or len(run_id) > 64:
             raise UsageError(f"'{run_id}' is not a run id", hint="see `vp runs` for run ids")
         cols = [f.name for f in fields(RunRecord)]
-        rows = self.db.execute(
+        rows = self._x(
             f"SELECT {','.join(cols)} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
         ).fetchall()
         if not rows:
@@ -160,14 +181,14 @@ class State:
 
     # manifests ---------------------------------------------------------------
     def manifest(self, host_key: str, root: str, workdir: str) -> dict[str, list] | None:
-        row = self.db.execute(
+        row = self._x(
             "SELECT data FROM manifests WHERE host_key=? AND root=? AND workdir=?",
             (host_key, root, workdir),
         ).fetchone()
         return json.loads(row[0]) if row else None
 
     def save_manifest(self, host_key: str, root: str, workdir: str, data: dict) -> None:
-        self.db.execute(
+        self._x(
             "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data) VALUES (?,?,?,?)",
             (host_key, root, workdir, json.dumps(data, separators=(",", ":"))),
         )
