@@ -9,8 +9,9 @@ from pathlib import Path
 
 from tests.conftest import VpEnv
 from tests.dockerenv import Registry, busybox_image, docker_engine, registry  # noqa: F401
+from tests.emulators.vast import vast_emulator  # noqa: F401
 
-__all__ = ["busybox_image", "docker_engine", "registry"]
+__all__ = ["busybox_image", "docker_engine", "registry", "vast_emulator"]
 
 
 def _docker_project(env: VpEnv, reg: Registry, workdir: Path, repo: str, extra: str = "") -> None:
@@ -101,3 +102,45 @@ def test_remote_build_over_forwarded_socket(
     assert r.returncode == 0, r.stderr
     assert r.stdout == "v1\n"
     assert "building on" in r.stderr
+
+
+def test_container_platform_boots_from_the_image_and_flags_a_stale_one(
+    vp_env: VpEnv,
+    remote_workdir: Path,
+    registry: Registry,  # noqa: F811
+    busybox_image: str,  # noqa: F811
+    vast_emulator,  # noqa: F811
+) -> None:
+    repo = f"vp-e2e/vast{uuid.uuid4().hex[:8]}"
+    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=vast_emulator.api_key)
+    vp_env.env.update(_registry_env(registry))
+    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+    user_cfg.parent.mkdir(parents=True, exist_ok=True)
+    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "boxed"
+        [host]
+        platform = "vast"
+        gpu = "4090"
+        [sync]
+        workdir = "{remote_workdir}"
+        [docker]
+        enabled = true
+        image = "{registry.host}/{repo}"
+        """
+    )
+    (vp_env.project / "Dockerfile").write_text("FROM vp-test/busybox:latest\nCOPY m.txt /m.txt\n")
+    (vp_env.project / ".dockerignore").write_text("*\n!m.txt\n")
+    (vp_env.project / "m.txt").write_text("v1\n")
+    r = vp_env.run("echo", "hi", timeout=300)
+    assert r.returncode == 0 and r.stdout == "hi\n", r.stderr
+    [instance] = vast_emulator.instances.values()
+    assert instance["image_uuid"].startswith(f"{registry.host}/{repo}:")  # booted from it
+    assert "runs" not in r.stderr
+    (vp_env.project / "m.txt").write_text("v2\n")
+    r = vp_env.run("echo", "hi", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "recreate it with `vp down --yes`" in r.stderr
+    assert vp_env.run("down", "--yes").returncode == 0

@@ -130,6 +130,13 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
 
         cfg.data["host"]["image"], _auth = build_and_push(cfg, ui)
     ws = open_workspace(cfg, state, ui, opts.host_name)
+    running_image = ws.host.labels.get("image")
+    if container_host and running_image and running_image != cfg.get("host", "image"):
+        # A container host is its image: a new image needs a new host.
+        ui.warn(
+            f"{ws.host.name} runs {running_image}, not the project's new image "
+            f"{cfg.get('host', 'image')}: recreate it with `vp down --yes` and run again"
+        )
     command = command_text(opts.argv)
     run_id = remote.new_run_id()
     env = {k: str(v) for k, v in cfg.section("env").items()}

@@ -241,6 +241,8 @@ class RunPodPlatform:
                 status = PENDING  # no public ssh port (yet)
         name = str(pod.get("name") or f"runpod-{pod_id}")
         labels = {"runpod_status": desired or "unknown"}
+        if pod.get("imageName"):
+            labels["image"] = str(pod["imageName"])
         if name.startswith("vp-"):
             labels["project"] = name[3:]
         return Host(

@@ -225,6 +225,8 @@ class VastPlatform:
         ssh_host, ssh_port = _endpoint(row) if status == RUNNING else (None, None)
         label = row.get("label") or ""
         labels = {"vast_status": str(actual or "provisioning")}
+        if row.get("image_uuid"):
+            labels["image"] = str(row["image_uuid"])
         if label.startswith("vp-"):
             labels["project"] = label[3:]
         return Host(
