@@ -146,18 +146,3 @@ vp_pg=$(cat "$R/pgid" 2>/dev/null) || vp_pg=$(cat "$R/pid" 2>/dev/null) || exit 
 [ -e "$R/exit" ] && exit 4
 kill -{sig} -"$vp_pg" 2>/dev/null || kill -{sig} "$vp_pg"
 """
-
-
-def status_script(runs_dir_sh: str, run_ids: list[str]) -> str:
-    """Print `ID STATE [EXIT]` for each run: running, done, lost (no process, no exit)."""
-    lines = []
-    for rid in run_ids:
-        rdir = _run_dir(runs_dir_sh, rid)
-        lines.append(
-            f"""R={rdir}
-if [ -e "$R/exit" ]; then echo "{rid} done $(cat "$R/exit")"
-elif [ -s "$R/pid" ] && kill -0 "$(cat "$R/pid")" 2>/dev/null; then echo "{rid} running"
-elif [ -d "$R" ]; then echo "{rid} lost"
-else echo "{rid} missing"; fi"""
-        )
-    return "\n".join(lines) + "\n"
