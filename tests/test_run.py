@@ -246,3 +246,32 @@ def test_a_terminal_is_told_what_ctrl_c_does(ssh_project: VpEnv) -> None:
     assert b"Ctrl-C interrupts it, twice detaches" in seen
     r = ssh_project.run("echo", "hi")  # not a terminal: no such chatter
     assert "Ctrl-C" not in r.stderr
+
+
+def test_kill_stops_a_detached_run_and_records_it(ssh_project: VpEnv) -> None:
+    import json
+
+    r = ssh_project.run("--detach", "sh", "-c", "echo started; sleep 60")
+    run_id = r.stdout.strip()
+    time.sleep(0.5)
+    k = ssh_project.run("kill", run_id)
+    assert k.returncode == 0, k.stderr
+    assert "SIGTERM" in k.stderr
+    f = ssh_project.run("logs", "-f", run_id, timeout=30)
+    assert f.stdout.startswith("started\n")  # (the shell may add "Terminated")
+    assert f.returncode == 143  # 128 + SIGTERM
+    runs = json.loads(ssh_project.run("-o", "json", "runs").stdout)
+    assert [(x["id"], x["exit_code"], x["status"]) for x in runs] == [(run_id, 143, "killed")]
+
+
+def test_kill_escalates_when_sigterm_is_ignored(ssh_project: VpEnv) -> None:
+    r = ssh_project.run("--detach", "bash", "-c", "trap '' TERM; echo stubborn; sleep 60")
+    run_id = r.stdout.strip()
+    time.sleep(0.5)
+    k = ssh_project.run("kill", run_id, timeout=60)
+    assert k.returncode == 0, k.stderr
+    assert "SIGKILL" in k.stderr
+    f = ssh_project.run("logs", "-f", run_id, timeout=30)
+    assert f.returncode == 137
+    again = ssh_project.run("kill", run_id)
+    assert "already finished" in again.stderr

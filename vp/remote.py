@@ -67,7 +67,7 @@ def launch_script(
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     token = "VP_EOF_" + secrets.token_hex(8)
     body = f"""R={rdir}
-trap 'vp_interrupted=1' INT
+trap 'vp_interrupted=1' INT TERM
 echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
@@ -103,7 +103,7 @@ esac
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
 {pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
-setsid -f /bin/sh -c 'trap : INT; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1
+setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1
 printf '{STARTED.decode()}'
 """
     if follow:
@@ -145,4 +145,24 @@ def signal_script(runs_dir_sh: str, run_id: str, signal: str = "INT") -> str:
 vp_pg=$(cat "$R/pgid" 2>/dev/null) || vp_pg=$(cat "$R/pid" 2>/dev/null) || exit 3
 [ -e "$R/exit" ] && exit 4
 kill -{sig} -"$vp_pg" 2>/dev/null || kill -{sig} "$vp_pg"
+"""
+
+
+def kill_script(runs_dir_sh: str, run_id: str, grace: float = 10.0) -> str:
+    """SIGTERM the run's process group; SIGKILL it if it has not ended after `grace` seconds
+    (then the exit code is recorded as 137, since the wrapper died too). Prints the exit
+    code; exits 4 if the run had already ended, 5 if it needed SIGKILL."""
+    rdir = _run_dir(runs_dir_sh, run_id)
+    ticks = max(1, int(grace * 10))
+    return f"""R={rdir}
+vp_pg=$(cat "$R/pgid" 2>/dev/null) || vp_pg=$(cat "$R/pid" 2>/dev/null) || exit 3
+[ -e "$R/exit" ] && {{ cat "$R/exit"; exit 4; }}
+kill -TERM -"$vp_pg" 2>/dev/null || kill -TERM "$vp_pg"
+vp_i=0
+while [ ! -e "$R/exit" ] && [ $vp_i -lt {ticks} ]; do sleep 0.1; vp_i=$((vp_i+1)); done
+if [ -e "$R/exit" ]; then cat "$R/exit"; exit 0; fi
+kill -KILL -"$vp_pg" 2>/dev/null || kill -KILL "$vp_pg"
+echo 137 > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"
+echo 137
+exit 5
 """

@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 import time
 
-import typer
-
 from vp import remote
 from vp.errors import EXIT_INTERRUPTED, VpError
 from vp.follow import follow as follow_run
@@ -82,12 +80,16 @@ def show_logs(g, run_id: str, *, follow: bool, attach: bool) -> int:
 
 
 def kill_run(g, run_id: str) -> None:
-    _state, record, host, transport, _cfg = _run_and_transport(g, run_id)
-    proc = transport.run(remote.signal_script(transport.runs_dir_sh, record.id, "TERM"), timeout=30)
+    state, record, host, transport, _cfg = _run_and_transport(g, run_id)
+    proc = transport.run(remote.kill_script(transport.runs_dir_sh, record.id), timeout=60)
+    code = proc.stdout.decode().strip()
+    exit_code = int(code) if code.lstrip("-").isdigit() else None
     if proc.returncode == 4:
-        g.ui.info(f"run {record.id} had already finished")
-        return
-    if proc.returncode != 0:
+        g.ui.info(f"run {record.id} had already finished (exit {code})")
+    elif proc.returncode in (0, 5):
+        how = "SIGTERM" if proc.returncode == 0 else "SIGKILL (it ignored SIGTERM for 10 s)"
+        g.ui.info(f"stopped run {record.id} on {host.name} with {how}")
+    else:
         raise VpError(f"could not signal run {record.id} on {host.name}")
-    g.ui.info(f"sent SIGTERM to run {record.id} on {host.name}")
-    raise typer.Exit(0)
+    if record.status in ("running", "detached"):
+        state.finish_run(record.id, exit_code, "killed" if proc.returncode != 4 else "done")
