@@ -695,6 +695,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, result)
         except ApiError as exc:
             self._send(exc.code, exc.body())
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client hung up (a Ctrl-C'd vp): not an emulator fault
         except Exception as exc:  # noqa: BLE001 - a 500 with the traceback for the tests
             emu.errors.append(traceback.format_exc())
             self._send(500, ApiError(500, "backendError", str(exc)).body())
