@@ -124,3 +124,13 @@ def test_init_writes_project_files(vp_env: VpEnv) -> None:
     assert again.returncode == 0 and "exists" in again.stderr
     # the written config is valid as is
     assert vp_env.run("config", "show").returncode == 0
+
+
+def test_config_set_reads_a_secret_from_stdin(vp_env: VpEnv) -> None:
+    r = vp_env.run("config", "set", "--user", "runpod.api_key", "-", input="rp_from_stdin\n")
+    assert r.returncode == 0, r.stderr
+    user = vp_env.home / ".config" / "vp" / "config.toml"
+    assert 'api_key = "rp_from_stdin"' in user.read_text()
+    assert "rp_from_stdin" not in r.stderr + r.stdout
+    r = vp_env.run("config", "set", "--user", "runpod.api_key", "-", input="")
+    assert r.returncode == 2 and "no value for runpod.api_key" in r.stderr

@@ -228,11 +228,15 @@ def config_get(ctx: typer.Context, key: str) -> None:
 def config_set(
     ctx: typer.Context,
     key: str,
-    value: str,
+    value: str = typer.Argument(
+        ..., help="The value; - reads it from stdin (keep keys out of argv)"
+    ),
     user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
 ) -> None:
-    from vp.commands.config import set_value
+    from vp.commands.config import read_secret, set_value
 
+    if value == "-":
+        value = read_secret(key)
     set_value(key, value, user=user, ui=_globals(ctx).ui)
 
 

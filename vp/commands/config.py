@@ -9,6 +9,22 @@ from vp.errors import UsageError
 from vp.ui import UI
 
 
+def read_secret(key: str) -> str:
+    """A value from stdin: typed without echo on a terminal, else the first line piped in.
+    API keys given as arguments land in shell history and in every process listing."""
+    import sys
+
+    if sys.stdin.isatty():
+        import getpass
+
+        value = getpass.getpass(f"{key}: ")
+    else:
+        value = sys.stdin.readline().rstrip("\r\n")
+    if not value:
+        raise UsageError(f"no value for {key} on stdin")
+    return value
+
+
 def set_value(dotted: str, raw: str, *, user: bool, ui: UI) -> Path:
     section, key = config.parse_key(dotted)
     value = config.coerce_value(section, key, raw)
