@@ -234,10 +234,14 @@ def config_set(
     user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
 ) -> None:
     from vp.commands.config import read_secret, set_value
+    from vp.config import SECRET_KEYS, parse_key
 
+    ui = _globals(ctx).ui
     if value == "-":
         value = read_secret(key)
-    set_value(key, value, user=user, ui=_globals(ctx).ui)
+    elif parse_key(key) in SECRET_KEYS:
+        ui.warn(f"{key} given as an argument is now in your shell history; next time use: -")
+    set_value(key, value, user=user, ui=ui)
 
 
 @app.command("runs", help="Run history: id, command, host, start, duration, exit code, cost.")
