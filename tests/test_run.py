@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.sshhost import SshHost
 
 
 def _runs_dir() -> Path:
@@ -187,24 +188,41 @@ def test_changed_host_key_is_refused(ssh_project: VpEnv) -> None:
     assert "Traceback" not in r.stderr
 
 
-def test_idle_watchdog_stops_the_host_after_the_last_run(
-    ssh_project: VpEnv, tmp_path: Path
-) -> None:
-    marker = tmp_path / "stopped"
-    cfg = ssh_project.project / "vp.toml"
-    cfg.write_text(
-        cfg.read_text().replace(
-            "[ssh]\n", f'idle_stop_minutes = 0.05\nidle_stop_command = "date > {marker}"\n\n[ssh]\n'
+class _OwnHomeHost(SshHost):
+    """A host whose login HOME is its own folder, so its runs dir and idle watchdog are not
+    shared with the other tests' runs (which would keep it busy)."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        (self.root / "home").mkdir(exist_ok=True)
+        with self.config_path.open("a") as f:
+            f.write(f"SetEnv HOME={self.root / 'home'}\n")
+
+
+def test_idle_watchdog_stops_the_host_after_the_last_run(vp_env: VpEnv, tmp_path: Path) -> None:
+    host = _OwnHomeHost(tmp_path / "own-home-host")
+    host.start()
+    try:
+        vp_env.use_ssh_host(host, tmp_path / "remote")
+        marker = tmp_path / "stopped"
+        cfg = vp_env.project / "vp.toml"
+        cfg.write_text(
+            cfg.read_text().replace(
+                "[ssh]\n",
+                f'idle_stop_minutes = 0.05\nidle_stop_command = "date > {marker}"\n\n[ssh]\n',
+            )
         )
-    )
-    # a run longer than the idle limit keeps the host up while it runs
-    r = ssh_project.run("sleep", "5")
-    assert r.returncode == 0, r.stderr
-    assert not marker.exists()
-    deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert marker.exists()
+        # a run longer than the idle limit keeps the host up while it runs
+        r = vp_env.run("sleep", "5")
+        assert r.returncode == 0, r.stderr
+        assert not marker.exists()
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert marker.exists()
+        assert (host.root / "home" / ".vp" / "watchdog.log").exists()
+    finally:
+        host.close()
 
 
 def test_idle_stop_on_a_plain_ssh_host_says_it_cannot(ssh_project: VpEnv) -> None:
