@@ -7,15 +7,15 @@ it destroys what it made, so a failure never leaves a billed instance behind.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from vp.config import Config
 from vp.errors import ConnectionFailed, UsageError, VpError
 from vp.platforms import CLOUDS, get_platform
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
+from vp.platforms.common import discard_key
 from vp.ssh import SshTarget, SshTransport, known_hosts_file
 from vp.state import State
 from vp.transport import LocalTransport, Transport
@@ -184,7 +184,14 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
-    host = platform.create(spec, name)
+    return adopt_new_host(cfg, state, ui, platform, platform.create(spec, name), "create")
+
+
+def adopt_new_host(
+    cfg: Config, state: State, ui: UI, platform: Platform, host: Host, what: str
+) -> tuple[Host, Transport]:
+    """Wait for a host the provider just made (by create or clone) to answer ssh, and pin
+    its key. Any failure, Ctrl-C included, destroys it and its key before re-raising."""
     if host.created_at is None:
         host.created_at = time.time()  # for uptime and cost when the provider keeps no date
     state.save_host(host, cfg.project)
@@ -198,21 +205,20 @@ def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[
             host_key_alias=ready.host_key_alias or host.host_key_alias,
             created_at=ready.created_at or host.created_at,
             price=ready.price if ready.price is not None else host.price,
+            labels={**host.labels, **ready.labels},
         )
         state.save_host(host, cfg.project)
         transport = transport_for(host, cfg)
         transport.ensure()
     except BaseException as exc:
         ui.warn(
-            f"create failed ({exc or type(exc).__name__}); destroying {host.id} on {platform.name}"
+            f"{what} failed ({exc or type(exc).__name__}); destroying {host.id} on {platform.name}"
         )
         try:
             platform.destroy(host.id)
             state.forget_host(host.key)
             if host.key_path:  # the key of a host that no longer exists opens nothing
-                for path in (host.key_path, host.key_path + ".pub"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+                discard_key(Path(host.key_path))
         except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first
             ui.error(
                 f"could not destroy {host.id} on {platform.name}: {cleanup_exc}",

@@ -6,9 +6,6 @@ any other platform these commands stop with one line saying it cannot.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import time
 from dataclasses import replace
 
 import typer
@@ -16,7 +13,7 @@ import typer
 from vp.cli import _globals, app
 from vp.commands.hosts import _find, _row
 from vp.errors import UsageError
-from vp.hosts import platform_for, transport_for, with_local_facts
+from vp.hosts import adopt_new_host, platform_for, with_local_facts
 from vp.output import render
 from vp.platforms.base import SupportsClone, SupportsModify
 from vp.state import State
@@ -68,32 +65,7 @@ def clone_cmd(
     state = State()
     source, _p = _find(cfg, state, host or g.host, g.ui)
     g.ui.info(f"cloning {source.name} ({source.id}) on {cfg.platform} as {name}")
-    made = platform.clone(source.id, name)
-    if made.created_at is None:
-        made.created_at = time.time()
-    state.save_host(made, cfg.project)
-    try:
-        g.ui.info(f"waiting for {made.id} to boot and answer ssh")
-        ready = platform.wait_ready(made.id, _ready_timeout(cfg))
-        made = replace(
-            ready,
-            key_path=ready.key_path or made.key_path,
-            host_key_alias=ready.host_key_alias or made.host_key_alias,
-            created_at=ready.created_at or made.created_at,
-            price=ready.price if ready.price is not None else made.price,
-            labels={**made.labels, **ready.labels},
-        )
-        state.save_host(made, cfg.project)
-        transport_for(made, cfg).ensure()  # pins the new host's key
-    except BaseException as exc:
-        g.ui.warn(f"clone failed ({exc or type(exc).__name__}); destroying {made.id}")
-        with contextlib.suppress(Exception):
-            platform.destroy(made.id)
-            state.forget_host(made.key)
-            for path in (made.key_path, f"{made.key_path}.pub") if made.key_path else ():
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-        raise
+    made, _t = adopt_new_host(cfg, state, g.ui, platform, platform.clone(source.id, name), "clone")
     snapshot = made.labels.get("snapshot")
     if snapshot:
         g.ui.info(f"kept snapshot {snapshot} on {cfg.platform} (its storage is billed)")
