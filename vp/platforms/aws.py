@@ -19,7 +19,6 @@ profile, SSO, instance role), so vp has no AWS-specific switches. Facts EC2 impo
 from __future__ import annotations
 
 import os
-import re
 import secrets
 from contextlib import suppress
 from pathlib import Path
@@ -27,8 +26,10 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 from vp.platforms.common import discard_key, wait_until_ready
+from vp.platforms.gpus import catalog
 
 NAME = "aws"
 
@@ -42,55 +43,14 @@ STATUS = {
     "terminated": GONE,
 }
 
+# instance type -> its GPUs, on-demand price and vCPUs: a dated data file (data/aws.toml).
+_TYPES: dict[str, dict] = catalog("aws")["types"]
 # instance type -> (GPU model, GPU count, on-demand $/h in us-east-1, Linux).
 INSTANCE_TYPES: dict[str, tuple[str, int, float]] = {
-    "g4dn.xlarge": ("T4", 1, 0.526),
-    "g4dn.2xlarge": ("T4", 1, 0.752),
-    "g4dn.12xlarge": ("T4", 4, 3.912),
-    "g4dn.metal": ("T4", 8, 7.824),
-    "g5.xlarge": ("A10G", 1, 1.006),
-    "g5.2xlarge": ("A10G", 1, 1.212),
-    "g5.12xlarge": ("A10G", 4, 5.672),
-    "g5.48xlarge": ("A10G", 8, 16.288),
-    "g6.xlarge": ("L4", 1, 0.805),
-    "g6.2xlarge": ("L4", 1, 0.978),
-    "g6.12xlarge": ("L4", 4, 4.602),
-    "g6.48xlarge": ("L4", 8, 13.350),
-    "g6e.xlarge": ("L40S", 1, 1.861),
-    "g6e.12xlarge": ("L40S", 4, 10.493),
-    "g6e.48xlarge": ("L40S", 8, 30.131),
-    "p3.2xlarge": ("V100", 1, 3.060),
-    "p3.8xlarge": ("V100", 4, 12.240),
-    "p3.16xlarge": ("V100", 8, 24.480),
-    "p4d.24xlarge": ("A100", 8, 21.958),
-    "p5.48xlarge": ("H100", 8, 55.040),
-    "p5en.48xlarge": ("H200", 8, 63.296),
+    t: (v["gpu"], v["gpus"], v["price"]) for t, v in _TYPES.items()
 }
-
 # instance type -> vCPUs (what the family's vCPU quota counts).
-VCPUS: dict[str, int] = {
-    "g4dn.xlarge": 4,
-    "g4dn.2xlarge": 8,
-    "g4dn.12xlarge": 48,
-    "g4dn.metal": 96,
-    "g5.xlarge": 4,
-    "g5.2xlarge": 8,
-    "g5.12xlarge": 48,
-    "g5.48xlarge": 192,
-    "g6.xlarge": 4,
-    "g6.2xlarge": 8,
-    "g6.12xlarge": 48,
-    "g6.48xlarge": 192,
-    "g6e.xlarge": 4,
-    "g6e.12xlarge": 48,
-    "g6e.48xlarge": 192,
-    "p3.2xlarge": 8,
-    "p3.8xlarge": 32,
-    "p3.16xlarge": 64,
-    "p4d.24xlarge": 96,
-    "p5.48xlarge": 192,
-    "p5en.48xlarge": 192,
-}
+VCPUS: dict[str, int] = {t: v["vcpus"] for t, v in _TYPES.items()}
 
 # instance family letter -> {market: (Service Quotas code, quota name)}, service code "ec2".
 QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
@@ -103,8 +63,6 @@ QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
         "spot": ("L-7212CCBC", "All P Spot Instance Requests"),
     },
 }
-
-GPU_ALIASES = {"A10": "A10G", "L40": "L40S", "A100-40GB": "A100"}
 
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
 SECURITY_GROUP = "vp-ssh"
@@ -133,14 +91,6 @@ HINT_INSTALL = "pip install 'vp-runner[aws]'"
 
 def create_platform(settings: dict) -> AwsPlatform:
     return AwsPlatform(settings)
-
-
-def _gpu_matches(wanted: str | None, gpu: str) -> bool:
-    """`A10`, `a10g`, `NVIDIA A10G` all match A10G; no wanted GPU matches anything."""
-    if not wanted:
-        return True
-    w = re.sub(r"^NVIDIA|[\s_-]", "", wanted.upper())
-    return w == gpu.upper() or GPU_ALIASES.get(w) == gpu.upper()
 
 
 def _tags(item: dict) -> dict[str, str]:
@@ -275,7 +225,9 @@ class AwsPlatform:
     def offers(self, spec: HostSpec) -> list[Offer]:
         out = []
         for itype, (gpu, count, price) in INSTANCE_TYPES.items():
-            if not _gpu_matches(spec.gpu, gpu) or count < max(spec.gpus, 1):
+            if not gpus.matches(spec.gpu, gpu, _TYPES[itype]["memory_gb"]) or count < max(
+                spec.gpus, 1
+            ):
                 continue
             if spec.max_price is not None and price > spec.max_price:
                 continue

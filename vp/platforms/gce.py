@@ -27,8 +27,10 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, Interrupted, VpError
+from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 from vp.platforms.common import discard_key, wait_until_ready
+from vp.platforms.gpus import catalog
 
 NAME = "gce"
 
@@ -45,27 +47,13 @@ STATUS = {
     "PENDING_STOP": PENDING,
 }
 
+# The GPU machines vp offers, with on-demand prices: a dated data file (data/gce.toml).
+_MACHINES: list[dict] = catalog("gce")["machines"]
 # (machine type, accelerator type or None when the machine type has its GPUs built in,
 #  GPU model, GPU count, on-demand $/h in us-central1 for VM + GPUs)
 MACHINES: list[tuple[str, str | None, str, int, float]] = [
-    ("n1-standard-4", "nvidia-tesla-t4", "T4", 1, 0.540),
-    ("n1-standard-8", "nvidia-tesla-t4", "T4", 2, 1.080),
-    ("n1-standard-16", "nvidia-tesla-t4", "T4", 4, 2.160),
-    ("n1-standard-8", "nvidia-tesla-v100", "V100", 1, 2.860),
-    ("n1-standard-32", "nvidia-tesla-v100", "V100", 4, 11.440),
-    ("g2-standard-4", None, "L4", 1, 0.707),
-    ("g2-standard-24", None, "L4", 2, 1.998),
-    ("g2-standard-48", None, "L4", 4, 3.997),
-    ("g2-standard-96", None, "L4", 8, 7.993),
-    ("a2-highgpu-1g", None, "A100", 1, 3.673),
-    ("a2-highgpu-2g", None, "A100", 2, 7.347),
-    ("a2-highgpu-4g", None, "A100", 4, 14.693),
-    ("a2-highgpu-8g", None, "A100", 8, 29.387),
-    ("a2-ultragpu-1g", None, "A100-80GB", 1, 5.069),
-    ("a2-ultragpu-8g", None, "A100-80GB", 8, 40.550),
-    ("a3-highgpu-8g", None, "H100", 8, 88.249),
+    (m["machine_type"], m.get("accelerator"), m["gpu"], m["gpus"], m["price"]) for m in _MACHINES
 ]
-GPU_ALIASES = {"TESLAT4": "T4", "A10080GB": "A100-80GB", "A10040GB": "A100", "H10080GB": "H100"}
 
 DEFAULT_ZONE = "us-central1-a"
 DEFAULT_USER = "vp"
@@ -96,11 +84,6 @@ def create_platform(settings: dict) -> GcePlatform:
 
 def _offer_id(machine: str, accel: str | None) -> str:
     return f"{machine}+{accel}" if accel else machine
-
-
-def _norm_gpu(name: str) -> str:
-    n = re.sub(r"^NVIDIA|[\s_-]", "", name.upper())
-    return GPU_ALIASES.get(n, n)
 
 
 def _label(value: str) -> str:
@@ -208,10 +191,12 @@ class GcePlatform:
     # ---------------------------------------------------------------- read side
 
     def offers(self, spec: HostSpec) -> list[Offer]:
-        wanted = _norm_gpu(spec.gpu) if spec.gpu else None
         out = []
-        for machine, accel, gpu, count, price in MACHINES:
-            if wanted and _norm_gpu(gpu) != wanted:
+        for row in _MACHINES:
+            machine, accel, gpu, count, price = (
+                row["machine_type"], row.get("accelerator"), row["gpu"], row["gpus"], row["price"]
+            )  # fmt: skip
+            if not gpus.matches(spec.gpu, gpu, row["memory_gb"]):
                 continue
             if count < max(spec.gpus, 1):
                 continue

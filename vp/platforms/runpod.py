@@ -18,6 +18,7 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, UsageError, VpError
+from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 from vp.platforms.common import (
     affordable,
@@ -189,8 +190,9 @@ class RunPodPlatform:
         )
         found = []
         for gpu in from_sdk or []:
-            names = f"{gpu.get('id')} {gpu.get('displayName')}".lower()
-            if spec.gpu and spec.gpu.lower() not in names:
+            memory = gpu.get("memoryInGb")
+            names = (str(gpu.get("id") or ""), str(gpu.get("displayName") or ""))
+            if not any(gpus.matches(spec.gpu, n, memory) for n in names):
                 continue
             if gpu.get("maxGpuCount") and spec.gpus > gpu["maxGpuCount"]:
                 continue

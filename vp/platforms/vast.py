@@ -16,6 +16,7 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, UsageError, VpError
+from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 from vp.platforms.common import (
     affordable,
@@ -185,7 +186,8 @@ class VastPlatform:
         )
         found = []
         for row in rows or []:
-            if spec.gpu and spec.gpu.lower() not in str(row.get("gpu_name", "")).lower():
+            memory = (row.get("gpu_ram") or 0) / 1024 or None
+            if not gpus.matches(spec.gpu, str(row.get("gpu_name", "")), memory):
                 continue
             if spec.region and spec.region.lower() not in str(row.get("geolocation", "")).lower():
                 continue
