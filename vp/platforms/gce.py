@@ -27,9 +27,11 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, Interrupted, VpError
+from vp.idle import VM_SHUTDOWN
 from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import discard_key, wait_until_ready
+from vp.platforms.cloud import CloudPlatform, Declaration, Ownership
+from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
 
 NAME = "gce"
@@ -95,11 +97,34 @@ def _last(url: str | None) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-class GcePlatform:
-    name = NAME
+DECLARATION = Declaration(
+    name=NAME,
+    kind="vm",
+    ownership=Ownership.LABEL,  # labels vp-managed=true and vp-project=PROJECT
+    settings={
+        "project": (str, None),
+        "zone": (str, None),
+        "user": (str, None),
+        "image": (str, None),
+        "poll_interval": ((int, float), None),
+        "create_timeout": ((int, float), None),
+    },
+    idle_stop=VM_SHUTDOWN,  # GCE turns a guest shutdown into a stop
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
+    noun="gce instance",
+    provider="GCE",
+    destroy_words=("delete", "deleted"),
+)
+
+
+class GcePlatform(CloudPlatform):
+    declaration = DECLARATION
+    max_offers = 1  # a zone without capacity says so only after accepting: no second try
+    ready_hint = "raise [host] ready_timeout, or vp down the host and try again"
+    stopped_grace = STOPPED_GRACE
 
     def __init__(self, settings: dict):
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.zone = self.settings.get("zone") or DEFAULT_ZONE
         self.user = self.settings.get("user") or DEFAULT_USER
         self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
@@ -108,6 +133,7 @@ class GcePlatform:
         self._operations = None
         self._firewalls = None
         self._project: str | None = None
+        self._operations_of: dict[str, str] = {}  # instance name -> its insert operation
 
     # ---------------------------------------------------------------- SDK plumbing
 
@@ -190,7 +216,7 @@ class GcePlatform:
 
     # ---------------------------------------------------------------- read side
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
+    def _search(self, spec: HostSpec) -> list[Offer]:
         out = []
         for row in _MACHINES:
             machine, accel, gpu, count, price = (
@@ -392,43 +418,43 @@ class GcePlatform:
                 f"gce: creating firewall rule {FIREWALL} failed: {_message(exc)}"
             ) from exc
 
-    def create(self, spec: HostSpec, name: str) -> Host:
-        offers = self.offers(spec)
-        if not offers:
-            within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
-            raise VpError(
-                f"gce offers no {spec.gpus}x {spec.gpu or 'GPU'} machine{within}",
-                hint="vp offers -p gce lists what there is; raise max_price or pick another GPU",
-            )
-        offer = offers[0]
+    def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
+        within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
+        return VpError(
+            f"gce offers no {spec.gpus}x {spec.gpu or 'GPU'} machine{within}",
+            hint="vp offers -p gce lists what there is; raise max_price or pick another GPU",
+        )
+
+    def _attempts(self, spec: HostSpec, fitting: list[Offer]) -> list[Offer]:
         self._connect()
         self._ensure_firewall()
+        return fitting[: self.max_offers]
+
+    def _key_name(self, name: str) -> str:
+        return f"gce-{_label(name)}-{secrets.token_hex(3)}"
+
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         project = name[3:] if name.startswith("vp-") else name
         instance_name = f"{_label(name).strip('-_') or 'vp'}"[:55].rstrip("-_")
         instance_name = f"{instance_name}-{secrets.token_hex(3)}"
         if not instance_name[0].isalpha():
             instance_name = "vp-" + instance_name
-        kp = keys.new_keypair(f"gce-{instance_name}")
         body = self._instance_body(
-            offer, spec, instance_name, project, kp.public_key, kp.private_path.name
+            offer, spec, instance_name, project, key.public_key, key.private_path.name
         )
-        accepted = False
         try:
-            try:
-                op = self._instances.insert_unary(
-                    project=self._project, zone=self.zone, instance_resource=body
-                )
-                accepted = True
-            except BaseException as exc:
-                self._insert_failed(exc, instance_name, kp.private_path)
-                raise  # unreachable
-            self._wait_operation(op.name, instance_name, spec)
-            return self._get(instance_name)
+            op = self._instances.insert_unary(
+                project=self._project, zone=self.zone, instance_resource=body
+            )
         except BaseException as exc:
-            if not accepted:
-                raise
-            self._reraise_after_cleanup(exc, self._delete_quietly(instance_name, kp.private_path))
+            self._insert_failed(exc, instance_name, key.private_path)
             raise  # unreachable
+        self._operations_of[instance_name] = op.name
+        return instance_name
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        self._wait_operation(self._operations_of.pop(host_id), host_id, spec)
+        return self._get(host_id)
 
     def _insert_failed(self, exc: BaseException, instance_name: str, key: Path) -> None:
         """The insert call itself failed. A 4xx means nothing was made; anything else (Ctrl-C,
@@ -539,17 +565,6 @@ class GcePlatform:
             pass
         if key:
             discard_key(Path(key))
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"gce instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label=None,
-            hint="raise [host] ready_timeout, or vp down the host and try again",
-            stopped_grace=STOPPED_GRACE,
-        )
 
 
 def _timestamp(text: str | None) -> float | None:
