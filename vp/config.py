@@ -17,6 +17,7 @@ from typing import Any
 
 from vp import paths
 from vp.errors import ConfigError, UsageError
+from vp.platforms import declarations
 
 # section -> key -> (type, default). `dict` sections ([env]) accept any identifier key.
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
@@ -60,57 +61,16 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "password": (str, None),
     },
     "env": {},
-    "vast": {
-        "api_key": (str, None),
-        "url": (str, None),
-        "image": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "runpod": {
-        "api_key": (str, None),
-        "image": (str, None),
-        "cloud_type": (str, None),
-        "container_disk_gb": (int, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "thunder": {
-        "token": (str, None),
-        "url": (str, None),
-        "template": (str, None),
-        "mode": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "aws": {
-        "region": (str, None),
-        "profile": (str, None),
-        "user": (str, None),
-        "data_volume_gb": (int, None),
-        "keep_data_volume": (bool, False),
-        "ami": (str, None),
-        "poll_interval": ((int, float), None),
-        "api_timeout": ((int, float), None),
-    },
-    "gce": {
-        "project": (str, None),
-        "zone": (str, None),
-        "user": (str, None),
-        "image": (str, None),
-        "poll_interval": ((int, float), None),
-        "create_timeout": ((int, float), None),
-    },
+    # One table per provider, as each declares it (vp/platforms/<name>.py).
+    **{d.name: d.settings for d in declarations() if d.settings},
 }
 
 # Sections whose keys name free-form variables.
 FREE_SECTIONS = {"env"}
 # Keys whose values are secrets: masked by `vp config show`, refused in project files.
 SECRET_KEYS = {
-    ("vast", "api_key"),
-    ("runpod", "api_key"),
-    ("thunder", "token"),
     ("docker", "password"),
+    *((d.name, key) for d in declarations() for key in d.secrets),
 }
 
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).

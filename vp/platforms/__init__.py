@@ -70,6 +70,11 @@ def declarations() -> list[Declaration]:
     return [declaration(name) for name in PROVIDERS]
 
 
+def kind(name: str) -> str:
+    """ "local", "ssh", "vm" or "container"; `auto` picks among the clouds, so "cloud"."""
+    return "cloud" if name == "auto" else declaration(name).kind
+
+
 def clouds() -> tuple[str, ...]:
     """The providers that rent hosts (not `local`, not `ssh`)."""
     return tuple(d.name for d in declarations() if d.kind in ("vm", "container"))
