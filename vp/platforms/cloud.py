@@ -295,7 +295,7 @@ def settle_failed_create(
                 recorder.save(replace(host, labels={**host.labels, "orphan": "create failed"}))
                 done = (
                     f"could not {verb} the new {what} ({why}); it may be running and billing: "
-                    f"it is recorded with its key, {verb} it with: vp down --host {host.id}"
+                    f"it is recorded with its key, {verb} it with: vp down {host.id}"
                 )
             except BaseException:  # noqa: BLE001
                 recorder = None
