@@ -83,9 +83,7 @@ def test_a_link_then_a_write_through_it_stays_out(hostile: VpEnv, canary: Path) 
     assert (p / "results" / "authorized_keys").read_text() == "KEY\n"  # a real dir here
 
 
-def test_dotdot_links_are_skipped_and_never_written_through(
-    hostile: VpEnv, canary: Path
-) -> None:
+def test_dotdot_links_are_skipped_and_never_written_through(hostile: VpEnv, canary: Path) -> None:
     p = hostile.project
     rel = os.path.relpath(canary, p)
     r = hostile.run(
