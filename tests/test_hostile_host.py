@@ -170,7 +170,12 @@ def test_no_setuid_special_files_or_foreign_owner(hostile: VpEnv, canary: Path) 
 
 
 def test_host_made_names_are_escaped_in_messages(hostile: VpEnv, canary: Path) -> None:
-    r = hostile.run("sh", "-c", f"ln -s {canary} \"$(printf 'evil\\033]0;pwned\\007')\"")
+    r = hostile.run(
+        "sh",
+        "-c",
+        f"ln -s {canary} \"$(printf 'evil\\033]0;pwned\\007')\"; "
+        "ln -s \"$(printf '../../x\\033[2J')\" evil2",
+    )
     _ok(r)
     assert "\x1b" not in r.stderr and "\x07" not in r.stderr
     assert "evil\\x1b]0;pwned\\x07" in r.stderr

@@ -124,7 +124,7 @@ def _sanitize_tree(top: Path, warn: Callable[[str], None]) -> None:
         try:
             sanitize_staged(fd, path.name, name)
         except Unsafe as exc:
-            warn(f"{one_line(name)}: {exc}; skipped")
+            warn(one_line(f"{name}: {exc}; skipped"))
             os.unlink(path.name, dir_fd=fd)
         finally:
             os.close(fd)
@@ -147,7 +147,7 @@ def place(
     try:
         fd = walker.parent(parts[:-1], create=True)
     except Unsafe as exc:
-        warn(f"{one_line(str(shown))}: not placed: {exc}; skipped")
+        warn(one_line(f"{shown}: not placed: {exc}; skipped"))
         return
     base = parts[-1]
     st = os.lstat(src)

@@ -324,7 +324,7 @@ def download(
                     try:
                         placed = _place(src, dest, name, manifest, result, warn, protected)
                     except Unsafe as exc:
-                        warn(f"{one_line(name)}: {exc}; skipped")
+                        warn(one_line(f"{name}: {exc}; skipped"))
                         continue
                     except OSError as exc:
                         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
