@@ -49,6 +49,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "use_gitignore": (bool, False),
         "extra_ignore": (list, []),
         "include": (list, []),
+        "results": (list, []),
     },
     "docker": {
         "enabled": (bool, False),
@@ -349,6 +350,11 @@ def check(cfg: Config) -> None:
         raise UsageError(f"unknown platform '{platform}'", hint=hint)
     if cfg.get("docker", "build_on") not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
+    results = cfg.get("sync", "results") or []
+    if results:
+        from vp.sync.ignore import IgnoreRules
+
+        IgnoreRules(results, "[sync] results")  # a bad pattern names the key and its line
     workdir = cfg.get("sync", "workdir")
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")
