@@ -173,6 +173,7 @@ def test_registry_credentials_go_only_to_their_registry(
     monkeypatch.delenv("VP_REGISTRY_USER", raising=False)
     monkeypatch.delenv("VP_REGISTRY_PASSWORD", raising=False)
     monkeypatch.delenv("VP_DOCKER_REGISTRY", raising=False)
+    monkeypatch.delenv("VP_REGISTRY", raising=False)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     mine = {"username": "me", "password": "hunter2-registry", "registry": "ghcr.io"}
     assert registry_auth("ghcr.io/me/app", mine)["password"] == "hunter2-registry"
