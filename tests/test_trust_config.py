@@ -5,6 +5,7 @@ cloud-init or the terminal. Through the real CLI, against a listener that record
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -227,7 +228,7 @@ def test_config_set_keeps_comments_and_formatting(vp_env: VpEnv) -> None:
     r = vp_env.run("config", "set", "sync.extra_ignore", "a/,b/")
     assert r.returncode == 0, r.stderr
     text = path.read_text()
-    assert 'extra_ignore = [ "a/", "b/",]' in text or 'extra_ignore = ["a/", "b/"]' in text
+    assert 'workdir = "/w"  # remote dir\nextra_ignore = ["a/", "b/"]\ndownload = false\n' in text
     assert "# remote dir" in text and "# sync notes" in text and "download = false" in text
 
     assert vp_env.run("config", "set", "docker.enabled", "true").returncode == 0
@@ -235,8 +236,10 @@ def test_config_set_keeps_comments_and_formatting(vp_env: VpEnv) -> None:
     text = path.read_text()
     assert text.startswith("# team settings: keep this comment\n")
     assert text.endswith('WANDB_PROJECT = "mnist"\nEPOCHS = "3"\n\n[docker]\nenabled = true\n')
-    r = vp_env.run("config", "get", "sync.extra_ignore", "-o", "json")
-    assert r.returncode == 0
+    r = vp_env.run("-o", "json", "config", "show")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["sync"]["extra_ignore"] == ["a/", "b/"] and data["env"]["EPOCHS"] == "3"
     assert vp_env.run("config", "get", "host.platform").stdout.strip() == "local"
 
 
@@ -362,3 +365,51 @@ def test_ui_messages_are_escaped_centrally(capsys: pytest.CaptureFixture[str]) -
     assert "\x1b[2J" not in err and "\x07" not in err and "\r" not in err
     assert err.count("file \\x1b[2J\\x07\\rname") == 4
     assert os.linesep in err
+
+
+@pytest.mark.parametrize(
+    ("text", "table", "key", "value", "expected"),
+    [
+        # a header-looking line inside a multi-line string is not a header
+        (
+            '[host]\nidle_stop_command = """\n[sync]\nx = 1\n"""  # c\n',
+            ("sync",),
+            "download",
+            False,
+            '[host]\nidle_stop_command = """\n[sync]\nx = 1\n"""  # c\n'
+            "\n[sync]\ndownload = false\n",
+        ),
+        # CRLF files stay CRLF; a '#' inside a string is not a comment
+        (
+            '[env]\r\nA = "x#y" # keep\r\n',
+            ("env",),
+            "A",
+            "z",
+            '[env]\r\nA = "z" # keep\r\n',
+        ),
+        (
+            '[env]\r\nA = "x#y" # keep\r\n',
+            ("env",),
+            "B",
+            "1",
+            '[env]\r\nA = "x#y" # keep\r\nB = "1"\r\n',
+        ),
+        # quoted keys and headers, no newline at the end of the file
+        ('[ "host" ]\n"gpu" = \'A100\'', ("host",), "gpu", "H100", '[ "host" ]\n"gpu" = "H100"'),
+    ],
+)
+def test_tomledit_cases(
+    text: str, table: tuple[str, ...], key: str, value: object, expected: str
+) -> None:
+    from vp.tomledit import set_key
+
+    assert set_key(text, table, key, value, "f") == expected
+
+
+def test_tomledit_refuses_what_it_cannot_edit_in_place() -> None:
+    from vp.errors import ConfigError
+    from vp.tomledit import set_key
+
+    with pytest.raises(ConfigError) as err:
+        set_key('[tool.vp]\nhost = { gpu = "A100" }\n', ("tool", "vp", "host"), "gpus", 2, "f")
+    assert "by hand" in (err.value.hint or "")

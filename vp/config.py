@@ -359,13 +359,17 @@ def is_secret(section: str, key: str, value: Any) -> bool:
     return bool(SECRET_ENV_NAME.search(key)) and not plain and len(value) >= 8
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_toml_text(path: Path) -> str:
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    text = read_toml_text(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
