@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.dockerenv import busybox_image, docker_engine  # noqa: F401
 
 VAST_KEY = "vastkey-" + "a1B2c3D4" * 4
 THUNDER_TOKEN = "tnrtoken-" + "z9Y8x7W6" * 4
@@ -24,7 +25,8 @@ THUNDER_TOKEN = "tnrtoken-" + "z9Y8x7W6" * 4
 class Listener:
     """A TCP server that records every byte sent to it and answers nothing useful."""
 
-    def __init__(self) -> None:
+    def __init__(self, answer: bytes = b"HTTP/1.1 500 Nope\r\n") -> None:
+        self.answer = answer
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -47,7 +49,7 @@ class Listener:
                     if not chunk:
                         break
                     data += chunk
-                conn.sendall(b"HTTP/1.1 500 Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                conn.sendall(self.answer + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
             except OSError:
                 pass
             finally:
@@ -190,6 +192,41 @@ def test_registry_credentials_go_only_to_their_registry(
     monkeypatch.setenv("VP_DOCKER_REGISTRY", "127.0.0.1:5000")
     assert registry_auth("127.0.0.1:5000/x", {})["password"] == "from-env"
     assert registry_auth("evil.example/x", {}) is None
+
+
+def test_project_image_on_another_registry_gets_no_credentials(
+    ssh_project: VpEnv,
+    busybox_image: str,  # noqa: F811
+) -> None:
+    """The push goes to the registry the project names; it challenges for a login (401), and
+    vp's credentials, which are for ghcr.io, are never offered to it."""
+    import base64
+
+    password = "regpw-" + "Zx9Yw8Vu7" * 3
+    fake = Listener(b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="r"\r\n')
+    try:
+        user = _user_file(ssh_project)
+        user.parent.mkdir(parents=True, exist_ok=True)
+        user.write_text(
+            f'[docker]\nregistry = "ghcr.io"\nusername = "me"\npassword = "{password}"\n'
+        )
+        user.chmod(0o600)
+        cfg = ssh_project.project / "vp.toml"
+        cfg.write_text(
+            cfg.read_text() + f'\n[docker]\nenabled = true\nimage = "127.0.0.1:{fake.port}/x/y"\n'
+        )
+        (ssh_project.project / "Dockerfile").write_text("FROM vp-test/busybox:latest\n")
+        (ssh_project.project / ".dockerignore").write_text("*\n")
+        ssh_project.env["DOCKER_CONFIG"] = str(ssh_project.home / ".docker")
+        r = ssh_project.run("true", timeout=300)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        seen = b"".join(fake.received)
+        assert seen, "the push never reached the project's registry"
+        basic = base64.b64encode(f"me:{password}".encode())
+        assert password.encode() not in seen and basic not in seen
+        assert b"authorization:" not in seen.lower()
+    finally:
+        fake.close()
 
 
 # ------------------------------------------------------------------ vp config set
