@@ -518,6 +518,8 @@ def test_wrap_command_rejects_bad_env_names() -> None:
 def clean_registry_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("VP_REGISTRY_USER", raising=False)
     monkeypatch.delenv("VP_REGISTRY_PASSWORD", raising=False)
+    monkeypatch.delenv("VP_REGISTRY", raising=False)
+    monkeypatch.delenv("VP_DOCKER_REGISTRY", raising=False)
     config = tmp_path / "docker-config"
     config.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
@@ -546,7 +548,7 @@ def test_registry_auth_sources(clean_registry_env: Path, monkeypatch: pytest.Mon
     hub = registry_auth("me/app", {})
     assert hub["username"] == "bob" and hub["serveraddress"] == "https://index.docker.io/v1/"
 
-    settings = {"username": "carol", "password": "from-user-file"}
+    settings = {"username": "carol", "password": "from-user-file", "registry": "ghcr.io"}
     assert registry_auth("ghcr.io/me/app", settings)["username"] == "carol"
     assert registry_auth("ghcr.io/me/app", {"docker": settings})["password"] == "from-user-file"
 
@@ -558,7 +560,7 @@ def test_registry_auth_sources(clean_registry_env: Path, monkeypatch: pytest.Mon
     }
     monkeypatch.delenv("VP_REGISTRY_PASSWORD")
     with pytest.raises(UsageError):
-        registry_auth("ghcr.io/me/app", {"username": "carol"})
+        registry_auth("ghcr.io/me/app", {"username": "carol", "registry": "ghcr.io"})
 
 
 def test_registry_auth_from_a_credential_helper(

@@ -11,7 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from vp.config import Config
+from vp.config import Config, check_platform_endpoint
 from vp.errors import ConnectionFailed, UsageError, VpError
 from vp.platforms import CLOUDS, get_platform
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
@@ -43,6 +43,7 @@ def platform_for(cfg: Config, name: str | None = None) -> Platform:
     section = "ssh" if name == "ssh" else name
     # Unset keys are absent, not None, so a platform's own defaults apply.
     settings = {k: v for k, v in cfg.section(section).items() if v is not None}
+    check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
     return get_platform(name, settings)
 
 
