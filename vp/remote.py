@@ -13,7 +13,8 @@ at the byte already shown. The remote exit code comes from the `exit` file, neve
 The run's environment ([env], later `vp secret`, the registry password a Docker pull needs)
 never appears in any argv nor in a file that outlives the start: the values ride in the
 launch script on the session's stdin into `env` (0600, in the private run dir), which the
-wrapper reads and removes before it does anything else (`ship_env` / `load_env`).
+wrapper reads and removes before it does anything else (`ship_env` / `take_env`), and
+exports in the command's process only (so `[env] PATH` or `R` cannot break the wrapper).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def ship_env(path_sh: str, env: Mapping[str, str]) -> str:
 
     The values travel inside the ssh session's stdin (a here-document: a pipe, or a deleted
     0600 temp file for bash's large ones), so no process on either side has them in its argv.
-    Pair it with `load_env`, which removes the file. Names must be shell variable names;
+    Pair it with `take_env`, which removes the file. Names must be shell variable names;
     callers validate user-given ones first (vp.config), this refuses anything else.
     """
     for name in env:
@@ -59,11 +60,11 @@ def ship_env(path_sh: str, env: Mapping[str, str]) -> str:
     return f"(umask 077 && cat > {path_sh} <<'{token}'\n{body}{token}\n)\n"
 
 
-def load_env(path_sh: str) -> str:
-    """Shell text that exports what `ship_env` wrote and removes the file first: read into a
-    variable, delete, then evaluate (builtins only), so the file is gone before anything else
-    runs and even a failed evaluation cannot leave it behind."""
-    return f'vp_env=$(cat {path_sh} 2>/dev/null); rm -f {path_sh}; eval "$vp_env"; unset vp_env\n'
+def take_env(path_sh: str, var: str = "vp_env") -> str:
+    """Shell text that moves what `ship_env` wrote into the shell variable `var` (not
+    exported) and removes the file at once. Apply it where the values are wanted with
+    `eval "$var"` (a builtin): in a subshell, it sets them for one command only."""
+    return f"{var}=$(cat {path_sh} 2>/dev/null); rm -f {path_sh}\n"
 
 
 def new_run_id() -> str:
@@ -106,12 +107,12 @@ def launch_script(
     """
     rdir = _run_dir(runs_dir_sh, run_id)
     body = f"""R={rdir}
-{load_env('"$R/env"')}trap 'vp_interrupted=1' INT TERM
+{take_env('"$R/env"')}trap 'vp_interrupted=1' INT TERM
 echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {_user_shell()}
-"$vp_sh" -c {shlex.quote(command)} < /dev/null >> "$R/log" 2>&1
+(eval "$vp_env" && exec "$vp_sh" -c {shlex.quote(command)}) < /dev/null >> "$R/log" 2>&1
 vp_finish $?
 """
     token = _heredoc_token(body)
