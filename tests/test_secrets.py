@@ -339,10 +339,12 @@ def _run_while_scanning(
     release: Path,
     in_run: str,
     marker: str,
+    runs: Path,
     extra_env: dict[str, str] | None = None,
 ) -> tuple[_ArgvScan, subprocess.CompletedProcess[bytes]]:
     """Run `vp sh -c …` whose command waits for `release`; scan argv from before vp starts until
-    it has exited. `in_run` names the started/release files as the command sees them."""
+    it has exited. `in_run` names the started/release files as the command sees them. While
+    the command runs, no file in the host's `runs` dir holds a value any more."""
     command = (
         f'printf %s "$SECRET_TOKEN" | sha256sum > {in_run}/hash-token; '
         f'printf %s "$ODD" | sha256sum > {in_run}/hash-odd; '
@@ -361,6 +363,7 @@ def _run_while_scanning(
         while scan.passes < wanted:
             assert time.monotonic() < deadline, "the scan stalled"
             time.sleep(0.05)
+        assert _files_holding(runs, needles) == []  # the env file is gone once it started
         release.touch()
         out, err = proc.communicate(timeout=240)
     return scan, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -401,6 +404,7 @@ def test_env_values_never_in_argv_nor_in_run_files(
         release=probe / "release",
         in_run=str(probe),
         marker=marker,
+        runs=runs,
     )
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().split() == [marker]
@@ -472,6 +476,7 @@ def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
             release=remote_workdir / "release",
             in_run="/workspace",
             marker=marker,
+            runs=_host_runs_dir(),
             extra_env=creds,
         )
     finally:
