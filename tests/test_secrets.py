@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import stat
 import subprocess
 import sys
@@ -499,3 +500,36 @@ def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
     assert _files_holding(_host_runs_dir(), values) == []
     assert _files_holding(env.home, values, skip=(user_file,)) == []
     assert _files_holding(remote_workdir, values, skip=(remote_workdir / "vp.toml",)) == []
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash", "dash"])
+def test_ship_env_round_trip_through_stdin(tmp_path: Path, shell: str) -> None:
+    """The mechanism alone, under each shell a host may read vp's script with: values (odd, and
+    one larger than a pipe buffer, which bash spools through a temp file) arrive byte for byte,
+    the file is private while it exists and gone once taken, and `eval` sets them for one
+    subshell only."""
+    import shutil
+
+    from vp import remote
+
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    env = {"ODD": ODD_VALUE, "BIG": "x" * 200_000 + "'end'", "EMPTY": ""}
+    path = tmp_path / "env"
+    script = (
+        remote.ship_env(shlex.quote(str(path)), env)
+        + f"stat -c %a {shlex.quote(str(path))}\n"
+        + remote.take_env(shlex.quote(str(path)))
+        + f"[ -e {shlex.quote(str(path))} ] && echo still-there\n"
+        + '(eval "$vp_env" && printf "%s\\0%s\\0%s" "$ODD" "$BIG" "$EMPTY" > out)\n'
+        + 'printf "after:%s" "${ODD:-unset}"\n'
+    )
+    with _ArgvScan({"ODD": ODD_VALUE}) as scan:
+        proc = subprocess.run(
+            [shell, "-s"], input=script.encode(), cwd=tmp_path, capture_output=True, timeout=30
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().split() == ["600", "after:unset"]
+    assert (tmp_path / "out").read_bytes().split(b"\0") == [v.encode() for v in env.values()]
+    assert not path.exists()
+    assert scan.hits == []
