@@ -197,7 +197,10 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     if use_docker and not container_host:
         from vp.docker.dispatch import prepare_command
 
-        command = prepare_command(cfg, ws.transport, ws.workdir, command, env, run_id, ui)
+        command, wrapper_env = prepare_command(
+            cfg, ws.transport, ws.workdir, command, env, run_id, ui
+        )
+        env.update(wrapper_env)
     if opts.sync:
         sync_up(ws, ui)
     if opts.sync_only:
