@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -182,6 +183,23 @@ class Registry:
 
     def log_offset(self) -> int:
         return self.log_path.stat().st_size
+
+    def new_user(self) -> Registry:
+        """The same registry as a user with a password of its own (no other test uses it, so a
+        scan for it sees only this test's processes). The registry rereads htpasswd when the
+        file changes; the password reaches `htpasswd` on stdin, never in argv."""
+        name = f"vp-u{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(18)
+        line = subprocess.run(
+            ["htpasswd", "-nBi", name],
+            input=password,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        with _lock(), (REGISTRY_DIR / "htpasswd").open("a") as f:
+            f.write(line + "\n")
+        return dataclasses.replace(self, username=name, password=password)
 
     def requests_since(self, offset: int) -> list[str]:
         """Access-log lines written since `offset` (one per HTTP request)."""

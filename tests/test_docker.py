@@ -28,6 +28,7 @@ from vp.docker import (
     registry_auth,
     wrap_command,
 )
+from vp.docker.run import pull_env
 from vp.errors import UsageError, VpError
 
 try:
@@ -185,7 +186,8 @@ def test_build_push_pull_and_run(tmp_path: Path, registry: Registry, busybox_ima
     assert any(line.startswith("pushed ") for line in lines)
 
     # The run host has no copy: it pulls from the registry with the credentials we pass,
-    # through a throwaway docker config.
+    # through a throwaway docker config. Neither the password nor [env] values are in the text
+    # (it is the argv of a shell): they come from the environment, as vp's wrapper exports them.
     engine("rmi", ref)
     workspace = tmp_path / "workspace"
     workspace.mkdir()
@@ -194,10 +196,11 @@ def test_build_push_pull_and_run(tmp_path: Path, registry: Registry, busybox_ima
         'echo hi; cat /app/src/main.sh; printf %s "$TOKEN" > /workspace/out.txt; exit 3',
         image=ref,
         workdir=str(workspace),
-        env={"TOKEN": secret},
+        env=["TOKEN"],
         gpus=None,
         pull_auth=registry.auth,
     )
+    assert registry.password not in text and secret not in text
     home = tmp_path / "home"
     home.mkdir()
     run = subprocess.run(
@@ -205,7 +208,7 @@ def test_build_push_pull_and_run(tmp_path: Path, registry: Registry, busybox_ima
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "HOME": str(home)},
+        env={**os.environ, "HOME": str(home), "TOKEN": secret, **pull_env(registry.auth)},
     )
     assert run.returncode == 3, run.stderr
     assert run.stdout.splitlines()[:2] == ["hi", "echo main"]
@@ -215,11 +218,17 @@ def test_build_push_pull_and_run(tmp_path: Path, registry: Registry, busybox_ima
 
     # A wrong password on the run host fails before running anything, and says why.
     engine("rmi", ref)
+    wrong = {**registry.auth, "password": "wrong"}
     bad = wrap_command(
-        "echo ran", image=ref, workdir=str(workspace), env={}, gpus=False,
-        pull_auth={**registry.auth, "password": "wrong"},
-    )  # fmt: skip
-    run = subprocess.run(["sh", "-c", bad], capture_output=True, text=True, timeout=60)
+        "echo ran", image=ref, workdir=str(workspace), env=[], gpus=False, pull_auth=wrong
+    )
+    run = subprocess.run(
+        ["sh", "-c", bad],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **pull_env(wrong)},
+    )
     assert run.returncode != 0 and "ran" not in run.stdout
     assert "unauthorized" in run.stderr.lower()
 
@@ -454,8 +463,13 @@ def fake_docker(bin_dir: Path, nvidia: bool = False) -> None:
         hook.chmod(0o755)
 
 
-def run_text(text: str, bin_dir: Path, cwd: Path) -> list[str]:
-    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(cwd / "home")}
+def run_text(text: str, bin_dir: Path, cwd: Path, env: dict[str, str] | None = None) -> list[str]:
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(cwd / "home"),
+    }
     out = subprocess.run(["sh", "-c", text], capture_output=True, text=True, env=env, cwd=cwd)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
@@ -467,10 +481,11 @@ def test_wrap_command_quotes_everything_and_keeps_env_values_off_argv(tmp_path: 
     value = "p@ss word; $(touch /tmp/pwned) `id` 'q' \"dq\""
     lines = run_text(
         wrap_command(
-            command, image="reg:5000/me/img:abc", workdir="/work space/it's", env={"TOKEN": value}
+            command, image="reg:5000/me/img:abc", workdir="/work space/it's", env=["TOKEN"]
         ),
         tmp_path / "bin",
         tmp_path,
+        env={"TOKEN": value},
     )
     args = [line[4:] for line in lines if line.startswith("arg:")]
     assert args[:2] == ["run", "--rm"]
@@ -508,7 +523,7 @@ def test_wrap_command_gpus(tmp_path: Path) -> None:
 
 def test_wrap_command_rejects_bad_env_names() -> None:
     with pytest.raises(UsageError):
-        wrap_command("true", image="i", workdir="/w", env={"A B": "x"})
+        wrap_command("true", image="i", workdir="/w", env=["A B"])
 
 
 # ---------------------------------------------------------------------------- credentials, disk
@@ -518,6 +533,8 @@ def test_wrap_command_rejects_bad_env_names() -> None:
 def clean_registry_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("VP_REGISTRY_USER", raising=False)
     monkeypatch.delenv("VP_REGISTRY_PASSWORD", raising=False)
+    monkeypatch.delenv("VP_REGISTRY", raising=False)
+    monkeypatch.delenv("VP_DOCKER_REGISTRY", raising=False)
     config = tmp_path / "docker-config"
     config.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
@@ -546,7 +563,7 @@ def test_registry_auth_sources(clean_registry_env: Path, monkeypatch: pytest.Mon
     hub = registry_auth("me/app", {})
     assert hub["username"] == "bob" and hub["serveraddress"] == "https://index.docker.io/v1/"
 
-    settings = {"username": "carol", "password": "from-user-file"}
+    settings = {"username": "carol", "password": "from-user-file", "registry": "ghcr.io"}
     assert registry_auth("ghcr.io/me/app", settings)["username"] == "carol"
     assert registry_auth("ghcr.io/me/app", {"docker": settings})["password"] == "from-user-file"
 
@@ -558,7 +575,7 @@ def test_registry_auth_sources(clean_registry_env: Path, monkeypatch: pytest.Mon
     }
     monkeypatch.delenv("VP_REGISTRY_PASSWORD")
     with pytest.raises(UsageError):
-        registry_auth("ghcr.io/me/app", {"username": "carol"})
+        registry_auth("ghcr.io/me/app", {"username": "carol", "registry": "ghcr.io"})
 
 
 def test_registry_auth_from_a_credential_helper(

@@ -31,7 +31,11 @@ def _docker_project(env: VpEnv, reg: Registry, workdir: Path, repo: str, extra: 
 
 
 def _registry_env(reg: Registry) -> dict[str, str]:
-    return {"VP_REGISTRY_USER": reg.username, "VP_REGISTRY_PASSWORD": reg.password}
+    return {
+        "VP_REGISTRY": reg.host,
+        "VP_REGISTRY_USER": reg.username,
+        "VP_REGISTRY_PASSWORD": reg.password,
+    }
 
 
 def test_build_push_run_in_container(
@@ -82,7 +86,7 @@ def test_wrong_registry_password_is_one_line(
     busybox_image: str,  # noqa: F811
 ) -> None:
     _docker_project(ssh_project, registry, remote_workdir, "vp-e2e/badpass")
-    env = {"VP_REGISTRY_USER": registry.username, "VP_REGISTRY_PASSWORD": "wrong"}
+    env = {**_registry_env(registry), "VP_REGISTRY_PASSWORD": "wrong"}
     r = ssh_project.run("true", extra_env=env, timeout=300)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr

@@ -28,7 +28,7 @@ def thunder_project(thunder_emulator, vp_env: VpEnv, remote_workdir: Path):  # n
 
         [host]
         platform = "thunder"
-        gpu = "T4"
+        gpu = "A6000"
         max_price = 5.0
         ready_timeout = 60
 
@@ -49,7 +49,8 @@ def test_modify_then_clone_then_run_on_both(thunder_project, vp_env: VpEnv) -> N
     assert r.returncode == 0, r.stderr
     row = json.loads(r.stdout)
     assert (row["id"], row["status"]) == (source, "running")
-    assert row["price"] == pytest.approx(0.27 + 100 * 0.0002 + 4 * 0.02)  # t4, 8 vCPUs, 200 GB
+    # a6000: 8 vCPUs (4 beyond the first option), 200 GB (100 beyond the included 100)
+    assert row["price"] == pytest.approx(0.35 + 100 * 0.0003 + 4 * 0.04)
     assert (emulator.instances[source]["cpuCores"], emulator.instances[source]["storage"]) == (
         "8",
         200,

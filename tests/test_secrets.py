@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import stat
 import subprocess
 import sys
@@ -259,3 +260,276 @@ def test_cloud_host_with_a_changed_key_is_refused(cloud_project: VpEnv) -> None:
     assert f"vp-vast-{iid}" in r.stderr  # the hint says which pin to drop
     assert "Traceback" not in r.stderr
     assert list(emulator.instances) == [iid]  # refusing never destroys the user's host
+
+
+# ---------------------------------------------------------------------------- [env] and
+# registry passwords on the host: never in any argv, never in a file kept after the start
+
+try:
+    from tests.dockerenv import Registry, busybox_image, docker_engine, registry  # noqa: F401
+except ModuleNotFoundError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from dockerenv import Registry, busybox_image, docker_engine, registry  # noqa: F401
+
+# Quotes, expansions, a newline: the value must arrive byte for byte, whatever shell reads it.
+ODD_VALUE = 'it\'s "odd" $HOME `id` $(id) \\ ; & | < > * ?\nsecond line'
+
+
+class _ArgvScan:
+    """Reads every process's argv on this machine, in a loop, until stopped. The sshd test
+    hosts are this machine, so this covers both sides: vp, ssh, rsync and docker here; the
+    launch shell, the run's wrapper, docker login/pull/run and the container on the host."""
+
+    def __init__(self, needles: dict[str, str]) -> None:
+        self.needles = {name: value.encode() for name, value in needles.items()}
+        self.hits: list[tuple[str, str]] = []
+        self.passes = 0  # full passes over /proc completed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> _ArgvScan:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            for argv in _cmdlines():
+                for name, value in self.needles.items():
+                    if value in argv:
+                        self.hits.append((name, argv.replace(b"\0", b" ").decode(errors="replace")))
+            self.passes += 1
+
+
+def _files_holding(root: Path, values: dict[str, str], skip: tuple[Path, ...] = ()) -> list[str]:
+    """Every file under `root` (not following links) whose bytes contain one of `values`."""
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path in skip or path.is_symlink() or not path.is_file():
+                continue
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            found += [f"{what}: {path}" for what, v in values.items() if v.encode() in data]
+    return found
+
+
+def _host_runs_dir() -> Path:
+    """~/.vp/runs of the sshd test hosts' user (they log in as this machine's user)."""
+    import pwd
+
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".vp" / "runs"
+
+
+def _sha(value: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _run_while_scanning(
+    env: VpEnv,
+    needles: dict[str, str],
+    *,
+    started: Path,
+    release: Path,
+    in_run: str,
+    marker: str,
+    runs: Path,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[_ArgvScan, subprocess.CompletedProcess[bytes]]:
+    """Run `vp sh -c …` whose command waits for `release`; scan argv from before vp starts until
+    it has exited. `in_run` names the started/release files as the command sees them. While
+    the command runs, no file in the host's `runs` dir holds a value any more."""
+    command = (
+        f'printf %s "$SECRET_TOKEN" | sha256sum > {in_run}/hash-token; '
+        f'printf %s "$ODD" | sha256sum > {in_run}/hash-odd; '
+        f"touch {in_run}/{started.name}; "
+        f"while [ ! -e {in_run}/{release.name} ]; do sleep 0.05; done; echo {marker}"
+    )
+    with _ArgvScan(needles) as scan:
+        proc = env.popen("sh", "-c", command, extra_env=extra_env or {})
+        deadline = time.monotonic() + 240
+        while not started.exists():  # the event: the command is running on the host
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.05)
+        # At least one full pass over /proc while the run sits in its wait loop.
+        wanted = scan.passes + 2
+        while scan.passes < wanted:
+            assert time.monotonic() < deadline, "the scan stalled"
+            time.sleep(0.05)
+        assert _files_holding(runs, needles) == []  # the env file is gone once it started
+        release.touch()
+        out, err = proc.communicate(timeout=240)
+    return scan, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_run_saw_values(where: Path, token: str) -> None:
+    assert (where / "hash-token").read_text().split()[0] == _sha(token)
+    assert (where / "hash-odd").read_text().split()[0] == _sha(ODD_VALUE)
+
+
+def _secret_env_config(env: VpEnv, token: str) -> None:
+    """[env] from the user file (a token) and from the project file (an odd value)."""
+    _write_user_config(env, f'[env]\nSECRET_TOKEN = "{token}"\n')
+    cfg = env.project / "vp.toml"
+    cfg.write_text(cfg.read_text() + f"\n[env]\nODD = {json.dumps(ODD_VALUE)}\n")
+
+
+@pytest.mark.parametrize("platform", ["ssh", "local"])
+def test_env_values_never_in_argv_nor_in_run_files(
+    vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path, tmp_path: Path, platform: str
+) -> None:
+    if platform == "ssh":
+        vp_env.use_ssh_host(ssh_host, remote_workdir)
+        runs = _host_runs_dir()
+    else:
+        vp_env.write_config('[project]\nname = "proj"\n[host]\nplatform = "local"\n')
+        runs = vp_env.home / ".local/share/vp/local/runs"
+    token = "tok-" + secrets.token_hex(16)
+    _secret_env_config(vp_env, token)
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    marker = "released-" + secrets.token_hex(6)
+    needles = {"SECRET_TOKEN": token, "ODD": ODD_VALUE}
+    scan, proc = _run_while_scanning(
+        vp_env,
+        needles,
+        started=probe / "started",
+        release=probe / "release",
+        in_run=str(probe),
+        marker=marker,
+        runs=runs,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split() == [marker]
+    _assert_run_saw_values(probe, token)  # the command did get both values, intact
+    assert scan.hits == [], scan.hits[:3]
+    assert token not in (proc.stdout + proc.stderr).decode()
+
+    # Nothing the host keeps after the start, nor vp's own files here, holds a value.
+    user_file = vp_env.home / ".config" / "vp" / "config.toml"
+    assert _files_holding(runs, needles) == []
+    assert _files_holding(vp_env.home, needles, skip=(user_file,)) == []
+    assert _files_holding(vp_env.project, needles, skip=(vp_env.project / "vp.toml",)) == []
+    if platform == "ssh":
+        assert _files_holding(remote_workdir, needles, skip=(remote_workdir / "vp.toml",)) == []
+
+
+def _docker_registry_project(env: VpEnv, reg: Registry, extra: str = "") -> str:
+    repo = f"vp-secrets/run{secrets.token_hex(4)}"
+    cfg = env.project / "vp.toml"
+    cfg.write_text(
+        cfg.read_text() + f'\n[docker]\nenabled = true\nimage = "{reg.host}/{repo}"\n{extra}'
+    )
+    (env.project / "Dockerfile").write_text("FROM vp-test/busybox:latest\n")
+    (env.project / ".dockerignore").write_text("*\n")
+    return repo
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("build_on", ["local", "remote"])
+def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
+    ssh_project: VpEnv,
+    remote_workdir: Path,
+    registry: Registry,  # noqa: F811
+    busybox_image: str,  # noqa: F811
+    build_on: str,
+) -> None:
+    """With Docker on a VM-like host: the host logs in and pulls (build_on = "local": the image
+    is pushed, then gone from the host's engine) or builds through the forwarded socket."""
+    env = ssh_project
+    registry = registry.new_user()  # a password no concurrent test puts anywhere
+    repo = _docker_registry_project(
+        env, registry, 'build_on = "remote"\n' if build_on == "remote" else ""
+    )
+    token = "tok-" + secrets.token_hex(16)
+    _secret_env_config(env, token)
+    creds = {"VP_REGISTRY_USER": registry.username, "VP_REGISTRY_PASSWORD": registry.password}
+    needles = {"SECRET_TOKEN": token, "ODD": ODD_VALUE, "registry password": registry.password}
+    marker = "released-" + secrets.token_hex(6)
+    with _ArgvScan(needles) as first:
+        r = env.run("true", extra_env=creds, timeout=300)  # build (and push)
+    assert r.returncode == 0, r.stderr
+    assert first.hits == [], first.hits[:3]
+    if build_on == "local":
+        refs = subprocess.run(
+            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}", f"{registry.host}/{repo}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert len(refs) == 1
+        # The host (this engine) lacks the image now: the run logs in to the registry and pulls.
+        subprocess.run(["docker", "rmi", refs[0]], capture_output=True, check=True)
+    log_offset = registry.log_offset()
+    try:
+        scan, proc = _run_while_scanning(
+            env,
+            needles,
+            started=remote_workdir / "started",
+            release=remote_workdir / "release",
+            in_run="/workspace",
+            marker=marker,
+            runs=_host_runs_dir(),
+            extra_env=creds,
+        )
+    finally:
+        subprocess.run(
+            f"docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' {registry.host}/{repo}"
+            " | xargs -r docker rmi",
+            shell=True,
+            capture_output=True,
+        )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().split()[-1] == marker  # after the pull's progress, if any
+    _assert_run_saw_values(remote_workdir, token)
+    assert scan.hits == [], scan.hits[:3]
+    if build_on == "local":  # the host did pull, with the password
+        pulls = [ln for ln in registry.requests_since(log_offset) if f"/v2/{repo}/" in ln]
+        assert pulls, "the host never pulled the image"
+
+    values = dict(needles)
+    user_file = env.home / ".config" / "vp" / "config.toml"
+    assert _files_holding(_host_runs_dir(), values) == []
+    assert _files_holding(env.home, values, skip=(user_file,)) == []
+    assert _files_holding(remote_workdir, values, skip=(remote_workdir / "vp.toml",)) == []
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash", "dash"])
+def test_ship_env_round_trip_through_stdin(tmp_path: Path, shell: str) -> None:
+    """The mechanism alone, under each shell a host may read vp's script with: values (odd, and
+    one larger than a pipe buffer, which bash spools through a temp file) arrive byte for byte,
+    the file is private while it exists and gone once taken, and `eval` sets them for one
+    subshell only."""
+    import shutil
+
+    from vp import remote
+
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    env = {"ODD": ODD_VALUE, "BIG": "x" * 200_000 + "'end'", "EMPTY": ""}
+    path = tmp_path / "env"
+    script = (
+        remote.ship_env(shlex.quote(str(path)), env)
+        + f"stat -c %a {shlex.quote(str(path))}\n"
+        + remote.take_env(shlex.quote(str(path)))
+        + f"[ -e {shlex.quote(str(path))} ] && echo still-there\n"
+        + '(eval "$vp_env" && printf "%s\\0%s\\0%s" "$ODD" "$BIG" "$EMPTY" > out)\n'
+        + 'printf "after:%s" "${ODD:-unset}"\n'
+    )
+    with _ArgvScan({"ODD": ODD_VALUE}) as scan:
+        proc = subprocess.run(
+            [shell, "-s"], input=script.encode(), cwd=tmp_path, capture_output=True, timeout=30
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().split() == ["600", "after:unset"]
+    assert (tmp_path / "out").read_bytes().split(b"\0") == [v.encode() for v in env.values()]
+    assert not path.exists()
+    assert scan.hits == []

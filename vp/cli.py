@@ -233,12 +233,12 @@ def config_set(
     user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
 ) -> None:
     from vp.commands.config import read_secret, set_value
-    from vp.config import SECRET_KEYS, parse_key
+    from vp.config import coerce_value, is_secret, parse_key
 
     ui = _globals(ctx).ui
     if value == "-":
         value = read_secret(key)
-    elif parse_key(key) in SECRET_KEYS:
+    elif is_secret(*parse_key(key), coerce_value(*parse_key(key), value)):
         ui.warn(f"{key} given as an argument is now in your shell history; next time use: -")
     set_value(key, value, user=user, ui=ui)
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import copy
 import difflib
+import ipaddress
+import math
 import os
 import re
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vp import paths
 from vp.errors import ConfigError, UsageError
@@ -50,6 +54,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "use_gitignore": (bool, False),
         "extra_ignore": (list, []),
         "include": (list, []),
+        "results": (list, []),
     },
     "docker": {
         "enabled": (bool, False),
@@ -57,6 +62,7 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "image": (str, None),
         "build_on": (str, "local"),
         "gpus": (bool, None),
+        "registry": (str, None),
         "username": (str, None),
         "password": (str, None),
     },
@@ -73,14 +79,55 @@ SECRET_KEYS = {
     *((d.name, key) for d in declarations() for key in d.secrets),
 }
 
+# Keys that decide where the user's credentials are sent: an API endpoint receives the API key,
+# a registry the registry login. A project file is someone else's text (a cloned repo), so only
+# the user file or the environment may set them. key -> the environment variable that also does.
+# A provider's endpoint key (`url`) is one of them, as its declaration says.
+USER_ONLY_KEYS = {
+    **{(d.name, d.endpoint_key): d.endpoint_env for d in declarations() if d.endpoint_key},
+    ("docker", "registry"): "VP_REGISTRY",
+    ("docker", "username"): "VP_REGISTRY_USER",
+}
+
+# API endpoints the environment can set per platform (DESIGN §5: how tests point vp at emulators).
+ENDPOINT_ENV = {d.name: d.endpoint_env for d in declarations() if d.endpoint_env}
+
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
 SECRET_ENV_NAME = re.compile(r"(?i)key|token|secret|passw|pwd|credential|auth|private")
+# Values that are tokens whatever their name: the prefixes providers put on their keys.
+SECRET_VALUE_PREFIX = re.compile(
+    r"^(hf_|sk-|sk_live_|rk_live_|pk_live_|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|xox[abpr]-"
+    r"|AKIA|ASIA|AIza|ya29\.|npm_|pypi-|dop_v1_|rpa_|SG\.|eyJ)[A-Za-z0-9._/+=-]{8,}$"
+)
+
+# Cloud users end up in cloud-init (`useradd NAME`) and ssh argv: the portable useradd form only.
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Numbers that must be > 0 (intervals, sizes) or >= 0 (durations where 0 means "now"/"off").
+POSITIVE = {
+    ("host", "disk_gb"),
+    ("host", "cpus"),
+    ("host", "memory_gb"),
+    ("ssh", "connect_timeout"),
+    ("runpod", "container_disk_gb"),
+    ("aws", "data_volume_gb"),
+    *((d.name, "poll_interval") for d in declarations() if "poll_interval" in d.settings),
+}
+NON_NEGATIVE = {
+    ("host", "gpus"),
+    ("host", "max_price"),
+    ("host", "idle_stop_minutes"),
+    ("host", "ready_timeout"),
+    ("ssh", "reconnect_timeout"),
+    ("aws", "api_timeout"),
+    ("gce", "create_timeout"),
+}
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
     "VP_PLATFORM": ("host", "platform"),
     "VP_WORKDIR": ("sync", "workdir"),
     "VP_PROJECT": ("project", "name"),
+    "VP_REGISTRY": ("docker", "registry"),
 }
 
 PROJECT_FILE = "vp.toml"
@@ -166,17 +213,118 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 )
             if expected is list and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
+            check_value(section, key, value, source)
             out[section][key] = value
     return out
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def check_value(section: str, key: str, value: Any, source: str) -> None:
+    """Range and shape rules for one value. A file's text reaches cloud-init, ssh argv and
+    sleep loops, so a user name that is shell text or a negative timeout stops here."""
+    where = f"{source}: [{section}] {key}"
+    if value is None or value == "":
+        return  # unset: the platform's own default applies
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if (section, key) in POSITIVE and value <= 0:
+        raise ConfigError(f"{where} must be greater than 0, got {value!r}")
+    if (section, key) in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{where} must be 0 or more, got {value!r}")
+    if key == "user" and section != "ssh" and not USER_NAME.match(value):
+        raise ConfigError(
+            f"{where} {value!r} is not a valid user name",
+            hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
+        )
+    if (section, key) == ("ssh", "host"):
+        from vp.ssh import parse_target
+
+        try:
+            parse_target(value)
+        except UsageError as exc:
+            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if key == "url":
+        check_endpoint(value, where)
+    if (section, key) == ("docker", "registry"):
+        if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", value):
+            raise ConfigError(
+                f"{where} must be a registry host such as ghcr.io or 127.0.0.1:5000, got {value!r}"
+            )
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
     try:
-        text = path.read_bytes().decode("utf-8")
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str, where: str) -> None:
+    """An API endpoint receives the API key on every call: https, or plain http to this machine
+    only (emulators and local proxies)."""
+    parts = urlsplit(url.strip())
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"{where} {url!r} is not an http(s) URL", hint="e.g. https://host/path")
+    if parts.scheme == "http" and not _loopback(host):
+        raise ConfigError(
+            f"{where} {url!r} would send your API key unencrypted: use https "
+            "(plain http only to localhost)"
+        )
+
+
+def check_platform_endpoint(platform: str, environ: dict[str, str] | None = None) -> None:
+    """The environment's endpoint override for `platform`, held to the same rule as a file's."""
+    name = ENDPOINT_ENV.get(platform)
+    value = (os.environ if environ is None else environ).get(name or "")
+    if name and value:
+        check_endpoint(value, name)
+
+
+def looks_secret(value: str) -> bool:
+    """A token by its shape: a provider prefix (hf_, sk-, ghp_, AKIA...) or a long random string.
+    Used to keep such values out of project files and off the terminal."""
+    value = value.strip()
+    if SECRET_VALUE_PREFIX.match(value):
+        return True
+    if len(value) < 20 or any(c.isspace() for c in value) or "/" in value:
+        return False
+    classes = sum(any(test(c) for c in value) for test in (str.islower, str.isupper, str.isdigit))
+    if classes < 2:
+        return False
+    counts = Counter(value)
+    entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+    return entropy >= 3.5
+
+
+def is_secret(section: str, key: str, value: Any) -> bool:
+    """Is this value a secret that must stay out of project files, logs and the terminal?"""
+    if (section, key) in SECRET_KEYS:
+        return True
+    if section not in FREE_SECTIONS or not isinstance(value, str):
+        return False
+    if looks_secret(value):
+        return True
+    plain = value.strip().lower() in ("", "true", "false", "0", "1", "yes", "no", "on", "off")
+    return bool(SECRET_ENV_NAME.search(key)) and not plain and len(value) >= 8
+
+
+def read_toml_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    text = read_toml_text(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -216,6 +364,13 @@ def _load_project(path: Path) -> dict[str, Any]:
                 "(it would be synced and committed)",
                 hint=f"move it to {paths.user_config_file()} or the environment",
             )
+    for (section, key), env_name in USER_ONLY_KEYS.items():
+        if key in data.get(section, {}):
+            raise ConfigError(
+                f"{source}: [{section}] {key} decides where your credentials are sent, so a "
+                "project file may not set it; it belongs in your user file or the environment",
+                hint=f"vp config set --user {section}.{key} VALUE (or {env_name}=VALUE)",
+            )
     return data
 
 
@@ -253,6 +408,9 @@ def _from_env(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
         if name in environ:
             expected = SCHEMA[section][key][0]
             out.setdefault(section, {})[key] = _coerce(environ[name], expected, name)
+    for section, table in out.items():
+        for key, value in table.items():
+            check_value(section, key, value, "environment")
     return out
 
 
@@ -309,6 +467,11 @@ def check(cfg: Config) -> None:
         raise UsageError(f"unknown platform '{platform}'", hint=hint)
     if cfg.get("docker", "build_on") not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
+    results = cfg.get("sync", "results") or []
+    if results:
+        from vp.sync.ignore import IgnoreRules
+
+        IgnoreRules(results, "[sync] results")  # a bad pattern names the key and its line
     workdir = cfg.get("sync", "workdir")
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")
@@ -321,7 +484,7 @@ def masked(data: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if out.get(section, {}).get(key):
             out[section][key] = "****"
     for name, value in out.get("env", {}).items():
-        if value and SECRET_ENV_NAME.search(name):
+        if value and (SECRET_ENV_NAME.search(name) or looks_secret(str(value))):
             out["env"][name] = "****"
     return out
 
@@ -339,7 +502,7 @@ def _placeholder(section: str, key: str) -> Any:
     if section in FREE_SECTIONS or section not in SCHEMA or key not in SCHEMA[section]:
         return ""
     expected = SCHEMA[section][key][0]
-    return {bool: False, int: 0, list: []}.get(expected, 0.0 if isinstance(expected, tuple) else "")
+    return {bool: False, int: 1, list: []}.get(expected, 1.0 if isinstance(expected, tuple) else "")
 
 
 def coerce_value(section: str, key: str, raw: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from vp.config import Config
+from vp.config import Config, check_platform_endpoint
 from vp.errors import ConnectionFailed, HostGone, UsageError, VpError
 from vp.platforms import clouds, declaration, get_platform
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
@@ -42,6 +42,7 @@ def platform_for(cfg: Config, name: str | None = None) -> Platform:
     name = name or cfg.platform
     # Unset keys are absent, not None, so a platform's own defaults apply.
     settings = {k: v for k, v in cfg.section(name).items() if v is not None}
+    check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
     return get_platform(name, settings)
 
 

@@ -9,12 +9,20 @@ foreground, so `run.sh` is reaped the moment it ends and `tail --pid` sees that 
 whatever the host's init does about orphans.
 Streaming is `tail -c +OFFSET` of the log until the wrapper exits, so a reconnect resumes
 at the byte already shown. The remote exit code comes from the `exit` file, never from ssh.
+
+The run's environment ([env], later `vp secret`, the registry password a Docker pull needs)
+never appears in any argv nor in a file that outlives the start: the values ride in the
+launch script on the session's stdin into `env` (0600, in the private run dir), which the
+wrapper reads and removes before it does anything else (`ship_env` / `take_env`), and
+exports in the command's process only (so `[env] PATH` or `R` cannot break the wrapper).
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import shlex
+from collections.abc import Mapping
 
 from vp.sync.ignore import PRUNE_DIRS
 
@@ -23,6 +31,40 @@ EXIT_MARK = f"{MARK}VPEXIT "
 CHANGES_MARK = f"{MARK}VPCHANGES\n"
 NORUN_MARK = f"{MARK}VPNORUN"
 STARTED = b"\x1eVPSTARTED\n"  # first bytes on stdout once the run is launched
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _heredoc_token(body: str) -> str:
+    while True:
+        token = "VP_EOF_" + secrets.token_hex(8)
+        if token not in body:  # never emit an ambiguous here-document
+            return token
+
+
+def ship_env(path_sh: str, env: Mapping[str, str]) -> str:
+    """Shell text, for a script the host reads on stdin (`sh -s`), that writes `env` into a
+    new file at `path_sh` that only its owner can read, as `export NAME='value'` lines.
+
+    The values travel inside the ssh session's stdin (a here-document: a pipe, or a deleted
+    0600 temp file for bash's large ones), so no process on either side has them in its argv.
+    Pair it with `take_env`, which removes the file. Names must be shell variable names;
+    callers validate user-given ones first (vp.config), this refuses anything else.
+    """
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"bad environment variable name {name!r}")
+    body = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    token = _heredoc_token(body)
+    return f"(umask 077 && cat > {path_sh} <<'{token}'\n{body}{token}\n)\n"
+
+
+def take_env(path_sh: str, var: str = "vp_env") -> str:
+    """Shell text that moves what `ship_env` wrote into the shell variable `var` (not
+    exported) and removes the file at once. Apply it where the values are wanted with
+    `eval "$var"` (a builtin): in a subshell, it sets them for one command only."""
+    return f"{var}=$(cat {path_sh} 2>/dev/null); rm -f {path_sh}\n"
 
 
 def new_run_id() -> str:
@@ -64,28 +106,16 @@ def launch_script(
     `pre_start` is shell text run just before the command starts (the idle watchdog).
     """
     rdir = _run_dir(runs_dir_sh, run_id)
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-    token = "VP_EOF_" + secrets.token_hex(8)
     body = f"""R={rdir}
-trap 'vp_interrupted=1' INT TERM
+{take_env('"$R/env"')}trap 'vp_interrupted=1' INT TERM
 echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
-{exports}{_user_shell()}
-"$vp_sh" -c {shlex.quote(command)} < /dev/null >> "$R/log" 2>&1
+{_user_shell()}
+(eval "$vp_env" && exec "$vp_sh" -c {shlex.quote(command)}) < /dev/null >> "$R/log" 2>&1
 vp_finish $?
 """
-    if token in body:  # astronomically unlikely; never emit an ambiguous here-document
-        return launch_script(
-            runs_dir_sh,
-            run_id,
-            workdir_sh,
-            command,
-            env,
-            follow=follow,
-            changes=changes,
-            pre_start=pre_start,
-        )
+    token = _heredoc_token(body)
     script = f"""umask 077
 R={rdir}
 mkdir -p {runs_dir_sh} && mkdir "$R" || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
@@ -103,7 +133,7 @@ esac
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
 {pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
-setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1
+{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1 || rm -f "$R/env"
 printf '{STARTED.decode()}'
 """
     if follow:

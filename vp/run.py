@@ -18,7 +18,15 @@ from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
 from vp.sync.ignore import IgnoreRules
-from vp.sync.transfer import Manifest, download, parse_changes, plan_download, upload
+from vp.sync.transfer import (
+    DownloadIncomplete,
+    Manifest,
+    RemoteChange,
+    download,
+    parse_changes,
+    plan_download,
+    upload,
+)
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI, ByteProgress
 
@@ -63,11 +71,31 @@ class Workspace:
             use_gitignore=bool(self.cfg.get("sync", "use_gitignore")),
         )
 
+    def results(self) -> IgnoreRules | None:
+        """`[sync] results`: when set, only paths matching these patterns come back."""
+        patterns = self.cfg.get("sync", "results") or []
+        return IgnoreRules(patterns, "[sync] results") if patterns else None
+
+    def protected(self) -> set[str]:
+        """vp's control files: never replaced from the host (vp/sync/transfer.py)."""
+        return control_files(self.cfg)
+
     def manifest(self) -> Manifest:
         return Manifest.from_json(self.state.manifest(self.host.key, str(self.root), self.workdir))
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+
+
+def control_files(cfg: Config) -> set[str]:
+    """Paths (relative to the project root) of the files that steer vp itself."""
+    names = {"vp.toml", ".vpignore", "pyproject.toml"}
+    if cfg.get("sync", "use_gitignore"):
+        names.add(".gitignore")
+    if cfg.project_file is not None:
+        with contextlib.suppress(ValueError):
+            names.add(cfg.project_file.relative_to(cfg.project_root).as_posix())
+    return names
 
 
 def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = None) -> Workspace:
@@ -101,23 +129,48 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
     rules = ws.rules()
     manifest = ws.manifest()
     remote_changes = parse_changes(changes)
-    names, dirs_changed = plan_download(ws.root, remote_changes, rules, manifest)
-    wanted = set(names)
-    result = download(
-        ws.transport,
-        ws.root,
-        ws.workdir,
-        names,
-        manifest,
-        say=ui.info,
-        warn=ui.warn,
-        progress=lambda label, total: ByteProgress(ui, label, total),
-        total_bytes=sum(c.size for c in remote_changes if c.path in wanted),
+    # What an earlier download could not fetch (local disk full) comes first, unless this
+    # run changed it again.
+    seen = {c.path for c in remote_changes}
+    remote_changes += [
+        RemoteChange(str(k), int(size), float(mtime), str(path))
+        for k, size, mtime, path in manifest.pending
+        if path not in seen
+    ]
+    names, dirs_changed = plan_download(
+        ws.root, remote_changes, rules, manifest, results=ws.results()
     )
+    wanted = set(names)
+    try:
+        result = download(
+            ws.transport,
+            ws.root,
+            ws.workdir,
+            names,
+            manifest,
+            say=ui.info,
+            warn=ui.warn,
+            progress=lambda label, total: ByteProgress(ui, label, total),
+            total_bytes=sum(c.size for c in remote_changes if c.path in wanted),
+            sizes={c.path: c.size for c in remote_changes if c.path in wanted},
+            links={c.path for c in remote_changes if c.kind == "l"},
+            protected=ws.protected(),
+        )
+    except DownloadIncomplete as exc:
+        result = exc.result
+        error: DownloadIncomplete | None = exc
+    else:
+        error = None
+    pending = set(result.pending)
+    manifest.pending = [
+        [c.kind, c.size, c.mtime, c.path] for c in remote_changes if c.path in pending
+    ]
     # The host may now hold files we don't (a deletion we can't see, a conflict we kept
-    # local): mark the manifest so the next upload does not skip.
-    manifest.clean = not dirs_changed and not result.conflicts
+    # local, a result not fetched): mark the manifest so the next upload does not skip.
+    manifest.clean = not dirs_changed and not result.conflicts and not pending
     ws.save_manifest(manifest)
+    if error is not None:
+        raise error
 
 
 def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
@@ -145,7 +198,10 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     if use_docker and not container_host:
         from vp.docker.dispatch import prepare_command
 
-        command = prepare_command(cfg, ws.transport, ws.workdir, command, env, run_id, ui)
+        command, wrapper_env = prepare_command(
+            cfg, ws.transport, ws.workdir, command, env, run_id, ui
+        )
+        env.update(wrapper_env)
     if opts.sync:
         sync_up(ws, ui)
     if opts.sync_only:

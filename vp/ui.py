@@ -21,25 +21,27 @@ class UI:
         return sys.stderr.isatty()
 
     def _emit(self, text: str) -> None:
+        # Messages name files, hosts and output the host made: escaped here, once for every
+        # kind of message, so none can clear the screen or fake a line (one_line below).
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
     def info(self, message: str) -> None:
         """Progress: silent with -q and in structured modes."""
         if not (self.quiet or self.structured):
-            self._emit(self._style(f"vp: {message}", "2"))
+            self._emit(self._style(f"vp: {one_line(message)}", "2"))
 
     def debug(self, message: str) -> None:
         if self.verbose and not self.structured:
-            self._emit(self._style(f"vp: {message}", "2"))
+            self._emit(self._style(f"vp: {one_line(message)}", "2"))
 
     def note(self, message: str) -> None:
         """Things a person must see even with -q (Ctrl-C help, detach instructions)."""
         if not self.structured or sys.stderr.isatty():
-            self._emit(self._style(f"vp: {message}", "1"))
+            self._emit(self._style(f"vp: {one_line(message)}", "1"))
 
     def warn(self, message: str) -> None:
-        self._emit(self._style(f"vp: warning: {message}", "33"))
+        self._emit(self._style(f"vp: warning: {one_line(message)}", "33"))
 
     def error(self, message: str, hint: str | None = None) -> None:
         self._emit(self._style(f"vp: error: {one_line(message)}", "31"))

@@ -1,27 +1,42 @@
-"""Thunder Compute REST emulator (base URL ends in /v1, as TNR_API_URL does for vp).
+"""Thunder Compute REST emulator, speaking the API as Thunder serves it today.
 
-Wire format from Thunder's published OpenAPI document and its Go CLI (github.com/Thunder-Compute/
-thunder-cli, `api/client.go`, `pkg/types/types.go`): `Authorization: Bearer TOKEN`;
-GET /v1/instances/list -> {ID: {uuid, name, status, ip (null until RUNNING), port, gpuType,
-numGpus (string), cpuCores, mode, template, storage, createdAt, ...}};
-POST /v1/instances/create {cpu_cores, gpu_type, num_gpus, mode, template, disk_size_gb,
-public_key?} -> {uuid, identifier, key (a server-made private key when no public_key was sent)};
-POST /v1/instances/{id}/start|stop|delete|add_key; POST /v1/instances/{id}/modify {cpu_cores?,
-gpu_type?, num_gpus?, disk_size_gb?, mode?} -> {identifier, instance_name, mode, gpu_type,
-num_gpus} (409 unless RUNNING); POST /v1/snapshots/create {instanceId (the instance uuid),
-name} -> {message}; GET /v1/snapshots/list -> [{id, name, minimumDiskSizeGb, status, createdAt}];
-DELETE /v1/snapshots/{id}; a create whose `template` names a READY snapshot restores it;
-GET /v1/pricing -> {"pricing":
-{"h100_x1_prototyping": $/h, "disk_gb": ..., ...}}; GET /v1/specs -> {"specs": {KEY: {displayName,
-gpuCount, mode, vcpuOptions, storageGB: {min, max}, ...}}}; GET /v1/status -> {"specs": {KEY:
-"available"|...}}. Errors are {"error": CODE, "message": TEXT, "code": STATUS}.
+Sources read (2026): Thunder-Compute/thunder-cli v2.0.59 (dc01ad3: `api/client.go`,
+`api/types.go`, `pkg/types/types.go`, `utils/pricing.go`, `utils/spec_store.go`, `cmd/create.go`)
+and its later commits 7026095 (`cmd/json_contract_test.go`: GET /v2/specs, /v2/status,
+/v2/pricing with mode-free keys; instances still under /v1) and 0b6e8a7 (`utils/pricing.go`:
+`{gpu}_x{n}` keys, disk beyond 100 GB per GPU billed); Thunder-Compute/terraform-provider-
+thundercompute's `TestDiscoveryDataSourcesUseCanonicalV2Contracts` (/v2 shapes, `ramCapGiB`,
+/v2/status `{"gpu_type": {GPU: {"status": ...}}, "specs": {KEY: "available"}}`);
+Thunder-Compute/thunder-compute-documentation (bc90270, 2026-06-30: `swagger.json`,
+guides/stopping-instances.mdx "no native Stop feature", f14d4ec "Remove prototyping and
+production split"). Prices are illustrative; the shapes are the point.
 
-Statuses: PROVISIONING -> RUNNING; STOPPING -> STOPPED; STARTING -> RUNNING; MODIFYING -> RUNNING
-(sshd restarts); SNAPPING -> RUNNING while a snapshot goes CREATING -> READY; a restored instance
-is RESTORING -> RUNNING on a new sshd that also accepts the keys the snapshot's disk carried. The
-sshd keeps its port across a stop/start here (a real instance may come back on another ip/port).
-The exact wording of Thunder's "no capacity" answer is not published; this emulator answers 409
-with error "gpu_unavailable".
+Wire format: `Authorization: Bearer TOKEN`; GET /v1/instances/list -> {ID: {uuid, name (made by
+the server), status, ip (null until RUNNING), port, gpuType, numGpus (string), cpuCores,
+template, storage, createdAt, ...}}; POST /v1/instances/create {cpu_cores, gpu_type, num_gpus,
+template, disk_size_gb, public_key?, mode? (ignored)} -> {uuid, identifier, key (a server-made
+private key when no public_key was sent)}; POST /v1/instances/{id}/delete|add_key;
+POST /v1/instances/{id}/modify {cpu_cores?, gpu_type?, num_gpus?, disk_size_gb?} ->
+{identifier, instance_name, gpu_type, num_gpus} (409 unless RUNNING); POST /v1/snapshots/create
+{instanceId (the instance uuid), name} -> {message}; GET /v1/snapshots/list -> [{id, name,
+minimumDiskSizeGb, status, createdAt}]; DELETE /v1/snapshots/{id}; a create whose `template`
+names a READY snapshot restores it. There is no start or stop endpoint (404).
+GET /v2/pricing -> {"pricing": {"h100_x1": $/h, ..., "additional_vcpus", "disk_gb",
+"snapshot_gb"}}; GET /v2/specs -> {"specs": {"h100_x1": {displayName, vramGB, gpuCount,
+vcpuOptions, ramPerVCPUGiB, ramCapGiB, storageGB: {min, max}}}}; GET /v2/status -> as above.
+/v1/pricing|specs|status answer the same mode-free shapes.
+
+`ThunderEmulator(legacy=True)` is the API as thunder-cli v2.0.59 knew it: no /v2; /v1 keys
+carry a mode (`h100_x1_prototyping`, `h100_x8_production`), specs have `mode`, create requires
+`mode`, instances show it, and STOPPED instances exist (set by a test: no endpoint makes one).
+Errors are {"error": CODE, "message": TEXT, "code": STATUS}.
+
+Statuses: PROVISIONING -> RUNNING; MODIFYING -> RUNNING (sshd restarts); SNAPPING -> RUNNING
+while a snapshot goes CREATING -> READY; a restored instance is RESTORING -> RUNNING on a new
+sshd that also accepts the keys the snapshot's disk carried. The exact wording of Thunder's
+"no capacity" answer is not published; this emulator answers 409 with error "gpu_unavailable".
+`create_foreign(...)` adds an instance as Thunder's console or a colleague's `tnr` would: not
+through vp, so vp's state has no record of it.
 """
 
 from __future__ import annotations
@@ -36,9 +51,22 @@ from pathlib import Path
 
 import pytest
 
-from .common import Emulator, Request, Response
+from .common import Emulator, Request, Response, wait_for
 
-DEFAULT_PRICING = {
+PRICING = {  # today's catalogue: mode-free keys
+    "a6000_x1": 0.35,
+    "l40_x1": 0.79,
+    "l40_x4": 3.16,
+    "a100xl_x1": 1.09,
+    "a100xl_x2": 2.18,
+    "h100_x1": 2.19,
+    "h100_x8": 17.52,
+    "additional_vcpus": 0.04,
+    "disk_gb": 0.0003,
+    "snapshot_gb": 0.00006849,
+}
+
+LEGACY_PRICING = {  # thunder-cli v2.0.59's catalogue: keys with a mode
     "t4_x1_prototyping": 0.27,
     "a6000_x1_prototyping": 0.57,
     "a100xl_x1_prototyping": 0.78,
@@ -57,9 +85,12 @@ DISPLAY = {
     "a6000": "RTX A6000",
     "a100xl": "NVIDIA A100 (80GB)",
     "h100": "NVIDIA H100",
+    "l40": "NVIDIA L40",
 }
 
-CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)_(?P<mode>prototyping|production)$")
+CONFIG_KEY = re.compile(
+    r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)(?:_(?P<mode>prototyping|production))?$"
+)
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -69,10 +100,18 @@ def _error(status: int, code: str, message: str) -> Response:
 class ThunderEmulator(Emulator):
     provider = "thunder"
 
-    def __init__(self, workdir: Path, *, pricing: dict[str, float] | None = None, **kwargs):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        pricing: dict[str, float] | None = None,
+        legacy: bool = False,
+        **kwargs,
+    ):
         super().__init__(workdir, **kwargs)
-        self.pricing = dict(pricing or DEFAULT_PRICING)
-        self.unavailable: set[str] = set()  # config keys /v1/status reports as not available
+        self.legacy = legacy
+        self.pricing = dict(pricing or (LEGACY_PRICING if legacy else PRICING))
+        self.unavailable: set[str] = set()  # config keys /status reports as not available
         # Behave like an API that makes its own key pair and returns the private half.
         self.ignore_public_key = False
         self._ids = itertools.count(0)
@@ -90,19 +129,26 @@ class ThunderEmulator(Emulator):
                 "displayName": DISPLAY.get(m["gpu"], m["gpu"].upper()),
                 "vramGB": 80 if m["gpu"] in ("h100", "a100xl") else 48,
                 "gpuCount": count,
-                "mode": m["mode"],
                 "vcpuOptions": [18 * count] if production else [4 * count, 8 * count],
                 "ramPerVCPUGiB": 5 if production else 8,
                 "storageGB": {"min": 100, "max": 1000 if production else 500},
-                "ephemeralStorageGB": {"min": 0, "max": 1000},
             }
+            if m["mode"]:  # the moded catalogue
+                out[key]["mode"] = m["mode"]
+                out[key]["ephemeralStorageGB"] = {"min": 0, "max": 1000}
+            else:
+                out[key]["ramCapGiB"] = 8 * 8 * count
         return out
+
+    def config_key(self, gpu: str, count: int, mode: str | None) -> str:
+        return f"{gpu}_x{count}_{mode}" if self.legacy else f"{gpu}_x{count}"
 
     def handle(self, req: Request) -> Response:
         if not self.authorized(req):
             return _error(401, "unauthorized", "Invalid or expired token")
         path = req.path
-        if not path.startswith("/v1/"):
+        catalogue = path in ("/v2/pricing", "/v2/specs", "/v2/status")
+        if not path.startswith("/v1/") and not (catalogue and not self.legacy):
             return _error(404, "not_found", "Not Found")
         path = path[3:]
         if path == "/instances/list" and req.method == "GET":
@@ -110,7 +156,7 @@ class ThunderEmulator(Emulator):
                 return Response(200, {iid: self._view(i) for iid, i in self.instances.items()})
         if path == "/instances/create" and req.method == "POST":
             return self.create(req.json or {})
-        if (m := re.fullmatch(r"/instances/([^/]+)/(start|stop|delete|add_key|modify)", path)) and (
+        if (m := re.fullmatch(r"/instances/([^/]+)/(delete|add_key|modify)", path)) and (
             req.method == "POST"
         ):
             return getattr(self, f"action_{m[2]}")(m[1], req.json or {})
@@ -144,11 +190,12 @@ class ThunderEmulator(Emulator):
         return {k: v for k, v in inst.items() if not k.startswith("_")}
 
     def create(self, body: dict) -> Response:
-        required = ("cpu_cores", "disk_size_gb", "gpu_type", "mode", "num_gpus", "template")
+        required = ("cpu_cores", "disk_size_gb", "gpu_type", "num_gpus", "template")
+        required += ("mode",) if self.legacy else ()
         missing = [f for f in required if body.get(f) in (None, "")]
         if missing:
             return _error(400, "invalid_request", f"missing required fields: {', '.join(missing)}")
-        key = f"{body['gpu_type']}_x{body['num_gpus']}_{body['mode']}"
+        key = self.config_key(body["gpu_type"], body["num_gpus"], body.get("mode"))
         spec = self.specs().get(key)
         if spec is None:
             return _error(400, "invalid_config", f"GPU configuration {key} is not offered")
@@ -167,8 +214,8 @@ class ThunderEmulator(Emulator):
             return _error(
                 409,
                 "gpu_unavailable",
-                f"No {body['gpu_type']} x{body['num_gpus']} capacity is available in "
-                f"{body['mode']} mode right now. Try another GPU type or try again later.",
+                f"No {body['gpu_type']} x{body['num_gpus']} capacity is available right now. "
+                "Try another GPU type or try again later.",
             )
         iid = str(next(self._ids))
         public_key = "" if self.ignore_public_key else (body.get("public_key") or "").strip()
@@ -191,7 +238,7 @@ class ThunderEmulator(Emulator):
                 "template": body["template"],
                 "gpuType": body["gpu_type"],
                 "numGpus": str(body["num_gpus"]),
-                "mode": body["mode"],
+                **({"mode": body["mode"]} if self.legacy else {}),
                 "promoted": False,
                 "k8s": True,
                 "httpPorts": [],
@@ -255,36 +302,6 @@ class ThunderEmulator(Emulator):
     def _instance(self, iid: str) -> dict | None:
         return self.instances.get(iid)
 
-    def action_stop(self, iid: str, body: dict) -> Response:
-        with self.lock:
-            inst = self._instance(iid)
-            if inst is None:
-                return _error(404, "instance_not_found", "Instance not found")
-            if inst["status"] != "RUNNING":
-                return _error(400, "invalid_state", f"Instance is {inst['status']}, not RUNNING")
-            inst["status"] = "STOPPING"
-
-        def down() -> None:
-            self.sshd_down(iid)
-            with self.lock:
-                inst = self.instances.get(iid)
-                if inst and inst["status"] == "STOPPING":
-                    inst.update(status="STOPPED", ip=None)
-
-        self.after(self.stop_delay, down)
-        return Response(200, {"message": f"Instance {iid} is stopping"})
-
-    def action_start(self, iid: str, body: dict) -> Response:
-        with self.lock:
-            inst = self._instance(iid)
-            if inst is None:
-                return _error(404, "instance_not_found", "Instance not found")
-            if inst["status"] != "STOPPED":
-                return _error(400, "invalid_state", f"Instance is {inst['status']}, not STOPPED")
-            inst["status"] = "STARTING"
-        self._boot(iid, "STARTING")
-        return Response(200, {"message": f"Instance {iid} is starting"})
-
     def action_delete(self, iid: str, body: dict) -> Response:
         with self.lock:
             if self.instances.pop(iid, None) is None:
@@ -319,10 +336,10 @@ class ThunderEmulator(Emulator):
                 return _error(
                     409, "invalid_state", f"Instance is {inst['status']}; it must be RUNNING"
                 )
-            mode = body.get("mode") or inst["mode"]
+            mode = body.get("mode") or inst.get("mode")
             gpu = body.get("gpu_type") or inst["gpuType"]
             count = int(body.get("num_gpus") or inst["numGpus"])
-            key = f"{gpu}_x{count}_{mode}"
+            key = self.config_key(gpu, count, mode)
             spec = self.specs().get(key)
             if spec is None:
                 return _error(400, "invalid_config", f"GPU configuration {key} is not offered")
@@ -336,10 +353,11 @@ class ThunderEmulator(Emulator):
             disk = int(body.get("disk_size_gb") or inst["storage"])
             if not inst["storage"] <= disk <= spec["storageGB"]["max"]:
                 return _error(400, "invalid_disk", "disk_size_gb cannot shrink or exceed the max")
+            if self.legacy:
+                inst["mode"] = mode
             inst.update(
                 status="MODIFYING",
                 ip=None,
-                mode=mode,
                 gpuType=gpu,
                 numGpus=str(count),
                 cpuCores=str(cpus),
@@ -353,11 +371,30 @@ class ThunderEmulator(Emulator):
             {
                 "identifier": iid,
                 "instance_name": inst["name"],
-                "mode": mode,
+                **({"mode": mode} if self.legacy else {}),
                 "gpu_type": gpu,
                 "num_gpus": count,
             },
         )
+
+    def create_foreign(self, gpu: str = "a6000", count: int = 1, *, running: bool = True) -> str:
+        """An instance made outside vp (console, `tnr`, a colleague sharing the account);
+        it gets an sshd so that adopting it would work, which is what a test must rule out."""
+        spec = self.specs()[self.config_key(gpu, count, "prototyping")]
+        body = {
+            "cpu_cores": spec["vcpuOptions"][0],
+            "gpu_type": gpu,
+            "num_gpus": count,
+            "template": "base",
+            "disk_size_gb": 100,
+            **({"mode": "prototyping"} if self.legacy else {}),
+        }
+        answer = self.create(body)
+        assert answer.status == 200, answer.body
+        iid = str(answer.body["identifier"])
+        if running:
+            wait_for(lambda: self.instances[iid]["status"] == "RUNNING", timeout=30)
+        return iid
 
     def snapshot_create(self, body: dict) -> Response:
         source, name = str(body.get("instanceId") or ""), str(body.get("name") or "")

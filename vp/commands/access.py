@@ -26,7 +26,7 @@ from vp.state import State
 from vp.sync.copy import copy_down, copy_up
 from vp.sync.transfer import REMOTE_SUFFIX, upload
 from vp.transport import LocalTransport, Transport
-from vp.ui import UI
+from vp.ui import UI, one_line
 
 if TYPE_CHECKING:
     from typer._click import Context
@@ -296,13 +296,20 @@ def download_cmd(
         local = Path(dst)
         if dst.endswith("/") or (local.is_dir() and not local.is_symlink()):
             local = local / name
-    result = copy_down(transport, workdir, src, local, force=force)
+    from vp.run import control_files
+
+    root = cfg.project_root.resolve()
+    protected = {root / name for name in control_files(cfg)}
+    result = copy_down(
+        transport, workdir, src, local, force=force, protected=protected, warn=g.ui.warn
+    )
     if g.output != "text":
         render(result.to_dict(), g.output)
         return
     for path in result.conflicts[:20]:
+        shown = one_line(path)
         g.ui.warn(
-            f"{path} exists locally and differs: kept it; the host's is {path}{REMOTE_SUFFIX}"
+            f"{shown} exists locally and differs: kept it; the host's is {shown}{REMOTE_SUFFIX}"
         )
     if len(result.conflicts) > 20:
         g.ui.warn(f"... and {len(result.conflicts) - 20} more (--force overwrites)")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from vp import config, paths
-from vp.errors import UsageError
+from vp import config, paths, tomledit
+from vp.errors import ConfigError, UsageError
 from vp.ui import UI
 
 
@@ -26,26 +27,51 @@ def read_secret(key: str) -> str:
 
 
 def set_value(dotted: str, raw: str, *, user: bool, ui: UI) -> Path:
+    """Edit the one key in place (comments and layout kept, see vp/tomledit.py). A secret never
+    goes into a project file, which is synced and committed, and is never printed."""
     section, key = config.parse_key(dotted)
     value = config.coerce_value(section, key, raw)
-    if (section, key) in config.SECRET_KEYS and not user:
-        raise UsageError(
-            f"{dotted} is a secret; it belongs in the user file, not the project",
-            hint=f"vp config set --user {dotted} VALUE",
-        )
+    secret = config.is_secret(section, key, value)
     if user:
         path = paths.user_config_file()
     else:
-        found, root = config.find_project_file(Path.cwd())
+        found, _root = config.find_project_file(Path.cwd())
         path = found or Path.cwd() / config.PROJECT_FILE
-    data = config.read_toml(path) if path.exists() else {}
-    if path.name == "pyproject.toml":
-        table = data.setdefault("tool", {}).setdefault("vp", {})
-    else:
-        table = data
-    table.setdefault(section, {})[key] = value
-    config.validate(table, str(path))
-    config.write_toml(path, data, private=user)
-    shown = "****" if (section, key) in config.SECRET_KEYS else repr(value)
+    if secret and not user:
+        raise UsageError(
+            f"{path}: {dotted} looks like a secret; it belongs in your user file, not the "
+            "project (which is synced and committed)",
+            hint=f"vp config set --user {dotted} -   (reads the value from stdin)",
+        )
+    if not user and (section, key) in config.USER_ONLY_KEYS:
+        raise UsageError(
+            f"{path}: {dotted} decides where your credentials are sent; only your user file or "
+            "the environment may set it",
+            hint=f"vp config set --user {dotted} VALUE",
+        )
+    text = config.read_toml_text(path) if path.exists() else ""
+    table = ("tool", "vp", section) if path.name == "pyproject.toml" else (section,)
+    new = tomledit.set_key(text, table, key, value, str(path))
+    data = tomledit.tomllib.loads(new)
+    config.validate(data.get("tool", {}).get("vp", {}) if len(table) == 3 else data, str(path))
+    _write(path, new, private=user)
+    shown = "****" if secret else repr(value)
     ui.info(f"{path}: {dotted} = {shown}")
     return path
+
+
+def _write(path: Path, text: str, private: bool) -> None:
+    """Atomically, keeping the file's mode; the user file is 0600 because it holds API keys."""
+    mode = 0o600 if private else 0o644
+    if path.exists() and not private:
+        mode = path.stat().st_mode & 0o777
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.vp-tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None

@@ -3,7 +3,7 @@ push it only when the registry lacks that tag, and wrap the user's command in `d
 
     ref = ensure_image(root, dockerfile="Dockerfile", image="ghcr.io/me/mnist", push=True,
                        auth=registry_auth("ghcr.io/me/mnist", user_settings["docker"]))
-    text = wrap_command("python train.py", image=ref, workdir="/workspace/mnist", env=env)
+    text = wrap_command("python train.py", image=ref, workdir="/workspace/mnist", env=["HF_TOKEN"])
 
 Nothing here imports the Docker SDK at import time.
 """

@@ -566,8 +566,9 @@ def _unauthorized(ref: str, message: str) -> VpError:
     return VpError(
         f"registry {registry} refused vp's credentials: unauthorized",
         hint=(
-            f"check [docker] username/password in the user config or VP_REGISTRY_USER/"
-            f"VP_REGISTRY_PASSWORD (or `docker login {registry}`), and that the account may push "
+            f"check [docker] registry/username/password in the user config or VP_REGISTRY/"
+            f"VP_REGISTRY_USER/VP_REGISTRY_PASSWORD (or `docker login {registry}`), and that the "
+            f"account may push "
             f"to {repository(ref)} ({' '.join(message.split())})"
         ),
     )
@@ -580,15 +581,32 @@ def registry_auth(image: str, settings: dict) -> dict | None:
     """Credentials: settings (user config [docker] username/password), env VP_REGISTRY_USER /
     VP_REGISTRY_PASSWORD, or the user's ~/.docker/config.json (auths, base64).
 
-    The environment wins over the config file, field by field. Returns an auth config for the
-    Docker SDK (`username`, `password`, `serveraddress`, or `identitytoken`), or None when nothing
-    is configured: the SDK then uses what it finds itself, and public images need nothing.
+    The environment wins over the config file, field by field. vp's own credentials are tied to
+    one registry (`[docker] registry` / VP_REGISTRY), because `docker.image` may come from a
+    project file: an image on any other registry gets only what ~/.docker/config.json holds for
+    that registry. Returns an auth config for the Docker SDK (`username`, `password`,
+    `serveraddress`, or `identitytoken`), or None when nothing applies: the SDK then uses what it
+    finds itself, and public images need nothing.
     """
     registry = registry_host(image)
     table = settings.get("docker") if isinstance(settings.get("docker"), dict) else settings
     user = os.environ.get("VP_REGISTRY_USER") or table.get("username")
     password = os.environ.get("VP_REGISTRY_PASSWORD") or table.get("password")
+    bound = (
+        os.environ.get("VP_REGISTRY")
+        or os.environ.get("VP_DOCKER_REGISTRY")
+        or table.get("registry")
+    )
     if user or password:
+        if not bound:
+            raise UsageError(
+                "registry credentials ([docker] username/password or VP_REGISTRY_USER/"
+                f"VP_REGISTRY_PASSWORD) name no registry, so vp will not send them to {registry}",
+                hint="say which registry they are for: vp config set --user docker.registry HOST "
+                "(or VP_REGISTRY=HOST)",
+            )
+        if _normalise_key(bound) != registry:
+            return _docker_config_auth(registry)
         if not (user and password):
             missing = "password" if user else "username"
             raise UsageError(

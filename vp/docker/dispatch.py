@@ -138,9 +138,11 @@ def prepare_command(
     env: dict[str, str],
     run_id: str,
     ui: UI,
-) -> str:
-    """Make the image available to the host and return the command wrapped in `docker run`."""
-    from vp.docker import wrap_command
+) -> tuple[str, dict[str, str]]:
+    """Make the image available to the host; return the command wrapped in `docker run`, and
+    the values that text needs in its environment besides `env` (the registry secret for a
+    pull). Both value sets reach the host through `vp.remote.ship_env`, never the text."""
+    from vp.docker.run import pull_env, wrap_command
 
     dockerfile = cfg.project_root / cfg.get("docker", "dockerfile")
     if not Path(dockerfile).is_file():
@@ -160,12 +162,13 @@ def prepare_command(
     else:
         ref, pull_auth = build_and_push(cfg, ui)
         _check_room(transport, ref)
-    return wrap_command(
+    text = wrap_command(
         command,
         image=ref,
         workdir=workdir,
-        env=env,
+        env=env.keys(),
         gpus=cfg.get("docker", "gpus"),
         name=f"vp-{run_id}",
         pull_auth=pull_auth,
     )
+    return text, pull_env(pull_auth)

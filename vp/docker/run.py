@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 
 from vp.docker.engine import registry_host
 from vp.errors import UsageError
 
 CONTAINER_WORKDIR = "/workspace"
+# Where the text from `wrap_command` finds the registry secret for a pull (see `pull_env`).
+PULL_SECRET_VAR = "_VP_PULL_SECRET"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # dockerd implements `--gpus` with NVIDIA's prestart hook; a host where `nvidia` is a registered
@@ -37,38 +40,42 @@ def wrap_command(
     *,
     image: str,
     workdir: str,
-    env: dict[str, str],
+    env: Iterable[str],
     gpus: bool | None = None,
     name: str | None = None,
     pull_auth: dict | None = None,
 ) -> str:
     """Shell text that runs `command` (shell text) inside the image:
-    `docker run --rm --init -v WORKDIR:/workspace -w /workspace [--gpus all] [-e KEY…] IMAGE
+    `docker run --rm --init -v WORKDIR:/workspace -w /workspace [--gpus all] [-e NAME…] IMAGE
     sh -c COMMAND`.
 
+    The text holds no secret: it ends up in the argv of the shell that runs it.
+    - `env`: the names of the variables the container gets, as `-e NAME`: docker takes each
+      value from its own environment, which the caller fills (vp's run wrapper exports them,
+      see `vp.remote.ship_env`).
     - `gpus`: True adds `--gpus all`, False never, None probes the host when the text runs.
-    - `env`: the keys go on docker's argv as `-e KEY`; the values reach docker through its
-      environment (shell assignments in front of it), never through any process's argv.
     - `workdir`: the host folder mounted at /workspace; `~/…` and relative paths are expanded by
       the host's shell.
     - `name`: container name (e.g. `vp-RUNID`), so `docker kill NAME` can stop a run whose
       docker client is gone.
     - `pull_auth`: registry credentials (from `registry_auth`) for a host that has no login of
       its own: the image is pulled first with a throwaway DOCKER_CONFIG, only if it is missing.
-      The password is fed to `docker login --password-stdin` by the shell's `printf` builtin.
+      The password is not in the text: the caller puts `pull_env(pull_auth)` in the environment
+      and the shell's `printf` builtin feeds it to `docker login --password-stdin`; it is unset
+      before `docker run`.
 
     Also on the command line: `--ipc=host` (PyTorch data loaders outgrow docker's 64 MB
     /dev/shm) and `--network=host` (torch.distributed across nodes, `vp tunnel` to a server in
     the container).
     """
-    for key in env:
+    names = list(env)
+    for key in names:
         if not _ENV_NAME.match(key):
             raise UsageError(
                 f"invalid environment variable name '{key}'",
                 hint="names in [env] use letters, digits and '_' and do not start with a digit",
             )
-    run: list[str] = [f"{key}={shlex.quote(value)}" for key, value in env.items()]
-    run += ["docker", "run", "--rm", "--init", "--ipc=host", "--network=host"]
+    run: list[str] = ["docker", "run", "--rm", "--init", "--ipc=host", "--network=host"]
     if name:
         run += ["--name", shlex.quote(name)]
     run += ["-v", _host_path(workdir, f":{CONTAINER_WORKDIR}"), "-w", CONTAINER_WORKDIR]
@@ -76,7 +83,7 @@ def wrap_command(
         run.append("$_vp_gpus")
     elif gpus:
         run += ["--gpus", "all"]
-    for key in env:
+    for key in names:
         run += ["-e", key]
     run += [shlex.quote(image), "sh", "-c", shlex.quote(command)]
 
@@ -84,9 +91,16 @@ def wrap_command(
     if gpus is None:
         parts.append(GPU_PROBE + ";")
     if pull_auth:
-        parts.append(_pull(image, pull_auth) + " &&")
+        parts.append(_pull(image, pull_auth) + f" && unset {PULL_SECRET_VAR} &&")
     parts.append(" ".join(run))
     return " ".join(parts)
+
+
+def pull_env(pull_auth: dict | None) -> dict[str, str]:
+    """The environment the text from `wrap_command(pull_auth=…)` needs: the registry secret."""
+    if not pull_auth:
+        return {}
+    return {PULL_SECRET_VAR: pull_auth.get("password") or pull_auth.get("identitytoken") or ""}
 
 
 def _host_path(path: str, suffix: str) -> str:
@@ -102,14 +116,13 @@ def _pull(image: str, auth: dict) -> str:
     """Pull `image` when the host's engine lacks it, logged in through a throwaway config dir."""
     registry = auth.get("serveraddress") or registry_host(image)
     user = auth.get("username")
-    secret = auth.get("password") or auth.get("identitytoken") or ""
     if not user and auth.get("identitytoken"):
         user = "<token>"
     q = shlex.quote
     return (
         f"{{ docker image inspect {q(image)} >/dev/null 2>&1 || {{ "
         "_vp_dc=$(mktemp -d) && "
-        f"_vp_out=$(printf '%s\\n' {q(secret)} | DOCKER_CONFIG=\"$_vp_dc\" docker login "
+        f'_vp_out=$(printf \'%s\\n\' "${PULL_SECRET_VAR}" | DOCKER_CONFIG="$_vp_dc" docker login '
         f"--username {q(user or '')} --password-stdin {q(registry)} 2>&1) && "
         f'DOCKER_CONFIG="$_vp_dc" docker pull {q(image)} >&2; '
         '_vp_rc=$?; [ "$_vp_rc" -eq 0 ] || printf \'%s\\n\' "$_vp_out" >&2; '

@@ -150,6 +150,7 @@ DECLARATION = Declaration(
     },
     idle_stop=VM_SHUTDOWN,  # EC2 turns a guest shutdown into a stop
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
+    endpoint_env="AWS_ENDPOINT_URL",
     noun="aws instance",
     provider="AWS",
 )

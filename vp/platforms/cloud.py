@@ -56,6 +56,11 @@ class Declaration:
     settings: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # Keys of that table holding secrets: masked when shown, refused in project files.
     secrets: tuple[str, ...] = ()
+    # The environment variable that points vp at another API endpoint (an emulator, a proxy)
+    # and, if the table has one, its key for the same (`url`): the user file or environment
+    # only, since the endpoint receives the API key.
+    endpoint_env: str | None = None
+    endpoint_key: str | None = None
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.

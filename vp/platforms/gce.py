@@ -111,6 +111,7 @@ DECLARATION = Declaration(
     },
     idle_stop=VM_SHUTDOWN,  # GCE turns a guest shutdown into a stop
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
+    endpoint_env="VP_GCE_API_URL",
     noun="gce instance",
     provider="GCE",
     destroy_words=("delete", "deleted"),

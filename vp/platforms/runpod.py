@@ -75,6 +75,7 @@ DECLARATION = Declaration(
     idle_stop=from_pid1("RUNPOD_POD_ID", "RUNPOD_API_KEY") + 'runpodctl stop pod "$RUNPOD_POD_ID"',
     # No spot (interruptible) pods, no region or memory choice through the SDK's create_pod.
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "image"}),
+    endpoint_env="RUNPOD_API_BASE_URL",
     noun="RunPod pod",
     provider="RunPod",
 )

@@ -1,16 +1,42 @@
 """Thunder Compute: GPU VMs through Thunder's REST API, with a small client of our own.
 
 The `tnr` Python package is deprecated and its pins conflict with `runpod`, so this module
-speaks HTTP itself (urllib; nothing to import at start-up). Thunder instances cannot carry a
-label, so `list()` returns every instance on the account and the caller tells vp's own apart
-through its state DB. Each instance gets the public half of a key pair vp made for it; if the
-API answers with a server-made private key instead, that key is stored 0600 in its place.
-The ip and port are null until the instance is RUNNING and may change on every start.
+speaks HTTP itself (urllib3, imported on first call; it retries idempotent GETs on 429/5xx and
+connection errors with backoff, never a create or delete). Each instance gets the public half
+of a key pair vp made for it; if the API answers with a server-made private key instead, that
+key is stored 0600 in its place. The ip and port are null until the instance is RUNNING.
+
+Ownership: a Thunder instance carries no label vp could set (the list's `name` is made by the
+server; the create request has no name field), so an instance is the project's only if vp's
+state DB recorded creating it for that project, with the same `uuid` (the numeric ids are
+reused after a delete). `list()` returns only those: an instance made outside vp (a
+colleague's, the console's) is never listed, adopted, stopped or destroyed.
+
+What Thunder serves today, and where that comes from:
+- Catalogue: `GET /v2/pricing`, `/v2/specs`, `/v2/status` on the API origin, with mode-free
+  keys (`h100_x1`, `a100xl_x1`, `a6000_x1`, `l40_x4`, ...) next to `additional_vcpus`, `disk_gb`,
+  `snapshot_gb` -- Thunder-Compute/thunder-cli `cmd/json_contract_test.go` (commit 7026095,
+  after v2.0.59) and terraform-provider-thundercompute's `TestDiscoveryDataSourcesUseCanonical
+  V2Contracts`; the prototyping/production split was removed from Thunder's docs on 2026-06-30
+  (Thunder-Compute/thunder-compute-documentation f14d4ec). A 404 on /v2 falls back to the
+  `/v1/pricing|specs|status` of thunder-cli v2.0.59 (dc01ad3, `api/client.go`), whose keys carry
+  a mode (`h100_x1_prototyping`); both shapes parse.
+- Price of a configuration, as the CLI computes it (`utils/pricing.go`, commit 0b6e8a7): the
+  `{gpu}_x{n}` rate + vCPUs beyond the first `vcpuOptions` entry x `additional_vcpus` + disk
+  beyond 100 GB per GPU x `disk_gb`. Legacy suffixed keys are priced as v2.0.59 did (disk
+  beyond 100 GB in all).
+- Instances stay on /v1 (`instances/list|create`, `instances/{id}/delete|modify`,
+  `snapshots/create|list`, `snapshots/{id}`), as in thunder-cli v2.0.59 `api/client.go` and
+  `pkg/types/types.go` and the documentation repo's `swagger.json` (2026-04-22). A create for a
+  mode-free offer sends no `mode`.
+- No stop or start: thunder-cli has had no start/stop command since Feb 2026 (92559c6 "hid CLI
+  commands"; none in v2.0.59) and the docs' guides/stopping-instances.mdx says "Thunder Compute
+  does not have a native Stop feature" (snapshot, delete, create from the snapshot instead).
+  `stop`/`start` therefore refuse in one line and name what to do.
 
 Beyond the Platform surface, Thunder can modify a running instance in place
 (`POST /instances/{id}/modify`) and snapshot one (`POST /snapshots/create`), which `clone`
-uses to make a new instance from an old one's disk. Shapes from Thunder's Go CLI
-(github.com/Thunder-Compute/thunder-cli, `api/client.go`, `pkg/types/types.go`).
+uses to make a new instance from an old one's disk.
 """
 
 from __future__ import annotations
@@ -21,8 +47,6 @@ import os
 import re
 import secrets
 import time
-import urllib.error
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +83,14 @@ STATUS: dict[str, str] = {
 DEFAULT_URL = "https://api.thundercompute.com:8443/v1"
 DEFAULT_TEMPLATE = "base"
 TOKEN_HINT = "set TNR_API_TOKEN, or put the token in ~/.thunder/token"
-CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)_(?P<mode>[a-z]+)$")
+# `h100_x1` (today) or `h100_x1_prototyping` (before the mode split was removed).
+CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)(?:_(?P<mode>[a-z]+))?$")
+NO_STOP = "Thunder Compute has no stop or start: an instance runs, and bills, until deleted"
+NO_STOP_HINT = (
+    "`vp down` deletes it with its disk; to keep the disk, snapshot it first "
+    "(`tnr snapshot create --instance-id ID --name NAME`) and set `[thunder] template = NAME` "
+    "so the next host starts from it"
+)
 CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
 SNAPSHOT_FAILED = ("FAILED", "ERROR", "DELETING", "DELETED")
 
@@ -72,20 +103,35 @@ class ThunderPlatform:
     """Thunder Compute instances (VMs; user `ubuntu`)."""
 
     name = "thunder"
+    # Thunder has no labels: the account's instances are not marked as vp's, so none of them
+    # can be called an orphan. Ownership is vp's state DB (see `list`).
+    labels_hosts = False
 
     def __init__(self, settings: dict[str, Any]):
         self.settings = dict(settings or {})
         self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.get("url"))
+        # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
+        self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
         self.poll_interval = float(self.settings.get("poll_interval", 3.0))
         self._token: str | None = None
+        self._pool: Any = None
+        self._catalogue_base: str | None = None  # "/v2", or "/v1" for an API without /v2
         self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
 
     # -- the Platform surface --------------------------------------------------------------------
 
     def list(self, project: str | None = None) -> list[Host]:
-        # No labels on Thunder: every instance is returned; vp's state DB says which are vp's.
-        listing = self._request("GET", "/instances/list", what="list instances") or {}
-        return [self._host(iid, item) for iid, item in sorted(listing.items(), key=_by_id)]
+        """The instances vp's state recorded creating (for `project`; None: for any project).
+
+        Another instance on the account -- made in Thunder's console, by `tnr`, by a colleague
+        sharing the token -- is never returned, so it is never adopted, stopped or destroyed.
+        """
+        owned = _owned(project)
+        return [
+            self._host(iid, item)
+            for iid, item in sorted(self._listing().items(), key=_by_id)
+            if iid in owned and owned[iid] in (None, str(item.get("uuid") or ""))
+        ]
 
     def offers(self, spec: HostSpec) -> list[Offer]:
         return [o for o in self._search(spec) if affordable(o, spec)]
@@ -96,28 +142,24 @@ class ThunderPlatform:
         if not fitting:
             raise no_offer(spec, found, what="Thunder Compute offer", platform="thunder")
         offer = fitting[0]
+        mode = offer.extra.get("mode")
         body = {
             "cpu_cores": offer.extra["cpu_cores"],
             "gpu_type": offer.extra["gpu_type"],
             "num_gpus": offer.gpus,
-            "mode": offer.extra["mode"],
+            **({"mode": mode} if mode else {}),  # a mode-free catalogue takes no mode
             "template": self.settings.get("template") or DEFAULT_TEMPLATE,
             "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
         }
-        host = self._launch(body, name, f"{offer.gpus}x {offer.gpu} ({offer.extra['mode']})")
+        host = self._launch(body, name, f"{offer.gpus}x {offer.gpu}" + (f" ({mode})" * bool(mode)))
         host.price = host.price or offer.price  # the instance list carries no price
         return host
 
     def start(self, host_id: str) -> Host:
-        self._request(
-            "POST", f"/instances/{quote(host_id, safe='')}/start", {}, what="start the instance"
-        )
-        return self._get(host_id)
+        raise VpError(NO_STOP, hint=NO_STOP_HINT)
 
     def stop(self, host_id: str) -> None:
-        self._request(
-            "POST", f"/instances/{quote(host_id, safe='')}/stop", {}, what="stop the instance"
-        )
+        raise VpError(NO_STOP, hint=NO_STOP_HINT)
 
     def destroy(self, host_id: str) -> None:
         with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
@@ -160,32 +202,32 @@ class ThunderPlatform:
             raise VpError("nothing to modify", hint="pass --gpu, --gpus, --cpus or --disk-gb")
         item = self._item(host_id)
         _require_running(item, host_id, "modify")
-        mode = str(item.get("mode") or "prototyping")
+        pricing, specs, _ = self._catalogue()
+        mode = _mode_of(item, pricing)
+        in_mode = f" in {mode} mode" if mode else ""
         current_gpu = str(item.get("gpuType") or "").lower()
         current_count = int(item.get("numGpus") or 1)
         body: dict[str, Any] = {}
         target_gpu = current_gpu
         if gpu is not None:
-            target_gpu = self._gpu_type(gpu, mode)
+            target_gpu = self._gpu_type(gpu, mode, pricing, specs)
             body["gpu_type"] = target_gpu
         target_count = current_count if gpus is None else int(gpus)
         if gpus is not None:
             body["num_gpus"] = target_count
-        key = f"{target_gpu}_x{target_count}_{mode}"
-        specs = self._optional("/specs").get("specs") or {}
+        key = _config_key(target_gpu, target_count, mode)
         config = specs.get(key)
         if specs and config is None:
             raise VpError(
-                f"Thunder Compute offers no {target_count}x {target_gpu} in {mode} mode",
+                f"Thunder Compute offers no {target_count}x {target_gpu}{in_mode}",
                 hint="run `vp offers -p thunder` to see what is available",
             )
         options = [int(v) for v in (config or {}).get("vcpuOptions") or []]
         if cpus is not None:
             if options and int(cpus) not in options:
                 choices = ", ".join(map(str, options))
-                raise VpError(
-                    f"{target_count}x {target_gpu} ({mode}) takes {choices} vCPUs, not {cpus}"
-                )
+                what = f"{target_count}x {target_gpu}" + (f" ({mode})" if mode else "")
+                raise VpError(f"{what} takes {choices} vCPUs, not {cpus}")
             body["cpu_cores"] = int(cpus)
         elif options and int(item.get("cpuCores") or 0) not in options:
             body["cpu_cores"] = options[0]
@@ -232,7 +274,7 @@ class ThunderPlatform:
         )
         try:
             ready = self._wait_snapshot(snapshot)
-            mode = str(item.get("mode") or "prototyping")
+            mode = _mode_of(item, self._catalogue()[0])
             count = int(item.get("numGpus") or 1)
             gpu_type = str(item.get("gpuType") or "").lower()
             disk = max(int(item.get("storage") or 0), int(ready.get("minimumDiskSizeGb") or 0))
@@ -240,11 +282,11 @@ class ThunderPlatform:
                 "cpu_cores": int(item.get("cpuCores") or 0),
                 "gpu_type": gpu_type,
                 "num_gpus": count,
-                "mode": mode,
+                **({"mode": mode} if mode else {}),
                 "template": snapshot,
                 "disk_size_gb": disk,
             }
-            host = self._launch(body, name, f"{count}x {gpu_type} ({mode})")
+            host = self._launch(body, name, f"{count}x {gpu_type}" + (f" ({mode})" * bool(mode)))
         except BaseException:
             self._delete_snapshot(snapshot)
             raise
@@ -292,25 +334,29 @@ class ThunderPlatform:
             self._destroy_after_failure(instance_id, exc)
             raise
 
-    def _price(self, gpu_type: str, count: int, mode: str, disk: int, cpus: int) -> float | None:
+    def _price(
+        self, gpu_type: str, count: int, mode: str | None, disk: int, cpus: int
+    ) -> float | None:
         """$/h of a configuration, priced as offers are (the instance list has no price)."""
-        key = f"{gpu_type}_x{count}_{mode}"
+        key = _config_key(gpu_type, count, mode)
         with contextlib.suppress(VpError):
             spec = HostSpec(gpus=count, disk_gb=disk, cpus=cpus)
             return next((o.price for o in self._search(spec) if o.id == key), None)
         return None
 
-    def _item(self, host_id: str) -> dict:
+    def _listing(self) -> dict[str, dict]:
+        """Every instance on the account, by id: vp's and everyone else's (see `list`)."""
         listing = self._request("GET", "/instances/list", what="list instances") or {}
-        item = listing.get(str(host_id))
+        return {str(k): v for k, v in listing.items() if isinstance(v, dict)}
+
+    def _item(self, host_id: str) -> dict:
+        item = self._listing().get(str(host_id))
         if item is None:
             raise HostGone(f"Thunder Compute instance {host_id} no longer exists")
         return item
 
-    def _gpu_type(self, wanted: str, mode: str) -> str:
+    def _gpu_type(self, wanted: str, mode: str | None, pricing: dict, specs: dict) -> str:
         """Thunder's gpu_type key (`a100xl`) for a name the user gives (`A100`, `h100`)."""
-        pricing = (self._request("GET", "/pricing", what="read prices") or {}).get("pricing") or {}
-        specs = self._optional("/specs").get("specs") or {}
         found: list[str] = []
         for key in pricing:
             m = CONFIG_KEY.match(key)
@@ -325,7 +371,7 @@ class ThunderPlatform:
             return found[0]
         if not found:
             raise VpError(
-                f"Thunder Compute has no {wanted} GPU in {mode} mode",
+                f"Thunder Compute has no {wanted} GPU" + (f" in {mode} mode" if mode else ""),
                 hint="run `vp offers -p thunder` to see what is available",
             )
         raise VpError(f"'{wanted}' could mean {', '.join(found)}; name one of them")
@@ -364,18 +410,37 @@ class ThunderPlatform:
                         what="delete the snapshot",
                     )
 
+    def _catalogue(self) -> tuple[dict, dict, dict]:
+        """(pricing, specs, availability) as Thunder serves them today (`/v2`, mode-free keys),
+        or from `/v1` on an API that has no `/v2` (keys with a mode suffix)."""
+        bases = [self._catalogue_base] if self._catalogue_base else ["/v2", "/v1"]
+        for base in bases:
+            try:
+                answer = self._request("GET", "/pricing", what="read prices", base=base)
+            except _NotFound:
+                if base == bases[-1]:
+                    raise
+                continue
+            self._catalogue_base = base
+            pricing = (answer or {}).get("pricing") or {}
+            specs = self._optional("/specs", base).get("specs") or {}
+            availability = self._optional("/status", base).get("specs") or {}
+            if any((m := CONFIG_KEY.match(k)) and not m["mode"] for k in pricing):
+                # Mode-free keys are today's catalogue; suffixed ones beside them are leftovers.
+                pricing = {k: v for k, v in pricing.items() if not _suffixed(k)}
+            return pricing, specs, availability
+        return {}, {}, {}
+
     def _search(self, spec: HostSpec) -> list[Offer]:
-        pricing = (self._request("GET", "/pricing", what="read prices") or {}).get("pricing") or {}
-        specs = self._optional("/specs").get("specs") or {}
-        availability = self._optional("/status").get("specs") or {}
+        pricing, specs, availability = self._catalogue()
         wanted_mode = self.settings.get("mode")
         found = []
         for key, rate in pricing.items():
             m = CONFIG_KEY.match(key)
             if not m or int(m["count"]) != spec.gpus:
                 continue
-            if wanted_mode and m["mode"] != wanted_mode:
-                continue
+            if wanted_mode and m["mode"] and m["mode"] != wanted_mode:
+                continue  # `mode` only means something to a catalogue that still has modes
             if availability and availability.get(key, "available") != "available":
                 continue
             config = specs.get(key) or {}
@@ -388,8 +453,11 @@ class ThunderPlatform:
             vcpus = config.get("vcpuOptions") or [4 * spec.gpus]
             cpus = next((v for v in vcpus if spec.cpus and v >= spec.cpus), vcpus[0])
             disk = max(int(spec.disk_gb), int(storage.get("min") or 0))
-            # As Thunder's CLI prices it: the GPU config, plus disk beyond the 100 GB included.
-            price = float(rate) + max(0, disk - 100) * float(pricing.get("disk_gb") or 0)
+            # As Thunder's CLI prices it: the GPU config, plus disk beyond what is included
+            # (100 GB per GPU today; 100 GB in all in the moded catalogue), plus vCPUs beyond
+            # the first option.
+            included_disk = 100 if m["mode"] else 100 * int(m["count"])
+            price = float(rate) + max(0, disk - included_disk) * float(pricing.get("disk_gb") or 0)
             extra_cpus = max(0, cpus - vcpus[0]) * float(pricing.get("additional_vcpus") or 0)
             found.append(
                 Offer(
@@ -409,10 +477,10 @@ class ThunderPlatform:
             )
         return sorted(found, key=lambda o: o.price)
 
-    def _optional(self, path: str) -> dict:
+    def _optional(self, path: str, base: str | None = None) -> dict:
         """GET something that only refines offers; its absence is not an error."""
         try:
-            result = self._request("GET", path, what=f"read {path}")
+            result = self._request("GET", path, what=f"read {path}", base=base)
         except (_NotFound, _ServerError):
             return {}
         return result if isinstance(result, dict) else {}
@@ -437,7 +505,11 @@ class ThunderPlatform:
             ssh_user=self.settings.get("user") or "ubuntu",
             ssh_host=str(ip) if status == RUNNING else None,
             ssh_port=int(port) if status == RUNNING else None,
-            labels={"thunder_status": raw, "mode": str(item.get("mode") or "")},
+            labels={
+                "thunder_status": raw,
+                "mode": str(item.get("mode") or ""),
+                "uuid": str(item.get("uuid") or ""),
+            },
             key_path=self._key_paths.get(iid),
             host_key_alias=f"vp-thunder-{iid}",
             created_at=_timestamp(item.get("createdAt")),
@@ -470,42 +542,63 @@ class ThunderPlatform:
         self._token = str(token)
         return self._token
 
-    def _request(self, method: str, path: str, body: Any = None, *, what: str) -> Any:
-        """One API call; errors become one-line VpErrors that never contain the token."""
+    def _http(self) -> Any:
+        """One urllib3 pool per platform object, imported on first use (not at vp start-up).
+
+        Retries: idempotent GETs on 429/502/503/504 and read errors, with backoff; connection
+        failures (nothing was sent) for any method. A create or delete is never re-sent after
+        Thunder may have seen it.
+        """
+        if self._pool is None:
+            import urllib3
+            from urllib3.util import Retry
+
+            retry = Retry(
+                total=3,
+                connect=3,
+                read=2,
+                status=3,
+                backoff_factor=0.5,
+                status_forcelist=(429, 502, 503, 504),
+                allowed_methods=frozenset({"GET"}),
+                raise_on_status=False,
+            )
+            timeout = urllib3.Timeout(connect=10, read=30)
+            self._pool = urllib3.PoolManager(retries=retry, timeout=timeout)
+        return self._pool
+
+    def _request(
+        self, method: str, path: str, body: Any = None, *, what: str, base: str | None = None
+    ) -> Any:
+        """One API call; errors become one-line VpErrors that never contain the token.
+
+        `path` is under the /v1 instance API, or under `base` (`/v2`, `/v1`) on the origin.
+        """
+        import urllib3
+
         token = self._api_token()
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-                "User-Agent": f"vp/{__version__}",
-            },
-        )
-        attempts = 3 if method == "GET" else 1
-        for attempt in range(attempts):
-            try:
-                with urllib.request.urlopen(request, timeout=30) as response:
-                    raw = response.read()
-                break
-            except urllib.error.HTTPError as exc:
-                status, raw = exc.code, exc.read()
-                if status in (429, 502, 503, 504) and attempt + 1 < attempts:
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
-                raise _http_error(what, status, raw) from None
-            except (urllib.error.URLError, OSError) as exc:
-                if attempt + 1 < attempts:
-                    time.sleep(0.5 * (attempt + 1))
-                    continue
-                reason = getattr(exc, "reason", exc)
-                raise VpError(
-                    f"cannot reach Thunder Compute at {self.url} to {what}: {reason}",
-                    hint="check the network, or TNR_API_URL if you set it",
-                ) from None
+        url = (self.origin + base if base else self.url) + path
+        try:
+            response = self._http().request(
+                method,
+                url,
+                body=json.dumps(body).encode() if body is not None else None,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                    "User-Agent": f"vp/{__version__}",
+                },
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise VpError(
+                f"cannot reach Thunder Compute at {self.url} to {what}: {reason}",
+                hint="check the network, or TNR_API_URL if you set it",
+            ) from None
+        raw = response.data or b""
+        if response.status >= 400:
+            raise _http_error(what, response.status, raw)
         if not raw.strip():
             return None
         try:
@@ -554,8 +647,31 @@ def _require_running(item: dict, host_id: str, verb: str) -> None:
     if status != "RUNNING":
         raise VpError(
             f"Thunder Compute can only {verb} a RUNNING instance; {host_id} is {status}",
-            hint="start it first: vp start" if status == "STOPPED" else "wait until it is running",
+            hint="wait until it is running",
         )
+
+
+def _owned(project: str | None) -> dict[str, str | None]:
+    """Thunder instance id -> uuid, for the instances vp's state recorded creating."""
+    from vp.state import State
+
+    return {h.id: h.labels.get("uuid") or None for h in State().hosts(project, "thunder")}
+
+
+def _suffixed(key: str) -> bool:
+    m = CONFIG_KEY.match(key)
+    return bool(m and m["mode"])
+
+
+def _config_key(gpu_type: str, count: int, mode: str | None) -> str:
+    return f"{gpu_type}_x{count}" + (f"_{mode}" if mode else "")
+
+
+def _mode_of(item: dict, pricing: dict) -> str | None:
+    """The instance's mode in a catalogue that still has modes; None in today's mode-free one."""
+    if not any(_suffixed(k) for k in pricing):
+        return None
+    return str(item.get("mode") or "prototyping")
 
 
 def _base_url(value: str | None) -> str:

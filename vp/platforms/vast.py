@@ -64,6 +64,8 @@ DECLARATION = Declaration(
     honours=frozenset(
         {"gpu", "gpus", "max_price", "disk_gb", "image", "spot", "cpus", "memory_gb", "region"}
     ),
+    endpoint_env="VAST_URL",
+    endpoint_key="url",
     noun="vast instance",
     provider="vast.ai",
 )

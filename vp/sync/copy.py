@@ -3,19 +3,22 @@ shared connection, with the download conflict rule (never clobber a local file).
 
 from __future__ import annotations
 
-import filecmp
 import os
 import posixpath
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vp.errors import UsageError, VpError
-from vp.sync.transfer import REMOTE_SUFFIX, rsync_error
+from vp.sync.place import DirWalker, Unsafe, lstat_at, same_at, sanitize_staged
+from vp.sync.transfer import REMOTE_SUFFIX, SAFE_FETCH, rsync_error
 from vp.transport import Transport
+from vp.ui import one_line
 
 
 def _remote_rsync_path(transport: Transport, workdir: str, rel: str) -> str:
@@ -95,49 +98,119 @@ def copy_up(
 class Fetched:
     placed: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)  # kept local; host's copy at NAME.vp-remote
+    control: list[str] = field(default_factory=list)  # vp's control files: host's at .vp-remote
     unchanged: int = 0
 
     def to_dict(self) -> dict:
-        return {"fetched": self.placed, "conflicts": self.conflicts, "unchanged": self.unchanged}
+        return {
+            "fetched": self.placed,
+            "conflicts": self.conflicts + self.control,
+            "unchanged": self.unchanged,
+        }
 
 
-def _same(a: Path, b: Path) -> bool:
-    if a.is_symlink() or b.is_symlink():
-        return a.is_symlink() and b.is_symlink() and os.readlink(a) == os.readlink(b)
-    return a.is_file() and b.is_file() and filecmp.cmp(a, b, shallow=False)
+def _sanitize_tree(top: Path, warn: Callable[[str], None]) -> None:
+    """Make a fetched tree safe before anything moves: only regular files (permission bits
+    only, ours) and links that stay inside; anything else is removed from staging."""
+    entries = [(top, top.name)]
+    if top.is_dir() and not top.is_symlink():
+        entries = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            rel = os.path.relpath(dirpath, top.parent)
+            for name in filenames + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
+                entries.append((Path(dirpath, name), posixpath.join(rel, name)))
+    for path, name in entries:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            sanitize_staged(fd, path.name, name)
+        except Unsafe as exc:
+            warn(one_line(f"{name}: {exc}; skipped"))
+            os.unlink(path.name, dir_fd=fd)
+        finally:
+            os.close(fd)
 
 
-def place(src: Path, dest: Path, *, force: bool, result: Fetched, shown: Path) -> None:
-    """Move the staged `src` to `dest` file by file (each rename is atomic). An existing,
-    different local file is kept unless `force`; the host's copy lands as NAME.vp-remote."""
-    if src.is_dir() and not src.is_symlink():
-        if os.path.lexists(dest) and not (dest.is_dir() and not dest.is_symlink()):
-            _conflict(src, dest, force=force, result=result, shown=shown)
+def place(
+    src: Path,
+    walker: DirWalker,
+    parts: list[str],
+    *,
+    force: bool,
+    result: Fetched,
+    shown: Path,
+    protected: Callable[[list[str]], bool] = lambda _p: False,
+    warn: Callable[[str], None] = lambda _m: None,
+) -> None:
+    """Move the staged `src` to `parts` below the walker's root file by file (each rename is
+    atomic), never through a link. An existing, different local file is kept unless
+    `force`; the host's copy lands as NAME.vp-remote. A control file is never replaced."""
+    try:
+        fd = walker.parent(parts[:-1], create=True)
+    except Unsafe as exc:
+        warn(one_line(f"{shown}: not placed: {exc}; skipped"))
+        return
+    base = parts[-1]
+    st = os.lstat(src)
+    cur = lstat_at(fd, base)
+    if stat.S_ISDIR(st.st_mode):
+        if cur is not None and not stat.S_ISDIR(cur.st_mode):
+            _conflict(src, walker, parts, fd, cur, force=force, result=result, shown=shown)
             return
-        dest.mkdir(parents=True, exist_ok=True)
         for child in sorted(src.iterdir()):
-            place(child, dest / child.name, force=force, result=result, shown=shown / child.name)
+            place(
+                child,
+                walker,
+                [*parts, child.name],
+                force=force,
+                result=result,
+                shown=shown / child.name,
+                protected=protected,
+                warn=warn,
+            )
         return
-    if not os.path.lexists(dest):
-        os.replace(src, dest)
+    if cur is None and not protected(parts):
+        os.replace(src, base, dst_dir_fd=fd)
         result.placed.append(str(shown))
-    elif _same(src, dest):
+    elif cur is not None and same_at(None, str(src), fd, base):  # type: ignore[arg-type]
         result.unchanged += 1
+    elif protected(parts):
+        _conflict(src, walker, parts, fd, cur, force=False, result=result, shown=shown)
+        result.control.append(result.conflicts.pop())
+        warn(
+            f"{one_line(str(shown))} is vp's own control file: the host's version was not "
+            f"used; it is {one_line(str(shown))}{REMOTE_SUFFIX}"
+        )
     else:
-        _conflict(src, dest, force=force, result=result, shown=shown)
+        _conflict(src, walker, parts, fd, cur, force=force, result=result, shown=shown)
 
 
-def _conflict(src: Path, dest: Path, *, force: bool, result: Fetched, shown: Path) -> None:
+def _conflict(
+    src: Path,
+    walker: DirWalker,
+    parts: list[str],
+    fd: int,
+    cur: os.stat_result | None,
+    *,
+    force: bool,
+    result: Fetched,
+    shown: Path,
+) -> None:
+    base = parts[-1]
     if force:
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        os.replace(src, dest)
+        if cur is not None and stat.S_ISDIR(cur.st_mode):
+            walker.forget(parts)
+            shutil.rmtree(base, dir_fd=fd)
+        os.replace(src, base, dst_dir_fd=fd)
         result.placed.append(str(shown))
         return
-    side = dest.with_name(dest.name + REMOTE_SUFFIX)
-    if side.is_dir() and not side.is_symlink():
-        shutil.rmtree(side)
-    os.replace(src, side)
+    side = base + REMOTE_SUFFIX
+    side_st = lstat_at(fd, side)
+    if side_st is not None and stat.S_ISDIR(side_st.st_mode):
+        walker.forget([*parts[:-1], side])
+        shutil.rmtree(side, dir_fd=fd)
+    elif side_st is not None and stat.S_ISDIR(os.lstat(src).st_mode):
+        os.unlink(side, dir_fd=fd)
+    os.replace(src, side, dst_dir_fd=fd)
     result.conflicts.append(str(shown))
 
 
@@ -148,9 +221,15 @@ def copy_down(
     dst: Path,
     *,
     force: bool,
+    protected: set[Path] | frozenset[Path] = frozenset(),
+    warn: Callable[[str], None] = lambda _m: None,
 ) -> Fetched:
     """Fetch a file or folder from the host into `dst`, never clobbering a local file unless
-    `force`: rsync writes a staging dir beside `dst`, then each file is renamed into place."""
+    `force`: rsync writes a staging dir beside `dst`, then each file is renamed into place.
+
+    The host is not trusted: only regular files and contained links land, nothing is
+    written through a link below `dst`, and the `protected` paths (vp's control files) are
+    never replaced, --force or not."""
     rel = src.rstrip("/") or src
     if not rel:
         raise UsageError("download what?", hint="e.g. vp download outputs/")
@@ -160,7 +239,13 @@ def copy_down(
         remote = _remote_rsync_path(transport, workdir, rel)
         _rsync(
             transport,
-            ["-a", "--protect-args", transport.remote_path(remote), str(staging) + "/"],
+            [
+                "-a",
+                *SAFE_FETCH,
+                "--protect-args",
+                transport.remote_path(remote),
+                str(staging) + "/",
+            ],
             "download",
         )
         fetched = staging / posixpath.basename(remote.rstrip("/"))
@@ -169,8 +254,22 @@ def copy_down(
             if len(entries) != 1:
                 raise VpError(f"nothing at {rel} on {transport.label}")
             fetched = entries[0]
+        _sanitize_tree(fetched, warn)
         result = Fetched()
-        place(fetched, dst, force=force, result=result, shown=Path(dst.name))
+        if not os.path.lexists(fetched):
+            return result
+        base = Path(os.path.realpath(dst.parent))
+        with DirWalker(base) as walker:
+            place(
+                fetched,
+                walker,
+                [dst.name],
+                force=force,
+                result=result,
+                shown=Path(dst.name),
+                protected=lambda parts: base.joinpath(*parts) in protected,
+                warn=warn,
+            )
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)

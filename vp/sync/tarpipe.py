@@ -7,13 +7,19 @@ a host pays for the failed rsync attempt.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import os
+import posixpath
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
 from vp import paths
 from vp.errors import ConnectionFailed, VpError
+from vp.sync.place import DirWalker, Unsafe, link_contained, lstat_at
 from vp.transport import Transport
 
 
@@ -108,7 +114,12 @@ def upload(
 
 
 def download(transport: Transport, workdir: str, names: list[str], staging: Path) -> None:
-    """tar `names` from the workdir into `staging` (missing names are skipped)."""
+    """tar `names` from the workdir into `staging` (missing names are skipped).
+
+    The archive is unpacked here by Python, not by the local `tar`: only regular files
+    (permission bits only, sparse regions kept as holes), contained links and directories
+    are written, nothing is followed, no owner comes from the host. A full local disk
+    raises `LocalDiskFull` after keeping every member written whole so far."""
     wd = transport.workdir_sh(workdir)
     transport.ensure()
     remote = subprocess.Popen(
@@ -118,22 +129,99 @@ def download(transport: Transport, workdir: str, names: list[str], staging: Path
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    assert remote.stdin and remote.stdout
-    local = subprocess.Popen(
-        ["tar", "-C", str(staging), "-x", "-p", "-f", "-"],
-        stdin=remote.stdout,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    remote.stdout.close()
+    assert remote.stdin and remote.stdout and remote.stderr
     _feed(remote.stdin, _payload(names))
-    _out, local_err = local.communicate()
-    remote.wait()
+    err: list[bytes] = []
+    reader = threading.Thread(target=lambda: err.append(remote.stderr.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        unpack(remote.stdout, staging)
+    except LocalDiskFull:
+        remote.kill()
+        raise
+    except tarfile.TarError as exc:
+        remote.kill()
+        remote.wait()
+        if remote.returncode == 255:
+            raise ConnectionFailed(
+                f"download from {transport.label} failed: connection lost"
+            ) from None
+        raise VpError(f"download from {transport.label} (tar) failed: {exc}") from None
+    finally:
+        remote.stdout.close()
+        remote.wait()
+        reader.join(timeout=5)
     if remote.returncode == 255:
         raise ConnectionFailed(f"download from {transport.label} failed: connection lost")
-    if local.returncode != 0:
-        detail = local_err.decode(errors="replace").strip().splitlines()
-        raise VpError(
-            f"download from {transport.label} (tar) failed: {detail[-1] if detail else ''}"
-        )
+
+
+class LocalDiskFull(Exception):
+    """The local disk filled while writing a fetched file."""
+
+
+def unpack(stream, staging: Path) -> None:
+    """Unpack a tar stream into `staging` with the rules in `download`."""
+    with tarfile.open(fileobj=stream, mode="r|*") as archive, DirWalker(staging) as dirs:
+        for member in archive:
+            name = posixpath.normpath(member.name.lstrip("/")) if member.name else ""
+            parts = name.split("/")
+            if not name or name == "." or ".." in parts:
+                continue
+            try:
+                if member.isdir():
+                    dirs.parent(parts, create=True)
+                    continue
+                fd = dirs.parent(parts[:-1], create=True)
+                base = parts[-1]
+                if member.issym():
+                    if link_contained(name, member.linkname) and lstat_at(fd, base) is None:
+                        os.symlink(member.linkname, base, dir_fd=fd)
+                elif member.isfile():
+                    _write(archive.extractfile(member), fd, base, member)
+                elif member.islnk():  # a hard link to a file earlier in this archive
+                    src = posixpath.normpath(member.linkname.lstrip("/")).split("/")
+                    if ".." in src:
+                        continue
+                    src_fd = dirs.parent(src[:-1], create=False)
+                    flags = os.O_RDONLY | os.O_NOFOLLOW
+                    with os.fdopen(os.open(src[-1], flags, dir_fd=src_fd), "rb") as fh:
+                        _write(fh, fd, base, member)
+                # devices, fifos, sockets: never written
+            except Unsafe:
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise LocalDiskFull() from None
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+                    continue
+                raise
+
+
+def _write(src, fd: int, base: str, member: tarfile.TarInfo) -> None:
+    """Write one member beside its final name, then rename: a file appears whole or not at
+    all. All-zero blocks become holes, so a sparse file stays sparse."""
+    if src is None:
+        return
+    tmp = f".{base}.vp-part"
+    out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+    try:
+        size = 0
+        block = 1 << 16
+        while chunk := src.read(block):
+            if chunk.count(0) == len(chunk):
+                os.lseek(out, len(chunk), os.SEEK_CUR)
+            else:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(out, view) :]
+            size += len(chunk)
+        os.ftruncate(out, size)
+        os.fchmod(out, member.mode & 0o777)
+        os.utime(out, (member.mtime, member.mtime))
+    except BaseException:
+        os.close(out)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=fd)
+        raise
+    os.close(out)
+    os.replace(tmp, base, src_dir_fd=fd, dst_dir_fd=fd)

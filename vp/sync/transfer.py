@@ -9,9 +9,10 @@ vp may delete (only its own uploads), and whether a downloaded file would clobbe
 from __future__ import annotations
 
 import contextlib
-import filecmp
+import errno
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -22,8 +23,10 @@ from vp.errors import ConnectionFailed, VpError
 from vp.output import human_size
 from vp.sync import tarpipe
 from vp.sync.ignore import Entry, IgnoreRules
+from vp.sync.place import DirWalker, Unsafe, lstat_at, same_at, sanitize_staged
 from vp.sync.rsync import run_rsync
 from vp.transport import Transport
+from vp.ui import one_line
 
 REMOTE_SUFFIX = ".vp-remote"
 
@@ -42,15 +45,25 @@ class Manifest:
     files: dict[str, list] = field(default_factory=dict)
     # False when the host may differ from `files` (a run changed things vp did not fetch).
     clean: bool = True
+    # Results a run made that a download could not fetch (local disk full), as
+    # [kind, size, mtime, path]: the next download fetches them.
+    pending: list[list] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        return {"files": self.files, "clean": self.clean}
+        out: dict = {"files": self.files, "clean": self.clean}
+        if self.pending:
+            out["pending"] = self.pending
+        return out
 
     @classmethod
     def from_json(cls, data: dict | None) -> Manifest:
         if not data:
             return cls(clean=False)
-        return cls(files=data.get("files", {}), clean=bool(data.get("clean", False)))
+        return cls(
+            files=data.get("files", {}),
+            clean=bool(data.get("clean", False)),
+            pending=[p for p in data.get("pending", []) if isinstance(p, list) and len(p) == 4],
+        )
 
 
 @dataclass
@@ -73,6 +86,7 @@ class RemoteChange:
 class DownloadResult:
     fetched: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # not fetched (local disk full)
 
 
 def rsync_error(proc: subprocess.CompletedProcess[bytes], label: str, what: str) -> VpError:
@@ -147,7 +161,7 @@ def upload(
         tarpipe.upload(transport, root, workdir, send, deleted)
     return (
         UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
-        Manifest(files=current, clean=True),
+        Manifest(files=current, clean=True, pending=previous.pending),
     )
 
 
@@ -178,12 +192,17 @@ def _safe_relpath(path: str) -> bool:
 
 
 def plan_download(
-    root: Path, changes: list[RemoteChange], rules: IgnoreRules, manifest: Manifest
+    root: Path,
+    changes: list[RemoteChange],
+    rules: IgnoreRules,
+    manifest: Manifest,
+    results: IgnoreRules | None = None,
 ) -> tuple[list[str], bool]:
     """Which changed remote files to fetch; and whether the host may still differ from us.
 
     A file already identical locally (same size and whole-second mtime; rsync preserves
-    mtimes) is skipped, which filters out the files this very call just uploaded.
+    mtimes) is skipped, which filters out the files this very call just uploaded. With
+    `results` (`[sync] results`), only paths those patterns match come back.
     """
     wanted: list[str] = []
     dirs_changed = False
@@ -198,15 +217,66 @@ def plan_download(
             continue
         if ch.kind not in ("f", "l"):
             continue
+        if results is not None and not results.ignored(ch.path):
+            if ch.path in manifest.files:
+                dirs_changed = True  # a synced file changed on the host and stays there
+            continue
         try:
             st = os.lstat(root / ch.path)
-        except (FileNotFoundError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, OSError):
             wanted.append(ch.path)
             continue
         same = st.st_size == ch.size and int(st.st_mtime) == int(ch.mtime)
         if not same:
             wanted.append(ch.path)
     return wanted, dirs_changed
+
+
+# rsync flags for anything fetched from a host: no owner, group, device, fifo or socket, no
+# setuid/setgid/sticky bit, no link pointing out of the tree, holes kept as holes. The
+# placement step checks all of this again in Python; these keep the staging dir clean too.
+SAFE_FETCH = [
+    "--no-owner",
+    "--no-group",
+    "--no-devices",
+    "--no-specials",
+    "--safe-links",
+    "--sparse",
+    "--chmod=ug-s,-t",
+]
+
+
+class DownloadIncomplete(VpError):
+    """The local disk filled: what fit was placed; `result.pending` is fetched next time."""
+
+    def __init__(self, message: str, hint: str, result: DownloadResult):
+        super().__init__(message, hint=hint)
+        self.result = result
+
+
+def local_disk_full(label: str, root: Path, missing: int, missing_bytes: int) -> VpError:
+    free = shutil.disk_usage(root).free
+    return VpError(
+        f"download from {label} stopped: this computer's disk is full ({root}: "
+        f"{human_size(free)} free, {missing} file{'s' if missing != 1 else ''} "
+        f"({human_size(missing_bytes)}) not fetched)",
+        hint="free space on that disk; the next run (or `vp download PATH`) fetches the rest",
+    )
+
+
+def _fitting(root: Path, names: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
+    """Split `names` into what fits on the local disk now (smallest first) and the rest."""
+    free = shutil.disk_usage(root).free - (1 << 16)  # room for directories and staging
+    if sum(sizes.get(n, 0) for n in names) <= free:
+        return names, []
+    fits: set[str] = set()
+    for name in sorted(names, key=lambda n: sizes.get(n, 0)):
+        size = sizes.get(name, 0) + 4096
+        if size > free:
+            break
+        fits.add(name)
+        free -= size
+    return [n for n in names if n in fits], [n for n in names if n not in fits]
 
 
 def download(
@@ -220,100 +290,169 @@ def download(
     warn: Callable[[str], None] = lambda _m: None,
     progress: ProgressFactory | None = None,
     total_bytes: int = 0,
+    sizes: dict[str, int] | None = None,
+    links: frozenset[str] | set[str] = frozenset(),
+    protected: frozenset[str] | set[str] = frozenset(),
 ) -> DownloadResult:
     """Fetch `names` into a staging dir, then move each into place, never clobbering a local
     edit: a file that changed locally since the upload stays, and the host's copy lands
     beside it as NAME.vp-remote. Nothing local is ever deleted; renames make each file
-    appear whole or not at all (Ctrl-C included)."""
+    appear whole or not at all (Ctrl-C included).
+
+    The host is not trusted (vp/sync/place.py): nothing is written through a link, only
+    regular files and contained links land, and the `protected` control files are never
+    replaced (the host's copy is NAME.vp-remote). When the local disk is full, what was
+    fetched is placed and DownloadIncomplete names the rest (`result.pending`)."""
     result = DownloadResult()
     if not names:
         return result
-    say(
-        f"fetching {len(names)} changed file{'s' if len(names) != 1 else ''} from {transport.label}"
-    )
-    staging = Path(tempfile.mkdtemp(prefix=".vp-dl-", dir=root))
-    try:
-        argv = [
-            *transport.rsync_argv(),
-            "-a",
-            "--files-from=-",
-            "--from0",
-            "--protect-args",
-            "--ignore-missing-args",
-            transport.remote_path(transport.rsync_workdir(workdir)),
-            str(staging) + "/",
-        ]
-        transport.ensure()
-        if tarpipe.host_lacks_rsync(transport):
-            tarpipe.download(transport, workdir, names, staging)
-        else:
-            payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
-            with (progress or _no_progress)("download", total_bytes) as bar:
-                proc = run_rsync(argv, payload, bar.callback if bar else None)
-            if proc.returncode not in (0, 23, 24):
-                if not tarpipe.rsync_missing(proc):
-                    raise rsync_error(proc, transport.label, "download")
-                tarpipe.remember_no_rsync(transport)
-                tarpipe.download(transport, workdir, names, staging)
-        for name in names:
-            src = staging / name
-            if not os.path.lexists(src):
-                continue
-            _place(src, root, name, manifest, result, warn)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    sizes = sizes or {}
+    names, result.pending = _fitting(root, names, sizes)
+    disk_full = bool(result.pending)
+    if names:
+        say(
+            f"fetching {len(names)} changed file{'s' if len(names) != 1 else ''} "
+            f"from {transport.label}"
+        )
+        staging = Path(tempfile.mkdtemp(prefix=".vp-dl-", dir=root))
+        try:
+            disk_full = (
+                _fetch(transport, workdir, names, staging, progress, total_bytes) or disk_full
+            )
+            with DirWalker(root) as dest, DirWalker(staging) as src:
+                for name in names:
+                    try:
+                        placed = _place(src, dest, name, manifest, result, warn, protected)
+                    except Unsafe as exc:
+                        warn(one_line(f"{name}: {exc}; skipped"))
+                        continue
+                    except OSError as exc:
+                        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                            disk_full = True
+                            result.pending.append(name)
+                            continue
+                        warn(f"{one_line(name)}: not placed ({exc.strerror}); skipped")
+                        continue
+                    if placed is None and disk_full:
+                        result.pending.append(name)
+                    elif placed is None and name in links:
+                        warn(f"{one_line(name)}: a link pointing outside the project; skipped")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if disk_full:
+        err = local_disk_full(
+            transport.label, root, len(result.pending), sum(sizes.get(n, 0) for n in result.pending)
+        )
+        raise DownloadIncomplete(err.message, err.hint or "", result)
     return result
 
 
+def _fetch(
+    transport: Transport,
+    workdir: str,
+    names: list[str],
+    staging: Path,
+    progress: ProgressFactory | None,
+    total_bytes: int,
+) -> bool:
+    """rsync (or tar) `names` into `staging`; True when the local disk filled on the way."""
+    argv = [
+        *transport.rsync_argv(),
+        "-a",
+        *SAFE_FETCH,
+        "--files-from=-",
+        "--from0",
+        "--protect-args",
+        "--ignore-missing-args",
+        transport.remote_path(transport.rsync_workdir(workdir)),
+        str(staging) + "/",
+    ]
+    transport.ensure()
+    try:
+        if tarpipe.host_lacks_rsync(transport):
+            tarpipe.download(transport, workdir, names, staging)
+            return False
+        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        with (progress or _no_progress)("download", total_bytes) as bar:
+            proc = run_rsync(argv, payload, bar.callback if bar else None)
+        if proc.returncode in (0, 23, 24):
+            return False
+        if b"No space left on device" in proc.stderr or b"Disk quota exceeded" in proc.stderr:
+            return True
+        if not tarpipe.rsync_missing(proc):
+            raise rsync_error(proc, transport.label, "download")
+        tarpipe.remember_no_rsync(transport)
+        tarpipe.download(transport, workdir, names, staging)
+    except tarpipe.LocalDiskFull:
+        return True
+    return False
+
+
 def _place(
-    src: Path,
-    root: Path,
+    src: DirWalker,
+    dest: DirWalker,
     name: str,
     manifest: Manifest,
     result: DownloadResult,
     warn: Callable[[str], None],
-) -> None:
-    dest = root / name
+    protected: frozenset[str] | set[str] = frozenset(),
+) -> bool | None:
+    """Move one staged name into place; None when it is not in staging (not fetched)."""
+    parts = name.split("/")
+    if "." in parts or not _safe_relpath(name):
+        raise Unsafe("not a plain relative path")
+    base = parts[-1]
     try:
-        st = os.lstat(dest)
-    except FileNotFoundError:
-        st = None
-    except NotADirectoryError:
-        warn(f"{name}: a parent is a file locally; kept the host's copy out")
-        return
+        src_fd = src.parent(parts[:-1], create=False)
+    except Unsafe:
+        return None  # rsync/tar put nothing there (a link in the way was refused)
+    if lstat_at(src_fd, base) is None:
+        return None
+    sanitize_staged(src_fd, base, name)
+    try:
+        dest_fd = dest.parent(parts[:-1], create=True)
+    except Unsafe as exc:
+        raise Unsafe(f"not placed: {exc}") from None
+    st = lstat_at(dest_fd, base)
+    shown = one_line(name)
+    if name in protected:
+        if st is not None and same_at(src_fd, base, dest_fd, base):
+            return True
+        side = base + REMOTE_SUFFIX
+        side_st = lstat_at(dest_fd, side)
+        if side_st is not None and stat.S_ISDIR(side_st.st_mode):
+            warn(f"{shown}: the host changed it; {shown}{REMOTE_SUFFIX} is a directory")
+            return True
+        os.replace(base, side, src_dir_fd=src_fd, dst_dir_fd=dest_fd)
+        result.conflicts.append(name)
+        warn(
+            f"{shown} is vp's own control file: the host's version was not used; "
+            f"it is {shown}{REMOTE_SUFFIX}"
+        )
+        return True
     if st is None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dest)
+        os.replace(base, base, src_dir_fd=src_fd, dst_dir_fd=dest_fd)
     else:
         recorded = manifest.files.get(name)
         unchanged = recorded is not None and [st.st_size, st.st_mtime_ns] == recorded[:2]
-        if unchanged:  # the manifest holds only files and links: safe to replace
-            os.replace(src, dest)
-        elif _same_content(src, dest):
+        if unchanged and not stat.S_ISDIR(st.st_mode):
+            os.replace(base, base, src_dir_fd=src_fd, dst_dir_fd=dest_fd)
+        elif same_at(src_fd, base, dest_fd, base):
             pass  # already here, e.g. fetched by another run of this project: no conflict
         else:
-            side = root / (name + REMOTE_SUFFIX)
-            if os.path.isdir(side) and not os.path.islink(side):
-                warn(f"{name}: changed locally and on the host; {side.name} is a directory")
-                return
-            os.replace(src, side)
+            side = base + REMOTE_SUFFIX
+            side_st = lstat_at(dest_fd, side)
+            if side_st is not None and stat.S_ISDIR(side_st.st_mode):
+                warn(f"{shown}: changed here and on the host; {shown}{REMOTE_SUFFIX} is a folder")
+                return True
+            os.replace(base, side, src_dir_fd=src_fd, dst_dir_fd=dest_fd)
             result.conflicts.append(name)
             warn(
-                f"{name} changed locally during the run: kept yours, "
-                f"the host's version is {name}{REMOTE_SUFFIX}"
+                f"{shown} changed locally during the run: kept yours, "
+                f"the host's version is {shown}{REMOTE_SUFFIX}"
             )
-            return
-    new = os.lstat(dest)
-    manifest.files[name] = Entry(new.st_size, new.st_mtime_ns, os.path.islink(dest)).as_list()
+            return True
+    new = os.lstat(base, dir_fd=dest_fd)
+    manifest.files[name] = Entry(new.st_size, new.st_mtime_ns, stat.S_ISLNK(new.st_mode)).as_list()
     result.fetched.append(name)
-
-
-def _same_content(a: Path, b: Path) -> bool:
-    """Two regular files with equal bytes, or two symlinks to the same target."""
-    if os.path.islink(a) or os.path.islink(b):
-        return os.path.islink(a) and os.path.islink(b) and os.readlink(a) == os.readlink(b)
-    if not (os.path.isfile(a) and os.path.isfile(b)):
-        return False
-    if os.path.getsize(a) != os.path.getsize(b):
-        return False
-    return filecmp.cmp(a, b, shallow=False)
+    return True
