@@ -190,12 +190,12 @@ def project_hosts(platform: Platform, state: State, project: str | None) -> list
 
 def _refusal(platform: Platform, host: Host, exc: HostKeyMismatch) -> VpError:
     return VpError(
-        f"{platform.name} host {host.name} ({host.id}) answered at "
-        f"{host.ssh_host}:{host.ssh_port or 22} with a host key other than the one vp pinned "
-        f"when it created it, while {platform.name} says the host is still there: refusing to "
-        "connect (another machine may hold its address)",
+        f"{platform.name} host {host.name} ({host.id}) at {host.ssh_host}:{host.ssh_port or 22} "
+        "answered with a host key that does not match the one vp pinned when it created it, "
+        f"while {platform.name} says the host is still there: refusing to connect (another "
+        "machine may hold its address)",
         hint=f"check the host in {platform.name}'s console; if you no longer trust it, "
-        f"destroy it with `vp down --host {host.id}` and vp will create a new one",
+        f"destroy it with `vp down {host.id}` and vp will create a new one",
     )
 
 
