@@ -24,14 +24,20 @@ import secrets
 import shlex
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, UsageError, VpError
+from vp.errors import HostGone, UsageError, VpError
 from vp.idle import VM_SHUTDOWN
 from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.cloud import Capacity, CloudPlatform, Declaration, Ownership
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    Ownership,
+    reraise_after_cleanup,
+)
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
 
@@ -561,16 +567,12 @@ class AwsPlatform(CloudPlatform):
             return f"could not destroy the new aws instance {', '.join(ids)}; run: vp cleanup"
         return f"destroyed the new aws instance {', '.join(ids)}"
 
-    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
+    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> NoReturn:
         """Re-raise a failure that happened after EC2 accepted a launch, saying what became of
         the instance."""
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating an AWS host; {done}") from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
         if isinstance(exc, self._client_error()):
-            raise VpError(f"{self._fail('RunInstances', exc).message}; {done}") from None
-        raise VpError(f"creating an AWS host failed ({exc}); {done}") from None
+            exc = self._fail("RunInstances", exc)
+        reraise_after_cleanup(exc, done, "AWS")
 
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
         within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""

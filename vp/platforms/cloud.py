@@ -111,6 +111,17 @@ def owned(decl: Declaration, hosts: Sequence[Host], recorded: Callable[[Host], b
     return []
 
 
+def labelled(rows: Any, project: str | None, label_of: Callable[[Any], str]) -> list:
+    """The provider's rows whose label is `vp-PROJECT` (with no project: any `vp-` label)."""
+    wanted = f"vp-{project}" if project else None
+    out = []
+    for row in rows or []:
+        label = label_of(row) or ""
+        if label == wanted if wanted else label.startswith("vp-"):
+            out.append(row)
+    return out
+
+
 class Recorder(Protocol):
     """Where a new host is written down the moment the provider accepts it (vp's state)."""
 
@@ -318,11 +329,22 @@ def settle_failed_create(
                 recorder.forget(host)
             except BaseException:  # noqa: BLE001 - the host is gone; a stale row is harmless
                 pass
+    reraise_after_cleanup(exc, done, provider)
+
+
+def reraise_after_cleanup(
+    exc: BaseException, done: str, provider: str, describe: Callable[[BaseException], str] = str
+) -> NoReturn:
+    """Re-raise a create's failure with what became of the host appended (`done`, may be "").
+    Ctrl-C becomes `Interrupted` (exit 130); anything that is not a VpError becomes one, its
+    text made by `describe`."""
+    tail = f"; {done}" if done else ""
+    a = "an" if provider[:1] in "AEIOU" else "a"
     if isinstance(exc, KeyboardInterrupt):
-        raise Interrupted(f"interrupted while creating a {provider} host; {done}") from None
+        raise Interrupted(f"interrupted while creating {a} {provider} host{tail}") from None
     if isinstance(exc, VpError):
-        raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-    raise VpError(f"creating a {provider} host failed ({exc}); {done}") from None
+        raise type(exc)(f"{exc.message}{tail}", hint=exc.hint) from None
+    raise VpError(f"creating {a} {provider} host failed ({describe(exc)}){tail}") from None
 
 
 def adopt(

@@ -23,14 +23,14 @@ import secrets
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, VpError
 from vp.idle import VM_SHUTDOWN
 from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.cloud import CloudPlatform, Declaration, Ownership
+from vp.platforms.cloud import CloudPlatform, Declaration, Ownership, reraise_after_cleanup
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
 
@@ -526,13 +526,8 @@ class GcePlatform(CloudPlatform):
             return False
         return True
 
-    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
-        tail = f"; {done}" if done else ""
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating a GCE host{tail}") from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}{tail}", hint=exc.hint) from None
-        raise VpError(f"creating a GCE host failed ({_message(exc)}){tail}") from None
+    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> NoReturn:
+        reraise_after_cleanup(exc, done, "GCE", _message)
 
     # ---------------------------------------------------------------- lifecycle
 

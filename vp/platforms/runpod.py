@@ -21,7 +21,14 @@ from vp.errors import HostGone, UsageError, VpError
 from vp.idle import from_pid1
 from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.cloud import Capacity, CloudPlatform, Declaration, NotFound, Ownership
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    NotFound,
+    Ownership,
+    labelled,
+)
 from vp.platforms.common import describe, no_offer
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
@@ -100,13 +107,7 @@ class RunPodPlatform(CloudPlatform):
 
     def list(self, project: str | None = None) -> list[Host]:
         pods = self._call("list pods", lambda rp: rp.get_pods())
-        wanted = f"vp-{project}" if project else None
-        hosts = []
-        for pod in pods or []:
-            name = str(pod.get("name") or "")
-            if (wanted and name == wanted) or (not wanted and name.startswith("vp-")):
-                hosts.append(self._host(pod))
-        return hosts
+        return [self._host(p) for p in labelled(pods, project, lambda p: str(p.get("name") or ""))]
 
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
         return no_offer(

@@ -19,7 +19,14 @@ from vp.errors import HostGone, UsageError, VpError
 from vp.idle import from_pid1
 from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.cloud import Capacity, CloudPlatform, Declaration, NotFound, Ownership
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    NotFound,
+    Ownership,
+    labelled,
+)
 from vp.platforms.common import describe, no_offer
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
@@ -92,13 +99,7 @@ class VastPlatform(CloudPlatform):
 
     def list(self, project: str | None = None) -> list[Host]:
         rows = self._call("list instances", lambda c: c.show_instances())
-        wanted = f"vp-{project}" if project else None
-        hosts = []
-        for row in rows or []:
-            label = row.get("label") or ""
-            if (wanted and label == wanted) or (not wanted and label.startswith("vp-")):
-                hosts.append(self._host(row))
-        return hosts
+        return [self._host(r) for r in labelled(rows, project, lambda r: r.get("label"))]
 
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
         return no_offer(
