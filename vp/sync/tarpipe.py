@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vp import paths
 from vp.errors import ConnectionFailed, VpError
+from vp.sync.rsync import files_from
 from vp.transport import Transport
 
 
@@ -39,7 +40,7 @@ def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
 
 
 def _payload(names: list[str]) -> bytes:
-    return b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+    return files_from(names)  # `./NAME`: no name is read as a tar option
 
 
 def _feed(stream, data: bytes) -> None:

@@ -22,7 +22,7 @@ from vp.errors import ConnectionFailed, VpError
 from vp.output import human_size
 from vp.sync import tarpipe
 from vp.sync.ignore import Entry, IgnoreRules
-from vp.sync.rsync import run_rsync
+from vp.sync.rsync import files_from, run_rsync
 from vp.transport import Transport
 
 REMOTE_SUFFIX = ".vp-remote"
@@ -134,7 +134,7 @@ def upload(
     argv += [str(root) + "/", transport.remote_path(transport.rsync_workdir(workdir))]
     transport.ensure()
     if not tarpipe.host_lacks_rsync(transport):
-        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        payload = files_from(names)
         with (progress or _no_progress)("upload", total) as bar:
             proc = run_rsync(argv, payload, bar.callback if bar else None)
         if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
@@ -247,7 +247,7 @@ def download(
         if tarpipe.host_lacks_rsync(transport):
             tarpipe.download(transport, workdir, names, staging)
         else:
-            payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+            payload = files_from(names)
             with (progress or _no_progress)("download", total_bytes) as bar:
                 proc = run_rsync(argv, payload, bar.callback if bar else None)
             if proc.returncode not in (0, 23, 24):
