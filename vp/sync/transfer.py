@@ -37,20 +37,55 @@ def _no_progress(_label: str, _total: int) -> contextlib.AbstractContextManager:
 
 @dataclass
 class Manifest:
-    """What both sides agree on: files vp uploaded or downloaded, with local size and mtime."""
+    """What both sides agree on: files vp uploaded or downloaded, with local size and mtime.
+
+    `uploaded` holds the entry each file had when vp last uploaded it. A file may be deleted
+    on the host (because it was deleted here) only while its agreed entry is still that
+    upload's: a result the run made and vp downloaded is never in it, and a file the host
+    changed and vp brought back no longer matches it. Results are the host's to keep.
+    """
 
     files: dict[str, list] = field(default_factory=dict)
     # False when the host may differ from `files` (a run changed things vp did not fetch).
     clean: bool = True
+    uploaded: dict[str, list] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"files": self.files, "clean": self.clean}
+        return {"files": self.files, "clean": self.clean, "uploaded": self.uploaded}
 
     @classmethod
     def from_json(cls, data: dict | None) -> Manifest:
         if not data:
             return cls(clean=False)
-        return cls(files=data.get("files", {}), clean=bool(data.get("clean", False)))
+        # A manifest from before `uploaded` existed cannot tell results from uploads: none
+        # is deletable until it is uploaded again (a stale file beats a lost result).
+        return cls(
+            files=data.get("files", {}),
+            clean=bool(data.get("clean", False)),
+            uploaded=data.get("uploaded") or {},
+        )
+
+    def deletable(self, path: str) -> bool:
+        """May vp delete `path` on the host now that it is gone locally? Only its own upload."""
+        entry = self.files.get(path)
+        return entry is not None and self.uploaded.get(path) == entry
+
+    def to_delete(self, root: Path, current: dict) -> list[str]:
+        """Files vp uploaded that the user has since deleted locally."""
+        return [
+            p
+            for p in self.files
+            if p not in current and self.deletable(p) and not os.path.lexists(root / p)
+        ]
+
+    def after_upload(self, current: dict[str, list]) -> Manifest:
+        """The manifest once `current` is on the host. A file is an upload if it changed
+        here since vp last agreed on it (new, edited - an edited result becomes yours), or was
+        an upload already; a result still as downloaded stays a result, even when re-sent."""
+        uploaded = {
+            p: e for p, e in current.items() if self.files.get(p) != e or self.uploaded.get(p) == e
+        }
+        return Manifest(files=current, clean=True, uploaded=uploaded)
 
 
 @dataclass
@@ -104,12 +139,15 @@ def upload(
     current = {path: entry.as_list() for path, entry in local.items()}
     if previous.clean and current == previous.files:
         return UploadResult(skipped=True), previous
-    deleted = [p for p in previous.files if p not in current and not os.path.lexists(root / p)]
+    deleted = previous.to_delete(root, current)
     if previous.clean:
         # The host holds exactly what the manifest says: send only what differs from it.
         send = sorted(p for p, entry in current.items() if previous.files.get(p) != entry)
     else:
         send = sorted(current)
+    if previous.clean and not send and not deleted:
+        # Only results were deleted here (the host keeps them): nothing to move.
+        return UploadResult(skipped=False), previous.after_upload(current)
     names = send + deleted
     total = sum(local[p].size for p in send)
     what = f"{len(send)} file{'s' if len(send) != 1 else ''}"
@@ -147,7 +185,7 @@ def upload(
         tarpipe.upload(transport, root, workdir, send, deleted)
     return (
         UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
-        Manifest(files=current, clean=True),
+        previous.after_upload(current),
     )
 
 
