@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -140,6 +141,7 @@ def test_home_is_refused_without_a_vp_toml(
 ) -> None:
     _unconfigured(vp_env, ssh_host, remote_workdir)
     (vp_env.project / "notes.txt").write_text("x")
+    shutil.copytree(vp_env.home / ".ssh", vp_env.project / ".ssh")  # the host's alias
     env = {"HOME": str(vp_env.project)}  # XDG dirs stay in the test's own home
     r = vp_env.run("true", extra_env=env, input="")
     assert r.returncode == 2, r.stderr
@@ -156,6 +158,7 @@ def test_home_is_refused_without_a_vp_toml(
     r = vp_env.run("true", extra_env=env, input="")
     assert r.returncode == 0, r.stderr
     assert (remote_workdir / "notes.txt").exists()
+    assert not (remote_workdir / ".ssh").exists()
 
 
 def test_root_is_refused(vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path) -> None:
@@ -196,7 +199,7 @@ def test_a_git_checkout_or_a_configured_threshold_is_not_asked(
     assert vp_env.run("--sync-only", input="").returncode == 0
     # bytes count too; 0 turns a check off
     _unconfigured(
-        vp_env, ssh_host, remote_workdir / "b", "confirm_files = 0\nconfirm_gb = 0.000001\n"
+        vp_env, ssh_host, remote_workdir / "b", "confirm_files = 0\nconfirm_gb = 0.00000001\n"
     )
     (vp_env.project / ".git").rmdir()
     r = vp_env.run("sync", input="")
@@ -315,7 +318,6 @@ def test_the_walk_never_descends_into_a_kernel_filesystem(
 ) -> None:
     """/proc bind-mounted (or mounted) inside the project: its files are skipped, the rest
     goes up. vp runs in a private mount namespace so the mount is gone with it."""
-    import shutil
     import subprocess
 
     from tests.conftest import VP

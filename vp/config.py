@@ -49,6 +49,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "use_gitignore": (bool, False),
         "extra_ignore": (list, []),
         "include": (list, []),
+        # Ask before the first upload of a folder with neither vp.toml nor .git when it is
+        # bigger than this (0: never ask).
+        "confirm_files": (int, 10000),
+        "confirm_gb": ((int, float), 1),
     },
     "docker": {
         "enabled": (bool, False),
@@ -115,6 +119,9 @@ SECRET_KEYS = {
 
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
 SECRET_ENV_NAME = re.compile(r"(?i)key|token|secret|passw|pwd|credential|auth|private")
+
+# Keys that must not be negative (a limit, a size).
+NON_NEGATIVE = {("sync", "confirm_files"), ("sync", "confirm_gb")}
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
@@ -206,6 +213,11 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 )
             if expected is list and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
+            if (section, key) in NON_NEGATIVE and value < 0:
+                raise ConfigError(
+                    f"{source}: [{section}] {key} must be 0 or more, got {value!r}",
+                    hint="0 turns the check off",
+                )
             out[section][key] = value
     return out
 
@@ -349,6 +361,10 @@ def check(cfg: Config) -> None:
         raise UsageError(f"unknown platform '{platform}'", hint=hint)
     if cfg.get("docker", "build_on") not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
+    for section, key in sorted(NON_NEGATIVE):  # values from the environment or flags
+        value = cfg.get(section, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"[{section}] {key} must be 0 or more, got {value!r}")
     workdir = cfg.get("sync", "workdir")
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")

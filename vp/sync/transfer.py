@@ -133,8 +133,10 @@ def upload(
     *,
     say: Callable[[str], None] = lambda _m: None,
     progress: ProgressFactory | None = None,
+    confirm: Callable[[int, int], None] | None = None,
 ) -> tuple[UploadResult, Manifest]:
-    """Send the workspace; remove remotely only files vp uploaded before and the user deleted."""
+    """Send the workspace; remove remotely only files vp uploaded before and the user deleted.
+    `confirm(files, bytes)` is called before a first upload and may refuse it by raising."""
     local = rules.walk(root)
     current = {path: entry.as_list() for path, entry in local.items()}
     if previous.clean and current == previous.files:
@@ -150,6 +152,8 @@ def upload(
         return UploadResult(skipped=False), previous.after_upload(current)
     names = send + deleted
     total = sum(local[p].size for p in send)
+    if confirm is not None and not previous.files:
+        confirm(len(send), total)
     what = f"{len(send)} file{'s' if len(send) != 1 else ''}"
     if previous.clean and previous.files:
         what = f"{len(send)} changed file{'s' if len(send) != 1 else ''}"
