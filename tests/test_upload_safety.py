@@ -161,6 +161,15 @@ def test_home_is_refused_without_a_vp_toml(
     assert not (remote_workdir / ".ssh").exists()
 
 
+def test_a_folder_holding_home_is_refused(
+    vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path
+) -> None:
+    _unconfigured(vp_env, ssh_host, remote_workdir)
+    r = vp_env.run("true", cwd=vp_env.home.parent, input="")
+    assert r.returncode == 2 and "holds your home folder" in r.stderr, r.stderr
+    assert not remote_workdir.exists()
+
+
 def test_root_is_refused(vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path) -> None:
     _unconfigured(vp_env, ssh_host, remote_workdir)
     r = vp_env.run("true", cwd=Path("/"), input="", timeout=30)
@@ -188,6 +197,49 @@ def test_a_big_first_upload_of_an_unconfigured_folder_asks_first(
     r = vp_env.run("true", input="")
     assert r.returncode == 0, r.stderr
     assert (remote_workdir / "g7.txt").exists()
+
+
+def _answer_on_a_terminal(env: VpEnv, answer: bytes, *args: str) -> tuple[int, bytes]:
+    """Run vp with a terminal as stdin and stderr; answer its question once it is asked."""
+    import pty
+    import subprocess
+
+    from tests.conftest import VP
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [*VP, *args], cwd=env.project, env=env.env, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    seen = b""
+    answered = False
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"Upload it?" in seen:
+            os.write(master, answer + b"\n")
+            answered = True
+    code = proc.wait(timeout=120)
+    os.close(master)
+    return code, seen
+
+
+def test_on_a_terminal_the_big_first_upload_is_a_question(
+    vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path
+) -> None:
+    _unconfigured(vp_env, ssh_host, remote_workdir, "confirm_files = 5\n")
+    _tree(vp_env.project, [f"f{i}.txt" for i in range(8)])
+    code, seen = _answer_on_a_terminal(vp_env, b"n", "true")
+    assert code == 2 and b"8 files" in seen and b"not uploading" in seen, seen
+    assert not remote_workdir.exists()
+    code, seen = _answer_on_a_terminal(vp_env, b"y", "true")
+    assert code == 0, seen
+    assert (remote_workdir / "f7.txt").exists()
 
 
 def test_a_git_checkout_or_a_configured_threshold_is_not_asked(

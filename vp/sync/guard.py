@@ -1,8 +1,9 @@
 """Is this folder really a project? vp uploads the folder it finds, so run from `/` or `$HOME`
 it would ship the whole disk, or every key on the machine, to a host someone else runs.
 
-`/` and `$HOME` are refused unless a vp.toml (or `--config`) there says otherwise, and the first
-upload of a big folder that is neither configured nor a git checkout asks first.
+`/` and `$HOME` (or a folder above it) are refused unless a vp.toml (or `--config`) there says
+otherwise, and the first upload of a big folder that is neither configured nor a git checkout
+asks first.
 """
 
 from __future__ import annotations
@@ -17,14 +18,18 @@ from vp.output import human_size
 
 
 def check_root(cfg: Config) -> None:
-    """Refuse `/` and `$HOME` as the synced folder unless a project file is there."""
+    """Refuse `/`, `$HOME` (and any folder holding it) as the synced folder unless a project
+    file is there."""
     if cfg.project_file is not None:
         return
     root = cfg.project_root.resolve()
+    home = Path.home().resolve()
     if root == Path(root.anchor):
         what = f"{root}: it is the whole disk, not a project"
-    elif root == Path.home().resolve():
+    elif root == home:
         what = f"{root}: it is your home folder, not a project"
+    elif home.is_relative_to(root):
+        what = f"{root}: it holds your home folder ({home}), not a project"
     else:
         return
     raise UsageError(
