@@ -113,11 +113,13 @@ def test_subcommand_list_matches_the_registered_commands() -> None:
 
 
 def test_vp_never_syncs_its_own_folders(vp_env: VpEnv) -> None:
-    """A project at $HOME holds vp's state and the local workspace: never copied into itself."""
+    """A project at $HOME (allowed only with a vp.toml there) holds vp's state and the local
+    workspace: never copied into itself."""
     home_project = vp_env.home
     (home_project / "main.py").write_text("print('hi')")
+    (home_project / "vp.toml").write_text("")
     for _ in range(2):
         r = vp_env.run("python3", "main.py", cwd=home_project)
         assert r.returncode == 0 and r.stdout == "hi\n", r.stderr
     [workspace] = (home_project / ".local/share/vp/local/workspaces").iterdir()
-    assert sorted(p.name for p in workspace.iterdir()) == ["main.py"]
+    assert sorted(p.name for p in workspace.iterdir()) == ["main.py", "vp.toml"]

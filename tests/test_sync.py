@@ -110,6 +110,7 @@ def test_local_deletion_propagates_but_remote_results_survive(
     assert not (remote_workdir / "a.py").exists()  # vp uploaded it; the user deleted it
     assert (remote_workdir / "b.py").exists()
     assert (remote_workdir / "made-on-host.txt").exists()  # vp never uploaded it
+    assert (remote_workdir / "result.txt").exists()  # the run made it: the host's to keep
 
 
 def test_remote_results_vp_never_uploaded_are_not_deleted(
@@ -120,8 +121,9 @@ def test_remote_results_vp_never_uploaded_are_not_deleted(
     (ssh_project.project / "ckpt" / "model.bin").unlink()
     (ssh_project.project / "ckpt").rmdir()
     assert ssh_project.run("true").returncode == 0
-    # the result was downloaded once, so it counts as synced; deleting it locally removes
-    # it remotely, as with any synced file. A result never downloaded stays:
+    # downloaded is not uploaded: deleting the local copy leaves the host's result
+    assert (remote_workdir / "ckpt" / "model.bin").exists()
+    # and a result never downloaded stays too:
     (remote_workdir / "only-remote.bin").write_text("x")
     assert ssh_project.run("true").returncode == 0
     assert (remote_workdir / "only-remote.bin").exists()

@@ -42,6 +42,7 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--yes",
     "-v",
     "--verbose",
     "-q",
@@ -68,6 +69,7 @@ class Globals:
     quiet: bool = False
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
+    yes: bool = False
 
     @property
     def ui(self) -> UI:
@@ -120,6 +122,11 @@ def main_options(
         help="Forward a host port while the run lasts: REMOTE[:LOCAL], repeatable "
         "(Jupyter 8888, TensorBoard 6006)",
     ),
+    yes: bool = typer.Option(
+        False,
+        "--yes",
+        help="Upload a big folder with no vp.toml and no .git without asking",
+    ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
     ),
@@ -141,6 +148,7 @@ def main_options(
         quiet=quiet,
         config=config,
         tunnel=list(tunnel or []),
+        yes=yes,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -168,6 +176,7 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         docker=g.docker,
         host_name=g.host if cfg.platform != "ssh" else None,
         tunnels=g.tunnel,
+        yes=g.yes,
     )
     raise typer.Exit(execute(cfg, opts, g.ui))
 

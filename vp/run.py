@@ -16,6 +16,7 @@ from vp.follow import follow
 from vp.hosts import host_gone, resolve
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
+from vp.sync.guard import check_root, confirm_first_upload
 from vp.sync.ignore import IgnoreRules
 from vp.sync.transfer import (
     DownloadIncomplete,
@@ -40,6 +41,7 @@ class RunOptions:
     docker: bool | None = None  # None: [docker] enabled
     host_name: str | None = None
     tunnels: list[str] = field(default_factory=list)  # REMOTE[:LOCAL] forwards for the run
+    yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
 
 
 def command_text(argv: list[str]) -> str:
@@ -106,7 +108,7 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
     return Workspace(cfg, state, host, transport, workdir)
 
 
-def sync_up(ws: Workspace, ui: UI) -> None:
+def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
     result, manifest = upload(
         ws.transport,
         ws.root,
@@ -115,6 +117,7 @@ def sync_up(ws: Workspace, ui: UI) -> None:
         ws.manifest(),
         say=ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
+        confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
@@ -175,6 +178,8 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
 def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
     """Run one command through the pipeline; return the exit status vp should exit with."""
     state = state or State()
+    if opts.sync:
+        check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
     container_host = use_docker and cfg.platform in ("vast", "runpod")
     if container_host:
@@ -202,7 +207,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         )
         env.update(wrapper_env)
     if opts.sync:
-        sync_up(ws, ui)
+        sync_up(ws, ui, yes=opts.yes)
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.

@@ -15,6 +15,13 @@ from collections.abc import Callable
 _PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+(\d+)%")
 
 
+def files_from(names: list[str]) -> bytes:
+    """The NUL-separated list for `--files-from=- --from0` (or `tar --null -T -`). Every name
+    is written as `./NAME`: rsync drops lines starting with `#` or `;` as comments even with
+    --from0, and bsdtar reads a `-C` line as an option; `./` is a no-op to both."""
+    return b"".join(b"./" + n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+
+
 def run_rsync(
     argv: list[str], payload: bytes, on_bytes: Callable[[int], None] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
