@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import require, requires
 from tests.sshhost import SshHost, _descendants
 from tests.tcpdelay import DelayProxy
 
@@ -262,7 +263,7 @@ def test_host_gone_for_good_stops_after_reconnect_timeout(
     assert not leftovers(vp_env.project)
 
 
-@pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+@requires(vast_emulator is not None, "vastai is not installed")
 def test_cloud_host_destroyed_mid_run_is_reported_at_once(
     vp_env: VpEnv,
     vast_emulator,  # noqa: F811
@@ -318,8 +319,7 @@ def tiny_remote_disk(remote_workdir: Path):
         capture_output=True,
         text=True,
     )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    require(proc.returncode == 0, f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
         yield remote_workdir
     finally:
@@ -480,7 +480,7 @@ def test_ctrl_c_during_download_leaves_no_partial_file(slow_project: VpEnv) -> N
     assert not leftovers(p), leftovers(p)
 
 
-@pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+@requires(vast_emulator is not None, "vastai is not installed")
 def test_ctrl_c_during_create_leaves_no_instance(
     vp_env: VpEnv,
     vast_emulator,  # noqa: F811
