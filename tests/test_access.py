@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -83,6 +84,13 @@ def test_ssh_runs_one_command_and_keeps_its_exit_status(ssh_project: VpEnv, remo
     assert quoted.stdout == "a b|it's|"
 
 
+def _prompt_in_tmux(screen: bytes, session: str) -> bool:
+    """tmux drew its status line for `session` and the shell in it printed its prompt (what
+    is typed now reaches the shell, not a terminal still being set up)."""
+    status = f"[{session}]".encode()
+    return status in screen and re.search(rb"[#$] ", screen.rsplit(status, 1)[1]) is not None
+
+
 def test_ssh_interactive_attaches_the_project_tmux_session(ssh_project: VpEnv, remote_workdir):
     remote_workdir.mkdir()
     pid, fd = pty.fork()
@@ -101,7 +109,7 @@ def test_ssh_interactive_attaches_the_project_tmux_session(ssh_project: VpEnv, r
                     out += os.read(fd, 4096)
                 except OSError:
                     break
-            if not sent and time.monotonic() > deadline - 18:
+            if not sent and _prompt_in_tmux(out, "vp-proj"):
                 os.write(fd, b"echo SESSION=$(tmux display-message -p '#S') DIR=$(pwd)\r")
                 sent = True
         os.write(fd, b"tmux kill-session\r")
