@@ -370,8 +370,10 @@ def test_local_edit_and_create_during_run_are_kept(
     p = ssh_project.project
     (p / "notes.txt").write_text("original\n")
     (p / "untouched.txt").write_text("original\n")
+    # the command writes its results only once the local edits are made (the test says so
+    # through a file on the host): the edits always race the run, never its download
     script = (
-        "echo started; sleep 1.5; "
+        "echo started; while [ ! -e .edited ]; do sleep 0.05; done; rm .edited; "
         "echo remote > notes.txt; echo remote > untouched.txt; echo remote > new.txt; "
         "mkdir -p out; echo remote > out/fresh.txt"
     )
@@ -379,6 +381,7 @@ def test_local_edit_and_create_during_run_are_kept(
     run.wait_out(b"started\n")
     (p / "notes.txt").write_text("my local edit\n")
     (p / "new.txt").write_text("made locally\n")
+    (remote_workdir / ".edited").touch()
     code = run.finish()
     assert code == 0, run.stderr
     assert (p / "notes.txt").read_text() == "my local edit\n"
