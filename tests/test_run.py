@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
+import threading
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import VpEnv
 from tests.sshhost import SshHost
+from tests.waiting import wait_for
 
 
 def _runs_dir() -> Path:
     return Path.home() / ".vp" / "runs"  # the test host is root on this machine
+
+
+def _wait_for_log(run_id: str, text: str) -> None:
+    """Until the detached run has written `text` to its log on the host: it is running."""
+    log = _runs_dir() / run_id / "log"
+    wait_for(lambda: log.exists() and text in log.read_text(), 30, f"{text!r} in {log}")
 
 
 def test_round_trip_output_and_results(ssh_project: VpEnv, remote_workdir: Path) -> None:
@@ -68,18 +75,25 @@ def test_env_section_is_exported(ssh_project: VpEnv) -> None:
     assert len(run_id) == 8
 
 
-def test_output_is_streamed_live_and_in_order(ssh_project: VpEnv) -> None:
-    script = "for i in 1 2 3; do echo out$i; echo err$i >&2; sleep 0.3; done; echo last"
+def test_output_is_streamed_live_and_in_order(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    # The command holds after its first lines until the test has read them: output that
+    # came only at the end would never arrive (and the test time out), not arrive late.
+    script = (
+        "for i in 1 2 3; do echo out$i; echo err$i >&2; "
+        "while [ $i = 1 ] && [ ! -e seen ]; do sleep 0.05; done; done; echo last"
+    )
     proc = ssh_project.popen("sh", "-c", script)
     assert proc.stdout is not None
-    first = proc.stdout.readline()
-    t_first = time.monotonic()
+    give_up = threading.Timer(60, proc.kill)  # a held-back line fails the test, not hangs it
+    give_up.start()
+    try:
+        first = proc.stdout.readline()
+    finally:
+        give_up.cancel()
+    assert first == b"out1\n", "the first line did not arrive while the command ran"
+    (remote_workdir / "seen").touch()
     rest = proc.stdout.read()  # not communicate(): readline() already buffered some output
-    t_end = time.monotonic()
     proc.wait(timeout=60)
-    assert first == b"out1\n"
-    # the first line arrived while the command was still sleeping, not at the end
-    assert t_end - t_first > 0.5
     assert (first + rest).decode().split() == [
         "out1",
         "err1",
@@ -212,15 +226,15 @@ def test_idle_watchdog_stops_the_host_after_the_last_run(vp_env: VpEnv, tmp_path
                 f'idle_stop_minutes = 0.05\nidle_stop_command = "date > {marker}"\n\n[ssh]\n',
             )
         )
-        # a run longer than the idle limit keeps the host up while it runs
+        # a run longer than the idle limit (3 s) keeps the host up while it runs
         r = vp_env.run("sleep", "5")
         assert r.returncode == 0, r.stderr
-        assert not marker.exists()
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert marker.exists()
-        assert (host.root / "home" / ".vp" / "watchdog.log").exists()
+        wait_for(marker.exists, 30, "the watchdog to run idle_stop_command")
+        [ended] = (host.root / "home" / ".vp" / "runs").glob("*/exit")
+        # ordered by the host's own clock, not by how fast vp returned: the stop came after
+        # the run had ended, never while it ran
+        assert marker.stat().st_mtime_ns >= ended.stat().st_mtime_ns
+        assert "idle for 3 s: stopping" in (host.root / "home" / ".vp" / "watchdog.log").read_text()
     finally:
         host.close()
 
@@ -270,8 +284,9 @@ def test_kill_stops_a_detached_run_and_records_it(ssh_project: VpEnv) -> None:
     import json
 
     r = ssh_project.run("--detach", "sh", "-c", "echo started; sleep 60")
+    assert r.returncode == 0, r.stderr
     run_id = r.stdout.strip()
-    time.sleep(0.5)
+    _wait_for_log(run_id, "started\n")
     k = ssh_project.run("kill", run_id)
     assert k.returncode == 0, k.stderr
     assert "SIGTERM" in k.stderr
@@ -284,8 +299,9 @@ def test_kill_stops_a_detached_run_and_records_it(ssh_project: VpEnv) -> None:
 
 def test_kill_escalates_when_sigterm_is_ignored(ssh_project: VpEnv) -> None:
     r = ssh_project.run("--detach", "bash", "-c", "trap '' TERM; echo stubborn; sleep 60")
+    assert r.returncode == 0, r.stderr
     run_id = r.stdout.strip()
-    time.sleep(0.5)
+    _wait_for_log(run_id, "stubborn\n")  # so the trap is set before vp kill
     k = ssh_project.run("kill", run_id, timeout=60)
     assert k.returncode == 0, k.stderr
     assert "SIGKILL" in k.stderr

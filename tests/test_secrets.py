@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import requires
 from tests.sshhost import SshHost
 
 try:
@@ -25,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - vastai missing
     vast_emulator = None
 
-needs_vast = pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+needs_vast = requires(vast_emulator is not None, "vastai is not installed")
 pytestmark = pytest.mark.timeout(120)
 
 SECRET_FILES = [
