@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
-from tests.requires import requires
+from tests.requires import require, requires
 from tests.sshhost import SshHost
 
 try:
@@ -514,7 +514,7 @@ def test_ship_env_round_trip_through_stdin(tmp_path: Path, shell: str) -> None:
     from vp import remote
 
     if shutil.which(shell) is None:
-        pytest.skip(f"{shell} is not installed")
+        require(False, f"{shell} is not installed")
     env = {"ODD": ODD_VALUE, "BIG": "x" * 200_000 + "'end'", "EMPTY": ""}
     path = tmp_path / "env"
     script = (
