@@ -65,6 +65,7 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp ssh-config": (["ssh-config"], "ssh"),
     "vp ssh-config --remove": (["ssh-config", "--remove"], "ssh"),
     "vp runs": (["runs"], "local"),
+    "vp runs --all": (["runs", "--all"], "local"),
     "vp sync": (["sync"], "local"),
     "vp download outputs/": (["download", "outputs/"], "local"),
     "vp download PATH": (["download", "outputs/"], "local"),

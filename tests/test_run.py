@@ -293,3 +293,33 @@ def test_kill_escalates_when_sigterm_is_ignored(ssh_project: VpEnv) -> None:
     assert f.returncode == 137
     again = ssh_project.run("kill", run_id)
     assert "already finished" in again.stderr
+
+
+def test_logs_and_attach_default_to_the_latest_run(ssh_project: VpEnv, tmp_path: Path) -> None:
+    """No run id: this project's latest run; --host NAME and --all widen (issue #12 item 5)."""
+    none = ssh_project.run("logs")
+    assert none.returncode == 2 and "no runs in this project yet" in none.stderr, none.stderr
+    first = ssh_project.run("--detach", "sh", "-c", "echo first").stdout.strip()
+    assert ssh_project.run("logs", "-f", first).returncode == 0
+    second = ssh_project.run("--detach", "sh", "-c", "echo second; sleep 1; exit 3").stdout.strip()
+    f = ssh_project.run("logs", "-f")
+    assert f.stdout == "second\n" and f.returncode == 3, f.stderr
+    assert f"run {second} on " in f.stderr  # says which run it picked
+    a = ssh_project.run("attach")
+    assert a.stdout == "second\n" and a.returncode == 3, a.stderr
+    # another project has no runs of its own; --all and --host find this one's
+    other = tmp_path / "other"
+    other.mkdir()
+    config = (ssh_project.project / "vp.toml").read_text()
+    (other / "vp.toml").write_text(config.replace('"proj"', '"other"'))
+    r = ssh_project.run("logs", cwd=other)
+    assert r.returncode == 2 and "no runs in this project yet" in r.stderr, r.stderr
+    r = ssh_project.run("logs", "--all", cwd=other)
+    assert r.returncode == 0 and r.stdout == "second\n", r.stderr
+    host_name = (
+        ssh_project.run("-o", "json", "runs").stdout.split('"host_name": "')[1].split('"')[0]
+    )
+    r = ssh_project.run("logs", "--host", host_name, cwd=other)
+    assert r.returncode == 0 and r.stdout == "second\n", r.stderr
+    r = ssh_project.run("logs", "--host", "no-such-host", cwd=other)
+    assert r.returncode == 2 and "no runs on host no-such-host" in r.stderr, r.stderr

@@ -263,22 +263,32 @@ def runs_cmd(
     list_runs(g, all_projects=all_projects, limit=limit)
 
 
+LATEST_HELP = "Run id or a unique prefix (default: the project's latest run; --host/--all widen)"
+
+
 @app.command("logs", help="Print a run's output; -f follows it until it ends.")
 def logs_cmd(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="Run id (or a unique prefix)"),
+    run_id: str = typer.Argument(None, help=LATEST_HELP),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
+    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
 ) -> None:
     from vp.commands.runs import show_logs
 
-    raise typer.Exit(show_logs(_globals(ctx), run_id, follow=follow, attach=False))
+    g = _globals(ctx)
+    raise typer.Exit(show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects))
 
 
 @app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
-def attach_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
+def attach_cmd(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(None, help=LATEST_HELP),
+    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+) -> None:
     from vp.commands.runs import show_logs
 
-    raise typer.Exit(show_logs(_globals(ctx), run_id, follow=True, attach=True))
+    g = _globals(ctx)
+    raise typer.Exit(show_logs(g, run_id, follow=True, attach=True, all_projects=all_projects))
 
 
 @app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
