@@ -323,3 +323,15 @@ def test_logs_and_attach_default_to_the_latest_run(ssh_project: VpEnv, tmp_path:
     assert r.returncode == 0 and r.stdout == "second\n", r.stderr
     r = ssh_project.run("logs", "--host", "no-such-host", cwd=other)
     assert r.returncode == 2 and "no runs on host no-such-host" in r.stderr, r.stderr
+
+
+def test_a_mistyped_subcommand_gets_one_hint(ssh_project: VpEnv) -> None:
+    """`vp stauts` runs `stauts` on the host (127) and says what was probably meant."""
+    r = ssh_project.run("stauts")
+    assert r.returncode == 127
+    assert r.stderr.splitlines()[-1] == "vp: hint: did you mean vp status?", r.stderr
+    assert r.stderr.count("hint") == 1
+    r = ssh_project.run("no-such-command-vp-test")
+    assert r.returncode == 127 and "hint" not in r.stderr, r.stderr
+    r = ssh_project.run("sh", "-c", "exit 127")  # 127 from a command that exists: no guess
+    assert r.returncode == 127 and "hint" not in r.stderr, r.stderr

@@ -176,7 +176,26 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         host_name=g.host if cfg.platform != "ssh" else None,
         tunnels=g.tunnel,
     )
-    raise typer.Exit(execute(cfg, opts, g.ui))
+    code = execute(cfg, opts, g.ui)
+    if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
+        suggestion = near_subcommand(argv[0])
+        if suggestion:
+            g.ui.hint(f"did you mean vp {suggestion}?")
+    raise typer.Exit(code)
+
+
+def near_subcommand(word: str) -> str | None:
+    """The visible subcommand `word` is a likely typo of, if any. A name that is a command on
+    this machine (`sh`, close to `ssh`) was meant as itself: no guess then."""
+    import difflib
+    import shutil
+
+    name = (word.split() or [""])[0]
+    if not name.replace("-", "_").isidentifier() or shutil.which(name):
+        return None
+    visible = sorted(SUBCOMMANDS - {"list-instances", "create", "destroy"})
+    close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
+    return close[0] if close and close[0] != name else None
 
 
 @app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
