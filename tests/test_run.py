@@ -335,3 +335,63 @@ def test_a_mistyped_subcommand_gets_one_hint(ssh_project: VpEnv) -> None:
     assert r.returncode == 127 and "hint" not in r.stderr, r.stderr
     r = ssh_project.run("sh", "-c", "exit 127")  # 127 from a command that exists: no guess
     assert r.returncode == 127 and "hint" not in r.stderr, r.stderr
+
+
+def _started_run(before: set[str], workdir: Path) -> Path:
+    """Wait until this test's run (one not in `before`, in `workdir`: other tests share the
+    runs dir) has its process group on the host; return its dir."""
+    for _ in range(3000):
+        for p in _runs_dir().iterdir():
+            if p.name in before or not (p / "pgid").exists() or not (p / "pid").exists():
+                continue
+            try:
+                if str(workdir) in (p / "run.sh").read_text():
+                    return p
+            except OSError:
+                continue
+            before.add(p.name)
+        time.sleep(0.01)
+    raise AssertionError("the run never started")
+
+
+def test_double_ctrl_c_on_a_run_that_died_says_so(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    """Two Ctrl-C 50 ms apart: the first SIGINT kills `sleep`, so the second must not claim
+    the run "keeps going"; history says interrupted with the exit code (issue #12 item 6)."""
+    import json
+
+    _runs_dir().mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in _runs_dir().iterdir()}
+    proc = ssh_project.popen("sleep", "30")
+    run_dir = _started_run(before, remote_workdir)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # the scenario itself: a second Ctrl-C 50 ms after the first
+    proc.send_signal(signal.SIGINT)
+    _out, err_b = proc.communicate(timeout=90)
+    err = err_b.decode()
+    assert proc.returncode == 130, err
+    assert "keeps going" not in err, err
+    assert f"run {run_dir.name} on " in err and "already ended (exit 130)" in err, err
+    row = json.loads(ssh_project.run("runs", "-o", "json").stdout)[0]
+    assert (row["id"], row["status"], row["exit_code"]) == (run_dir.name, "interrupted", 130)
+
+
+def test_double_ctrl_c_on_a_run_that_goes_on_detaches(
+    ssh_project: VpEnv, remote_workdir: Path
+) -> None:
+    """A run that ignores SIGINT does keep going: then "detached" is the truth."""
+    import json
+
+    _runs_dir().mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in _runs_dir().iterdir()}
+    proc = ssh_project.popen("sh", "-c", "trap '' INT; sleep 30")
+    run_dir = _started_run(before, remote_workdir)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _out, err_b = proc.communicate(timeout=90)
+    err = err_b.decode()
+    assert proc.returncode == 130, err
+    assert f"detached: run {run_dir.name} keeps going" in err, err
+    row = json.loads(ssh_project.run("runs", "-o", "json").stdout)[0]
+    assert (row["id"], row["status"]) == (run_dir.name, "detached")
+    assert ssh_project.run("kill", run_dir.name).returncode == 0
