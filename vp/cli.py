@@ -234,7 +234,7 @@ def config_show(ctx: typer.Context) -> None:
         render(data, g.output)
 
 
-@config_app.command("get", help="Print one value, e.g. `vp config get host.gpu`.")
+@config_app.command("get", help="Print one value (SECTION.KEY: `vp config get host.gpu`).")
 def config_get(ctx: typer.Context, key: str) -> None:
     from vp import config as cfgmod
 
@@ -249,7 +249,7 @@ def config_get(ctx: typer.Context, key: str) -> None:
 
 @config_app.command(
     "set",
-    help="Set a value in vp.toml (or, with --user, in the user config; API keys go there).",
+    help="Set a value in vp.toml; --user: in the user file (API keys).",
 )
 def config_set(
     ctx: typer.Context,
