@@ -167,3 +167,23 @@ def test_options_after_a_command_to_run_are_the_commands(vp_env: VpEnv) -> None:
     r = vp_env.run("ssh", "--", "echo", "-o", "x", "-p")
     assert r.returncode == 0, r.stderr
     assert r.stdout == "-o x -p\n"
+
+
+def test_extras_are_one_per_cloud_sdk_and_all_is_only_the_clouds() -> None:
+    """Issue #12 item 10: `[all]` must not pull test or development tools, and the README's
+    table names the extra each platform needs."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    clouds = {"vast", "runpod", "aws", "gce"}  # thunder speaks REST over urllib3: no SDK
+    assert extras["all"] == [f"vp-runner[{','.join(sorted(clouds, key=list(extras).index))}]"]
+    assert clouds <= set(extras)
+    core = " ".join(project["dependencies"])
+    for dev_only in ("pytest", "hypothesis", "ruff", "moto", "fastapi", "uvicorn"):
+        assert dev_only not in core and dev_only not in str(extras["all"])
+    readme = (root / "README.md").read_text()
+    for cloud in clouds:
+        assert re.search(rf"\| `{cloud}` \| `pip install 'vp-runner\[{cloud}\]'`", readme), cloud
