@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,107 @@ def test_kill_escalates_when_sigterm_is_ignored(ssh_project: VpEnv) -> None:
     assert f.returncode == 137
     again = ssh_project.run("kill", run_id)
     assert "already finished" in again.stderr
+
+
+def test_logs_and_attach_default_to_the_latest_run(ssh_project: VpEnv, tmp_path: Path) -> None:
+    """No run id: this project's latest run; --host NAME and --all widen (issue #12 item 5)."""
+    none = ssh_project.run("logs")
+    assert none.returncode == 2 and "no runs in this project yet" in none.stderr, none.stderr
+    first = ssh_project.run("--detach", "sh", "-c", "echo first").stdout.strip()
+    assert ssh_project.run("logs", "-f", first).returncode == 0
+    second = ssh_project.run("--detach", "sh", "-c", "echo second; sleep 1; exit 3").stdout.strip()
+    f = ssh_project.run("logs", "-f")
+    assert f.stdout == "second\n" and f.returncode == 3, f.stderr
+    assert f"run {second} on " in f.stderr  # says which run it picked
+    a = ssh_project.run("attach")
+    assert a.stdout == "second\n" and a.returncode == 3, a.stderr
+    # another project has no runs of its own; --all and --host find this one's
+    other = tmp_path / "other"
+    other.mkdir()
+    config = (ssh_project.project / "vp.toml").read_text()
+    (other / "vp.toml").write_text(config.replace('"proj"', '"other"'))
+    r = ssh_project.run("logs", cwd=other)
+    assert r.returncode == 2 and "no runs in this project yet" in r.stderr, r.stderr
+    r = ssh_project.run("logs", "--all", cwd=other)
+    assert r.returncode == 0 and r.stdout == "second\n", r.stderr
+    host_name = (
+        ssh_project.run("-o", "json", "runs").stdout.split('"host_name": "')[1].split('"')[0]
+    )
+    r = ssh_project.run("logs", "--host", host_name, cwd=other)
+    assert r.returncode == 0 and r.stdout == "second\n", r.stderr
+    r = ssh_project.run("logs", "--host", "no-such-host", cwd=other)
+    assert r.returncode == 2 and "no runs on host no-such-host" in r.stderr, r.stderr
+
+
+def test_a_mistyped_subcommand_gets_one_hint(ssh_project: VpEnv) -> None:
+    """`vp stauts` runs `stauts` on the host (127) and says what was probably meant."""
+    r = ssh_project.run("stauts")
+    assert r.returncode == 127
+    assert r.stderr.splitlines()[-1] == "vp: hint: did you mean vp status?", r.stderr
+    assert r.stderr.count("hint") == 1
+    r = ssh_project.run("no-such-command-vp-test")
+    assert r.returncode == 127 and "hint" not in r.stderr, r.stderr
+    r = ssh_project.run("sh", "-c", "exit 127")  # 127 from a command that exists: no guess
+    assert r.returncode == 127 and "hint" not in r.stderr, r.stderr
+
+
+def _started_run(before: set[str], workdir: Path) -> Path:
+    """Wait until this test's run (one not in `before`, in `workdir`: other tests share the
+    runs dir) has its process group on the host; return its dir."""
+
+    def find() -> Path | None:
+        for p in _runs_dir().iterdir():
+            if p.name in before or not (p / "pgid").exists() or not (p / "pid").exists():
+                continue
+            try:
+                if str(workdir) in (p / "run.sh").read_text():
+                    return p
+            except OSError:
+                continue
+            before.add(p.name)
+        return None
+
+    return wait_for(find, 30, "this test's run to start on the host")
+
+
+def test_double_ctrl_c_on_a_run_that_died_says_so(ssh_project: VpEnv, remote_workdir: Path) -> None:
+    """Two Ctrl-C 50 ms apart: the first SIGINT kills `sleep`, so the second must not claim
+    the run "keeps going"; history says interrupted with the exit code (issue #12 item 6)."""
+    import json
+
+    _runs_dir().mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in _runs_dir().iterdir()}
+    proc = ssh_project.popen("sleep", "30")
+    run_dir = _started_run(before, remote_workdir)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # the scenario itself: a second Ctrl-C 50 ms after the first
+    proc.send_signal(signal.SIGINT)
+    _out, err_b = proc.communicate(timeout=90)
+    err = err_b.decode()
+    assert proc.returncode == 130, err
+    assert "keeps going" not in err, err
+    assert f"run {run_dir.name} on " in err and "already ended (exit 130)" in err, err
+    row = json.loads(ssh_project.run("runs", "-o", "json").stdout)[0]
+    assert (row["id"], row["status"], row["exit_code"]) == (run_dir.name, "interrupted", 130)
+
+
+def test_double_ctrl_c_on_a_run_that_goes_on_detaches(
+    ssh_project: VpEnv, remote_workdir: Path
+) -> None:
+    """A run that ignores SIGINT does keep going: then "detached" is the truth."""
+    import json
+
+    _runs_dir().mkdir(parents=True, exist_ok=True)
+    before = {p.name for p in _runs_dir().iterdir()}
+    proc = ssh_project.popen("sh", "-c", "trap '' INT; sleep 30")
+    run_dir = _started_run(before, remote_workdir)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _out, err_b = proc.communicate(timeout=90)
+    err = err_b.decode()
+    assert proc.returncode == 130, err
+    assert f"detached: run {run_dir.name} keeps going" in err, err
+    row = json.loads(ssh_project.run("runs", "-o", "json").stdout)[0]
+    assert (row["id"], row["status"]) == (run_dir.name, "detached")
+    assert ssh_project.run("kill", run_dir.name).returncode == 0
