@@ -452,7 +452,11 @@ def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
     )
     token = "tok-" + secrets.token_hex(16)
     _secret_env_config(env, token)
-    creds = {"VP_REGISTRY_USER": registry.username, "VP_REGISTRY_PASSWORD": registry.password}
+    creds = {
+        "VP_REGISTRY": registry.host,
+        "VP_REGISTRY_USER": registry.username,
+        "VP_REGISTRY_PASSWORD": registry.password,
+    }
     needles = {"SECRET_TOKEN": token, "ODD": ODD_VALUE, "registry password": registry.password}
     marker = "released-" + secrets.token_hex(6)
     with _ArgvScan(needles) as first:

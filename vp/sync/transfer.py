@@ -177,6 +177,9 @@ def upload(
         "--protect-args",
         "--delete-missing-args",
         "--no-inc-recursive",
+        # vp's manifest already chose these files as changed; rsync's own quick check
+        # (size + mtime to the second) would skip a same-size edit made within a second.
+        "--ignore-times",
     ]
     if transport.is_local:
         Path(workdir).mkdir(parents=True, exist_ok=True)
