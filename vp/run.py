@@ -17,6 +17,7 @@ from vp.hosts import host_gone, resolve
 from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
+from vp.sync.guard import check_root, confirm_first_upload
 from vp.sync.ignore import IgnoreRules
 from vp.sync.transfer import (
     DownloadIncomplete,
@@ -41,6 +42,7 @@ class RunOptions:
     docker: bool | None = None  # None: [docker] enabled
     host_name: str | None = None
     tunnels: list[str] = field(default_factory=list)  # REMOTE[:LOCAL] forwards for the run
+    yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
 
 
 def command_text(argv: list[str]) -> str:
@@ -107,7 +109,7 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
     return Workspace(cfg, state, host, transport, workdir)
 
 
-def sync_up(ws: Workspace, ui: UI) -> None:
+def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
     result, manifest = upload(
         ws.transport,
         ws.root,
@@ -116,6 +118,7 @@ def sync_up(ws: Workspace, ui: UI) -> None:
         ws.manifest(),
         say=ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
+        confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
@@ -176,6 +179,8 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
 def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
     """Run one command through the pipeline; return the exit status vp should exit with."""
     state = state or State()
+    if opts.sync:
+        check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
     container_host = use_docker and kind(cfg.platform) == "container"
     if container_host:
@@ -203,7 +208,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         )
         env.update(wrapper_env)
     if opts.sync:
-        sync_up(ws, ui)
+        sync_up(ws, ui, yes=opts.yes)
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.
@@ -287,9 +292,15 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
     state.finish_run(run_id, result.exit_code, status)
+    if result.interrupted and result.changes is None and not result.lost:
+        # Ctrl-C twice, but the run had already ended: say so, not "keeps going".
+        ui.note(
+            f"run {run_id} on {ws.host.name} already ended (exit {result.exit_code}); "
+            f"its results were not fetched: vp attach {run_id} fetches them"
+        )
     if want_download and result.changes is not None:
         sync_down(ws, ui, result.changes)
-    elif result.changes is not None:
+    elif result.changes is not None or result.interrupted:
         manifest = ws.manifest()
         manifest.clean = False
         ws.save_manifest(manifest)
