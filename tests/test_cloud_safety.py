@@ -11,6 +11,7 @@ machine that now answers at a cloud host's old address.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -19,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
-from tests.emulators.common import wait_for
 from tests.emulators.vast import vast_emulator  # noqa: F401
 from tests.sshhost import _keygen
+from tests.waiting import wait_for
 
 pytest.importorskip("vastai")
 pytestmark = pytest.mark.timeout(180)
@@ -79,10 +80,14 @@ def interrupted_up(vp_env: VpEnv, emulator, *, twice: bool) -> tuple[int, str]:
         emulator.delay_requests[DELETE] = 20.0
     child = vp_env.popen("up")
     try:
-        wait_for(lambda: emulator.instances and recorded(vp_env), timeout=60)
+
+        def exited() -> str | None:
+            return "vp exited" if child.poll() is not None else None
+
+        wait_for(lambda: emulator.instances and recorded(vp_env), 60, gave_up=exited)
         child.send_signal(signal.SIGINT)
         if twice:
-            wait_for(lambda: emulator.slow_seen(__import__("re").compile(DELETE)), timeout=30)
+            wait_for(lambda: emulator.slow_seen(re.compile(DELETE)), 30, gave_up=exited)
             child.send_signal(signal.SIGINT)
         _out, err = child.communicate(timeout=60)
     finally:
