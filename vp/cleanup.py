@@ -34,13 +34,14 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
     `destroy_orphans`, destroy) hosts labelled for vp that this machine's state doesn't know."""
     from vp import sshconfig
     from vp.hosts import platform_for
-    from vp.platforms import CLOUDS
+    from vp.platforms import clouds, declaration
+    from vp.platforms.cloud import Ownership
 
     report = CleanupReport()
     known = {h.key: h for h in state.hosts()}
     platforms = {h.platform for h in known.values()} | {cfg.platform}
     gone: set[str] = set()
-    for name in sorted(p for p in platforms if p in CLOUDS):
+    for name in sorted(p for p in platforms if p in clouds()):
         try:
             platform = platform_for(cfg, name)
             listed = platform.list(None)
@@ -50,7 +51,7 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
             continue
         keys = {h.key for h in listed}
         gone |= {k for k, h in known.items() if h.platform == name and k not in keys}
-        if not getattr(platform, "labels_hosts", True):
+        if declaration(name).ownership is not Ownership.LABEL:
             continue  # the account's hosts are not marked as vp's: none can be called orphaned
         for h in listed:
             if h.key in known:

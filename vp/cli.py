@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
+from vp.platforms import NAMES, PROVIDERS, kind
 from vp.ui import UI
 
 app = typer.Typer(
@@ -88,7 +89,7 @@ class Globals:
         overrides: dict = {}
         if self.platform:
             overrides.setdefault("host", {})["platform"] = self.platform
-        if self.host and (self.platform or "") == "ssh":
+        if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
             overrides.setdefault("ssh", {})["host"] = self.host
         return config.load(config_path=self.config, overrides=overrides)
 
@@ -109,9 +110,7 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
-    platform: str = typer.Option(
-        None, "-p", "--platform", help="local | ssh | vast | runpod | thunder | aws | gce | auto"
-    ),
+    platform: str = typer.Option(None, "-p", "--platform", help=" | ".join(NAMES)),
     host: str = typer.Option(None, "--host", help="Host name or id (ssh: alias or user@host:port)"),
     no_sync: bool = typer.Option(False, "--no-sync", help="Skip uploading and downloading"),
     sync_only: bool = typer.Option(False, "--sync-only", help="Upload the workspace; run nothing"),
@@ -181,7 +180,7 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         download=False if g.no_download else None,
         detach=g.detach,
         docker=g.docker,
-        host_name=g.host if cfg.platform != "ssh" else None,
+        host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
     )

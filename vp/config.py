@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from vp import paths
 from vp.errors import ConfigError, UsageError
+from vp.platforms import declarations
 
 # section -> key -> (type, default). `dict` sections ([env]) accept any identifier key.
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
@@ -70,77 +71,30 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "password": (str, None),
     },
     "env": {},
-    "vast": {
-        "api_key": (str, None),
-        "url": (str, None),
-        "image": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "runpod": {
-        "api_key": (str, None),
-        "image": (str, None),
-        "cloud_type": (str, None),
-        "container_disk_gb": (int, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "thunder": {
-        "token": (str, None),
-        "url": (str, None),
-        "template": (str, None),
-        "mode": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "aws": {
-        "region": (str, None),
-        "profile": (str, None),
-        "user": (str, None),
-        "data_volume_gb": (int, None),
-        "keep_data_volume": (bool, False),
-        "ami": (str, None),
-        "poll_interval": ((int, float), None),
-        "api_timeout": ((int, float), None),
-    },
-    "gce": {
-        "project": (str, None),
-        "zone": (str, None),
-        "user": (str, None),
-        "image": (str, None),
-        "poll_interval": ((int, float), None),
-        "create_timeout": ((int, float), None),
-    },
+    # One table per provider, as each declares it (vp/platforms/<name>.py).
+    **{d.name: d.settings for d in declarations() if d.settings},
 }
 
 # Sections whose keys name free-form variables.
 FREE_SECTIONS = {"env"}
 # Keys whose values are secrets: masked by `vp config show`, refused in project files.
 SECRET_KEYS = {
-    ("vast", "api_key"),
-    ("runpod", "api_key"),
-    ("thunder", "token"),
     ("docker", "password"),
+    *((d.name, key) for d in declarations() for key in d.secrets),
 }
 
 # Keys that decide where the user's credentials are sent: an API endpoint receives the API key,
 # a registry the registry login. A project file is someone else's text (a cloned repo), so only
 # the user file or the environment may set them. key -> the environment variable that also does.
+# A provider's endpoint key (`url`) is one of them, as its declaration says.
 USER_ONLY_KEYS = {
-    ("vast", "url"): "VAST_URL",
-    ("thunder", "url"): "TNR_API_URL",
+    **{(d.name, d.endpoint_key): d.endpoint_env for d in declarations() if d.endpoint_key},
     ("docker", "registry"): "VP_REGISTRY",
     ("docker", "username"): "VP_REGISTRY_USER",
 }
 
 # API endpoints the environment can set per platform (DESIGN §5: how tests point vp at emulators).
-ENDPOINT_ENV = {
-    "vast": "VAST_URL",
-    "thunder": "TNR_API_URL",
-    "runpod": "RUNPOD_API_BASE_URL",
-    "aws": "AWS_ENDPOINT_URL",
-    "gce": "VP_GCE_API_URL",
-}
+ENDPOINT_ENV = {d.name: d.endpoint_env for d in declarations() if d.endpoint_env}
 
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
 SECRET_ENV_NAME = re.compile(r"(?i)key|token|secret|passw|pwd|credential|auth|private")
@@ -160,7 +114,7 @@ POSITIVE = {
     ("ssh", "connect_timeout"),
     ("runpod", "container_disk_gb"),
     ("aws", "data_volume_gb"),
-    *((s, "poll_interval") for s in ("vast", "runpod", "thunder", "aws", "gce")),
+    *((d.name, "poll_interval") for d in declarations() if "poll_interval" in d.settings),
 }
 NON_NEGATIVE = {
     ("host", "gpus"),

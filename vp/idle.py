@@ -11,31 +11,30 @@ from __future__ import annotations
 
 import shlex
 
-_FROM_PID1 = (
-    # Providers put their scoped credentials in the container's environment (PID 1), which
-    # an ssh session does not inherit.
-    "eval \"$(tr '\\0' '\\n' < /proc/1/environ 2>/dev/null"
-    " | grep -E '^(CONTAINER_ID|CONTAINER_API_KEY|RUNPOD_POD_ID|RUNPOD_API_KEY)=[A-Za-z0-9_.-]*$'"
-    " | sed 's/^/export /')\"; "
-)
+
+def from_pid1(*names: str) -> str:
+    """Shell text exporting `names` from the container's PID 1 environment: providers put their
+    scoped credentials there, and an ssh session does not inherit them."""
+    return (
+        "eval \"$(tr '\\0' '\\n' < /proc/1/environ 2>/dev/null"
+        f" | grep -E '^({'|'.join(names)})=[A-Za-z0-9_.-]*$'"
+        " | sed 's/^/export /')\"; "
+    )
+
+
 VM_SHUTDOWN = (
     "sudo -n shutdown -h now 2>/dev/null || shutdown -h now || sudo -n poweroff || poweroff"
 )
-STOP_COMMANDS = {
-    "aws": VM_SHUTDOWN,
-    "gce": VM_SHUTDOWN,
-    "thunder": VM_SHUTDOWN,
-    "vast": _FROM_PID1
-    + 'curl -fsS -X PUT -H "Authorization: Bearer $CONTAINER_API_KEY"'
-    + " -H 'Content-Type: application/json' -d '{\"state\": \"stopped\"}'"
-    + ' "https://console.vast.ai/api/v0/instances/$CONTAINER_ID/"',
-    "runpod": _FROM_PID1 + 'runpodctl stop pod "$RUNPOD_POD_ID"',
-}
 
 
 def stop_command(platform: str, override: str | None) -> str | None:
-    """The shell command that stops this host from inside, or None if there is none."""
-    return override or STOP_COMMANDS.get(platform)
+    """The shell command that stops this host from inside, or None if there is none. Each
+    provider declares its own (`Declaration.idle_stop`); `[host] idle_stop_command` wins."""
+    if override:
+        return override
+    from vp.platforms import declaration
+
+    return declaration(platform).idle_stop
 
 
 def watchdog_snippet(runs_dir_sh: str, minutes: float, command: str) -> str:

@@ -14,6 +14,7 @@ from vp.config import Config
 from vp.errors import EXIT_INTERRUPTED, VpError
 from vp.follow import follow
 from vp.hosts import host_gone, resolve
+from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
 from vp.sync.guard import check_root, confirm_first_upload
@@ -181,7 +182,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     if opts.sync:
         check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
-    container_host = use_docker and cfg.platform in ("vast", "runpod")
+    container_host = use_docker and kind(cfg.platform) == "container"
     if container_host:
         # Container platforms boot from the image itself: build and push before the host.
         from vp.docker.dispatch import build_and_push

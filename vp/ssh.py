@@ -119,16 +119,38 @@ def _ssh_quote(value: str) -> str:
     return value
 
 
+class HostKeyMismatch(VpError):
+    """The host answered with a key other than the one pinned for it."""
+
+
+def forget_pin(alias: str) -> None:
+    """Remove the key pinned under `alias` (a host that no longer exists)."""
+    path = known_hosts_file()
+    if path.exists():
+        subprocess.run(
+            ["ssh-keygen", "-R", alias, "-f", str(path)], capture_output=True, check=False
+        )
+        Path(str(path) + ".old").unlink(missing_ok=True)
+
+
 def _classify_failure(stderr: str, target: SshTarget) -> VpError:
     text = stderr.strip()
     last = text.splitlines()[-1] if text else "ssh failed"
     if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text or "Host key verification failed" in text:
-        alias = target.host_key_alias or target.host
-        return VpError(
-            f"host key for {target.label} does not match the one vp pinned: refusing to connect",
+        message = (
+            f"host key for {target.label} does not match the one vp pinned: refusing to connect"
+        )
+        if target.host_key_alias:  # a host vp created: only its provider can say what happened
+            return HostKeyMismatch(
+                message,
+                hint="vp asks the provider on the next `vp` command; if you no longer trust "
+                "the host, destroy it with `vp down`",
+            )
+        return HostKeyMismatch(
+            message,
             hint=(
                 "if the host was really reinstalled, remove its line from "
-                f"{known_hosts_file()} (ssh-keygen -R '{alias}' -f that file) and retry"
+                f"{known_hosts_file()} (ssh-keygen -R '{target.host}' -f that file) and retry"
             ),
         )
     if "Permission denied" in text:

@@ -20,6 +20,7 @@ from vp.cli import _globals, app
 from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.hosts import resolve
 from vp.output import human_size, render
+from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import State
 from vp.sync.copy import copy_down, copy_up
@@ -323,12 +324,12 @@ def download_cmd(
 
 def _known_host(cfg, state: State, host_name: str | None) -> tuple[Host | None, str | None]:
     """The project's host and workdir as vp last knew them, with no connection made."""
-    if cfg.platform == "local":
+    if kind(cfg.platform) == "local":
         from vp.platforms.local import LOCAL_HOST
 
         return LOCAL_HOST, LocalTransport().workdir_for(cfg.project, cfg.project_root)
     workdir = cfg.get("sync", "workdir")
-    if cfg.platform == "ssh":
+    if kind(cfg.platform) == "ssh":
         from vp.platforms.ssh import host_for
 
         spec = host_name or cfg.get("ssh", "host")

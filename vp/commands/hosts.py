@@ -11,13 +11,14 @@ from vp.cli import _globals, app
 from vp.errors import UsageError, VpError
 from vp.hosts import (
     platform_for,
+    project_hosts,
     resolve,
     spec_from_config,
     transport_for,
     with_local_facts,
 )
 from vp.output import render
-from vp.platforms import CLOUDS
+from vp.platforms import kind
 from vp.platforms.base import STOPPED, Host
 from vp.state import State
 
@@ -36,12 +37,10 @@ def _row(host: Host) -> dict:
 def _find(cfg, state: State, ident: str | None, ui) -> tuple[Host, object]:
     """The host named `ident` (id or name) on the configured platform, or the project's one."""
     platform = platform_for(cfg)
-    if cfg.platform in ("local", "ssh"):
+    if kind(cfg.platform) in ("local", "ssh"):
         host, _t = resolve(cfg, state, ui, host_name=ident, create=False)
         return host, platform
-    hosts = platform.list(cfg.project)
-    if not getattr(platform, "labels_hosts", True):
-        hosts = [h for h in hosts if state.host(h.key) is not None]
+    hosts = project_hosts(platform, state, cfg.project)
     matches = [h for h in hosts if ident is None or ident in (h.id, h.name)]
     if not matches:
         target = f"'{ident}'" if ident else f"for project {cfg.project}"
@@ -58,12 +57,13 @@ def ls_cmd(
     cfg = g.load()
     state = State()
     platform = platform_for(cfg)
-    hosts = platform.list(None if all_projects else cfg.project)
-    if cfg.platform in CLOUDS:
-        hosts = [with_local_facts(h, state) for h in hosts]
+    if kind(cfg.platform) in ("vm", "container"):
+        hosts = project_hosts(platform, state, None if all_projects else cfg.project)
         for host in hosts:  # refresh what vp knows (address, status) for the warm path
             if not all_projects and state.host(host.key) is not None:
                 state.save_host(host, cfg.project)
+    else:
+        hosts = platform.list(None if all_projects else cfg.project)
     rows = [_row(h) for h in hosts]
     if g.output == "text":
         if not rows:
@@ -182,7 +182,7 @@ def down_cmd(
     g = _globals(ctx)
     cfg = g.load()
     state = State()
-    if cfg.platform in ("local", "ssh"):
+    if kind(cfg.platform) in ("local", "ssh"):
         raise UsageError(f"the {cfg.platform} platform has no hosts to destroy")
     target, platform = _find(cfg, state, host or g.host, g.ui)
     if not yes:
@@ -215,7 +215,7 @@ def status_cmd(ctx: typer.Context) -> None:
     g = _globals(ctx)
     cfg = g.load()
     state = State()
-    if cfg.platform in ("local", "ssh"):
+    if kind(cfg.platform) in ("local", "ssh"):
         host, _t = resolve(cfg, state, g.ui, host_name=g.host, create=False)
     else:
         host, _p = _find(cfg, state, g.host, g.ui)

@@ -1,8 +1,8 @@
 """Docker in the run pipeline: build (locally or on the host's engine), push, and wrap the command.
 
-VM-like hosts (ssh, aws, gce, thunder, local) run the command in `docker run` inside vp's
+VM-like hosts (kind "vm", "ssh", "local") run the command in `docker run` inside vp's
 detached wrapper, so streaming, reconnects, exit codes and Ctrl-C behave as without Docker.
-Container platforms (vast, runpod) instead boot the instance from the image.
+Container platforms (kind "container": vast, runpod) instead boot the instance from the image.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from vp.errors import UsageError, VpError
 from vp.ssh import SshTransport
 from vp.transport import Transport
 from vp.ui import UI, Status
-
-CONTAINER_PLATFORMS = ("vast", "runpod")
 
 
 def image_name(cfg: Config) -> str:

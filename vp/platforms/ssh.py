@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from vp.errors import UsageError
 from vp.platforms.base import RUNNING, Host, HostSpec, Offer
+from vp.platforms.cloud import Declaration
 from vp.ssh import parse_target
+
+DECLARATION = Declaration(
+    name="ssh",
+    kind="ssh",
+    ownership=None,  # the user's own machine: vp never creates, stops or destroys it
+    honours=frozenset({"image"}),
+)
 
 
 def host_for(spec: str) -> Host:

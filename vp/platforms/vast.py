@@ -16,15 +16,18 @@ from typing import Any
 
 from vp import keys
 from vp.errors import HostGone, UsageError, VpError
+from vp.idle import from_pid1
+from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import (
-    affordable,
-    describe,
-    destroy_after_failure,
-    discard_key,
-    no_offer,
-    wait_until_ready,
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    NotFound,
+    Ownership,
+    labelled,
 )
+from vp.platforms.common import describe, no_offer
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
 STATUS: dict[str | None, str] = {
@@ -48,99 +51,91 @@ EXTRA_HINT = "pip install 'vp-runner[vast]'"
 CAPACITY_ERRORS = ("no_such_ask", "not available", "unavailable", "no longer")
 
 
+DECLARATION = Declaration(
+    name="vast",
+    kind="container",
+    ownership=Ownership.LABEL,  # label `vp-PROJECT`
+    settings={
+        "api_key": (str, None),
+        "url": (str, None),
+        "image": (str, None),
+        "user": (str, None),
+        "poll_interval": ((int, float), None),
+    },
+    secrets=("api_key",),
+    # The scoped key vast injects into the container may stop its own instance.
+    idle_stop=from_pid1("CONTAINER_ID", "CONTAINER_API_KEY")
+    + 'curl -fsS -X PUT -H "Authorization: Bearer $CONTAINER_API_KEY"'
+    + " -H 'Content-Type: application/json' -d '{\"state\": \"stopped\"}'"
+    + ' "https://console.vast.ai/api/v0/instances/$CONTAINER_ID/"',
+    honours=frozenset(
+        {"gpu", "gpus", "max_price", "disk_gb", "image", "spot", "cpus", "memory_gb", "region"}
+    ),
+    endpoint_env="VAST_URL",
+    endpoint_key="url",
+    noun="vast instance",
+    provider="vast.ai",
+)
+
+
 def create_platform(settings: dict[str, Any]) -> VastPlatform:
     return VastPlatform(settings)
 
 
-class VastPlatform:
+class VastPlatform(CloudPlatform):
     """vast.ai marketplace instances (containers), labelled `vp-PROJECT`."""
 
-    name = "vast"
+    declaration = DECLARATION
+    status_label = "vast_status"
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.url = (os.environ.get("VAST_URL") or self.settings.get("url") or DEFAULT_URL).rstrip(
             "/"
         )
-        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
         self._client: Any = None
-        self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
 
-    # -- the Platform surface --------------------------------------------------------------------
+    # -- the provider calls ------------------------------------------------------------------
 
     def list(self, project: str | None = None) -> list[Host]:
         rows = self._call("list instances", lambda c: c.show_instances())
-        wanted = f"vp-{project}" if project else None
-        hosts = []
-        for row in rows or []:
-            label = row.get("label") or ""
-            if (wanted and label == wanted) or (not wanted and label.startswith("vp-")):
-                hosts.append(self._host(row))
-        return hosts
+        return [self._host(r) for r in labelled(rows, project, lambda r: r.get("label"))]
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if affordable(o, spec)]
+    def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
+        return no_offer(
+            spec,
+            found,
+            what="vast.ai offer",
+            platform="vast",
+            unmatched=f"no vast.ai offer for {describe(spec)} with {spec.disk_gb} GB disk",
+        )
 
-    def create(self, spec: HostSpec, name: str) -> Host:
-        found = self._search(spec)
-        fitting = [o for o in found if affordable(o, spec)]
-        if not fitting:
-            raise no_offer(
-                spec,
-                found,
-                what="vast.ai offer",
-                platform="vast",
-                unmatched=f"no vast.ai offer for {describe(spec)} with {spec.disk_gb} GB disk",
-            )
-        pair = keys.new_keypair(name)
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
-        instance_id = None
-        last_error: VpError | None = None
-        try:
-            for offer in fitting[:3]:  # the cheapest may be rented away under us: try the next
-                try:
-                    result = self._call(
-                        "create an instance",
-                        lambda c, o=offer: c.create_instance(
-                            int(o.id),
-                            image=image,
-                            disk=spec.disk_gb,
-                            label=name,
-                            ssh=True,
-                            direct=True,
-                            price=o.price if spec.spot else None,
-                        ),
-                    )
-                except _Capacity as exc:
-                    last_error = exc
-                    continue
-                if not isinstance(result, dict) or not result.get("new_contract"):
-                    raise VpError(
-                        f"vast.ai accepted offer {offer.id} but returned no instance id",
-                        hint="check `vp ls -p vast` and destroy the instance if one appeared",
-                    )
-                instance_id = str(result["new_contract"])
-                break
-        finally:
-            if instance_id is None:
-                discard_key(pair.private_path)
-        if instance_id is None:
-            assert last_error is not None
+        result = self._call(
+            "create an instance",
+            lambda c: c.create_instance(
+                int(offer.id),
+                image=image,
+                disk=spec.disk_gb,
+                label=name,
+                ssh=True,
+                direct=True,
+                price=offer.price if spec.spot else None,
+            ),
+        )
+        if not isinstance(result, dict) or not result.get("new_contract"):
             raise VpError(
-                f"vast.ai has no capacity for {describe(spec)}: {last_error.message}",
-                hint="try again, pick another gpu, or raise max_price",
+                f"vast.ai accepted offer {offer.id} but returned no instance id",
+                hint="check `vp ls -p vast` and destroy the instance if one appeared",
             )
-        try:
-            self._key_paths[instance_id] = str(pair.private_path)
-            self._call(
-                "attach the ssh key", lambda c: c.attach_ssh(int(instance_id), pair.public_key)
-            )
-            row = self._call("show the instance", lambda c: c.show_instance(int(instance_id)))
-            host = self._host(row) if row else self._placeholder(instance_id, name)
-            return host
-        except BaseException as exc:
-            self._destroy_after_failure(instance_id, exc)
-            raise  # unreachable: _destroy_after_failure raises
+        return str(result["new_contract"])
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        # A key attached to this one instance (account keys would reach every later one too).
+        self._call("attach the ssh key", lambda c: c.attach_ssh(int(host_id), key.public_key))
+        row = self._call("show the instance", lambda c: c.show_instance(int(host_id)))
+        return self._host(row) if row else self._placeholder(host_id, name)
 
     def start(self, host_id: str) -> Host:
         self._call("start the instance", lambda c: c.start_instance(_vast_id(host_id)))
@@ -150,18 +145,8 @@ class VastPlatform:
         self._call("stop the instance", lambda c: c.stop_instance(_vast_id(host_id)))
 
     def destroy(self, host_id: str) -> None:
-        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+        with contextlib.suppress(NotFound):  # already gone: that is what we wanted
             self._call("destroy the instance", lambda c: c.destroy_instance(_vast_id(host_id)))
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"vast instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label="vast_status",
-            hint="raise [host] ready_timeout, or try another offer",
-        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -185,7 +170,8 @@ class VastPlatform:
         )
         found = []
         for row in rows or []:
-            if spec.gpu and spec.gpu.lower() not in str(row.get("gpu_name", "")).lower():
+            memory = (row.get("gpu_ram") or 0) / 1024 or None
+            if not gpus.matches(spec.gpu, str(row.get("gpu_name", "")), memory):
                 continue
             if spec.region and spec.region.lower() not in str(row.get("geolocation", "")).lower():
                 continue
@@ -257,17 +243,6 @@ class VastPlatform:
             host_key_alias=f"vp-vast-{iid}",
         )
 
-    def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
-        destroy_after_failure(
-            lambda: self.destroy(instance_id),
-            self._key_paths.pop(instance_id, None),
-            exc,
-            what=f"vast instance {instance_id}",
-            provider="vast.ai",
-            verb="destroy",
-            past="destroyed",
-        )
-
     def _sdk(self) -> Any:
         if self._client is None:
             key = self._api_key()
@@ -311,14 +286,6 @@ class VastPlatform:
             ) from None
 
 
-class _Capacity(VpError):
-    """The offer was rented by someone else or the machine has no room."""
-
-
-class _NotFound(VpError):
-    """The instance does not exist (any more)."""
-
-
 def _http_error(what: str, response: Any) -> VpError:
     status = getattr(response, "status_code", 0)
     try:
@@ -339,9 +306,9 @@ def _http_error(what: str, response: Any) -> VpError:
         )
     text = f"{code} {msg}".lower()
     if any(marker in text for marker in CAPACITY_ERRORS):
-        return _Capacity(msg or code)
+        return Capacity(msg or code)
     if status == 404:
-        return _NotFound(f"vast.ai: {msg or 'not found'}")
+        return NotFound(f"vast.ai: {msg or 'not found'}")
     return VpError(f"vast.ai could not {what}: {msg or 'error'} (HTTP {status})")
 
 
