@@ -7,18 +7,52 @@ the command's own), and before or after a vp subcommand (`vp runs -o json`).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
+from vp.commands import COMMANDS
+from vp.commands.context import Globals, globals_of
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
-from vp.platforms import NAMES, PROVIDERS, kind
+from vp.platforms import NAMES, kind
 from vp.ui import UI
 
+
+def load_command(name: str):
+    """The click command `name` from the module the registry names, imported now."""
+    module = importlib.import_module(COMMANDS[name].module)
+    return typer.main.get_group(module.app).commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """The root command: knows every subcommand's name, module and summary from the registry
+    (vp.commands.COMMANDS) and imports a module only when one of its commands is invoked or
+    its own help is shown. `vp --help` lists the summaries without importing any of them."""
+
+    def get_command(self, ctx, cmd_name: str):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in COMMANDS:
+            cmd = load_command(cmd_name)
+            self.add_command(cmd, cmd_name)
+        return cmd
+
+    def list_commands(self, ctx) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *(name for name in COMMANDS if name not in own)]
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [("run", self.commands["run"].get_short_help_str(60))]
+        rows += [(name, e.summary) for name, e in COMMANDS.items() if not e.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     add_completion=True,
     no_args_is_help=False,
     rich_markup_mode=None,
@@ -34,8 +68,6 @@ app = typer.Typer(
         "forces that)."
     ),
 )
-config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
 
 VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
@@ -61,42 +93,6 @@ FLAG_OPTIONS = {
     "--install-completion",
     "--show-completion",
 }
-
-
-@dataclass
-class Globals:
-    platform: str | None = None
-    host: str | None = None
-    no_sync: bool = False
-    sync_only: bool = False
-    no_download: bool = False
-    docker: bool | None = None
-    detach: bool = False
-    output: str = "text"
-    verbose: bool = False
-    quiet: bool = False
-    config: Path | None = None
-    tunnel: list[str] = field(default_factory=list)
-    yes: bool = False
-
-    @property
-    def ui(self) -> UI:
-        return UI(quiet=self.quiet, verbose=self.verbose, output=self.output)
-
-    def load(self):
-        from vp import config
-
-        overrides: dict = {}
-        if self.platform:
-            overrides.setdefault("host", {})["platform"] = self.platform
-        if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
-            overrides.setdefault("ssh", {})["host"] = self.host
-        return config.load(config_path=self.config, overrides=overrides)
-
-
-def _globals(ctx: typer.Context) -> Globals:
-    obj = ctx.find_root().obj
-    return obj if isinstance(obj, Globals) else Globals()
 
 
 def _version(value: bool) -> None:
@@ -168,7 +164,7 @@ def main_options(
 def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
     from vp.run import RunOptions, execute
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     argv = list(command or []) + list(ctx.args)
     if not argv and not g.sync_only:
         raise UsageError("no command given", hint="e.g. vp python train.py")
@@ -201,138 +197,14 @@ def near_subcommand(word: str) -> str | None:
     name = (word.split() or [""])[0]
     if not name.replace("-", "_").isidentifier() or shutil.which(name):
         return None
-    visible = sorted(SUBCOMMANDS - {"list-instances", "create", "destroy"})
+    visible = sorted({"run"} | {n for n, e in COMMANDS.items() if not e.hidden})
     close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
     return close[0] if close and close[0] != name else None
 
 
-@app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
-def init(
-    ctx: typer.Context,
-    platform: str = typer.Option(None, "--platform", help="Platform to write into vp.toml"),
-    docker: bool = typer.Option(False, "--docker", help="Also write a GPU Dockerfile"),
-    make: bool = typer.Option(False, "--make", help="Append the vp Makefile snippet"),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files"),
-) -> None:
-    from vp.commands.init import init_project
-
-    g = _globals(ctx)
-    init_project(
-        Path.cwd(), platform=platform or g.platform, docker=docker, make=make, force=force, ui=g.ui
-    )
-
-
-@config_app.command("show", help="Print the merged configuration (secrets masked).")
-def config_show(ctx: typer.Context) -> None:
-    from vp import config as cfgmod
-    from vp.output import render
-
-    g = _globals(ctx)
-    cfg = g.load()
-    data = cfgmod.masked(cfg.data)
-    if g.output == "text":
-        import tomli_w
-
-        clean = {s: {k: v for k, v in t.items() if v is not None} for s, t in data.items()}
-        sources = ", ".join(str(p) for p in cfg.sources) or "defaults only"
-        sys.stdout.write(f"# project: {cfg.project} (root {cfg.project_root})\n")
-        sys.stdout.write(f"# from: {sources}\n")
-        sys.stdout.write(tomli_w.dumps({s: t for s, t in clean.items() if t}))
-    else:
-        render(data, g.output)
-
-
-@config_app.command("get", help="Print one value (SECTION.KEY: `vp config get host.gpu`).")
-def config_get(ctx: typer.Context, key: str) -> None:
-    from vp import config as cfgmod
-
-    g = _globals(ctx)
-    section, name = cfgmod.parse_key(key)
-    cfg = g.load()
-    value = cfgmod.masked(cfg.data).get(section, {}).get(name)
-    if value is None:
-        raise typer.Exit(1)
-    typer.echo(str(value).lower() if isinstance(value, bool) else str(value))
-
-
-@config_app.command(
-    "set",
-    help="Set a value in vp.toml; --user: in the user file (API keys).",
-)
-def config_set(
-    ctx: typer.Context,
-    key: str,
-    value: str = typer.Argument(
-        ..., help="The value; - reads it from stdin (keep keys out of argv)"
-    ),
-    user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
-) -> None:
-    from vp.commands.config import read_secret, set_value
-    from vp.config import coerce_value, is_secret, parse_key
-
-    ui = _globals(ctx).ui
-    if value == "-":
-        value = read_secret(key)
-    elif is_secret(*parse_key(key), coerce_value(*parse_key(key), value)):
-        ui.warn(f"{key} given as an argument is now in your shell history; next time use: -")
-    set_value(key, value, user=user, ui=ui)
-
-
-@app.command("runs", help="Run history: id, command, host, start, duration, exit code, cost.")
-def runs_cmd(
-    ctx: typer.Context,
-    all_projects: bool = typer.Option(False, "--all", help="Every project, not just this one"),
-    limit: int = typer.Option(20, "-n", "--limit", help="How many"),
-) -> None:
-    from vp.commands.runs import list_runs
-
-    g = _globals(ctx)
-    list_runs(g, all_projects=all_projects, limit=limit)
-
-
-LATEST_HELP = "Run id or a unique prefix (default: the project's latest run; --host/--all widen)"
-
-
-@app.command("logs", help="Print a run's output; -f follows it until it ends.")
-def logs_cmd(
-    ctx: typer.Context,
-    run_id: str = typer.Argument(None, help=LATEST_HELP),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
-    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
-) -> None:
-    from vp.commands.runs import show_logs
-
-    g = _globals(ctx)
-    raise typer.Exit(show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects))
-
-
-@app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
-def attach_cmd(
-    ctx: typer.Context,
-    run_id: str = typer.Argument(None, help=LATEST_HELP),
-    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
-) -> None:
-    from vp.commands.runs import show_logs
-
-    g = _globals(ctx)
-    raise typer.Exit(show_logs(g, run_id, follow=True, attach=True, all_projects=all_projects))
-
-
-@app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
-def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
-    from vp.commands.runs import kill_run
-
-    kill_run(_globals(ctx), run_id)
-
-
 # Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
-# the command modules (the run path skips them). tests/test_local.py keeps this list honest.
-SUBCOMMANDS = frozenset(
-    {"run", "init", "config", "runs", "logs", "attach", "kill"}
-    | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
-    | {"status", "gpu", "modify", "clone"}
-    | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
-)
+# the command modules: `run` (here) and the registry's.
+SUBCOMMANDS = frozenset({"run", *COMMANDS})
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
@@ -385,8 +257,8 @@ def hoist_globals(args: list[str], root) -> list[str]:
         i += step
     command = root
     path: list[str] = []
-    while i < len(args) and hasattr(command, "commands"):
-        sub = command.commands.get(args[i])  # type: ignore[attr-defined]
+    while i < len(args) and hasattr(command, "get_command"):
+        sub = command.get_command(None, args[i])  # type: ignore[attr-defined]
         if sub is None:
             return args
         path.append(args[i])
@@ -442,8 +314,10 @@ def _is_run(args: list[str]) -> bool:
 
 
 def registered_commands() -> list[str]:
-    names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
-    names += [g.name for g in app.registered_groups if g.name]
+    """Every subcommand the command modules define (importing them all), plus `run`."""
+    names = ["run"]
+    for module in sorted({e.module for e in COMMANDS.values()}):
+        names += list(typer.main.get_group(importlib.import_module(module).app).commands)
     return names
 
 
@@ -457,9 +331,6 @@ def main(argv: list[str] | None = None) -> None:
     ui = UI(verbose="-v" in sys.argv or "--verbose" in sys.argv)
     try:
         args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
-        if not _is_run(args):
-            from vp import commands  # noqa: F401  - registers the lifecycle and access commands
-
         command = typer.main.get_command(app)
         if not _is_run(args):
             args = hoist_globals(args, command)

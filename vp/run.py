@@ -6,6 +6,7 @@ import contextlib
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vp import remote
 from vp.config import Config
 from vp.errors import EXIT_INTERRUPTED, VpError
 from vp.follow import follow
-from vp.hosts import host_gone, resolve
+from vp.lifecycle import host_gone, resolve
 from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
@@ -23,6 +24,7 @@ from vp.sync.transfer import (
     DownloadIncomplete,
     Manifest,
     RemoteChange,
+    UploadResult,
     download,
     parse_changes,
     plan_download,
@@ -67,11 +69,7 @@ class Workspace:
         return self.cfg.project_root
 
     def rules(self) -> IgnoreRules:
-        return IgnoreRules.for_project(
-            self.root,
-            extra=self.cfg.get("sync", "extra_ignore") or [],
-            use_gitignore=bool(self.cfg.get("sync", "use_gitignore")),
-        )
+        return ignore_rules(self.cfg)
 
     def results(self) -> IgnoreRules | None:
         """`[sync] results`: when set, only paths matching these patterns come back."""
@@ -89,6 +87,15 @@ class Workspace:
         self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
 
 
+def ignore_rules(cfg: Config) -> IgnoreRules:
+    """What the project never uploads: .vpignore, [sync] extra_ignore, and .gitignore if asked."""
+    return IgnoreRules.for_project(
+        cfg.project_root,
+        extra=cfg.get("sync", "extra_ignore") or [],
+        use_gitignore=bool(cfg.get("sync", "use_gitignore")),
+    )
+
+
 def control_files(cfg: Config) -> set[str]:
     """Paths (relative to the project root) of the files that steer vp itself."""
     names = {"vp.toml", ".vpignore", "pyproject.toml"}
@@ -100,23 +107,39 @@ def control_files(cfg: Config) -> set[str]:
     return names
 
 
-def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = None) -> Workspace:
-    host, transport = resolve(cfg, state, ui, host_name=host_name)
+def workdir_for(cfg: Config, transport: Transport | None) -> str:
+    """Where the project lives on the host: [sync] workdir, or a per-project folder locally."""
     if isinstance(transport, LocalTransport):
-        workdir = transport.workdir_for(cfg.project, cfg.project_root)
-    else:
-        workdir = cfg.get("sync", "workdir")
-    return Workspace(cfg, state, host, transport, workdir)
+        return transport.workdir_for(cfg.project, cfg.project_root)
+    return cfg.get("sync", "workdir")
 
 
-def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
+def open_workspace(
+    cfg: Config,
+    state: State,
+    ui: UI,
+    host_name: str | None = None,
+    *,
+    create: bool = True,
+    image: str | None = None,
+) -> Workspace:
+    """The one way to reach the project's host: resolved (and with `create`, created or
+    started), connected, with its workdir. `image` is the image a new host boots."""
+    host, transport = resolve(cfg, state, ui, host_name=host_name, create=create, image=image)
+    return Workspace(cfg, state, host, transport, workdir_for(cfg, transport))
+
+
+def sync_up(
+    ws: Workspace, ui: UI, yes: bool = False, say: Callable[[str], None] | None = None
+) -> UploadResult:
+    """Upload what changed since the last upload; `say` (default `ui.info`) hears each step."""
     result, manifest = upload(
         ws.transport,
         ws.root,
         ws.workdir,
         ws.rules(),
         ws.manifest(),
-        say=ui.info,
+        say=say or ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
     )
@@ -126,6 +149,7 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
         ws.save_manifest(manifest)
         if result.deleted:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
+    return result
 
 
 def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
@@ -183,18 +207,19 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
     container_host = use_docker and kind(cfg.platform) == "container"
+    image = None
     if container_host:
         # Container platforms boot from the image itself: build and push before the host.
         from vp.docker.dispatch import build_and_push
 
-        cfg.data["host"]["image"], _auth = build_and_push(cfg, ui)
-    ws = open_workspace(cfg, state, ui, opts.host_name)
+        image, _auth = build_and_push(cfg, ui)
+    ws = open_workspace(cfg, state, ui, opts.host_name, image=image)
     running_image = ws.host.labels.get("image")
-    if container_host and running_image and running_image != cfg.get("host", "image"):
+    if container_host and running_image and running_image != image:
         # A container host is its image: a new image needs a new host.
         ui.warn(
             f"{ws.host.name} runs {running_image}, not the project's new image "
-            f"{cfg.get('host', 'image')}: recreate it with `vp down --yes` and run again"
+            f"{image}: recreate it with `vp down --yes` and run again"
         )
     command = command_text(opts.argv)
     run_id = remote.new_run_id()

@@ -1,81 +1,53 @@
-"""Host lifecycle: ls, offers, up, start, stop, down, status, gpu."""
+"""Host lifecycle commands: ls, offers, up, start, stop, down, status, gpu. Each parses, calls
+the lifecycle service (vp/lifecycle.py) and renders the records of vp/records.py."""
 
 from __future__ import annotations
 
 import sys
-import time
 
 import typer
 
-from vp.cli import _globals, app
+from vp import lifecycle, records
+from vp.commands.context import Globals, command_app, globals_of
 from vp.errors import UsageError, VpError
-from vp.hosts import (
-    platform_for,
-    project_hosts,
-    resolve,
-    spec_from_config,
-    transport_for,
-    with_local_facts,
-)
+from vp.offers import platform_for, spec_from_config
 from vp.output import render
-from vp.platforms import kind
-from vp.platforms.base import STOPPED, Host
+from vp.platforms.base import Host
+from vp.run import open_workspace
 from vp.state import State
 
-STOP_TIMEOUT = 300.0
-HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "price", "ssh"]
+app = command_app()
 
 
-def _row(host: Host) -> dict:
-    d = host.to_dict()
-    if host.ssh_host:
-        d["ssh"] = f"{host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22}"
-    d.pop("key_path", None)
-    return d
+def show_host(g: Globals, host: Host) -> None:
+    """One host: its JSON record with -o json|yaml, `key  value` lines otherwise."""
+    if g.output in ("json", "yaml"):
+        render(records.host_json(host), g.output)
+    else:
+        render(records.host_text(host), "text")
 
 
-def _find(cfg, state: State, ident: str | None, ui) -> tuple[Host, object]:
-    """The host named `ident` (id or name) on the configured platform, or the project's one."""
-    platform = platform_for(cfg)
-    if kind(cfg.platform) in ("local", "ssh"):
-        host, _t = resolve(cfg, state, ui, host_name=ident, create=False)
-        return host, platform
-    hosts = project_hosts(platform, state, cfg.project)
-    matches = [h for h in hosts if ident is None or ident in (h.id, h.name)]
-    if not matches:
-        target = f"'{ident}'" if ident else f"for project {cfg.project}"
-        raise VpError(f"no host {target} on {cfg.platform}", hint="see `vp ls`")
-    return matches[0], platform
+def show_hosts(g: Globals, hosts: list[Host]) -> None:
+    if g.output in ("json", "yaml"):
+        render([records.host_json(h) for h in hosts], g.output)
+    else:
+        render([records.host_cells(h) for h in hosts], "table", records.HOST_COLUMNS)
 
 
 @app.command("ls", help="List the project's hosts (--all: every vp host on the platform).")
+@app.command("list-instances", help="Alias of `vp ls`.", hidden=True)
 def ls_cmd(
     ctx: typer.Context,
     all_projects: bool = typer.Option(False, "--all", help="All projects"),
 ) -> None:
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
-    state = State()
-    platform = platform_for(cfg)
-    if kind(cfg.platform) in ("vm", "container"):
-        hosts = project_hosts(platform, state, None if all_projects else cfg.project)
-        for host in hosts:  # refresh what vp knows (address, status) for the warm path
-            if not all_projects and state.host(host.key) is not None:
-                state.save_host(host, cfg.project)
-    else:
-        hosts = platform.list(None if all_projects else cfg.project)
-    rows = [_row(h) for h in hosts]
-    if g.output == "text":
-        if not rows:
-            scope = "" if all_projects else f" for project {cfg.project}"
-            g.ui.info(f"no hosts on {cfg.platform}{scope}")
-            return
-        render(rows, "table", HOST_COLUMNS)
-    else:
-        render(rows, g.output, HOST_COLUMNS)
-
-
-app.command("list-instances", help="Alias of `vp ls`.", hidden=True)(ls_cmd)
+    hosts = lifecycle.list_hosts(cfg, State(), all_projects=all_projects)
+    if g.output == "text" and not hosts:
+        scope = "" if all_projects else f" for project {cfg.project}"
+        g.ui.info(f"no hosts on {cfg.platform}{scope}")
+        return
+    show_hosts(g, hosts)
 
 
 @app.command("offers", help="Search GPUs and prices that meet [host] (cheapest first).")
@@ -86,7 +58,7 @@ def offers_cmd(
     max_price: float = typer.Option(None, "--max-price", help="$/h ceiling"),
     limit: int = typer.Option(20, "-n", "--limit"),
 ) -> None:
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
     spec = spec_from_config(cfg)
     spec.gpu = gpu or spec.gpu
@@ -111,132 +83,76 @@ def offers_cmd(
 
 
 @app.command("up", help="Create the project's host from [host] (or start its stopped one).")
+@app.command("create", help="Alias of `vp up`.", hidden=True)
 def up_cmd(ctx: typer.Context) -> None:
-    g = _globals(ctx)
-    cfg = g.load()
-    state = State()
-    host, _t = resolve(cfg, state, g.ui, host_name=g.host)
-    render(_row(host), g.output if g.output != "text" else "text")
-
-
-app.command("create", help="Alias of `vp up`.", hidden=True)(up_cmd)
+    g = globals_of(ctx)
+    show_host(g, lifecycle.up(g.load(), State(), g.ui, g.host))
 
 
 @app.command("start", help="Start a stopped host and wait until ssh answers.")
 def start_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id or name")) -> None:
-    g = _globals(ctx)
-    cfg = g.load()
-    state = State()
-    target, platform = _find(cfg, state, host or g.host, g.ui)
-    g.ui.info(f"starting {target.name} on {cfg.platform}")
-    platform.start(target.id)
-    ready = platform.wait_ready(target.id, float(cfg.get("host", "ready_timeout") or 600))
-    known = state.host(ready.key)
-    if known:
-        ready.key_path, ready.host_key_alias = known.key_path, known.host_key_alias
-    state.save_host(ready, cfg.project)
-    render(_row(ready), g.output)
+    g = globals_of(ctx)
+    show_host(g, lifecycle.start(g.load(), State(), g.ui, host or g.host))
 
 
 @app.command("stop", help="Stop a host (keeps its disk; billing for compute stops).")
 def stop_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id or name")) -> None:
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
-    state = State()
-    target, platform = _find(cfg, state, host or g.host, g.ui)
-    platform.stop(target.id)
-    g.ui.info(f"stopping {target.name} ({target.id}) on {cfg.platform}")
-    stopped = _wait_for_status(platform, cfg, target, STOPPED, STOP_TIMEOUT)
-    known = state.host(target.key)
-    if known:
-        known.status = stopped.status if stopped else "stopped"
-        state.save_host(known, cfg.project)
-    if stopped is None:
-        g.ui.warn(f"{target.name} was still stopping after {STOP_TIMEOUT:.0f}s; see `vp ls`")
+    result = lifecycle.stop(cfg, State(), g.ui, host or g.host)
+    target = result.host
+    if not result.done:
+        g.ui.warn(
+            f"{target.name} was still stopping after {lifecycle.STOP_TIMEOUT:.0f}s; see `vp ls`"
+        )
     else:
-        g.ui.info(f"stopped {target.name} ({target.id}) on {cfg.platform}")
-
-
-def _wait_for_status(platform, cfg, target: Host, status: str, timeout: float) -> Host | None:
-    """Poll the provider until `target` reaches `status`: `vp stop` returns when billing
-    for compute has stopped, not when the request was accepted."""
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while time.monotonic() < deadline:
-        now = next((h for h in platform.list(cfg.project) if h.id == target.id), None)
-        if now is None:  # gone altogether: certainly not billing for compute
-            return target
-        if now.status == status:
-            return now
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-    return None
+        g.ui.info(f"stopped {target.name} ({target.id}) on {target.platform}")
 
 
 @app.command("down", help="Destroy a host and its disk. Asks first unless --yes.")
+@app.command("destroy", help="Alias of `vp down`.", hidden=True)
 def down_cmd(
     ctx: typer.Context,
     host: str = typer.Argument(None, help="Host id or name"),
     yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask"),
 ) -> None:
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
-    state = State()
-    if kind(cfg.platform) in ("local", "ssh"):
-        raise UsageError(f"the {cfg.platform} platform has no hosts to destroy")
-    target, platform = _find(cfg, state, host or g.host, g.ui)
-    if not yes:
+
+    def confirm(target: Host) -> bool:
+        if yes:
+            return True
         if not sys.stdin.isatty():
             raise UsageError(
                 f"refusing to destroy {target.name} without confirmation", hint="pass --yes"
             )
-        if not typer.confirm(
-            f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?"
-        ):
-            g.ui.note("nothing destroyed")
-            raise typer.Exit(1)
-    platform.destroy(target.id)
-    known = state.host(target.key)
-    if known is not None and known.ssh_host:
-        transport_for(known, cfg).close()  # its shared connection would linger 10 minutes
-    state.forget_host(target.key)
+        return typer.confirm(f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?")
+
+    done = lifecycle.down(cfg, State(), g.ui, host or g.host, confirm=confirm)
+    if done is None:
+        g.ui.note("nothing destroyed")
+        raise typer.Exit(1)
+    target = done.host
     g.ui.info(f"destroyed {target.name} ({target.id}) on {cfg.platform}")
-    from vp import sshconfig
+    from vp.sshconfig import user_config_path
 
-    for project in sshconfig.remove_blocks_of_host(target.key):  # `vp ssh-config` wrote it
-        g.ui.info(f"removed Host vp-{project} from {sshconfig.user_config_path()}")
-
-
-app.command("destroy", help="Alias of `vp down`.", hidden=True)(down_cmd)
+    for project in done.ssh_aliases_removed:
+        g.ui.info(f"removed Host vp-{project} from {user_config_path()}")
 
 
 @app.command("status", help="The project's host: state, uptime, $/h and cost so far.")
 def status_cmd(ctx: typer.Context) -> None:
-    g = _globals(ctx)
-    cfg = g.load()
-    state = State()
-    if kind(cfg.platform) in ("local", "ssh"):
-        host, _t = resolve(cfg, state, g.ui, host_name=g.host, create=False)
-    else:
-        host, _p = _find(cfg, state, g.host, g.ui)
-        host = with_local_facts(host, state)
-    row = _row(host)
-    known = state.host(host.key)
-    created = host.created_at or (known.created_at if known else None)
-    if created:
-        uptime = time.time() - created
-        row["uptime_h"] = round(uptime / 3600, 2)
-        if host.price:
-            row["cost_so_far"] = round(uptime / 3600 * host.price, 2)
-    render(row, g.output)
+    g = globals_of(ctx)
+    show_host(g, lifecycle.status(g.load(), State(), g.ui, g.host))
 
 
 @app.command("gpu", help="nvidia-smi summary of the project's host.")
 def gpu_cmd(ctx: typer.Context) -> None:
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
     state = State()
-    host, transport = resolve(cfg, state, g.ui, host_name=g.host, create=False)
+    ws = open_workspace(cfg, state, g.ui, g.host, create=False)
+    host, transport = ws.host, ws.transport
     query = (
         "nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total,temperature.gpu"
         " --format=csv,noheader,nounits"
