@@ -93,7 +93,7 @@ USER_ONLY_KEYS = {
     ("docker", "username"): "VP_REGISTRY_USER",
 }
 
-# API endpoints the environment can set per platform (DESIGN §5: how tests point vp at emulators).
+# API endpoints the environment can set per platform (ARCHITECTURE.md §3: how tests point vp at emulators).
 ENDPOINT_ENV = {d.name: d.endpoint_env for d in declarations() if d.endpoint_env}
 
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
