@@ -299,7 +299,8 @@ def hoist_globals(args: list[str], root) -> list[str]:
 
 
 def _is_run(args: list[str]) -> bool:
-    """Does `args` (normalized) invoke `run`? Then the other commands need not be loaded."""
+    """Does `args` (normalized) invoke `run`? Then what follows it is the command's own: no
+    global option is hoisted out of it."""
     i = 0
     while i < len(args):
         if args[i] in VALUE_OPTIONS:
