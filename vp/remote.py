@@ -112,11 +112,14 @@ echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {_user_shell()}
-(eval "$vp_env" && exec "$vp_sh" -c {shlex.quote(command)}) < /dev/null >> "$R/log" 2>&1
+(umask "${{1:-022}}" 2>/dev/null; eval "$vp_env" && exec "$vp_sh" -c {shlex.quote(command)}) < /dev/null >> "$R/log" 2>&1
 vp_finish $?
 """
     token = _heredoc_token(body)
-    script = f"""umask 077
+    # vp's own files are private (umask 077); the command gets the login's umask back ($1 of
+    # run.sh), so results it writes have the modes they would have in a normal ssh session.
+    script = f"""vp_umask=$(umask)
+umask 077
 R={rdir}
 mkdir -p {runs_dir_sh} && mkdir "$R" || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
 mkdir -p {workdir_sh} 2>/dev/null
@@ -133,7 +136,7 @@ esac
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
 {pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
-{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1 || rm -f "$R/env"
+{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh" "$2"; :' vp-run "$R" "$vp_umask" < /dev/null > /dev/null 2>&1 || rm -f "$R/env"
 printf '{STARTED.decode()}'
 """
     if follow:
