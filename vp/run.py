@@ -247,6 +247,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         command,
         env,
         follow=not opts.detach,
+        changes=not opts.setup_only,
         pre_start=_idle_watchdog(cfg, ws, ui),
         setup=_setup_step(ws, setup_cmd, setup_text, image, opts.force_setup),
         mask=secretstore.mask_values(secret_values.values()),
@@ -298,6 +299,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
                 host_gone=lambda: host_gone(cfg, state, ws.host),
                 view=view,
+                changes=not opts.setup_only,
             )
     except BaseException:
         state.finish_run(run_id, None, "failed")
