@@ -110,6 +110,7 @@ def test_local_deletion_propagates_but_remote_results_survive(
     assert not (remote_workdir / "a.py").exists()  # vp uploaded it; the user deleted it
     assert (remote_workdir / "b.py").exists()
     assert (remote_workdir / "made-on-host.txt").exists()  # vp never uploaded it
+    assert (remote_workdir / "result.txt").exists()  # the run made it: the host's to keep
 
 
 def test_remote_results_vp_never_uploaded_are_not_deleted(
@@ -120,8 +121,9 @@ def test_remote_results_vp_never_uploaded_are_not_deleted(
     (ssh_project.project / "ckpt" / "model.bin").unlink()
     (ssh_project.project / "ckpt").rmdir()
     assert ssh_project.run("true").returncode == 0
-    # the result was downloaded once, so it counts as synced; deleting it locally removes
-    # it remotely, as with any synced file. A result never downloaded stays:
+    # downloaded is not uploaded: deleting the local copy leaves the host's result
+    assert (remote_workdir / "ckpt" / "model.bin").exists()
+    # and a result never downloaded stays too:
     (remote_workdir / "only-remote.bin").write_text("x")
     assert ssh_project.run("true").returncode == 0
     assert (remote_workdir / "only-remote.bin").exists()
@@ -287,3 +289,24 @@ def test_a_host_without_rsync_gets_tar(vp_env: VpEnv, tmp_path: Path) -> None:
         assert not (remote / "gone.txt").exists()
     finally:
         host.close()
+
+
+def test_upload_progress_moves_while_bytes_flow(tmp_path: Path) -> None:
+    """Issue #12 item 9: the bar follows rsync's running byte count, not 0 then the end.
+    A real rsync, slowed to 1 MB/s so it takes a few of its one-second progress ticks."""
+    from vp.sync.rsync import run_rsync
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    total = 3 << 20
+    (src / "big.bin").write_bytes(os.urandom(total))
+    seen: list[int] = []
+    proc = run_rsync(
+        ["rsync", "-a", "--bwlimit=1000", "--files-from=-", "--from0", f"{src}/", f"{dst}/"],
+        b"big.bin\0",
+        seen.append,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert any(0 < n < total for n in seen), seen  # it moved in between
+    assert seen == sorted(seen) and seen[-1] == total, seen

@@ -54,6 +54,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "extra_ignore": (list, []),
         "include": (list, []),
         "results": (list, []),
+        # Ask before the first upload of a folder with neither vp.toml nor .git when it is
+        # bigger than this (0: never ask).
+        "confirm_files": (int, 10000),
+        "confirm_gb": ((int, float), 1),
     },
     "docker": {
         "enabled": (bool, False),
@@ -170,6 +174,8 @@ NON_NEGATIVE = {
     ("ssh", "reconnect_timeout"),
     ("aws", "api_timeout"),
     ("gce", "create_timeout"),
+    ("sync", "confirm_files"),
+    ("sync", "confirm_gb"),
 }
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).

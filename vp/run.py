@@ -17,6 +17,7 @@ from vp.hosts import host_gone, resolve
 from vp.mask import LogView
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
+from vp.sync.guard import check_root, confirm_first_upload
 from vp.sync.ignore import IgnoreRules
 from vp.sync.transfer import (
     DownloadIncomplete,
@@ -41,6 +42,7 @@ class RunOptions:
     docker: bool | None = None  # None: [docker] enabled
     host_name: str | None = None
     tunnels: list[str] = field(default_factory=list)  # REMOTE[:LOCAL] forwards for the run
+    yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
     setup_only: bool = False  # `vp setup`: run the project's setup (if needed) and nothing else
     force_setup: bool = False  # `vp setup --force`: even when the host's record is current
 
@@ -109,7 +111,7 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
     return Workspace(cfg, state, host, transport, workdir)
 
 
-def sync_up(ws: Workspace, ui: UI) -> None:
+def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
     result, manifest = upload(
         ws.transport,
         ws.root,
@@ -118,6 +120,7 @@ def sync_up(ws: Workspace, ui: UI) -> None:
         ws.manifest(),
         say=ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
+        confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
@@ -188,6 +191,8 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
             "this project has no setup to run",
             hint='add [setup] run = "pip install -r requirements.txt" to vp.toml',
         )
+    if opts.sync:
+        check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
     container_host = use_docker and cfg.platform in ("vast", "runpod")
     if container_host:
@@ -218,7 +223,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         setup_text, image = prepared.setup, prepared.image
         env.update(prepared.env)
     if opts.sync:
-        sync_up(ws, ui)
+        sync_up(ws, ui, yes=opts.yes)
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.
@@ -313,9 +318,15 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
     state.finish_run(run_id, result.exit_code, status)
+    if result.interrupted and result.changes is None and not result.lost:
+        # Ctrl-C twice, but the run had already ended: say so, not "keeps going".
+        ui.note(
+            f"run {run_id} on {ws.host.name} already ended (exit {result.exit_code}); "
+            f"its results were not fetched: vp attach {run_id} fetches them"
+        )
     if want_download and result.changes is not None:
         sync_down(ws, ui, result.changes)
-    elif result.changes is not None:
+    elif result.changes is not None or result.interrupted:
         manifest = ws.manifest()
         manifest.clean = False
         ws.save_manifest(manifest)

@@ -61,7 +61,7 @@ def plan_upload(root: Path, rules: IgnoreRules, manifest: Manifest) -> Plan:
             plan.unchanged += 1
         else:
             plan.upload[path] = entry.size
-    plan.delete = [p for p in manifest.files if p not in local and not os.path.lexists(root / p)]
+    plan.delete = manifest.to_delete(root, {p: e.as_list() for p, e in local.items()})
     return plan
 
 

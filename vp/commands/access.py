@@ -339,8 +339,18 @@ def _known_host(cfg, state: State, host_name: str | None) -> tuple[Host | None, 
     return None, workdir
 
 
-def _upload(ws, ui: UI, say) -> dict:
-    result, manifest = upload(ws.transport, ws.root, ws.workdir, ws.rules(), ws.manifest(), say=say)
+def _upload(ws, ui: UI, say, yes: bool = False) -> dict:
+    from vp.sync.guard import confirm_first_upload
+
+    result, manifest = upload(
+        ws.transport,
+        ws.root,
+        ws.workdir,
+        ws.rules(),
+        ws.manifest(),
+        say=say,
+        confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
+    )
     if not result.skipped:
         ws.save_manifest(manifest)
     return {
@@ -410,11 +420,13 @@ def sync_cmd(
     status: bool = typer.Option(False, "--status", help="Dry run: what would be uploaded"),
 ) -> None:
     from vp.run import open_workspace
+    from vp.sync.guard import check_root
 
     g = _globals(ctx)
     if watch and status:
         raise UsageError("--watch and --status don't go together")
     cfg = g.load()
+    check_root(cfg)
     state = State()
     if status:
         data = sync_status(cfg, state, g.host)
@@ -424,7 +436,7 @@ def sync_cmd(
             render(data, g.output)
         return
     ws = open_workspace(cfg, state, g.ui, g.host)
-    data = _upload(ws, g.ui, g.ui.info)
+    data = _upload(ws, g.ui, g.ui.info, yes=g.yes)
     if not watch:
         if g.output != "text":
             render(data, g.output)
@@ -441,7 +453,7 @@ def sync_cmd(
         names = sorted(plan.upload) + [f"-{p}" for p in plan.delete]
         shown = ", ".join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
         g.ui.info(f"sync: {shown or 'checking the host'}")
-        _upload(ws, g.ui, g.ui.debug)
+        _upload(ws, g.ui, g.ui.debug, yes=g.yes)
 
     try:
         watch_loop(

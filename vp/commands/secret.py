@@ -109,6 +109,7 @@ def setup_cmd(
         argv=[],
         sync=not g.no_sync,
         download=False,
+        yes=g.yes,
         docker=g.docker,
         host_name=g.host if cfg.platform != "ssh" else None,
         setup_only=True,

@@ -39,21 +39,40 @@ DEFAULT_RULES = [
     ".vp/",
     ".vp-dl-*/",
     "*.vp-remote",
-    # secrets: listed explicitly with `!name` in .vpignore if you really mean to sync them
+    # secrets: listed explicitly with `!name` in .vpignore if you really mean to sync them.
+    # Wide on purpose: a project at $HOME (refused without a vp.toml, but allowed with one)
+    # holds every credential of the machine.
     ".env",
     ".env.*",
     "*.pem",
     "*.key",
+    "*.p12",
+    "*.pfx",
     "id_rsa*",
     "id_ed25519*",
     "id_ecdsa*",
+    "id_dsa*",
     ".netrc",
     ".pypirc",
-    ".aws/",
-    ".ssh/",
-    ".docker/config.json",
+    ".npmrc",
+    ".pgpass",
+    ".git-credentials",
+    "secrets.toml",
     "credentials.json",
     "*.tfstate",
+    "*.tfstate.*",
+    ".*_history",
+    ".history",
+    ".aws/",
+    ".ssh/",
+    ".gnupg/",
+    ".kube/",
+    ".azure/",
+    ".runpod/",
+    ".thunder/",
+    ".config/vastai/",
+    ".config/gcloud/",
+    ".docker/config.json",
 ]
 
 # Directory names pruned on the host when listing what a run changed (cheap `find -prune`).
@@ -77,16 +96,15 @@ class IgnoreRules:
             self.spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
         except Exception:  # noqa: BLE001 - pathspec raises ValueError or re.error
             raise _bad_line(self.lines, source) from None
-        self._any = _any_exclude(self.spec)
+        self._prefilter = _prefilter(self.spec)
 
     def _match(self, path: str) -> bool:
         """`spec.match_file`, behind a one-regex prefilter: a path no excluding pattern
-        matches cannot be ignored, and that is most paths (10k files: 96 -> 51 ms)."""
-        return (
-            self._any is not None
-            and self._any.match(path) is not None
-            and (self.spec.match_file(path))
-        )
+        matches cannot be ignored, and that is most paths (10k files: 96 -> 51 ms). Without
+        a prefilter every path goes to pathspec: slower, never wrong."""
+        if self._prefilter is not None and self._prefilter.match(path) is None:
+            return False
+        return bool(self.spec.match_file(path))
 
     @classmethod
     def for_project(
@@ -116,26 +134,84 @@ class IgnoreRules:
         """Every synced file and symlink under `root`, pruning ignored directories."""
         out: dict[str, Entry] = {}
         stack = [""]
+        try:
+            root_dev = os.stat(root).st_dev
+        except OSError:
+            return out
         while stack:
             rel_dir = stack.pop()
             directory = os.path.join(root, rel_dir) if rel_dir else str(root)
             try:
                 entries = list(os.scandir(directory))
-            except (PermissionError, FileNotFoundError, NotADirectoryError):
+            except OSError:  # unreadable, gone, or not a directory any more
                 continue
             for entry in entries:
                 rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 try:
                     st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
+                except OSError:
                     continue
                 if stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != root_dev and is_pseudo_fs(entry.path):
+                        continue  # /proc, /sys, /dev mounted inside: endless or unreadable
                     if not self._match(rel + "/"):
                         stack.append(rel)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     if not self._match(rel):
                         out[rel] = Entry(st.st_size, st.st_mtime_ns, stat.S_ISLNK(st.st_mode))
         return out
+
+
+# Kernel and virtual filesystems: their files are not data, and reading some never ends.
+PSEUDO_FS = frozenset(
+    [
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "devfs",
+        "cgroup",
+        "cgroup2",
+        "debugfs",
+        "tracefs",
+        "securityfs",
+        "pstore",
+        "bpf",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "hugetlbfs",
+        "autofs",
+        "binfmt_misc",
+        "efivarfs",
+        "rpc_pipefs",
+        "nsfs",
+    ]
+)
+
+
+def is_pseudo_fs(path: str) -> bool:
+    """Is `path` the mount point of a kernel filesystem? Asked only when a directory is on
+    another device than the project, which is rare, so /proc/self/mountinfo is read then."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as fh:
+            text = fh.read().decode("utf-8", "surrogateescape")
+    except OSError:  # not Linux: macOS mounts devfs at /dev only, outside any project
+        return os.path.realpath(path) == "/dev"
+    real = os.path.realpath(path)
+    found = None  # the last mount on a path is the one visible there
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-")
+            mount_point, fstype = fields[4], fields[sep + 1]
+        except (ValueError, IndexError):
+            continue
+        # mountinfo escapes space, tab, newline and backslash as octal
+        mount_point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), mount_point)
+        if mount_point == real:
+            found = fstype
+    return found in PSEUDO_FS
 
 
 def _bad_line(lines: list[str], source: str) -> ConfigError:
@@ -173,14 +249,28 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
-def _any_exclude(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
-    """One regex matching whatever any excluding (non-`!`) pattern matches."""
+def _pattern_regex(pattern: object) -> object:
+    """pathspec's compiled regex of one pattern: a private detail, so checked by the caller."""
+    return getattr(pattern, "regex", None)
+
+
+def _prefilter(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+    """One regex matching whatever any excluding (non-`!`) pattern matches, or None (no
+    shortcut: ask pathspec for every path) if any pattern's regex cannot be read. It must
+    fail closed: a prefilter that misses one pattern would upload `.env`."""
     parts = []
-    for pattern in spec.patterns:
-        regex = getattr(pattern, "regex", None)
-        if pattern.include and regex is not None:
-            parts.append("(?:" + re.sub(r"\(\?P<\w+>", "(?:", regex.pattern) + ")")
-    return re.compile("|".join(parts)) if parts else None
+    try:
+        for pattern in spec.patterns:
+            if pattern.include is None:
+                continue  # a comment or blank line
+            regex = _pattern_regex(pattern)
+            if not isinstance(regex, re.Pattern) or not isinstance(regex.pattern, str):
+                return None
+            if pattern.include:
+                parts.append("(?:" + re.sub(r"\(\?P<\w+>", "(?:", regex.pattern) + ")")
+        return re.compile("|".join(parts)) if parts else re.compile(r"(?!)")
+    except (AttributeError, TypeError, re.error):
+        return None
 
 
 def read_rules(path: Path) -> list[str]:

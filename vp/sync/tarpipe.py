@@ -20,6 +20,7 @@ from pathlib import Path
 from vp import paths
 from vp.errors import ConnectionFailed, VpError
 from vp.sync.place import DirWalker, Unsafe, link_contained, lstat_at
+from vp.sync.rsync import files_from
 from vp.transport import Transport
 
 
@@ -45,7 +46,7 @@ def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
 
 
 def _payload(names: list[str]) -> bytes:
-    return b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+    return files_from(names)  # `./NAME`: no name is read as a tar option
 
 
 def _feed(stream, data: bytes) -> None:
@@ -84,7 +85,7 @@ def upload(
     transport.ensure()
     if send:
         local = subprocess.Popen(
-            ["tar", "-C", str(root), "--null", "-T", "-", "-c", "-f", "-"],
+            ["tar", "-C", str(root), "--no-recursion", "--null", "-T", "-", "-c", "-f", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -99,10 +100,24 @@ def upload(
             start_new_session=True,
         )
         local.stdout.close()  # the remote side owns it now
+        local_err: list[bytes] = []
+        drain = threading.Thread(
+            target=lambda: local_err.append(local.stderr.read()),  # type: ignore[union-attr]
+            daemon=True,
+        )
+        drain.start()
         _feed(local.stdin, _payload(send))
         out, err = remote.communicate()
         local.wait()
+        drain.join(timeout=5)
         _check(subprocess.CompletedProcess([], remote.returncode, out, err), transport, "upload")
+        # tar skips a file it cannot read and goes on: fail rather than record it as sent.
+        # Exit 1 (changed while read) and files deleted since the walk are rsync's exit 24.
+        lines = b"".join(local_err).decode(errors="replace").strip().splitlines()
+        failed = [ln for ln in lines if "No such file" not in ln and "Exiting with" not in ln]
+        if local.returncode not in (0, 1) and (failed or not lines):
+            detail = failed[0] if failed else f"tar exited {local.returncode}"
+            raise VpError(f"upload to {transport.label} (tar) failed: {detail}")
     if deleted:
         proc = subprocess.run(
             transport.exec_argv(f"cd {wd} && xargs -0 rm -f --"),

@@ -24,7 +24,7 @@ from vp.output import human_size
 from vp.sync import tarpipe
 from vp.sync.ignore import Entry, IgnoreRules
 from vp.sync.place import DirWalker, Unsafe, lstat_at, same_at, sanitize_staged
-from vp.sync.rsync import run_rsync
+from vp.sync.rsync import files_from, run_rsync
 from vp.transport import Transport
 from vp.ui import one_line
 
@@ -40,7 +40,13 @@ def _no_progress(_label: str, _total: int) -> contextlib.AbstractContextManager:
 
 @dataclass
 class Manifest:
-    """What both sides agree on: files vp uploaded or downloaded, with local size and mtime."""
+    """What both sides agree on: files vp uploaded or downloaded, with local size and mtime.
+
+    `uploaded` holds the entry each file had when vp last uploaded it. A file may be deleted
+    on the host (because it was deleted here) only while its agreed entry is still that
+    upload's: a result the run made and vp downloaded is never in it, and a file the host
+    changed and vp brought back no longer matches it. Results are the host's to keep.
+    """
 
     files: dict[str, list] = field(default_factory=dict)
     # False when the host may differ from `files` (a run changed things vp did not fetch).
@@ -48,9 +54,10 @@ class Manifest:
     # Results a run made that a download could not fetch (local disk full), as
     # [kind, size, mtime, path]: the next download fetches them.
     pending: list[list] = field(default_factory=list)
+    uploaded: dict[str, list] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        out: dict = {"files": self.files, "clean": self.clean}
+        out: dict = {"files": self.files, "clean": self.clean, "uploaded": self.uploaded}
         if self.pending:
             out["pending"] = self.pending
         return out
@@ -59,11 +66,36 @@ class Manifest:
     def from_json(cls, data: dict | None) -> Manifest:
         if not data:
             return cls(clean=False)
+        # A manifest from before `uploaded` existed cannot tell results from uploads: none
+        # is deletable until it is uploaded again (a stale file beats a lost result).
         return cls(
             files=data.get("files", {}),
             clean=bool(data.get("clean", False)),
             pending=[p for p in data.get("pending", []) if isinstance(p, list) and len(p) == 4],
+            uploaded=data.get("uploaded") or {},
         )
+
+    def deletable(self, path: str) -> bool:
+        """May vp delete `path` on the host now that it is gone locally? Only its own upload."""
+        entry = self.files.get(path)
+        return entry is not None and self.uploaded.get(path) == entry
+
+    def to_delete(self, root: Path, current: dict) -> list[str]:
+        """Files vp uploaded that the user has since deleted locally."""
+        return [
+            p
+            for p in self.files
+            if p not in current and self.deletable(p) and not os.path.lexists(root / p)
+        ]
+
+    def after_upload(self, current: dict[str, list]) -> Manifest:
+        """The manifest once `current` is on the host. A file is an upload if it changed
+        here since vp last agreed on it (new, edited - an edited result becomes yours), or was
+        an upload already; a result still as downloaded stays a result, even when re-sent."""
+        uploaded = {
+            p: e for p, e in current.items() if self.files.get(p) != e or self.uploaded.get(p) == e
+        }
+        return Manifest(files=current, clean=True, pending=self.pending, uploaded=uploaded)
 
 
 @dataclass
@@ -112,20 +144,27 @@ def upload(
     *,
     say: Callable[[str], None] = lambda _m: None,
     progress: ProgressFactory | None = None,
+    confirm: Callable[[int, int], None] | None = None,
 ) -> tuple[UploadResult, Manifest]:
-    """Send the workspace; remove remotely only files vp uploaded before and the user deleted."""
+    """Send the workspace; remove remotely only files vp uploaded before and the user deleted.
+    `confirm(files, bytes)` is called before a first upload and may refuse it by raising."""
     local = rules.walk(root)
     current = {path: entry.as_list() for path, entry in local.items()}
     if previous.clean and current == previous.files:
         return UploadResult(skipped=True), previous
-    deleted = [p for p in previous.files if p not in current and not os.path.lexists(root / p)]
+    deleted = previous.to_delete(root, current)
     if previous.clean:
         # The host holds exactly what the manifest says: send only what differs from it.
         send = sorted(p for p, entry in current.items() if previous.files.get(p) != entry)
     else:
         send = sorted(current)
+    if previous.clean and not send and not deleted:
+        # Only results were deleted here (the host keeps them): nothing to move.
+        return UploadResult(skipped=False), previous.after_upload(current)
     names = send + deleted
     total = sum(local[p].size for p in send)
+    if confirm is not None and not previous.files:
+        confirm(len(send), total)
     what = f"{len(send)} file{'s' if len(send) != 1 else ''}"
     if previous.clean and previous.files:
         what = f"{len(send)} changed file{'s' if len(send) != 1 else ''}"
@@ -138,6 +177,9 @@ def upload(
         "--protect-args",
         "--delete-missing-args",
         "--no-inc-recursive",
+        # vp's manifest already chose these files as changed; rsync's own quick check
+        # (size + mtime to the second) would skip a same-size edit made within a second.
+        "--ignore-times",
     ]
     if transport.is_local:
         Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -148,7 +190,7 @@ def upload(
     argv += [str(root) + "/", transport.remote_path(transport.rsync_workdir(workdir))]
     transport.ensure()
     if not tarpipe.host_lacks_rsync(transport):
-        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        payload = files_from(names)
         with (progress or _no_progress)("upload", total) as bar:
             proc = run_rsync(argv, payload, bar.callback if bar else None)
         if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
@@ -161,7 +203,7 @@ def upload(
         tarpipe.upload(transport, root, workdir, send, deleted)
     return (
         UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
-        Manifest(files=current, clean=True, pending=previous.pending),
+        previous.after_upload(current),
     )
 
 
@@ -372,7 +414,7 @@ def _fetch(
         if tarpipe.host_lacks_rsync(transport):
             tarpipe.download(transport, workdir, names, staging)
             return False
-        payload = b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+        payload = files_from(names)
         with (progress or _no_progress)("download", total_bytes) as bar:
             proc = run_rsync(argv, payload, bar.callback if bar else None)
         if proc.returncode in (0, 23, 24):
