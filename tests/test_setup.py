@@ -213,3 +213,51 @@ def test_setup_inputs_are_configurable(ssh_project: VpEnv, tmp_path: Path) -> No
     cfg.write_text(cfg.read_text().replace('"deps/*.lock"', '"!"'))
     r = env.run("true")
     assert r.returncode == 2 and "[setup] inputs" in r.stderr, r.stderr
+
+
+try:
+    from tests.dockerenv import busybox_image, docker_engine  # noqa: F401 - fixtures
+except ModuleNotFoundError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from dockerenv import busybox_image, docker_engine  # noqa: F401
+
+
+@pytest.mark.timeout(600)
+def test_with_docker_setup_and_secrets_run_inside_the_image(
+    ssh_project: VpEnv,
+    remote_workdir: Path,
+    busybox_image: str,  # noqa: F811
+) -> None:
+    import hashlib
+    import secrets
+
+    env = ssh_project
+    token = "hf_" + secrets.token_hex(16)
+    tag = "vp-test/setup" + secrets.token_hex(4)
+    (env.project / "Dockerfile").write_text(
+        "FROM vp-test/busybox:latest\nRUN echo in-the-image > /image-marker\n"
+    )
+    (env.project / ".dockerignore").write_text("*\n")
+    _with_setup(
+        env,
+        'cat /image-marker >> setup-log; printf %s "$HF_TOKEN" | sha256sum >> setup-log',
+        f'[docker]\nenabled = true\nbuild_on = "remote"\nimage = "{tag}"\n'
+        '[secrets]\nrequired = ["HF_TOKEN"]\n',
+    )
+    try:
+        for _ in range(2):
+            r = env.run(
+                "sh", "-c", 'cat /image-marker; echo "t=$HF_TOKEN"', extra_env={"HF_TOKEN": token}
+            )
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == "in-the-image\nt=***\n", r.stdout + r.stderr
+        lines = (remote_workdir / "setup-log").read_text().split()
+        # ran once, inside the image, with the secret in its environment
+        assert lines == ["in-the-image", hashlib.sha256(token.encode()).hexdigest(), "-"]
+    finally:
+        import subprocess
+
+        subprocess.run(
+            f"docker images -q {tag} | sort -u | xargs -r docker rmi -f",
+            shell=True,
+            capture_output=True,
+        )
