@@ -151,11 +151,12 @@ async def http(request, forwards: AppForwards, name: str, path: str, touch: Call
     upstream = f"http://127.0.0.1:{port}"
     url = f"{upstream}/{path}" + (f"?{request.url.query}" if request.url.query else "")
     client: httpx.AsyncClient = request.app.state.http
+    has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
     req = client.build_request(
         request.method,
         url,
         headers=request_headers(request.headers, name),
-        content=request.stream(),
+        content=request.stream() if has_body else None,
     )
     try:
         resp = await client.send(req, stream=True)

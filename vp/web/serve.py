@@ -71,6 +71,6 @@ def serve(
         ssl_certfile=str(cert) if cert else None,
         ssl_keyfile=str(key) if key else None,
         log_level="warning",
-        ws="websockets",
+        ws="websockets-sansio",
         lifespan="on",
     )
