@@ -347,7 +347,10 @@ def test_page_runs_a_command_and_proxies_an_app(ssh_project: VpEnv, browser) -> 
         api = server.api()
         r = api.get("/apps/echo/go-home", follow_redirects=False)
         assert r.status_code == 302 and r.headers["location"] == "/apps/echo/"
-        seen = api.get("/apps/echo/headers", cookies={"vp_session": "x", "other": "1"}).text
+        with server.client(
+            headers={"Authorization": f"Bearer {TOKEN}"}, cookies={"vp_session": "x", "other": "1"}
+        ) as with_cookies:
+            seen = with_cookies.get("/apps/echo/headers").text
         assert "authorization" not in seen.lower() and "vp_session" not in seen
         assert "other=1" in seen and "X-Forwarded-Prefix: /apps/echo" in seen
 
@@ -434,7 +437,6 @@ def test_idle_stop_waits_for_the_page_to_close(vp_env: VpEnv, tmp_path: Path, br
             wait_for(pid_file.exists, 30, "the page to arm the idle watchdog")
             armed = pid_file.stat().st_mtime
             wait_for(lambda: "stops when idle in" in _text(browser, "#idle"), 30)
-            _screenshot(browser, "ui-idle")
             # several idle limits pass on the host's own clock while the page is open
             activity = Path(f"{watchdog}.activity")
             wait_for(
