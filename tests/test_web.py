@@ -81,7 +81,7 @@ def vp_ui(env: VpEnv, *args: str, token: str | None = TOKEN) -> Iterator[Server]
         wait_for(
             up,
             60,
-            "vp ui to answer",
+            "the server to answer",
             gave_up=lambda: None if proc.poll() is None else "vp ui exited",
             context=lambda: log.read_text(),
         )

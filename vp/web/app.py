@@ -143,7 +143,7 @@ def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> St
             return login_page("Too many attempts; wait a minute.", next_url, 429)
         if not keys.token_ok(str(form.get("token") or "").strip()):
             limiter.failed(client)
-            return login_page("That is not the token vp ui printed.", next_url, 403)
+            return login_page("That is not the token printed at start.", next_url, 403)
         response = RedirectResponse(next_url, status_code=303)
         response.set_cookie(
             COOKIE,

@@ -136,6 +136,8 @@ def host_action(project: Project, name: str, action: str, platform: str | None) 
     cfg = project.load()
     if platform is not None and platform not in platforms(project, cfg):
         raise CoreError(f"no platform {platform!r} in this project", status=404)
+    if not name or name.startswith("-"):  # a name, never an option of the command
+        raise CoreError(f"no host {name!r}", status=404)
     verb, *rest = HOST_ACTIONS[action]
     cli(project, verb, name, *rest, platform=platform)
 

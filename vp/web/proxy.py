@@ -165,7 +165,7 @@ async def http(request, forwards: AppForwards, name: str, path: str, touch: Call
     headers: list[tuple[str, str]] = []
     for key, value in resp.headers.multi_items():
         k = key.lower()
-        if k in HOP_HEADERS:
+        if k in HOP_HEADERS or k in ("server", "date"):  # uvicorn sends its own
             continue
         if k == "location":
             value = rewrite_location(value, name, upstream)

@@ -52,13 +52,13 @@ def serve(
         from vp.web.app import create_app
     except ImportError as exc:
         raise VpError(
-            f"vp ui needs the ui extra ({exc.name} is not installed)",
+            f"the web page needs the ui extra ({exc.name} is not installed)",
             hint="pip install 'vp-runner[ui]'",
         ) from None
     token, source = load_token()
     app = create_app(project, Keys(token), secure=tls)
     host = f"[{bind}]" if ":" in bind else bind
-    say(f"vp ui on {'https' if tls else 'http'}://{host}:{port}/")
+    say(f"serving the page on {'https' if tls else 'http'}://{host}:{port}/")
     if source == TOKEN_ENV:
         say(f"log in with the token in {TOKEN_ENV}")
     else:
