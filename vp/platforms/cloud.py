@@ -63,6 +63,10 @@ class Declaration:
     endpoint_key: str | None = None
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
+    # Whether the provider can stop a host and start it again with its disk (`vp stop` /
+    # `vp start`, a stopped host started on use). False: a host runs, and bills, until it is
+    # destroyed; `stop`/`start` refuse in one line.
+    can_stop: bool = True
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.
     honours: frozenset[str] = frozenset()
     # Words for its hosts in messages ("vast instance 42") and for destroying one.
