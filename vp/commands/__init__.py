@@ -51,4 +51,9 @@ COMMANDS: dict[str, Entry] = {
     "upload": Entry(_ACCESS, "Copy a file or folder to the host, outside the sync rules."),
     "download": Entry(_ACCESS, "Copy a file or folder from the host."),
     "sync": Entry(_ACCESS, "Upload the workspace now; --watch keeps going, --status shows."),
+    "secret": Entry("vp.commands.secret", "Tokens your runs need (HF_TOKEN...), kept here."),
+    "setup": Entry(
+        "vp.commands.secret", "Run the project's [setup] on its host now if its inputs changed."
+    ),
+    "ui": Entry("vp.commands.web", "Serve the web control page: hosts, runs, live logs, apps."),
 }

@@ -6,11 +6,12 @@ import sys
 
 import typer
 
-from vp import records, remote
+from vp import records, remote, secretstore
 from vp.commands.context import command_app, globals_of
 from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.follow import follow as follow_run
 from vp.lifecycle import transport_for
+from vp.mask import LogView
 from vp.output import render
 from vp.state import RunRecord, State
 
@@ -62,11 +63,14 @@ def show_logs(
 ) -> int:
     state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects)
     workdir_sh = transport.workdir_sh(record.workdir)
+    # Secrets masked here too, whatever the host's copy holds (vp/mask.py).
+    view = LogView(sys.stdout.buffer, sys.stderr.buffer, secretstore.known_values(cfg))
     if not follow:
         proc = transport.run(f"cat {transport.runs_dir_sh}/{record.id}/log\n", timeout=120)
         if proc.returncode != 0:
             raise VpError(f"no log for run {record.id} on {host.name}")
-        sys.stdout.buffer.write(proc.stdout)
+        view.write(proc.stdout)
+        view.close()
         return 0
     script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
     result = follow_run(
@@ -79,6 +83,7 @@ def show_logs(
         changes=attach,
         launched=True,
         interruptible=attach,
+        view=view,
     )
     if result.detached or (result.interrupted and not attach):
         return EXIT_INTERRUPTED
