@@ -37,12 +37,21 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
+VALUE_OPTIONS = {
+    "-p",
+    "--platform",
+    "--host",
+    "-o",
+    "--output",
+    "--config",
+    "--tunnel",
+    "--timeout",
+}
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
 # --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
 HOISTED_VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
-HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet"}
+HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet", "--over-budget"}
 FLAG_OPTIONS = {
     "--no-sync",
     "--sync-only",
@@ -51,6 +60,7 @@ FLAG_OPTIONS = {
     "--no-docker",
     "--detach",
     "--yes",
+    "--over-budget",
     "-v",
     "--verbose",
     "-q",
@@ -78,6 +88,8 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    over_budget: bool = False
+    timeout: str | None = None
 
     @property
     def ui(self) -> UI:
@@ -91,7 +103,21 @@ class Globals:
             overrides.setdefault("host", {})["platform"] = self.platform
         if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
             overrides.setdefault("ssh", {})["host"] = self.host
-        return config.load(config_path=self.config, overrides=overrides)
+        if self.timeout is not None:
+            from vp.clock import parse_duration
+
+            parse_duration(self.timeout, "--timeout")
+            overrides.setdefault("run", {})["timeout"] = self.timeout
+        cfg = config.load(
+            config_path=self.config,
+            overrides=overrides,
+            yes=self.yes,
+            over_budget=self.over_budget,
+        )
+        from vp.guard import sweep_stopped
+
+        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
+        return cfg
 
 
 def _globals(ctx: typer.Context) -> Globals:
@@ -131,7 +157,14 @@ def main_options(
     yes: bool = typer.Option(
         False,
         "--yes",
-        help="Upload a big folder with no vp.toml and no .git without asking",
+        help="Don't ask: upload a big folder with no vp.toml and no .git, create a host "
+        "with no max_price",
+    ),
+    over_budget: bool = typer.Option(
+        False, "--over-budget", help="Go past the [budget] caps this once"
+    ),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="End the run after 90s, 30m, 2h, 1d (exit 124)"
     ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
@@ -155,6 +188,8 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        over_budget=over_budget,
+        timeout=timeout,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -332,7 +367,7 @@ SUBCOMMANDS = frozenset(
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
     | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
-    | {"secret", "setup"}
+    | {"secret", "setup", "spend"}
 )
 
 

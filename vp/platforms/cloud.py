@@ -63,6 +63,10 @@ class Declaration:
     endpoint_key: str | None = None
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
+    # What the provider bills, $/GB/month, for the disk of a STOPPED host (None: nothing or
+    # unknown). The spend ledger charges it while a host is stopped; running, the host's own
+    # $/h (`Host.price`) is the whole bill. List prices; the comment at each value dates it.
+    storage_price: float | None = None
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.
     honours: frozenset[str] = frozenset()
     # Words for its hosts in messages ("vast instance 42") and for destroying one.

@@ -55,6 +55,9 @@ DECLARATION = Declaration(
     name="vast",
     kind="container",
     ownership=Ownership.LABEL,  # label `vp-PROJECT`
+    # vast bills a stopped instance's disk at the machine's own storage_cost; $0.15/GB/month
+    # is a typical offer's (console.vast.ai search, 2026-12).
+    storage_price=0.15,
     settings={
         "api_key": (str, None),
         "url": (str, None),
