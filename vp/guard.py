@@ -41,9 +41,10 @@ def confirm_create(cfg, ui: UI, spec: HostSpec, offer: Offer | None, name: str) 
         raise VpError("nothing created", hint=hint)
 
 
-def sweep_stopped(cfg, ui: UI, state=None) -> list[str]:
-    """Destroy the project's hosts stopped longer than `[host] destroy_after_stopped`; return
-    their keys. Asks a provider only when the ledger says such a host exists."""
+def sweep_stopped(cfg, ui: UI, state=None, *, all_projects: bool = False) -> list[str]:
+    """Destroy the project's hosts (`all_projects`: every project's, for `vp cleanup`)
+    stopped longer than `[host] destroy_after_stopped`; return their keys. Asks a provider
+    only when the ledger says such a host exists."""
     limit = cfg.get("host", "destroy_after_stopped")
     if not limit:
         return []
@@ -55,7 +56,7 @@ def sweep_stopped(cfg, ui: UI, state=None) -> list[str]:
     due = [
         i
         for i in state.intervals()
-        if i.end is None and i.kind == STORAGE and i.project == cfg.project
+        if i.end is None and i.kind == STORAGE and (all_projects or i.project == cfg.project)
         if now - i.start >= seconds
     ]
     done = []
@@ -68,12 +69,12 @@ def sweep_stopped(cfg, ui: UI, state=None) -> list[str]:
 
         try:
             platform = platform_for(cfg, host.platform)
-            now_host = next((h for h in platform.list(cfg.project) if h.id == host.id), None)
+            now_host = next((h for h in platform.list(None) if h.id == host.id), None)
         except VpError as exc:
             ui.warn(f"could not check stopped host {host.name} on {host.platform}: {exc.message}")
             continue
         if now_host is not None and now_host.status != STOPPED:
-            state.save_host(now_host, cfg.project)  # started elsewhere: the ledger follows
+            state.save_host(now_host, interval.project)  # started elsewhere: the ledger follows
             continue
         disk = ""
         if interval.rate:
@@ -83,8 +84,12 @@ def sweep_stopped(cfg, ui: UI, state=None) -> list[str]:
             f"{clock.format_duration(now - interval.start)}{disk}: destroying it "
             f"([host] destroy_after_stopped = {limit!r})"
         )
-        if now_host is not None:
-            platform.destroy(host.id)
+        try:
+            if now_host is not None:
+                platform.destroy(host.id)
+        except VpError as exc:
+            ui.warn(f"could not destroy {host.name}: {exc.message}")
+            continue
         forget(state, host)
         ui.info(f"destroyed {host.name} ({host.id}) on {host.platform}")
         done.append(host.key)

@@ -174,6 +174,10 @@ class State:
             out.append(host)
         return out
 
+    def host_projects(self) -> dict[str, str | None]:
+        """Host key -> the project vp recorded it for."""
+        return dict(self._x("SELECT key, project FROM hosts").fetchall())
+
     def host(self, key: str) -> Host | None:
         row = self._x("SELECT data FROM hosts WHERE key=?", (key,)).fetchone()
         return Host(**json.loads(row[0])) if row else None
