@@ -217,7 +217,7 @@ def _login_home() -> Path:
 
 
 def _sleeping(tag: str) -> list[str]:
-    out = subprocess.run(["pgrep", "-f", f"sleep {tag}"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-x", "-f", f"sleep {tag}"], capture_output=True, text=True)
     return out.stdout.split()
 
 
