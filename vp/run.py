@@ -439,11 +439,8 @@ def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI, budget_seconds: float | N
     command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
-        what = "idle_stop_minutes" if minutes else "the [budget] stop"
-        ui.warn(
-            f"{what} has no effect on {ws.host.platform} hosts (vp cannot stop "
-            "them) unless [host] idle_stop_command says how"
-        )
+        why = idle.unavailable(ws.host.platform)
+        ui.warn(why if minutes else why.replace("idle_stop_minutes", "the [budget] stop", 1))
         return ""
     return idle.watchdog_snippet(
         ws.transport.runs_dir_sh, float(minutes) if minutes else None, command, budget_seconds

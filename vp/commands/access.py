@@ -185,10 +185,17 @@ def ssh_config_cmd(
 @app.command(
     "cleanup",
     help=(
+<<<<<<< HEAD
         "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, destroy "
         "hosts stopped longer than [host] destroy_after_stopped, and list orphaned instances: "
         "vp's hosts on any provider with credentials here that this machine doesn't know "
         "(made on another machine, or forgotten). --orphans destroys them, after asking."
+=======
+        "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, and list "
+        "orphaned instances: hosts labelled for vp that this machine's state doesn't know "
+        "(they may belong to vp on another machine), and hosts a failed create left recorded. "
+        "--yes destroys the orphans."
+>>>>>>> main
     ),
 )
 def cleanup_cmd(
