@@ -367,11 +367,7 @@ SUBCOMMANDS = frozenset(
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
     | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
-<<<<<<< HEAD
-    | {"secret", "setup", "spend"}
-=======
-    | {"secret", "setup", "ui"}
->>>>>>> main
+    | {"secret", "setup", "spend", "ui"}
 )
 
 

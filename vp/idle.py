@@ -40,21 +40,6 @@ def stop_command(platform: str, override: str | None) -> str | None:
     return declaration(platform).idle_stop
 
 
-<<<<<<< HEAD
-def watchdog_snippet(
-    runs_dir_sh: str, minutes: float | None, command: str, budget_seconds: float | None = None
-) -> str:
-    """Shell text for the launch script: record activity, (re)configure and start the watchdog.
-
-    `minutes`: idle stop after that long with no run (None: no idle stop). `budget_seconds`:
-    stop the host that many seconds from now whatever runs, because the spend cap would be
-    reached then (vp/spend.py); the deadline is set on the host's clock, so it holds with
-    the laptop closed. Each run start rewrites both."""
-    seconds = max(1, int(minutes * 60)) if minutes else 0
-    budget = max(1, int(budget_seconds)) if budget_seconds is not None else 0
-    interval = max(1, min(30, min(s for s in (seconds, budget, 120) if s) // 4))
-    limit = seconds or 10**9  # no idle stop: a limit no host reaches
-=======
 def unavailable(platform: str) -> str:
     """Why idle stop does nothing on `platform` (which declares no idle-stop command): said on
     every run, since a silently ignored autostop costs money."""
@@ -74,11 +59,19 @@ def unavailable(platform: str) -> str:
     )
 
 
-def watchdog_snippet(runs_dir_sh: str, minutes: float, command: str) -> str:
-    """Shell text for the launch script: record activity, (re)configure and start the watchdog."""
-    seconds = max(1, int(minutes * 60))
-    interval = max(1, min(30, seconds // 4))
->>>>>>> main
+def watchdog_snippet(
+    runs_dir_sh: str, minutes: float | None, command: str, budget_seconds: float | None = None
+) -> str:
+    """Shell text for the launch script: record activity, (re)configure and start the watchdog.
+
+    `minutes`: idle stop after that long with no run (None: no idle stop). `budget_seconds`:
+    stop the host that many seconds from now whatever runs, because the spend cap would be
+    reached then (vp/spend.py); the deadline is set on the host's clock, so it holds with
+    the laptop closed. Each run start rewrites both."""
+    seconds = max(1, int(minutes * 60)) if minutes else 0
+    budget = max(1, int(budget_seconds)) if budget_seconds is not None else 0
+    interval = max(1, min(30, min(s for s in (seconds, budget, 120) if s) // 4))
+    limit = seconds or 10**9  # no idle stop: a limit no host reaches
     base = f"{runs_dir_sh}/../watchdog"
     body = f"""echo $$ > "$W.pid"
 while :; do

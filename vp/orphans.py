@@ -101,22 +101,3 @@ def sweep(cfg, state: State, ui: UI, names: list[str] | None = None) -> Sweep:
                 rate = host.price
             out.found.append(Found(host, project or None, host.key in known, rate))
     return out
-
-
-def destroy(cfg, orphans: list[dict], ui: UI) -> list[str]:
-    """Destroy the listed orphans (rows with `platform` and `id`); return the keys destroyed.
-    One that fails is warned about and left."""
-    from vp.hosts import platform_for
-
-    done = []
-    for row in orphans:
-        try:
-            platform_for(cfg, row["platform"]).destroy(row["id"])
-        except VpError as exc:
-            ui.warn(f"could not destroy {row['id']} on {row['platform']}: {exc.message}")
-            continue
-        ui.info(
-            f"destroyed orphaned {row.get('name') or row['id']} ({row['id']}) on {row['platform']}"
-        )
-        done.append(f"{row['platform']}:{row['id']}")
-    return done

@@ -185,17 +185,11 @@ def ssh_config_cmd(
 @app.command(
     "cleanup",
     help=(
-<<<<<<< HEAD
         "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, destroy "
         "hosts stopped longer than [host] destroy_after_stopped, and list orphaned instances: "
         "vp's hosts on any provider with credentials here that this machine doesn't know "
-        "(made on another machine, or forgotten). --orphans destroys them, after asking."
-=======
-        "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, and list "
-        "orphaned instances: hosts labelled for vp that this machine's state doesn't know "
-        "(they may belong to vp on another machine), and hosts a failed create left recorded. "
-        "--yes destroys the orphans."
->>>>>>> main
+        "(made on another machine, or forgotten), and hosts a failed create left recorded. "
+        "--orphans destroys them, after asking."
     ),
 )
 def cleanup_cmd(
@@ -206,7 +200,6 @@ def cleanup_cmd(
     yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask"),
 ) -> None:
     from vp.guard import sweep_stopped
-    from vp.orphans import destroy
 
     g = _globals(ctx)
     cfg = g.load()
@@ -221,8 +214,8 @@ def cleanup_cmd(
             g.ui.info(f"removed the host key pin of {alias}")
         if report.orphans:
             g.ui.warn(
-                f"{len(report.orphans)} orphaned host(s) this machine does not know may be "
-                "billing" + ("" if orphans else "; `vp cleanup --orphans` destroys them")
+                f"{len(report.orphans)} orphaned host(s) may be billing"
+                + ("" if orphans else "; `vp cleanup --orphans` destroys them")
             )
             render(report.orphans, "table", ["platform", "id", "name", "status", "gpu"])
     if orphans and report.orphans:
@@ -236,7 +229,8 @@ def cleanup_cmd(
             if not typer.confirm(f"Destroy these {len(report.orphans)} host(s) and their disks?"):
                 g.ui.note("nothing destroyed")
                 raise typer.Exit(1)
-        report.destroyed = destroy(cfg, report.orphans, g.ui)
+        # the same sweep again, destroying: a recorded orphan's state and key go with it
+        report = cleanup(cfg, state, g.ui, destroy_orphans=True)
     if not text:
         render(report.to_dict(), g.output)
     elif not (report.ssh_config or report.known_hosts or report.orphans):

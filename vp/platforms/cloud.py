@@ -64,7 +64,6 @@ class Declaration:
     endpoint_key: str | None = None
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
-<<<<<<< HEAD
     # Where the provider's credentials may be found: environment variables and files (`~` and
     # `$VARS` expanded). Any present, or a secret of its table set, means "configured":
     # `vp ls --all` and `vp cleanup` ask it. Empty: vp cannot tell, so it asks anyway.
@@ -73,12 +72,10 @@ class Declaration:
     # unknown). The spend ledger charges it while a host is stopped; running, the host's own
     # $/h (`Host.price`) is the whole bill. List prices; the comment at each value dates it.
     storage_price: float | None = None
-=======
     # Whether the provider can stop a host and start it again with its disk (`vp stop` /
     # `vp start`, a stopped host started on use). False: a host runs, and bills, until it is
     # destroyed; `stop`/`start` refuse in one line.
     can_stop: bool = True
->>>>>>> main
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.
     honours: frozenset[str] = frozenset()
     # Words for its hosts in messages ("vast instance 42") and for destroying one.
