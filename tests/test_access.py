@@ -351,7 +351,27 @@ def test_tunnel_rejects_a_bad_spec(vp_env: VpEnv):
 # ---------------------------------------------------------------------------- upload/download
 
 
-def test_upload_and_download_a_folder_outside_the_sync_rules(ssh_project: VpEnv, remote_workdir):
+@pytest.fixture(params=["rsync", "tar"])
+def copy_project(request, vp_env: VpEnv, remote_workdir: Path, tmp_path: Path):
+    """A project on a host with rsync, or on one without it (a container image): the tar
+    path `vp run` already took must serve `vp upload`/`vp download` too."""
+    if request.param == "rsync":
+        vp_env.use_ssh_host(request.getfixturevalue("ssh_host"), remote_workdir)
+        yield vp_env
+        return
+    from tests.test_sync import _NoRsyncHost
+
+    host = _NoRsyncHost(tmp_path / "norsync-host")
+    host.start()
+    try:
+        vp_env.use_ssh_host(host, remote_workdir)
+        yield vp_env
+    finally:
+        host.close()
+
+
+def test_upload_and_download_a_folder_outside_the_sync_rules(copy_project: VpEnv, remote_workdir):
+    ssh_project = copy_project
     project = ssh_project.project
     (project / ".vpignore").write_text("data/\n")
     raw = project / "data" / "raw"
