@@ -26,17 +26,13 @@ def image_name(cfg: Config) -> str:
     return cfg.get("docker", "image") or f"vp-{cfg.project}"
 
 
-def _has_registry(image: str) -> bool:
-    first = image.split("/", 1)[0]
-    return "/" in image and ("." in first or ":" in first or first == "localhost")
-
-
 def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
     """Build locally and push: the image ref and the pull credentials."""
     from vp.docker import ensure_image, registry_auth
+    from vp.docker.engine import names_registry
 
     image = image_name(cfg)
-    if not _has_registry(image):
+    if not names_registry(image):
         raise UsageError(
             f"[docker] image = {image!r} names no registry to push to",
             hint='set [docker] image = "registry.example.com/you/project", '
