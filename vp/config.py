@@ -71,6 +71,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "password": (str, None),
     },
     "env": {},
+    # Installs the project's dependencies on a host, once per change (vp/setup.py).
+    "setup": {"run": (str, None), "inputs": (list, None)},
+    # Names only: the values come from the environment or `vp secret set` (vp/secretstore.py).
+    "secrets": {"required": (list, []), "optional": (list, [])},
     # One table per provider, as each declares it (vp/platforms/<name>.py).
     **{d.name: d.settings for d in declarations() if d.settings},
 }
@@ -250,6 +254,10 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
             raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
     if key == "url":
         check_endpoint(value, where)
+    if section == "secrets":
+        from vp.secretstore import check_names
+
+        check_names(value, where)
     if (section, key) == ("docker", "registry"):
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", value):
             raise ConfigError(
@@ -478,6 +486,11 @@ def check(cfg: Config) -> None:
         from vp.sync.ignore import IgnoreRules
 
         IgnoreRules(results, "[sync] results")  # a bad pattern names the key and its line
+    inputs = cfg.get("setup", "inputs")
+    if inputs:
+        from vp.sync.ignore import IgnoreRules
+
+        IgnoreRules(inputs, "[setup] inputs")
     workdir = cfg.get("sync", "workdir")
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")
