@@ -629,10 +629,14 @@ def _normalise_key(key: str) -> str:
 def _docker_config_auth(registry: str) -> dict | None:
     """What the user's Docker config (auths, credsStore, credHelpers) holds for `registry`,
     resolved by docker-py exactly as the docker CLI would."""
+    import warnings
+
     from docker import auth, errors
 
     try:
-        found = auth.load_config().resolve_authconfig(registry)
+        with warnings.catch_warnings():  # "docker-credential-X not installed": None below
+            warnings.simplefilter("ignore")
+            found = auth.load_config().resolve_authconfig(registry)
     except (errors.InvalidConfigFile, ValueError, UnicodeDecodeError) as exc:
         raise VpError(
             f"cannot read the credentials for {registry} in your Docker config ({exc})",
