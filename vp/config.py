@@ -75,6 +75,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "setup": {"run": (str, None), "inputs": (list, None)},
     # Names only: the values come from the environment or `vp secret set` (vp/secretstore.py).
     "secrets": {"required": (list, []), "optional": (list, [])},
+    # `vp ui`: apps on the host the page proxies at /apps/NAME/ (name -> port on the host).
+    "ui": {"apps": (dict, {})},
     # One table per provider, as each declares it (vp/platforms/<name>.py).
     **{d.name: d.settings for d in declarations() if d.settings},
 }
@@ -184,6 +186,7 @@ def _nearest(word: str, choices: list[str]) -> str | None:
 def _type_name(t: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names[list] = "a list"
+    names[dict] = "a table"
     if isinstance(t, tuple):
         return "a number"
     return names.get(t, t.__name__)
@@ -258,6 +261,17 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
         from vp.secretstore import check_names
 
         check_names(value, where)
+    if (section, key) == ("ui", "apps"):
+        for name, port in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+                raise ConfigError(
+                    f"{where}: app name {name!r} may hold only letters, digits, '_' and '-'"
+                )
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ConfigError(
+                    f"{where}: {name} = {port!r} is not a port",
+                    hint="a port on the host from 1 to 65535, e.g. apps = { jupyter = 8888 }",
+                )
     if (section, key) == ("docker", "registry"):
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", value):
             raise ConfigError(
@@ -408,6 +422,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             raise UsageError(f"{name}={raw!r}: expected a number") from None
     if expected is list:
         return [p for p in raw.split(",") if p]
+    if expected is dict:  # NAME=PORT,NAME=PORT
+        pairs = [p.partition("=") for p in raw.split(",") if p]
+        return {k.strip(): int(v) if v.strip().isdigit() else v for k, _, v in pairs}
     return raw
 
 

@@ -385,10 +385,7 @@ def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
     command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
-        ui.warn(
-            f"idle_stop_minutes has no effect on {ws.host.platform} hosts (vp cannot stop "
-            "them) unless [host] idle_stop_command says how"
-        )
+        ui.warn(idle.unavailable(ws.host.platform))
         return ""
     return idle.watchdog_snippet(ws.transport.runs_dir_sh, float(minutes), command)
 

@@ -11,37 +11,11 @@ import pkgutil
 from typing import Any
 
 from vp.errors import UsageError
-from vp.idle import VM_SHUTDOWN
 from vp.platforms.base import Platform
-from vp.platforms.cloud import Declaration, Ownership
+from vp.platforms.cloud import Declaration
 
 # Modules of this package that are shared machinery, not providers.
 _MACHINERY = {"base", "cloud", "common", "gpus"}
-
-# Until thunder.py declares itself (it is being reworked), its declaration lives here.
-_PENDING_DECLARATIONS = {
-    "thunder": Declaration(
-        name="thunder",
-        kind="vm",
-        ownership=Ownership.STATE,  # no labels on Thunder: only what vp's state recorded making
-        settings={
-            "token": (str, None),
-            "url": (str, None),
-            "template": (str, None),
-            "mode": (str, None),
-            "user": (str, None),
-            "poll_interval": ((int, float), None),
-        },
-        secrets=("token",),
-        idle_stop=VM_SHUTDOWN,
-        honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "cpus"}),
-        endpoint_env="TNR_API_URL",
-        endpoint_key="url",
-        noun="Thunder Compute instance",
-        provider="Thunder Compute",
-        destroy_words=("delete", "deleted"),
-    )
-}
 
 # The providers, in the order vp lists them: the embedded default first, then by kind.
 _ORDER = ("local", "ssh", "vast", "runpod", "thunder", "aws", "gce")
@@ -62,7 +36,7 @@ def declaration(name: str) -> Declaration:
     if name not in PROVIDERS:
         _unknown(name)
     module = _module(name)
-    found = getattr(module, "DECLARATION", None) or _PENDING_DECLARATIONS.get(name)
+    found = getattr(module, "DECLARATION", None)
     if not isinstance(found, Declaration):
         raise TypeError(f"vp.platforms.{name} defines no DECLARATION")
     return found
