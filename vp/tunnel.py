@@ -338,10 +338,14 @@ def connect(
     transport: Transport,
     specs: Iterable[str | Forward],
     *,
+    in_process: bool = False,
     say=lambda _m: None,
     debug=lambda _m: None,
 ) -> Tunnels:
-    """Open forwards to `host` on the shared connection. The caller must `close()` them."""
+    """Open forwards to `host` on the shared connection. The caller must `close()` them.
+
+    `in_process`: a long-lived server (`vp ui`) owns them instead (sshtunnel), unless paramiko
+    cannot reach the host as OpenSSH does; then they ride the shared connection after all."""
     forwards = [s if isinstance(s, Forward) else parse_spec(s) for s in specs]
     if not forwards:
         raise UsageError("no port to forward", hint="e.g. vp tunnel 8888")
@@ -353,6 +357,13 @@ def connect(
 
     if not isinstance(transport, SshTransport):
         raise VpError(f"cannot forward ports to {host.name} over {type(transport).__name__}")
+    if in_process:
+        try:
+            tunnels = connect_in_process(transport, forwards)
+            debug(f"forwarding with sshtunnel (paramiko) to {transport.label}")
+            return tunnels
+        except NeedsOpenSSH as exc:
+            debug(f"sshtunnel cannot reach {transport.label} ({exc}); using OpenSSH")
     tunnels = _OpenSSH(transport, forwards)
     debug(f"forwarding with OpenSSH's shared connection to {transport.label}")
     return tunnels
