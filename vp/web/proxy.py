@@ -78,7 +78,7 @@ class AppForwards:
                 return tunnels.forwards[0].local
             if tunnels is not None:
                 tunnels.close()
-            tunnels = connect(host, transport, [Forward(remote, 0)])
+            tunnels = connect(host, transport, [Forward(remote, 0)], in_process=True)
             self._open[key] = tunnels
             return tunnels.forwards[0].local
 
