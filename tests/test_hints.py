@@ -72,6 +72,10 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp download PATH": (["download", "outputs/"], "local"),
     "vp status": (["status"], "local"),
     "vp config set --user {dotted} -": (["config", "set", "--user", "vast.api_key", "-"], "local"),
+    "vp config set --user {provider}.{cred.key} -": (
+        ["config", "set", "--user", "thunder.token", "-"],
+        "local",
+    ),
     "vp config set --user {section}.{key} VALUE": (
         ["config", "set", "--user", "vast.url", "https://vast.example"],
         "local",

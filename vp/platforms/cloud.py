@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, Protocol
 
 from vp import keys
+from vp.credentials import Credential
 from vp.errors import Interrupted, VpError
 from vp.platforms.base import PENDING, Host, HostSpec, Offer, Platform
 from vp.platforms.common import (
@@ -57,6 +58,9 @@ class Declaration:
     settings: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     # Keys of that table holding secrets: masked when shown, refused in project files.
     secrets: tuple[str, ...] = ()
+    # The API credential, if the provider has one vp reads (vp/credentials.py resolves it in
+    # the one documented order); its `key` is one of `secrets`.
+    credential: Credential | None = None
     # The environment variable that points vp at another API endpoint (an emulator, a proxy)
     # and, if the table has one, its key for the same (`url`): the user file or environment
     # only, since the endpoint receives the API key.
@@ -81,6 +85,8 @@ class Declaration:
             raise TypeError(f"{self.name}: honours unknown HostSpec fields {sorted(unknown)}")
         if self.kind not in ("ssh", "local") and self.ownership is None:
             raise TypeError(f"{self.name}: a provider that makes hosts must declare ownership")
+        if self.credential is not None and self.credential.key not in self.secrets:
+            raise TypeError(f"{self.name}: its credential key must be one of its secrets")
 
 
 # HostSpec fields with a value that asks for nothing: not worth a warning when unhonoured.
