@@ -236,6 +236,21 @@ class CloudPlatform(ABC):
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
         return no_offer(spec, found, what=f"{self.declaration.provider} offer", platform=self.name)
 
+    def unmatched_gpu(self, spec: HostSpec, named: str, hint: str | None = None) -> VpError | None:
+        """When `spec.gpu` names no GPU this provider offers at all (`named` says where it was
+        asked for: "--gpu RTX4909"): an error naming the nearest offered ones, compared on the
+        normalised names `gpus.parse` makes. None when the name is offered, so the count, disk
+        or price is what left no offer."""
+        if not spec.gpu:
+            return None
+        survey = replace(spec, gpu=None, gpus=1, max_price=None)
+        return unmatched_gpu(
+            spec.gpu,
+            [o.gpu for o in self._search(survey)],
+            f"no {self.declaration.provider} offer matches {named}",
+            hint or f"run `vp offers -p {self.name}` to see what is available",
+        )
+
     def _no_capacity(self, spec: HostSpec, failures: list[VpError]) -> VpError:
         last = failures[-1].message if failures else "no offer could be rented"
         return VpError(
@@ -255,6 +270,11 @@ class CloudPlatform(ABC):
         create leaves it either destroyed or recorded with its key, never unreachable."""
         found = self._search(spec)
         fitting = [o for o in found if affordable(o, spec)]
+        if not found:
+            named = f"[host] gpu = {spec.gpu!r}"
+            unknown = self.unmatched_gpu(spec, named, "set a GPU it offers: " + SET_GPU)
+            if unknown is not None:
+                raise unknown
         if not fitting:
             raise self._no_offer(spec, found)
         attempts = self._attempts(spec, fitting)
@@ -355,6 +375,36 @@ class CloudPlatform(ABC):
             hint=self.ready_hint,
             stopped_grace=self.stopped_grace,
         )
+
+
+SET_GPU = "`vp config set host.gpu NAME`"
+
+
+def unmatched_gpu(wanted: str, offered: Sequence[str], message: str, hint: str) -> VpError | None:
+    """`message` plus the offered GPU names nearest to `wanted` (difflib over the normalised
+    models, so `RTX4909` finds `RTX 4090`), or None when `wanted` is among them."""
+    import difflib
+
+    from vp.platforms import gpus
+
+    models: dict[str, str] = {}  # normalised model -> the first (cheapest) name offered for it
+    for name in offered:
+        models.setdefault(gpus.parse(name).model, name)
+    want = gpus.parse(wanted).model
+    if want in models:
+        return None
+    score = {m: difflib.SequenceMatcher(None, want, m).ratio() for m in models}
+    best = max(score.values(), default=0.0)
+    # The clearly nearest only: `4909` is `4090`, not also `A40` and `3090`.
+    near = sorted((m for m in models if score[m] >= max(0.5, best - 0.1)), key=lambda m: -score[m])
+    near = near[:3]
+    if near:
+        tail = "; nearest offered: " + ", ".join(models[m] for m in near)
+    elif models:
+        tail = "; offered: " + ", ".join(list(models.values())[:6])
+    else:
+        tail = "; none is offered right now"
+    return VpError(message + tail, hint=hint)
 
 
 def declaration_of(platform: Platform) -> Declaration | None:
