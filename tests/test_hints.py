@@ -55,6 +55,8 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp -v offers": (["-v", "offers"], "vast"),
     "vp offers -p {platform}": (["offers", "-p", "vast"], "vast"),
     "vp offers -p vast": (["offers", "-p", "vast"], "vast"),
+    "vp offers -p {self.name}": (["offers", "-p", "vast"], "vast"),
+    "vp offers -p {cfg.platform}": (["offers", "-p", "auto"], "vast"),
     "vp offers -p thunder": (["offers", "-p", "thunder"], "local"),
     "vp offers -p aws": (["offers", "-p", "aws"], "local"),
     "vp offers -p gce": (["offers", "-p", "gce"], "local"),
@@ -72,6 +74,10 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp download PATH": (["download", "outputs/"], "local"),
     "vp status": (["status"], "local"),
     "vp config set --user {dotted} -": (["config", "set", "--user", "vast.api_key", "-"], "local"),
+    "vp config set --user {provider}.{cred.key} -": (
+        ["config", "set", "--user", "thunder.token", "-"],
+        "local",
+    ),
     "vp config set --user {section}.{key} VALUE": (
         ["config", "set", "--user", "vast.url", "https://vast.example"],
         "local",
@@ -82,6 +88,7 @@ HINTS: dict[str, tuple[list[str], str]] = {
     ),
     "vp down {host.id}": (["down", "--yes", "12345"], "vast"),
     "vp init": (["init"], "local"),
+    "vp config set host.gpu NAME": (["config", "set", "host.gpu", "RTX4090"], "local"),
     "vp secret set {name}": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set {first}": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),
