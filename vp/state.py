@@ -170,9 +170,14 @@ class State:
         if not run_id or not all(c.isalnum() or c == "-" for c in run_id) or len(run_id) > 64:
             raise UsageError(f"'{run_id}' is not a run id", hint="see `vp runs` for run ids")
         cols = [f.name for f in fields(RunRecord)]
-        rows = self._x(
-            f"SELECT {','.join(cols)} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
-        ).fetchall()
+        # An exact id wins over longer ones it prefixes (a multi-node run's RUN and RUN-1).
+        rows = self._x(f"SELECT {','.join(cols)} FROM runs WHERE id=?", (run_id,)).fetchall()
+        rows = (
+            rows
+            or self._x(
+                f"SELECT {','.join(cols)} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
+            ).fetchall()
+        )
         if not rows:
             raise UsageError(f"no run '{run_id}'", hint="see `vp runs` for run ids")
         if len(rows) > 1:

@@ -159,6 +159,11 @@ DECLARATION = Declaration(
     endpoint_env="AWS_ENDPOINT_URL",
     noun="aws instance",
     provider="AWS",
+    private_network=True,
+    network=(
+        "one security group; its self-referencing rule lets the group's hosts reach each "
+        "other on every port, the internet only port 22"
+    ),
 )
 
 

@@ -115,6 +115,11 @@ DECLARATION = Declaration(
     noun="gce instance",
     provider="GCE",
     destroy_words=("delete", "deleted"),
+    private_network=True,
+    network=(
+        "one VPC (the default network); a firewall rule lets VMs tagged vp-ssh reach each "
+        "other on every port, the internet only port 22"
+    ),
 )
 
 
