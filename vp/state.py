@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -85,7 +86,9 @@ class RunRecord:
 class State:
     def __init__(self, path: Path | None = None):
         path = path or paths.ensure_private_dir(paths.state_dir()) / "state.db"
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        # A multi-node run (vp/nodes.py) records its hosts from one thread per node.
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
         self._x("PRAGMA busy_timeout=30000")
         if self._x("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             self._x("PRAGMA journal_mode=WAL")
@@ -103,7 +106,8 @@ class State:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return self.db.execute(sql, args)
+                with self._lock:
+                    return self.db.execute(sql, args)
             except sqlite3.OperationalError as exc:
                 busy = "locked" in str(exc) or "busy" in str(exc)
                 if not busy or time.monotonic() > deadline:
