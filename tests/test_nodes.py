@@ -132,7 +132,8 @@ def test_vp_expands_the_torchrun_variables_in_a_command_of_several_words(
 
 RENDEZVOUS = """
 import os, socket, sys, time
-addr, port, rank = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), os.environ["NODE_RANK"]
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+rank = os.environ["NODE_RANK"]
 if rank == "0":
     srv = socket.create_server((addr, port))
     conn, peer = srv.accept()

@@ -10,7 +10,7 @@ launches and collects; it invents no protocol of its own.
   like any [env] value (never argv). `$NNODES`, `$NODE_RANK`, `$MASTER_ADDR`, `$MASTER_PORT`
   (and the `VP_` names) in a command given as several words are replaced per node by vp; a
   command given as one string reads them from the remote shell's environment.
-- Rank 0 streams as a single run does; the others stay in their logs (`vp logs RUN --node 1`)
+- Rank 0 streams as a single run does; the others stay in their logs (`vp logs RUN --node R`)
   or, with `--all-logs`, are shown prefixed `[node1] `. The exit status is the first non-zero
   one across ranks (in the order they ended). When a rank fails, the others are stopped after
   `STOP_GRACE` seconds; Ctrl-C interrupts every rank, a second one detaches.
@@ -423,7 +423,7 @@ def watch(
             if ctrl_c.count > handled:
                 handled = ctrl_c.count
                 if interrupt_deadline is not None:
-                    return _detached(ranks, results, ui, first_bad)
+                    return _detached(ranks, results, ui)
                 ui.note(
                     f"Ctrl-C: interrupting the command on all {len(ranks)} nodes "
                     "(press Ctrl-C again to detach and leave them running)"
@@ -434,7 +434,7 @@ def watch(
             now = time.monotonic()
             if interrupt_deadline is not None and now > interrupt_deadline:
                 ui.warn(f"the nodes did not all stop within {INTERRUPT_GRACE:.0f}s")
-                return _detached(ranks, results, ui, first_bad)
+                return _detached(ranks, results, ui)
             if stop_at is not None and now >= stop_at and not stopping:
                 stopping = True
                 left = [r for r in ranks if r.rank not in results]
@@ -472,12 +472,12 @@ def _code(result: FollowResult) -> int:
     return result.exit_code
 
 
-def _detached(ranks: list[Rank], results: dict, ui: UI, first_bad: int | None) -> Outcome:
+def _detached(ranks: list[Rank], results: dict, ui: UI) -> Outcome:
     left = [r for r in ranks if r.rank not in results]
     ui.note(
         f"detached: {len(left)} node run(s) keep going "
         f"({', '.join(f'{r.run_id} on {r.host.name}' for r in left)}); "
-        f"stop them with: vp kill RUN, or watch one: vp logs -f RUN"
+        "they are listed by vp runs"
     )
     return Outcome(results, EXIT_INTERRUPTED, interrupted=True, detached=True)
 
@@ -579,7 +579,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
             state.set_run_status(r.run_id, "detached")
         ui.note(
             f"run {run_id} started on {n} nodes; follow rank 0 with: vp logs -f {run_id} "
-            f"(node R: vp logs -f {run_id} --node R)"
+            "(another rank's: add --node RANK)"
         )
         print(run_id)
         return 0
@@ -597,7 +597,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     if sys.stderr.isatty():
         ui.info(
             f"run {run_id} on {n} nodes (rank 0 on {hosts[0].name}): Ctrl-C interrupts all, "
-            f"twice detaches; other ranks: vp logs {run_id} --node R"
+            f"twice detaches; another rank's output: vp logs {run_id} --node 1"
         )
     try:
         outcome = watch(

@@ -61,9 +61,7 @@ def _run_and_transport(g, run_id: str | None, all_projects: bool = False, node: 
         try:
             record = state.run(rank_run_id(base, node))
         except UsageError:
-            raise UsageError(
-                f"run {base} has no node {node}", hint=f"see `vp runs` for {base}-R"
-            ) from None
+            raise VpError(f"run {base} has no node {node}", hint="see `vp runs`") from None
     host = state.host(record.host_key)
     if host is None:
         raise VpError(f"the host of run {record.id} ({record.host_name}) is no longer known")
