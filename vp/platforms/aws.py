@@ -161,8 +161,8 @@ DECLARATION = Declaration(
     provider="AWS",
     private_network=True,
     network=(
-        "one security group; its self-referencing rule lets the group's hosts reach each "
-        "other on every port, the internet only port 22"
+        "one subnet and security group (vp-ssh): private addresses; a rule whose source is "
+        "the group itself (not yet made by vp) opens the nodes' ports to each other only"
     ),
 )
 

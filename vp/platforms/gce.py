@@ -117,8 +117,8 @@ DECLARATION = Declaration(
     destroy_words=("delete", "deleted"),
     private_network=True,
     network=(
-        "one VPC (the default network); a firewall rule lets VMs tagged vp-ssh reach each "
-        "other on every port, the internet only port 22"
+        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
+        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
     ),
 )
 
