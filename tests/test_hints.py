@@ -63,6 +63,9 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp logs {run_id}": (["logs", "{run_id}"], "local"),
     "vp logs -f {run_id}": (["logs", "-f", "{run_id}"], "local"),
     "vp attach {run_id}": (["attach", "{run_id}"], "local"),
+    # A single-node run has no node 1: an error, not a usage one.
+    "vp logs {run_id} --node 1": (["logs", "{run_id}", "--node", "1"], "local"),
+    "vp logs {run_id} --node {failed[0]}": (["logs", "{run_id}", "--node", "1"], "local"),
     "vp tunnel PORT": (["tunnel", "8888"], "local"),
     "vp tunnel 8888": (["tunnel", "8888"], "local"),
     "vp ssh-config": (["ssh-config"], "ssh"),

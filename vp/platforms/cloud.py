@@ -74,6 +74,13 @@ class Declaration:
     can_stop: bool = True
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.
     honours: frozenset[str] = frozenset()
+    # Multi-node runs (vp/nodes.py): whether the provider's hosts of one project reach each
+    # other on a private network. True: MASTER_ADDR and VP_NODE_IPS are the addresses the
+    # nodes report for themselves (their private ones) and `network` says which rule opens
+    # their ports to each other (only to each other, never to the internet). False: the
+    # public ssh addresses, where only the ports the provider maps are reachable.
+    private_network: bool = False
+    network: str = "public addresses only: open ports between nodes are the provider's mapped ports"
     # Words for its hosts in messages ("vast instance 42") and for destroying one.
     noun: str = "instance"
     provider: str = ""
