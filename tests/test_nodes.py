@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import require_module
 from tests.sshhost import SshHost, link_hosts
 from tests.waiting import wait_for
 
@@ -254,7 +255,7 @@ def test_more_nodes_than_ssh_hosts_is_a_usage_error(cluster: Cluster, vp_env: Vp
 # ---------------------------------------------------------------------------- cloud
 
 
-pytest.importorskip("vastai")
+require_module("vastai")
 from tests.emulators.vast import vast_emulator  # noqa: E402, F401
 
 
