@@ -46,6 +46,7 @@ VALUE_OPTIONS = {
     "--config",
     "--tunnel",
     "--timeout",
+    "--nodes",
 }
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
@@ -59,6 +60,7 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--all-logs",
     "--yes",
     "--over-budget",
     "-v",
@@ -90,6 +92,8 @@ class Globals:
     yes: bool = False
     over_budget: bool = False
     timeout: str | None = None
+    nodes: int | None = None
+    all_logs: bool = False
 
     @property
     def ui(self) -> UI:
@@ -166,6 +170,15 @@ def main_options(
     timeout: str = typer.Option(
         None, "--timeout", metavar="DURATION", help="End the run after 90s, 30m, 2h, 1d (exit 124)"
     ),
+    nodes: int = typer.Option(
+        None,
+        "--nodes",
+        metavar="N",
+        help="Run on N hosts at once for torchrun / Ray (rank, addresses in the environment)",
+    ),
+    all_logs: bool = typer.Option(
+        False, "--all-logs", help="With --nodes: show every node's output, prefixed [nodeR]"
+    ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
     ),
@@ -190,6 +203,8 @@ def main_options(
         yes=yes,
         over_budget=over_budget,
         timeout=timeout,
+        nodes=nodes,
+        all_logs=all_logs,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -218,6 +233,8 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
+        nodes=g.nodes,
+        all_logs=g.all_logs,
     )
     code = execute(cfg, opts, g.ui)
     if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
@@ -334,11 +351,14 @@ def logs_cmd(
     run_id: str = typer.Argument(None, help=LATEST_HELP),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
     all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+    node: int = typer.Option(None, "--node", metavar="R", help="A multi-node run's rank R"),
 ) -> None:
     from vp.commands.runs import show_logs
 
     g = _globals(ctx)
-    raise typer.Exit(show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects))
+    raise typer.Exit(
+        show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects, node=node)
+    )
 
 
 @app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")

@@ -41,6 +41,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "idle_stop_minutes": ((int, float), None),
         "idle_stop_command": (str, None),
         "ready_timeout": ((int, float), 600),
+        # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
+        "nodes": (int, 1),
         # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
         "destroy_after_stopped": (str, None),
     },
@@ -55,6 +57,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     },
     "ssh": {
         "host": (str, None),
+        # The machines a multi-node run uses, rank 0 first (`vp --nodes N` takes the first N).
+        "hosts": (list, []),
         "identity_file": (str, None),
         "reconnect_timeout": ((int, float), 300),
         "connect_timeout": (int, 10),
@@ -66,6 +70,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "extra_ignore": (list, []),
         "include": (list, []),
         "results": (list, []),
+        # Multi-node runs: whose results come back. "0": rank 0's, into the project;
+        # "all": rank 0's there and every other rank's into nodes/RANK/.
+        "download_from": (str, "0"),
         # Ask before the first upload of a folder with neither vp.toml nor .git when it is
         # bigger than this (0: never ask).
         "confirm_files": (int, 10000),
@@ -128,6 +135,7 @@ POSITIVE = {
     ("host", "disk_gb"),
     ("host", "cpus"),
     ("host", "memory_gb"),
+    ("host", "nodes"),
     ("ssh", "connect_timeout"),
     ("runpod", "container_disk_gb"),
     ("aws", "data_volume_gb"),
@@ -274,13 +282,20 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
             f"{where} {value!r} is not a valid user name",
             hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
         )
-    if (section, key) == ("ssh", "host"):
+    if (section, key) in (("ssh", "host"), ("ssh", "hosts")):
         from vp.ssh import parse_target
 
-        try:
-            parse_target(value)
-        except UsageError as exc:
-            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+        for one in value if isinstance(value, list) else [value]:
+            if not isinstance(one, str):
+                raise ConfigError(f"{where}: {one!r} is not a host", hint='e.g. ["gpu1", "gpu2"]')
+            try:
+                parse_target(one)
+            except UsageError as exc:
+                raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if (section, key) == ("sync", "download_from") and value not in ("0", "all"):
+        raise ConfigError(
+            f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
+        )
     if key == "url":
         check_endpoint(value, where)
     if section == "secrets":

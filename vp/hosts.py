@@ -236,13 +236,15 @@ class _StateRecorder:
         self.state.forget_host(host.key)
 
 
-def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[Host, Transport]:
+def create_host(
+    cfg: Config, state: State, ui: UI, platform: Platform, name: str | None = None
+) -> tuple[Host, Transport]:
     """Create, wait for ssh, pin the host key. Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which."""
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
     spec = spec_from_config(cfg)
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
-    name = cfg.get("host", "name") or f"vp-{cfg.project}"
+    name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
     _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""

@@ -122,6 +122,11 @@ DECLARATION = Declaration(
     noun="gce instance",
     provider="GCE",
     destroy_words=("delete", "deleted"),
+    private_network=True,
+    network=(
+        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
+        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
+    ),
 )
 
 

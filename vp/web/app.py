@@ -392,7 +392,7 @@ def create_apps_app(
         return app_keys.session(conn.cookies.get(APP_COOKIE)) is not None
 
     denied = PlainTextResponse(
-        "open this app from the vp ui page (its Apps links)", status_code=401
+        "open this app through its link on the control page", status_code=401
     )
 
     async def enter(request: Request):
