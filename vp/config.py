@@ -43,6 +43,17 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "ready_timeout": ((int, float), 600),
         # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
         "nodes": (int, 1),
+        # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
+        "destroy_after_stopped": (str, None),
+    },
+    # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
+    "run": {"timeout": (str, None)},
+    # Spend caps in USD for all of this machine's hosts: the lower of the user file's and the
+    # project file's value counts (vp/spend.py).
+    "budget": {
+        "daily": ((int, float), None),
+        "monthly": ((int, float), None),
+        "min_minutes": ((int, float), 5),
     },
     "ssh": {
         "host": (str, None),
@@ -140,7 +151,15 @@ NON_NEGATIVE = {
     ("gce", "create_timeout"),
     ("sync", "confirm_files"),
     ("sync", "confirm_gb"),
+    ("budget", "daily"),
+    ("budget", "monthly"),
+    ("budget", "min_minutes"),
 }
+# Durations ("90s", "30m", "2h", "1d"; vp/clock.py parses them).
+DURATIONS = {("run", "timeout"), ("host", "destroy_after_stopped")}
+# Caps where the lowest value of any layer counts, not the last one: a project file may
+# tighten the user's budget but never loosen it.
+LOWEST_WINS = {("budget", "daily"), ("budget", "monthly")}
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
@@ -162,6 +181,9 @@ class Config:
     project_root: Path  # directory that is synced (where vp.toml / pyproject.toml lives, else cwd)
     project_file: Path | None = None
     sources: list[Path] = field(default_factory=list)
+    # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
+    yes: bool = False
+    over_budget: bool = False
 
     def get(self, section: str, key: str) -> Any:
         return self.data.get(section, {}).get(key)
@@ -251,6 +273,10 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{where} must be greater than 0, got {value!r}")
     if (section, key) in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{where} must be 0 or more, got {value!r}")
+    if (section, key) in DURATIONS:
+        from vp.clock import parse_duration
+
+        parse_duration(value, where)
     if key == "user" and section != "ssh" and not USER_NAME.match(value):
         raise ConfigError(
             f"{where} {value!r} is not a valid user name",
@@ -470,6 +496,9 @@ def load(
     config_path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     environ: dict[str, str] | None = None,
+    *,
+    yes: bool = False,
+    over_budget: bool = False,
 ) -> Config:
     """Build the merged config for a project found from `cwd` (or the explicit `config_path`)."""
     environ = dict(os.environ if environ is None else environ)
@@ -477,9 +506,11 @@ def load(
     data = defaults()
     sources: list[Path] = []
 
+    layers: list[dict[str, dict[str, Any]]] = []
     user_file = paths.user_config_file()
     if user_file.is_file():
-        merge(data, validate(read_toml(user_file), str(user_file)))
+        layers.append(validate(read_toml(user_file), str(user_file)))
+        merge(data, layers[-1])
         sources.append(user_file)
 
     if config_path is not None:
@@ -490,14 +521,26 @@ def load(
     else:
         project_file, root = find_project_file(cwd)
     if project_file is not None:
-        merge(data, _load_project(project_file))
+        layers.append(_load_project(project_file))
+        merge(data, layers[-1])
         sources.append(project_file)
 
-    merge(data, _from_env(environ))
+    layers.append(_from_env(environ))
+    merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
+    for section, key in LOWEST_WINS:
+        values = [v for layer in layers if (v := layer.get(section, {}).get(key)) is not None]
+        data[section][key] = min(values) if values else None
 
-    cfg = Config(data=data, project_root=root, project_file=project_file, sources=sources)
+    cfg = Config(
+        data=data,
+        project_root=root,
+        project_file=project_file,
+        sources=sources,
+        yes=yes,
+        over_budget=over_budget,
+    )
     check(cfg)
     return cfg
 
