@@ -26,17 +26,25 @@ HOST_SCHEMA = {
     "name": ((str,), None),
     "id": ((str,), None),
     "platform": ((str,), None),
+    "project": ((str, NONE), None),
     "status": ((str,), None),
     "gpu": ((str, NONE), None),
     "gpus": ((int,), None),
     "price_per_hour": ((*NUMBER, NONE), None),
+    "billing_per_hour": ((*NUMBER, NONE), None),
     "region": ((str, NONE), None),
     "ssh": ((str, NONE), None),
     "created_at": ((str, NONE), ISO_UTC),
     "stopped_at": ((str, NONE), ISO_UTC),
     "uptime_s": ((*NUMBER, NONE), None),
     "cost_usd": ((*NUMBER, NONE), None),
+    "known": ((bool,), None),
     "labels": ((dict,), None),
+}
+# `vp status` adds what all of vp's hosts cost today and this month.
+STATUS_SCHEMA = HOST_SCHEMA | {
+    "spend_today_usd": ((*NUMBER,), None),
+    "spend_month_usd": ((*NUMBER,), None),
 }
 RUN_SCHEMA = {
     "id": ((str,), None),
@@ -115,11 +123,11 @@ def test_ls_status_up_runs_share_one_schema(
     up = conforms(_json(vp_env, "up"), HOST_SCHEMA)
     assert up["price_per_hour"] == pytest.approx(0.36, abs=0.01)
     assert up["region"] == "Texas, US" and up["ssh"].startswith("root@")
-    status = conforms(_json(vp_env, "status"), HOST_SCHEMA)
+    status = conforms(_json(vp_env, "status"), STATUS_SCHEMA)
     assert status["status"] == "running" and status["uptime_s"] >= 0
-    assert status["cost_usd"] == pytest.approx(
-        status["uptime_s"] / 3600 * status["price_per_hour"], abs=1e-3
-    )
+    assert status["billing_per_hour"] == status["price_per_hour"]
+    assert 0 <= status["cost_usd"] <= status["spend_today_usd"] + 1e-3
+    assert status["known"] is True and status["project"] == "mnist"
     [listed] = _json(vp_env, "ls")
     conforms(listed, HOST_SCHEMA)
     assert (listed["id"], listed["created_at"]) == (status["id"], status["created_at"])
@@ -131,9 +139,11 @@ def test_ls_status_up_runs_share_one_schema(
     # people get units in the headers, human durations and ages, local times
     table = vp_env.run("ls").stdout.splitlines()
     assert table[0].split() == [
-        "NAME", "ID", "PLATFORM", "STATUS", "GPU", "GPUS", "$/H", "REGION", "AGE", "SSH"
+        "NAME", "ID", "PLATFORM", "STATUS", "GPU", "GPUS", "$/H", "COST", "$", "REGION", "AGE",
+        "SSH",
     ]  # fmt: skip
     assert " 0.36 " in table[1] and "Texas, US" in table[1]
+    assert table[-1].startswith("total: $") and table[-1].endswith(", $0.36/h now")
     text = vp_env.run("status").stdout
     assert re.search(r"^price +\$0\.36/h$", text, re.M), text
     assert re.search(r"^created +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+ s ago\)$", text, re.M), text
@@ -143,4 +153,8 @@ def test_ls_status_up_runs_share_one_schema(
     [stopped] = _json(vp_env, "ls")
     conforms(stopped, HOST_SCHEMA)
     assert stopped["status"] == "stopped" and stopped["stopped_at"] is not None
+    assert stopped["billing_per_hour"] < stopped["price_per_hour"]  # its disk only
+    [everywhere] = _json(vp_env, "ls", "--all")
+    conforms(everywhere, HOST_SCHEMA)
+    assert (everywhere["id"], everywhere["known"]) == (stopped["id"], True)
     assert vp_env.run("down", "--yes").returncode == 0

@@ -69,12 +69,22 @@ app = typer.Typer(
     ),
 )
 
-VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
+VALUE_OPTIONS = {
+    "-p",
+    "--platform",
+    "--host",
+    "-o",
+    "--output",
+    "--config",
+    "--tunnel",
+    "--timeout",
+    "--nodes",
+}
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
 # --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
 HOISTED_VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
-HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet"}
+HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet", "--over-budget"}
 FLAG_OPTIONS = {
     "--no-sync",
     "--sync-only",
@@ -82,7 +92,9 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--all-logs",
     "--yes",
+    "--over-budget",
     "-v",
     "--verbose",
     "-q",
@@ -127,7 +139,23 @@ def main_options(
     yes: bool = typer.Option(
         False,
         "--yes",
-        help="Upload a big folder with no vp.toml and no .git without asking",
+        help="Don't ask: upload a big folder with no vp.toml and no .git, create a host "
+        "with no max_price",
+    ),
+    over_budget: bool = typer.Option(
+        False, "--over-budget", help="Go past the [budget] caps this once"
+    ),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="End the run after 90s, 30m, 2h, 1d (exit 124)"
+    ),
+    nodes: int = typer.Option(
+        None,
+        "--nodes",
+        metavar="N",
+        help="Run on N hosts at once for torchrun / Ray (rank, addresses in the environment)",
+    ),
+    all_logs: bool = typer.Option(
+        False, "--all-logs", help="With --nodes: show every node's output, prefixed [nodeR]"
     ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
@@ -151,6 +179,10 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        over_budget=over_budget,
+        timeout=timeout,
+        nodes=nodes,
+        all_logs=all_logs,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -179,6 +211,8 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
+        nodes=g.nodes,
+        all_logs=g.all_logs,
     )
     code = execute(cfg, opts, g.ui)
     if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)

@@ -31,13 +31,15 @@ from vp.platforms.base import (
     RUNNING,
     STOPPED,
     Host,
+    HostSpec,
     Platform,
     SupportsClone,
     SupportsModify,
 )
 from vp.platforms.cloud import CloudPlatform, adopt, owned, unhonoured
 from vp.platforms.common import discard_key
-from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, known_hosts_file
+from vp.poll import PollTimeout, poll
+from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, is_pinned
 from vp.state import State
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI, Status
@@ -47,16 +49,6 @@ STOP_TIMEOUT = 300.0
 
 def ready_timeout(cfg: Config) -> float:
     return float(cfg.get("host", "ready_timeout") or 600)
-
-
-def is_pinned(alias: str) -> bool:
-    """Has vp already recorded this host's key? Then a mismatch must be refused, not accepted."""
-    prefix = (alias + " ").encode()
-    try:
-        with open(known_hosts_file(), "rb") as fh:
-            return any(line.startswith(prefix) for line in fh)
-    except FileNotFoundError:
-        return False
 
 
 def transport_for(host: Host, cfg: Config) -> Transport:
@@ -201,6 +193,9 @@ def _start(
 ) -> tuple[Host, Transport]:
     """Start a stopped host and wait until ssh answers, saying so with the create's spinner:
     a restart takes seconds to minutes and must not look like a hang."""
+    from vp import spend
+
+    spend.check(cfg, state, what=f"start {host.name}", host_key=host.key, price=host.price)
     since = f"stopped {records.age(host.stopped_at)}" if host.stopped_at else "stopped"
     with Status(ui, f"starting {host.name} ({since}) on {platform.name}"):
         platform.start(host.id)
@@ -262,31 +257,38 @@ def forget(state: State, host: Host) -> None:
 class _StateRecorder:
     """Writes a new host into vp's state the moment the provider accepted it."""
 
-    def __init__(self, state: State, project: str | None):
-        self.state, self.project = state, project
+    def __init__(self, state: State, project: str | None, disk_gb: float | None = None):
+        self.state, self.project, self.disk_gb = state, project, disk_gb
 
     def save(self, host: Host) -> None:
-        self.state.save_host(host, self.project)
+        self.state.save_host(host, self.project, disk_gb=self.disk_gb)
 
     def forget(self, host: Host) -> None:
         self.state.forget_host(host.key)
 
 
 def create_host(
-    cfg: Config, state: State, ui: UI, platform: Platform, *, image: str | None = None
+    cfg: Config,
+    state: State,
+    ui: UI,
+    platform: Platform,
+    name: str | None = None,
+    *,
+    image: str | None = None,
 ) -> tuple[Host, Transport]:
     """Create, wait for ssh, pin the host key. Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which."""
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
     spec = spec_from_config(cfg)
     if image:
         spec = replace(spec, image=image)
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
-    name = cfg.get("host", "name") or f"vp-{cfg.project}"
+    name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
+    _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
-    recorder = _StateRecorder(state, cfg.project)
+    recorder = _StateRecorder(state, cfg.project, spec.disk_gb)
     if isinstance(platform, CloudPlatform):
         host = platform.create(spec, name, recorder)
     else:
@@ -294,6 +296,24 @@ def create_host(
     host, transport = adopt_new_host(cfg, state, ui, platform, host)
     ui.info(rented(host))
     return host, transport
+
+
+def _money_checks(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str
+) -> None:
+    """Before a create: the budget caps at the price it would rent at, and no uncapped
+    create by accident (vp/guard.py). Searching offers rents nothing."""
+    from vp import guard, spend
+
+    capped = spend.Budget.of(cfg).capped
+    spend.check(cfg, state, what=f"create {name}", price=None)  # a cap already reached
+    if not capped and (spec.max_price is not None or cfg.yes):
+        return
+    offers = platform.offers(spec)
+    offer = offers[0] if offers else None
+    price = offer.price if offer is not None else spec.max_price
+    spend.check(cfg, state, what=f"create {name}", price=price)
+    guard.confirm_create(cfg, ui, spec, offer, name)
 
 
 def rented(host: Host) -> str:
@@ -319,7 +339,7 @@ def adopt_new_host(
         platform,
         host,
         timeout=ready_timeout(cfg),
-        recorder=_StateRecorder(state, cfg.project),
+        recorder=_StateRecorder(state, cfg.project, spec_from_config(cfg).disk_gb),
         pin=pin,
         waiting=lambda h: Status(ui, f"waiting for {h.name} ({h.id}) to boot and answer ssh"),
     )
@@ -479,17 +499,24 @@ def wait_for_status(
 ) -> Host | None:
     """Poll the provider until `target` reaches `status`; None at the timeout. A host that
     disappeared altogether counts as stopped: it certainly bills for no compute."""
-    deadline = time.monotonic() + timeout
-    delay = 0.2
-    while time.monotonic() < deadline:
+
+    def reached() -> Host | None:
         now = next((h for h in platform.list(project) if h.id == target.id), None)
         if now is None:
             return replace(target, status=status)
-        if now.status == status:
-            return now
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
-    return None
+        return now if now.status == status else None
+
+    try:
+        return poll(
+            reached,
+            timeout=timeout,
+            interval=0.2,
+            backoff=1.5,
+            max_interval=5.0,
+            what=f"{target.name} to be {status}",
+        )
+    except PollTimeout:
+        return None
 
 
 @dataclass

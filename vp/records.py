@@ -3,15 +3,18 @@
 
 JSON (and YAML) carry machine values in documented units, the same everywhere:
 times are ISO 8601 in UTC (`2026-12-01T14:03:22Z`, keys ending `_at`), durations are seconds
-(keys ending `_s`), prices are US dollars per hour (`price_per_hour`), costs US dollars
-(`cost_usd`). Unknown values are null, never absent. Tables and `-o text` show the same
-records for people: units in the headers, human durations and ages, local ISO times.
+(keys ending `_s`), prices are US dollars per hour (`price_per_hour`, `billing_per_hour`),
+costs US dollars (`cost_usd`). Ages and uptimes read the real clock (providers stamp creation
+with it); costs come from the spend ledger, which reads `vp.clock`. Unknown values are null,
+never absent. Tables and `-o text` show the same records for people: units in the headers,
+human durations and ages, local ISO times.
 README.md ("Output formats") documents the schema; tests/test_records.py holds it to that.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,10 +30,13 @@ HOST_COLUMNS = [
     "gpu",
     "gpus",
     "$/h",
+    "cost $",
     "region",
     "age",
     "ssh",
 ]
+# `vp ls --all`: every provider, every project, known to this machine or not.
+ALL_HOST_COLUMNS = ["platform", "name", "id", "project", "status", "$/h", "cost $", "age", "known"]
 RUN_COLUMNS = ["id", "command", "host", "started", "duration", "exit", "status", "cost $"]
 
 
@@ -107,51 +113,83 @@ def _uptime(host: Host, now: float) -> float | None:
     return None if host.created_at is None else max(0.0, now - host.created_at)
 
 
-def host_json(host: Host, now: float | None = None) -> dict[str, Any]:
-    """One host in the JSON schema. `uptime_s` counts from creation; `cost_usd` is that
-    time at the current price (an estimate: stopped time is billed only for storage)."""
+@dataclass(frozen=True)
+class Billing:
+    """What vp's spend ledger (vp/spend.py) knows of a host: what it has cost, what it bills
+    now (its price running, its disk stopped), and whose it is."""
+
+    cost_usd: float | None = None
+    per_hour: float | None = None
+    project: str | None = None
+    known: bool = True  # this machine's state knows the host (`vp ls --all` finds others)
+
+
+def host_json(host: Host, now: float | None = None, billing: Billing | None = None) -> dict:
+    """One host in the JSON schema. `uptime_s` counts from creation; `cost_usd` is what the
+    ledger recorded, or else uptime at the current price (an estimate); `billing_per_hour`
+    what it costs now."""
     now = time.time() if now is None else now
+    billing = billing or Billing()
     uptime = _uptime(host, now)
-    cost = None if uptime is None or host.price is None else uptime / 3600 * host.price
+    cost = billing.cost_usd
+    if cost is None and uptime is not None and host.price is not None:
+        cost = uptime / 3600 * host.price
+    rate = billing.per_hour
+    if rate is None and host.status == "running":
+        rate = host.price
     return {
         "name": host.name,
         "id": host.id,
         "platform": host.platform,
+        "project": billing.project or host.labels.get("project") or None,
         "status": host.status,
         "gpu": host.gpu,
         "gpus": host.gpus,
         "price_per_hour": _number(host.price, 4),
+        "billing_per_hour": _number(rate, 4),
         "region": host.region,
         "ssh": _ssh(host),
         "created_at": iso_utc(host.created_at),
         "stopped_at": iso_utc(host.stopped_at),
         "uptime_s": _number(uptime, 1),
         "cost_usd": _number(cost, 4),
+        "known": billing.known,
         "labels": dict(host.labels),
     }
 
 
-def host_cells(host: Host, now: float | None = None) -> dict[str, Any]:
-    """One host as a table row (`HOST_COLUMNS`)."""
+def host_cells(host: Host, now: float | None = None, billing: Billing | None = None) -> dict:
+    """One host as a table row (`HOST_COLUMNS`, `ALL_HOST_COLUMNS`)."""
     now = time.time() if now is None else now
+    j = host_json(host, now, billing)
     return {
         "name": host.name,
         "id": host.id,
         "platform": host.platform,
+        "project": j["project"],
         "status": host.status,
         "gpu": host.gpu,
         "gpus": host.gpus,
-        "$/h": None if host.price is None else f"{host.price:.2f}",
+        "$/h": None if j["billing_per_hour"] is None else f"{j['billing_per_hour']:.2f}",
+        "cost $": None if j["cost_usd"] is None else f"{j['cost_usd']:.2f}",
         "region": host.region,
         "age": duration(_uptime(host, now)),
-        "ssh": _ssh(host),
+        "ssh": j["ssh"],
+        "known": "yes" if j["known"] else "no",
     }
 
 
-def host_text(host: Host, now: float | None = None) -> dict[str, Any]:
+def total_line(rows: list[dict]) -> str:
+    """Under a host table: what they cost so far and what they bill now."""
+    cost = sum(float(r["cost $"]) for r in rows if r.get("cost $"))
+    rate = sum(float(r["$/h"]) for r in rows if r.get("$/h"))
+    return f"total: ${cost:.2f} so far, ${rate:.2f}/h now"
+
+
+def host_text(host: Host, now: float | None = None, billing: Billing | None = None) -> dict:
     """One host as `key  value` lines (`vp status`, `vp up`)."""
     now = time.time() if now is None else now
-    j = host_json(host, now)
+    j = host_json(host, now, billing)
     lines: dict[str, Any] = {
         "name": host.name,
         "id": host.id,
@@ -167,6 +205,8 @@ def host_text(host: Host, now: float | None = None) -> dict[str, Any]:
         lines["uptime"] = duration(j["uptime_s"])
     if host.stopped_at is not None:
         lines["stopped"] = f"{local_time(host.stopped_at)} ({age(host.stopped_at, now)})"
+    if j["billing_per_hour"] is not None and j["billing_per_hour"] != host.price:
+        lines["billing now"] = f"{money(j['billing_per_hour'])}/h"
     if j["cost_usd"] is not None:
         lines["cost so far"] = money(j["cost_usd"])
     return {k: v for k, v in lines.items() if v is not None}

@@ -27,6 +27,10 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    over_budget: bool = False
+    timeout: str | None = None
+    nodes: int | None = None
+    all_logs: bool = False
 
     @property
     def ui(self) -> UI:
@@ -40,7 +44,21 @@ class Globals:
             overrides.setdefault("host", {})["platform"] = self.platform
         if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
             overrides.setdefault("ssh", {})["host"] = self.host
-        return config.load(config_path=self.config, overrides=overrides)
+        if self.timeout is not None:
+            from vp.clock import parse_duration
+
+            parse_duration(self.timeout, "--timeout")
+            overrides.setdefault("run", {})["timeout"] = self.timeout
+        cfg = config.load(
+            config_path=self.config,
+            overrides=overrides,
+            yes=self.yes,
+            over_budget=self.over_budget,
+        )
+        from vp.guard import sweep_stopped
+
+        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
+        return cfg
 
 
 def globals_of(ctx: typer.Context) -> Globals:

@@ -4,6 +4,7 @@ the lifecycle service (vp/lifecycle.py) and renders the records of vp/records.py
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import typer
 
@@ -19,35 +20,97 @@ from vp.state import State
 app = command_app()
 
 
-def show_host(g: Globals, host: Host) -> None:
+def billing(state: State) -> dict[str, records.Billing]:
+    """Per host key, what the spend ledger recorded (vp/spend.py)."""
+    from vp.spend import host_costs
+
+    return {
+        key: records.Billing(cost_usd=c.get("cost"), per_hour=c.get("per_hour"))
+        for key, c in host_costs(state).items()
+    }
+
+
+def show_host(g: Globals, host: Host, state: State | None = None) -> None:
     """One host: its JSON record with -o json|yaml, `key  value` lines otherwise."""
+    known = billing(state or State()).get(host.key)
     if g.output in ("json", "yaml"):
-        render(records.host_json(host), g.output)
+        render(records.host_json(host, billing=known), g.output)
     else:
-        render(records.host_text(host), "text")
+        render(records.host_text(host, billing=known), "text")
 
 
-def show_hosts(g: Globals, hosts: list[Host]) -> None:
-    if g.output in ("json", "yaml"):
-        render([records.host_json(h) for h in hosts], g.output)
-    else:
-        render([records.host_cells(h) for h in hosts], "table", records.HOST_COLUMNS)
-
-
-@app.command("ls", help="List the project's hosts (--all: every vp host on the platform).")
+@app.command(
+    "ls",
+    help="List the project's hosts with $/h and cost so far (--all: every vp host on every "
+    "provider with credentials here, known to this machine or not).",
+)
 @app.command("list-instances", help="Alias of `vp ls`.", hidden=True)
 def ls_cmd(
     ctx: typer.Context,
-    all_projects: bool = typer.Option(False, "--all", help="All projects"),
+    all_projects: bool = typer.Option(
+        False, "--all", help="Every project, on every configured provider"
+    ),
 ) -> None:
     g = globals_of(ctx)
     cfg = g.load()
-    hosts = lifecycle.list_hosts(cfg, State(), all_projects=all_projects)
-    if g.output == "text" and not hosts:
-        scope = "" if all_projects else f" for project {cfg.project}"
-        g.ui.info(f"no hosts on {cfg.platform}{scope}")
+    state = State()
+    if all_projects:
+        _ls_everywhere(g, cfg, state)
         return
-    show_hosts(g, hosts)
+    hosts = lifecycle.list_hosts(cfg, state)
+    if g.output == "text" and not hosts:
+        g.ui.info(f"no hosts on {cfg.platform} for project {cfg.project}")
+        return
+    ledger = billing(state)
+    facts = [
+        replace(ledger.get(h.key, records.Billing()), known=state.host(h.key) is not None)
+        for h in hosts
+    ]
+    if g.output in ("json", "yaml"):
+        render(
+            [records.host_json(h, billing=b) for h, b in zip(hosts, facts, strict=True)], g.output
+        )
+        return
+    rows = [records.host_cells(h, billing=b) for h, b in zip(hosts, facts, strict=True)]
+    render(rows, "table", records.HOST_COLUMNS)
+    print(records.total_line(rows))
+
+
+def _ls_everywhere(g: Globals, cfg, state: State) -> None:
+    """`vp ls --all`: ask every configured provider (vp/orphans.py)."""
+    from vp.orphans import sweep
+
+    found = sweep(cfg, state, g.ui)
+    ledger = billing(state)
+    pairs = [
+        (
+            f.host,
+            replace(
+                ledger.get(f.host.key, records.Billing()),
+                per_hour=f.per_hour,
+                project=f.project,
+                known=f.known,
+            ),
+        )
+        for f in found.found
+    ]
+    if g.output != "text":
+        render([records.host_json(h, billing=b) for h, b in pairs], g.output)
+        return
+    for note in found.notes:
+        g.ui.note(note)
+    if not pairs:
+        asked = ", ".join(found.asked) or "no provider (none has credentials here)"
+        g.ui.info(f"no vp hosts on {asked}")
+        return
+    rows = [records.host_cells(h, billing=b) for h, b in pairs]
+    render(rows, "table", records.ALL_HOST_COLUMNS)
+    print(records.total_line(rows))
+    if found.orphans:
+        g.ui.note(
+            f"{len(found.orphans)} host(s) this machine does not know (known: no); "
+            "`vp cleanup --orphans` destroys them"
+        )
 
 
 @app.command("offers", help="Search GPUs and prices that meet [host] (cheapest first).")
@@ -76,10 +139,37 @@ def offers_cmd(
         columns.append("quota_vcpus")
         for row in rows:
             row["quota_vcpus"] = row["extra"].get("quota_vcpus")
-    if g.output == "text" and not rows:
-        g.ui.info("no offers match")
-        return
+    if not rows:
+        _no_offers(cfg, spec, gpu, gpus, max_price)
+        if g.output == "text":
+            g.ui.info(f"{cfg.platform} offers nothing right now")
+            return
     render(rows, "table" if g.output == "text" else g.output, columns)
+
+
+def _no_offers(cfg, spec, gpu: str | None, gpus: int | None, max_price: float | None) -> None:
+    """An explicit filter (a flag, or [host] gpu / max_price) that matched nothing is an error,
+    exit 1; one naming a GPU the platform does not offer suggests the nearest names it does."""
+    from vp.platforms.cloud import SET_GPU, CloudPlatform
+    from vp.platforms.common import describe
+
+    if not (spec.gpu or gpus or spec.max_price is not None):
+        return  # no filter at all: the platform has nothing, which is not the user's mistake
+    named = f"--gpu {gpu}" if gpu else f"[host] gpu = {spec.gpu!r}"
+    if cfg.platform != "auto" and spec.gpu:
+        platform = platform_for(cfg)
+        if isinstance(platform, CloudPlatform):
+            hint = None if gpu else "set a GPU it offers: " + SET_GPU
+            unknown = platform.unmatched_gpu(spec, named, hint)
+            if unknown is not None:
+                raise unknown
+    price = f" at or below ${spec.max_price:.2f}/h" if spec.max_price is not None else ""
+    where = "configured platform" if cfg.platform == "auto" else cfg.platform
+    if price or spec.gpus > 1:
+        hint = "raise --max-price ([host] max_price) or ask for fewer --gpus"
+    else:
+        hint = f"run `vp offers -p {cfg.platform}` to see what is available"
+    raise VpError(f"no {where} offers for {describe(spec)}{price}", hint=hint)
 
 
 @app.command("up", help="Create the project's host from [host] (or start its stopped one).")
@@ -142,8 +232,23 @@ def down_cmd(
 
 @app.command("status", help="The project's host: state, uptime, $/h and cost so far.")
 def status_cmd(ctx: typer.Context) -> None:
+    from vp import spend
+
     g = globals_of(ctx)
-    show_host(g, lifecycle.status(g.load(), State(), g.ui, g.host))
+    state = State()
+    host = lifecycle.status(g.load(), state, g.ui, g.host)
+    known = billing(state).get(host.key)
+    totals = spend.totals(state)
+    if g.output in ("json", "yaml"):
+        data = records.host_json(host, billing=known)
+        data["spend_today_usd"] = round(totals["today"], 4)
+        data["spend_month_usd"] = round(totals["month"], 4)
+        render(data, g.output)
+    else:
+        lines = records.host_text(host, billing=known)
+        lines["spent today"] = records.money(totals["today"])
+        lines["spent this month"] = records.money(totals["month"])
+        render(lines, "text")
 
 
 @app.command("gpu", help="nvidia-smi summary of the project's host.")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
@@ -33,6 +32,7 @@ from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec
 from vp.platforms.cloud import CloudPlatform, Declaration, Ownership, reraise_after_cleanup
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
+from vp.poll import poll
 
 NAME = "gce"
 
@@ -101,6 +101,13 @@ DECLARATION = Declaration(
     name=NAME,
     kind="vm",
     ownership=Ownership.LABEL,  # labels vp-managed=true and vp-project=PROJECT
+    # A stopped VM's balanced persistent disk: $0.10/GB/month in us-central1
+    # (cloud.google.com/compute/disks-image-pricing, 2026-12).
+    storage_price=0.10,
+    credentials=(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "~/.config/gcloud/application_default_credentials.json",
+    ),
     settings={
         "project": (str, None),
         "zone": (str, None),
@@ -115,6 +122,11 @@ DECLARATION = Declaration(
     noun="gce instance",
     provider="GCE",
     destroy_words=("delete", "deleted"),
+    private_network=True,
+    network=(
+        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
+        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
+    ),
 )
 
 
@@ -477,8 +489,8 @@ class GcePlatform(CloudPlatform):
 
     def _wait_operation(self, op_name: str, instance_name: str, spec: HostSpec) -> None:
         """Poll the insert operation (on our endpoint, not the SDK's result()) until DONE."""
-        deadline = time.monotonic() + self.create_timeout
-        while True:
+
+        def done():
             op = self._api(
                 "zoneOperations.get",
                 self._operations.get,
@@ -486,13 +498,17 @@ class GcePlatform(CloudPlatform):
                 zone=self.zone,
                 operation=op_name,
             )
-            if op.status.name == "DONE":
-                break
-            if time.monotonic() > deadline:
-                raise VpError(
-                    f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
-                )
-            time.sleep(self.poll_interval)
+            return op if op.status.name == "DONE" else None
+
+        op = poll(
+            done,
+            timeout=self.create_timeout,
+            interval=self.poll_interval,
+            what=f"gce to finish creating {instance_name}",
+            timed_out=lambda: VpError(
+                f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
+            ),
+        )
         errors = list(op.error.errors) if op.error else []
         if not errors:
             return
