@@ -145,14 +145,14 @@ def host_json(host: Host, now: float | None = None, billing: Billing | None = No
         "status": host.status,
         "gpu": host.gpu,
         "gpus": host.gpus,
-        "price_per_hour": _number(host.price, 4),
-        "billing_per_hour": _number(rate, 4),
+        "price_per_hour": _number(host.price, 6),
+        "billing_per_hour": _number(rate, 6),
         "region": host.region,
         "ssh": _ssh(host),
         "created_at": iso_utc(host.created_at),
         "stopped_at": iso_utc(host.stopped_at),
         "uptime_s": _number(uptime, 1),
-        "cost_usd": _number(cost, 4),
+        "cost_usd": _number(cost, 6),
         "known": billing.known,
         "labels": dict(host.labels),
     }
@@ -229,8 +229,8 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "started_at": iso_utc(run.started),
         "ended_at": iso_utc(run.ended),
         "duration_s": _number(run.duration, 1),
-        "price_per_hour": _number(run.price, 4),
-        "cost_usd": _number(run.cost, 4),
+        "price_per_hour": _number(run.price, 6),
+        "cost_usd": _number(run.cost, 6),
     }
 
 
