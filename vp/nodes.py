@@ -141,8 +141,11 @@ def node_name(cfg: Config, rank: int) -> str:
 
 def _cloud_hosts(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, Transport]]:
     from vp.hosts import _resolve_cloud, create_host, forget, platform_for, project_hosts
+    from vp.platforms.cloud import CloudPlatform
 
     platform = platform_for(cfg)
+    if isinstance(platform, CloudPlatform):
+        platform.expect_nodes(node_name(cfg, 0))
     known = {h.name for h in project_hosts(platform, state, cfg.project)}
     created: list[Host] = []
     lock = threading.Lock()
