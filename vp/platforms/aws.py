@@ -173,8 +173,8 @@ DECLARATION = Declaration(
     provider="AWS",
     private_network=True,
     network=(
-        "one subnet and security group (vp-ssh): private addresses; a rule whose source is "
-        "the group itself (not yet made by vp) opens the nodes' ports to each other only"
+        "one subnet (rank 0's) and security group (vp-ssh): private addresses; vp-ssh's rule "
+        "whose source is the group itself opens every port between the nodes, to them only"
     ),
 )
 

@@ -125,8 +125,8 @@ DECLARATION = Declaration(
     destroy_words=("delete", "deleted"),
     private_network=True,
     network=(
-        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
-        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
+        "one VPC (the default network): private addresses; firewall rule vp-nodes, from tag "
+        "vp-ssh to tag vp-ssh, opens every tcp/udp port between the nodes, to them only"
     ),
 )
 
