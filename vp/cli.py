@@ -50,6 +50,7 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--recover",
     "--yes",
     "-v",
     "--verbose",
@@ -78,6 +79,7 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    recover: bool = False
 
     @property
     def ui(self) -> UI:
@@ -133,6 +135,12 @@ def main_options(
         "--yes",
         help="Upload a big folder with no vp.toml and no .git without asking",
     ),
+    recover: bool = typer.Option(
+        False,
+        "--recover",
+        help="If the provider preempts or destroys the host, run again on a new one "
+        "([run] recover, max_attempts)",
+    ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
     ),
@@ -155,6 +163,7 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        recover=recover,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -183,6 +192,7 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
+        recover=True if g.recover else None,
     )
     code = execute(cfg, opts, g.ui)
     if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)

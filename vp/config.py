@@ -23,13 +23,17 @@ from vp import paths
 from vp.errors import ConfigError, UsageError
 from vp.platforms import declarations
 
+STR_OR_LIST = (str, list)  # one name, or a fallback list of names
+
 # section -> key -> (type, default). `dict` sections ([env]) accept any identifier key.
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "project": {"name": (str, None)},
     "host": {
-        "platform": (str, "local"),
+        # One platform, or a fallback list tried in order (vp/capacity.py).
+        "platform": (STR_OR_LIST, "local"),
         "name": (str, None),
-        "gpu": (str, None),
+        # One GPU, or a fallback list tried in order on each platform.
+        "gpu": (STR_OR_LIST, None),
         "gpus": (int, 1),
         "max_price": ((int, float), None),
         "disk_gb": (int, 50),
@@ -41,6 +45,8 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "idle_stop_minutes": ((int, float), None),
         "idle_stop_command": (str, None),
         "ready_timeout": ((int, float), 600),
+        # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
+        "wait_for_capacity": (str, None),
     },
     "ssh": {
         "host": (str, None),
@@ -59,7 +65,13 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         # bigger than this (0: never ask).
         "confirm_files": (int, 10000),
         "confirm_gb": ((int, float), 1),
+        # A folder the run writes checkpoints to: pulled down during the run, at most every
+        # checkpoint_interval, and uploaded again before a resumed attempt (vp/checkpoints.py).
+        "checkpoint_dir": (str, None),
+        "checkpoint_interval": (str, "60s"),
     },
+    # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
+    "run": {"recover": (bool, False), "max_attempts": (int, 3)},
     "docker": {
         "enabled": (bool, False),
         "dockerfile": (str, "Dockerfile"),
@@ -168,7 +180,20 @@ class Config:
 
     @property
     def platform(self) -> str:
-        return self.get("host", "platform")
+        """The platform (the first of a fallback list: what `vp ls`, `stop`, `down` ask)."""
+        return self.platforms[0]
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """`[host] platform` as a list: one name, or the fallback list in order."""
+        value = self.get("host", "platform") or "local"
+        return tuple(value) if isinstance(value, list) else (value,)
+
+    @property
+    def gpus_wanted(self) -> tuple[str | None, ...]:
+        """`[host] gpu` as a list: one name (or None: any GPU), or the fallback list."""
+        value = self.get("host", "gpu")
+        return tuple(value) if isinstance(value, list) else (value,)
 
 
 def defaults() -> dict[str, dict[str, Any]]:
@@ -187,6 +212,8 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names[list] = "a list"
     names[dict] = "a table"
+    if t == STR_OR_LIST:
+        return "a string or a list of strings"
     if isinstance(t, tuple):
         return "a number"
     return names.get(t, t.__name__)
@@ -224,7 +251,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 raise ConfigError(
                     f"{source}: [{section}] {key} must be {_type_name(expected)}, got {value!r}"
                 )
-            if expected is list and not all(isinstance(v, str) for v in value):
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
             check_value(section, key, value, source)
             out[section][key] = value
@@ -248,6 +275,20 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
             f"{where} {value!r} is not a valid user name",
             hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
         )
+    if (section, key) in (("host", "platform"), ("host", "gpu")) and isinstance(value, list):
+        if not value or len(set(value)) != len(value) or not all(v.strip() for v in value):
+            raise ConfigError(
+                f"{where} must be a non-empty list of different names, got {value!r}",
+                hint='e.g. gpu = ["H100", "A100-80GB"], platform = ["runpod", "vast"]',
+            )
+    if (section, key) in (("host", "wait_for_capacity"), ("sync", "checkpoint_interval")):
+        from vp.durations import parse_duration
+
+        parse_duration(value, where)
+    if (section, key) == ("sync", "checkpoint_dir"):
+        from vp.checkpoints import check_dir
+
+        check_dir(value, where)
     if (section, key) == ("ssh", "host"):
         from vp.ssh import parse_target
 
@@ -415,6 +456,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             return int(raw)
         except ValueError:
             raise UsageError(f"{name}={raw!r}: expected an integer") from None
+    if expected == STR_OR_LIST:  # "vast" or "runpod,vast"
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        return parts if len(parts) > 1 else raw.strip()
     if isinstance(expected, tuple):
         try:
             return float(raw)
@@ -491,11 +535,20 @@ def check(cfg: Config) -> None:
     """Cross-key rules that a per-key type check cannot express."""
     from vp.platforms import NAMES
 
-    platform = cfg.platform
-    if platform not in NAMES:
-        near = _nearest(platform, list(NAMES))
-        hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
-        raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    for platform in cfg.platforms:
+        if platform not in NAMES:
+            near = _nearest(platform, list(NAMES))
+            hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
+            raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    if len(cfg.platforms) > 1:
+        from vp.platforms import clouds
+
+        others = [p for p in cfg.platforms if p not in clouds()]
+        if others:
+            raise ConfigError(
+                f"[host] platform: a fallback list holds only cloud platforms, not {others[0]}",
+                hint=f"choose among: {', '.join(clouds())}",
+            )
     if cfg.get("docker", "build_on") not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
     results = cfg.get("sync", "results") or []
@@ -538,6 +591,8 @@ def _placeholder(section: str, key: str) -> Any:
     if section in FREE_SECTIONS or section not in SCHEMA or key not in SCHEMA[section]:
         return ""
     expected = SCHEMA[section][key][0]
+    if expected == STR_OR_LIST:
+        return ""
     return {bool: False, int: 1, list: []}.get(expected, 1.0 if isinstance(expected, tuple) else "")
 
 
