@@ -26,7 +26,17 @@ def list_runs(g, *, all_projects: bool, limit: int) -> None:
         d["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
         d["duration"] = None if r.duration is None else round(r.duration, 1)
         rows.append(d)
-    columns = ["id", "command", "host_name", "started", "duration", "exit_code", "status", "attempt", "cost"]
+    columns = [
+        "id",
+        "command",
+        "host_name",
+        "started",
+        "duration",
+        "exit_code",
+        "status",
+        "attempt",
+        "cost",
+    ]
     if g.output == "text" and not rows:
         g.ui.info("no runs yet")
         return
