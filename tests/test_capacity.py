@@ -302,3 +302,21 @@ def test_a_network_drop_does_not_trigger_recovery(
     assert run.stdout.split() == expected_lines(12)
     assert "recovering" not in run.stderr
     assert list(vast_emulator.instances) == [iid] and vast_emulator.creates == 1
+
+
+def test_spot_on_runpod_rents_an_interruptible_pod(
+    vp_env: VpEnv,
+    runpod_emulator,  # noqa: F811
+    remote_workdir,
+):
+    host = 'platform = "runpod"\ngpu = "4090"\nspot = true'
+    _project(vp_env, remote_workdir, host, runpod=runpod_emulator)
+    offers = json.loads(vp_env.run("-o", "json", "offers").stdout)
+    assert [(o["spot"], o["price"]) for o in offers] == [(True, 0.17)]  # the minimum bid
+    r = vp_env.run("echo", "ok")
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    assert "spot = True is ignored" not in r.stderr  # honoured
+    [pod] = runpod_emulator.instances.values()
+    assert pod["podType"] == "INTERRUPTABLE" and pod["costPerHr"] == pytest.approx(0.17)
+    rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
+    assert [row["spot"] for row in rows] == [True]
