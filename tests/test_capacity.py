@@ -320,3 +320,24 @@ def test_spot_on_runpod_rents_an_interruptible_pod(
     assert pod["podType"] == "INTERRUPTABLE" and pod["costPerHr"] == pytest.approx(0.17)
     rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
     assert [row["spot"] for row in rows] == [True]
+
+
+def test_a_detached_run_recovers_while_vp_attach_follows_it(
+    vp_env: VpEnv,
+    vast_emulator,  # noqa: F811
+    remote_workdir,
+):
+    host = 'platform = "vast"\ngpu = "4090"\nspot = true'
+    _project(vp_env, remote_workdir, host, extra=RECOVER, vast=vast_emulator)
+    script = 'echo "attempt=$VP_ATTEMPT"; if [ "$VP_ATTEMPT" = 1 ]; then sleep 600; fi; exit 5'
+    r = vp_env.run("--detach", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    [first] = list(vast_emulator.instances)
+    run = start(vp_env, "attach")
+    run.wait_out(b"attempt=1\n")
+    vast_emulator.preempt(first, wipe=lambda: _wipe(remote_workdir))
+    code = run.finish(timeout=180)
+    assert code == 5, run.stderr
+    assert "attempt=2" in run.stdout
+    assert "recovering, attempt 2 of 3" in run.stderr, run.stderr
+    assert first not in vast_emulator.instances and len(_live(vast_emulator)) == 1
