@@ -28,9 +28,10 @@ def next_attempt(
     """Retire the lost host and say what happens next; the id of the lost run (the parent of
     the next attempt). Raises when no attempt is left."""
     if attempt >= attempts:
+        run_id = lost.run_id
         raise VpError(
             f"{lost.message} (attempt {attempt} of {attempts}; none left)",
-            hint=f"raise [run] max_attempts; the output so far: vp logs {lost.run_id}",
+            hint=f"raise [run] max_attempts; the output so far: vp logs {run_id}",
         )
     retire(cfg, state, ui, lost)
     ui.warn(
