@@ -16,7 +16,7 @@ from vp.platforms import clouds, declaration, get_platform
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
 from vp.platforms.cloud import CloudPlatform, adopt, owned, unhonoured
 from vp.platforms.common import discard_key
-from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, known_hosts_file
+from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, is_pinned
 from vp.state import State
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI, Status
@@ -44,16 +44,6 @@ def platform_for(cfg: Config, name: str | None = None) -> Platform:
     settings = {k: v for k, v in cfg.section(name).items() if v is not None}
     check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
     return get_platform(name, settings)
-
-
-def is_pinned(alias: str) -> bool:
-    """Has vp already recorded this host's key? Then a mismatch must be refused, not accepted."""
-    prefix = (alias + " ").encode()
-    try:
-        with open(known_hosts_file(), "rb") as fh:
-            return any(line.startswith(prefix) for line in fh)
-    except FileNotFoundError:
-        return False
 
 
 def transport_for(host: Host, cfg: Config) -> Transport:

@@ -52,7 +52,6 @@ import json
 import os
 import re
 import secrets
-import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -72,6 +71,7 @@ from vp.platforms.cloud import (
     settle_failed_create,
 )
 from vp.platforms.common import discard_key
+from vp.poll import poll
 
 # Thunder's instance statuses -> vp state.
 STATUS: dict[str, str] = {
@@ -416,22 +416,27 @@ class ThunderPlatform(CloudPlatform):
 
     def _wait_snapshot(self, name: str) -> dict:
         timeout = float(self.settings.get("snapshot_timeout") or 1800)
-        deadline = time.monotonic() + timeout
-        status = "not listed yet"
-        while True:
+        status = ["not listed yet"]
+
+        def ready() -> dict | None:
             snap = next((s for s in self._snapshots() if s.get("name") == name), None)
-            if snap is not None:
-                status = str(snap.get("status") or "").upper()
-                if status == "READY":
-                    return snap
-                if status in SNAPSHOT_FAILED:
-                    raise VpError(f"Thunder Compute could not snapshot the instance ({status})")
-            if time.monotonic() >= deadline:
-                raise VpError(
-                    f"snapshot {name} was not ready after {timeout:.0f}s (status: {status})",
-                    hint="raise [thunder] snapshot_timeout",
-                )
-            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+            if snap is None:
+                return None
+            status[0] = str(snap.get("status") or "").upper()
+            if status[0] in SNAPSHOT_FAILED:
+                raise VpError(f"Thunder Compute could not snapshot the instance ({status[0]})")
+            return snap if status[0] == "READY" else None
+
+        return poll(
+            ready,
+            timeout=timeout,
+            interval=self.poll_interval,
+            what=f"snapshot {name}",
+            timed_out=lambda: VpError(
+                f"snapshot {name} was not ready after {timeout:.0f}s (status: {status[0]})",
+                hint="raise [thunder] snapshot_timeout",
+            ),
+        )
 
     def _delete_snapshot(self, name: str) -> None:
         """Delete the snapshot called `name`, if there is one; never raises."""
