@@ -358,6 +358,17 @@ def _execute_once(
     except BaseException:
         state.finish_run(run_id, None, "failed")
         raise
+    if result.lost and not result.interrupted:
+        # The last follow session may see the run's processes die before its own connection
+        # does: ask the provider whether the host went with them.
+        try:
+            why = host_gone(cfg, state, ws.host)
+        except VpError:
+            why = None
+        if why:
+            state.finish_run(run_id, None, "preempted")
+            lost = HostGone(f"{why}; run {run_id} on it is lost")
+            raise Preempted(lost, run_id, ws.host)
     if result.detached:
         state.set_run_status(run_id, "detached")
         ui.note(
