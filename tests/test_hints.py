@@ -39,6 +39,9 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp python train.py": (["python3", "-c", "pass"], "local"),
     "vp cleanup": (["cleanup"], "vast"),
     "vp cleanup --yes": (["cleanup", "--yes"], "vast"),
+    "vp cleanup --orphans": (["cleanup", "--orphans"], "vast"),
+    "vp cleanup --orphans --yes": (["cleanup", "--orphans", "--yes"], "vast"),
+    "vp stop": (["stop"], "vast"),
     "vp ssh": (["ssh", "--", "true"], "local"),  # a bare `vp ssh` would wait for a person
     "vp config set --user {dotted} VALUE": (
         ["config", "set", "--user", "vast.api_key", "-"],
@@ -55,12 +58,17 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp -v offers": (["-v", "offers"], "vast"),
     "vp offers -p {platform}": (["offers", "-p", "vast"], "vast"),
     "vp offers -p vast": (["offers", "-p", "vast"], "vast"),
+    "vp offers -p {self.name}": (["offers", "-p", "vast"], "vast"),
+    "vp offers -p {cfg.platform}": (["offers", "-p", "auto"], "vast"),
     "vp offers -p thunder": (["offers", "-p", "thunder"], "local"),
     "vp offers -p aws": (["offers", "-p", "aws"], "local"),
     "vp offers -p gce": (["offers", "-p", "gce"], "local"),
     "vp logs {run_id}": (["logs", "{run_id}"], "local"),
     "vp logs -f {run_id}": (["logs", "-f", "{run_id}"], "local"),
     "vp attach {run_id}": (["attach", "{run_id}"], "local"),
+    # A single-node run has no node 1: an error, not a usage one.
+    "vp logs {run_id} --node 1": (["logs", "{run_id}", "--node", "1"], "local"),
+    "vp logs {run_id} --node {failed[0]}": (["logs", "{run_id}", "--node", "1"], "local"),
     "vp tunnel PORT": (["tunnel", "8888"], "local"),
     "vp tunnel 8888": (["tunnel", "8888"], "local"),
     "vp ssh-config": (["ssh-config"], "ssh"),
@@ -72,6 +80,10 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp download PATH": (["download", "outputs/"], "local"),
     "vp status": (["status"], "local"),
     "vp config set --user {dotted} -": (["config", "set", "--user", "vast.api_key", "-"], "local"),
+    "vp config set --user {provider}.{cred.key} -": (
+        ["config", "set", "--user", "thunder.token", "-"],
+        "local",
+    ),
     "vp config set --user {section}.{key} VALUE": (
         ["config", "set", "--user", "vast.url", "https://vast.example"],
         "local",
@@ -82,6 +94,7 @@ HINTS: dict[str, tuple[list[str], str]] = {
     ),
     "vp down {host.id}": (["down", "--yes", "12345"], "vast"),
     "vp init": (["init"], "local"),
+    "vp config set host.gpu NAME": (["config", "set", "host.gpu", "RTX4090"], "local"),
     "vp secret set {name}": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set {first}": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),

@@ -79,7 +79,7 @@ def _named(host: Host, wanted: str | None) -> bool:
 
 
 def create_with_fallback(
-    cfg: Config, state: State, ui: UI, names: tuple[str, ...]
+    cfg: Config, state: State, ui: UI, names: tuple[str, ...], *, name: str | None = None
 ) -> tuple[Host, Transport]:
     """Create a host through every (platform, GPU) pair in order, the whole list again with
     backoff while `wait_for_capacity` lasts. One progress line per failed attempt; the final
@@ -95,7 +95,7 @@ def create_with_fallback(
         last: Unavailable | HostGone | None = None
         for i, attempt in enumerate(pairs):
             try:
-                return _attempt(cfg, state, ui, attempt)
+                return _attempt(cfg, state, ui, attempt, name)
             except (Unavailable, HostGone) as exc:
                 last = exc
                 attempt = replace(attempt, why=exc.message)
@@ -123,10 +123,12 @@ def create_with_fallback(
     )
 
 
-def _attempt(cfg: Config, state: State, ui: UI, attempt: Attempt) -> tuple[Host, Transport]:
+def _attempt(
+    cfg: Config, state: State, ui: UI, attempt: Attempt, name: str | None
+) -> tuple[Host, Transport]:
     spec = replace(spec_from_config(cfg), gpu=attempt.gpu)
     platform = platform_for(cfg, attempt.platform)
-    host = create_request(cfg, state, ui, platform, spec)
+    host = create_request(cfg, state, ui, platform, spec, name)
     return adopt_new_host(cfg, state, ui, platform, host, "create")
 
 
@@ -144,7 +146,7 @@ def _wait_seconds(cfg: Config) -> float:
     value = cfg.get("host", "wait_for_capacity")
     if not value:
         return 0.0
-    from vp.durations import parse_duration
+    from vp.clock import parse_duration
 
     return parse_duration(value, "[host] wait_for_capacity")
 

@@ -44,7 +44,7 @@ def puller(ws: Workspace, ui: UI) -> contextlib.AbstractContextManager:
     folder = ws.cfg.get("sync", "checkpoint_dir")
     if not folder:
         return contextlib.nullcontext()
-    from vp.durations import parse_duration
+    from vp.clock import parse_duration
 
     interval = parse_duration(
         ws.cfg.get("sync", "checkpoint_interval") or "60s", "[sync] checkpoint_interval"

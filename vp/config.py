@@ -47,9 +47,29 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "ready_timeout": ((int, float), 600),
         # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
         "wait_for_capacity": (str, None),
+        # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
+        "nodes": (int, 1),
+        # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
+        "destroy_after_stopped": (str, None),
+    },
+    # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
+    "run": {
+        "timeout": (str, None),
+        # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
+        "recover": (bool, False),
+        "max_attempts": (int, 3),
+    },
+    # Spend caps in USD for all of this machine's hosts: the lower of the user file's and the
+    # project file's value counts (vp/spend.py).
+    "budget": {
+        "daily": ((int, float), None),
+        "monthly": ((int, float), None),
+        "min_minutes": ((int, float), 5),
     },
     "ssh": {
         "host": (str, None),
+        # The machines a multi-node run uses, rank 0 first (`vp --nodes N` takes the first N).
+        "hosts": (list, []),
         "identity_file": (str, None),
         "reconnect_timeout": ((int, float), 300),
         "connect_timeout": (int, 10),
@@ -61,6 +81,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "extra_ignore": (list, []),
         "include": (list, []),
         "results": (list, []),
+        # Multi-node runs: whose results come back. "0": rank 0's, into the project;
+        # "all": rank 0's there and every other rank's into nodes/RANK/.
+        "download_from": (str, "0"),
         # Ask before the first upload of a folder with neither vp.toml nor .git when it is
         # bigger than this (0: never ask).
         "confirm_files": (int, 10000),
@@ -70,8 +93,6 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "checkpoint_dir": (str, None),
         "checkpoint_interval": (str, "60s"),
     },
-    # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
-    "run": {"recover": (bool, False), "max_attempts": (int, 3)},
     "docker": {
         "enabled": (bool, False),
         "dockerfile": (str, "Dockerfile"),
@@ -129,6 +150,7 @@ POSITIVE = {
     ("host", "disk_gb"),
     ("host", "cpus"),
     ("host", "memory_gb"),
+    ("host", "nodes"),
     ("ssh", "connect_timeout"),
     ("runpod", "container_disk_gb"),
     ("aws", "data_volume_gb"),
@@ -144,7 +166,20 @@ NON_NEGATIVE = {
     ("gce", "create_timeout"),
     ("sync", "confirm_files"),
     ("sync", "confirm_gb"),
+    ("budget", "daily"),
+    ("budget", "monthly"),
+    ("budget", "min_minutes"),
 }
+# Durations ("90s", "30m", "2h", "1d"; vp/clock.py parses them).
+DURATIONS = {
+    ("run", "timeout"),
+    ("host", "destroy_after_stopped"),
+    ("host", "wait_for_capacity"),
+    ("sync", "checkpoint_interval"),
+}
+# Caps where the lowest value of any layer counts, not the last one: a project file may
+# tighten the user's budget but never loosen it.
+LOWEST_WINS = {("budget", "daily"), ("budget", "monthly")}
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
@@ -166,6 +201,9 @@ class Config:
     project_root: Path  # directory that is synced (where vp.toml / pyproject.toml lives, else cwd)
     project_file: Path | None = None
     sources: list[Path] = field(default_factory=list)
+    # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
+    yes: bool = False
+    over_budget: bool = False
 
     def get(self, section: str, key: str) -> Any:
         return self.data.get(section, {}).get(key)
@@ -270,6 +308,10 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{where} must be greater than 0, got {value!r}")
     if (section, key) in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{where} must be 0 or more, got {value!r}")
+    if (section, key) in DURATIONS:
+        from vp.clock import parse_duration
+
+        parse_duration(value, where)
     if key == "user" and section != "ssh" and not USER_NAME.match(value):
         raise ConfigError(
             f"{where} {value!r} is not a valid user name",
@@ -281,21 +323,24 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
                 f"{where} must be a non-empty list of different names, got {value!r}",
                 hint='e.g. gpu = ["H100", "A100-80GB"], platform = ["runpod", "vast"]',
             )
-    if (section, key) in (("host", "wait_for_capacity"), ("sync", "checkpoint_interval")):
-        from vp.durations import parse_duration
-
-        parse_duration(value, where)
     if (section, key) == ("sync", "checkpoint_dir"):
         from vp.checkpoints import check_dir
 
         check_dir(value, where)
-    if (section, key) == ("ssh", "host"):
+    if (section, key) in (("ssh", "host"), ("ssh", "hosts")):
         from vp.ssh import parse_target
 
-        try:
-            parse_target(value)
-        except UsageError as exc:
-            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+        for one in value if isinstance(value, list) else [value]:
+            if not isinstance(one, str):
+                raise ConfigError(f"{where}: {one!r} is not a host", hint='e.g. ["gpu1", "gpu2"]')
+            try:
+                parse_target(one)
+            except UsageError as exc:
+                raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if (section, key) == ("sync", "download_from") and value not in ("0", "all"):
+        raise ConfigError(
+            f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
+        )
     if key == "url":
         check_endpoint(value, where)
     if section == "secrets":
@@ -499,6 +544,9 @@ def load(
     config_path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     environ: dict[str, str] | None = None,
+    *,
+    yes: bool = False,
+    over_budget: bool = False,
 ) -> Config:
     """Build the merged config for a project found from `cwd` (or the explicit `config_path`)."""
     environ = dict(os.environ if environ is None else environ)
@@ -506,9 +554,11 @@ def load(
     data = defaults()
     sources: list[Path] = []
 
+    layers: list[dict[str, dict[str, Any]]] = []
     user_file = paths.user_config_file()
     if user_file.is_file():
-        merge(data, validate(read_toml(user_file), str(user_file)))
+        layers.append(validate(read_toml(user_file), str(user_file)))
+        merge(data, layers[-1])
         sources.append(user_file)
 
     if config_path is not None:
@@ -519,14 +569,26 @@ def load(
     else:
         project_file, root = find_project_file(cwd)
     if project_file is not None:
-        merge(data, _load_project(project_file))
+        layers.append(_load_project(project_file))
+        merge(data, layers[-1])
         sources.append(project_file)
 
-    merge(data, _from_env(environ))
+    layers.append(_from_env(environ))
+    merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
+    for section, key in LOWEST_WINS:
+        values = [v for layer in layers if (v := layer.get(section, {}).get(key)) is not None]
+        data[section][key] = min(values) if values else None
 
-    cfg = Config(data=data, project_root=root, project_file=project_file, sources=sources)
+    cfg = Config(
+        data=data,
+        project_root=root,
+        project_file=project_file,
+        sources=sources,
+        yes=yes,
+        over_budget=over_budget,
+    )
     check(cfg)
     return cfg
 

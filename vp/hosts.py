@@ -168,6 +168,9 @@ def resolve_on(
             host = with_local_facts(platform.wait_ready(host.id, timeout), state)
     elif stopped:
         host = stopped[0]
+        from vp import spend
+
+        spend.check(cfg, state, what=f"start {host.name}", host_key=host.key, price=host.price)
         ui.info(f"starting stopped host {host.name} on {name}")
         platform.start(host.id)
         host = with_local_facts(platform.wait_ready(host.id, timeout), state)
@@ -239,37 +242,60 @@ def forget(state: State, host: Host) -> None:
 class _StateRecorder:
     """Writes a new host into vp's state the moment the provider accepted it."""
 
-    def __init__(self, state: State, project: str | None):
-        self.state, self.project = state, project
+    def __init__(self, state: State, project: str | None, disk_gb: float | None = None):
+        self.state, self.project, self.disk_gb = state, project, disk_gb
 
     def save(self, host: Host) -> None:
-        self.state.save_host(host, self.project)
+        self.state.save_host(host, self.project, disk_gb=self.disk_gb)
 
     def forget(self, host: Host) -> None:
         self.state.forget_host(host.key)
 
 
-def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[Host, Transport]:
+def create_host(
+    cfg: Config, state: State, ui: UI, platform: Platform, name: str | None = None
+) -> tuple[Host, Transport]:
     """Create, wait for ssh, pin the host key, through the GPU fallback list (and, with
     `wait_for_capacity`, waiting for one). Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which."""
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
     from vp.capacity import create_with_fallback
 
-    return create_with_fallback(cfg, state, ui, (platform.name,))
+    return create_with_fallback(cfg, state, ui, (platform.name,), name=name)
 
 
-def create_request(cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec) -> Host:
+def create_request(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str | None = None
+) -> Host:
     """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
-    name = cfg.get("host", "name") or f"vp-{cfg.project}"
+    name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
+    _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
-    recorder = _StateRecorder(state, cfg.project)
+    recorder = _StateRecorder(state, cfg.project, spec.disk_gb)
     if isinstance(platform, CloudPlatform):
         return platform.create(spec, name, recorder)
     return platform.create(spec, name)
+
+
+def _money_checks(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str
+) -> None:
+    """Before a create: the budget caps at the price it would rent at, and no uncapped
+    create by accident (vp/guard.py). Searching offers rents nothing."""
+    from vp import guard, spend
+
+    capped = spend.Budget.of(cfg).capped
+    spend.check(cfg, state, what=f"create {name}", price=None)  # a cap already reached
+    if not capped and (spec.max_price is not None or cfg.yes):
+        return
+    offers = platform.offers(spec)
+    offer = offers[0] if offers else None
+    price = offer.price if offer is not None else spec.max_price
+    spend.check(cfg, state, what=f"create {name}", price=price)
+    guard.confirm_create(cfg, ui, spec, offer, name)
 
 
 def adopt_new_host(
@@ -287,7 +313,7 @@ def adopt_new_host(
         platform,
         host,
         timeout=float(cfg.get("host", "ready_timeout") or 600),
-        recorder=_StateRecorder(state, cfg.project),
+        recorder=_StateRecorder(state, cfg.project, spec_from_config(cfg).disk_gb),
         pin=pin,
         waiting=lambda h: Status(ui, f"waiting for {h.name} ({h.id}) to boot and answer ssh"),
     )

@@ -47,6 +47,8 @@ class RunOptions:
     setup_only: bool = False  # `vp setup`: run the project's setup (if needed) and nothing else
     force_setup: bool = False  # `vp setup --force`: even when the host's record is current
     recover: bool | None = None  # None: [run] recover (vp --recover)
+    nodes: int | None = None  # `vp --nodes N`; None: [host] nodes (vp/nodes.py)
+    all_logs: bool = False  # multi-node: show every rank's output, prefixed [nodeR]
 
 
 def command_text(argv: list[str]) -> str:
@@ -71,9 +73,12 @@ class Workspace:
         return self.cfg.project_root
 
     def rules(self) -> IgnoreRules:
+        extra = list(self.cfg.get("sync", "extra_ignore") or [])
+        if self.cfg.get("sync", "download_from") == "all":
+            extra.append("/nodes/")  # the other ranks' results (vp/nodes.py) stay here
         return IgnoreRules.for_project(
             self.root,
-            extra=self.cfg.get("sync", "extra_ignore") or [],
+            extra=extra,
             use_gitignore=bool(self.cfg.get("sync", "use_gitignore")),
         )
 
@@ -91,6 +96,18 @@ class Workspace:
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+
+
+@dataclass
+class NodeResults(Workspace):
+    """Where another rank's results land (`[sync] download_from = "all"`): `dest`, not the
+    project root."""
+
+    dest: Path = Path()
+
+    @property
+    def root(self) -> Path:
+        return self.dest
 
 
 def control_files(cfg: Config) -> set[str]:
@@ -132,8 +149,13 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
 
 
-def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
+def sync_down(ws: Workspace, ui: UI, changes: bytes, dest: Path | None = None) -> None:
+    """Fetch what the run changed into the project (or into `dest`: another rank's results,
+    with a manifest of their own so the project's upload manifest stays the project's)."""
     rules = ws.rules()
+    if dest is not None:
+        dest.mkdir(parents=True, exist_ok=True)
+        ws = NodeResults(ws.cfg, ws.state, ws.host, ws.transport, ws.workdir, dest)
     manifest = ws.manifest()
     remote_changes = parse_changes(changes)
     # What an earlier download could not fetch (local disk full) comes first, unless this
@@ -222,6 +244,14 @@ def _execute_once(
     """One attempt: resolve a host, sync up, run, follow, sync back."""
     from vp import secretstore
 
+    state = state or State()
+    from vp.nodes import node_count
+
+    n = node_count(cfg, opts.nodes)
+    if n > 1:
+        from vp import nodes
+
+        return nodes.execute(cfg, opts, ui, state, n)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
     setup_cmd = cfg.get("setup", "run") or None
@@ -240,6 +270,7 @@ def _execute_once(
 
         cfg.data["host"]["image"], _auth = build_and_push(cfg, ui)
     ws = open_workspace(cfg, state, ui, opts.host_name)
+    budget_seconds = _budget(cfg, state, ui, ws.host)
     running_image = ws.host.labels.get("image")
     if container_host and running_image and running_image != cfg.get("host", "image"):
         # A container host is its image: a new image needs a new host.
@@ -287,6 +318,7 @@ def _execute_once(
         parent=parent,
     )
     state.add_run(record)
+    timeout = _timeout(cfg)
     t = ws.transport
     workdir_sh = _workdir_sh(ws)
     script = remote.launch_script(
@@ -297,9 +329,10 @@ def _execute_once(
         env,
         follow=not opts.detach,
         changes=not opts.setup_only,
-        pre_start=_idle_watchdog(cfg, ws, ui),
+        pre_start=_idle_watchdog(cfg, ws, ui, budget_seconds),
         setup=_setup_step(ws, setup_cmd, setup_text, image, opts.force_setup),
         mask=secretstore.mask_values(secret_values.values()),
+        timeout=timeout,
     )
     view = LogView(
         sys.stdout.buffer,
@@ -320,6 +353,7 @@ def _execute_once(
         state.set_run_status(run_id, "detached")
         ui.note(f"run {run_id} started on {ws.host.name}; follow it with: vp logs -f {run_id}")
         print(run_id)
+        still_billing(cfg, ws.host, ui, budget_seconds)
         return 0
 
     ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
@@ -377,7 +411,11 @@ def _execute_once(
         )
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
+    if timeout and result.exit_code == remote.TIMEOUT_EXIT and not result.interrupted:
+        status = "timed out"
+        ui.warn(f"run {run_id} timed out after {cfg.get('run', 'timeout')} (exit 124)")
     state.finish_run(run_id, result.exit_code, status)
+    still_billing(cfg, ws.host, ui, budget_seconds)
     if result.interrupted and result.changes is None and not result.lost:
         # Ctrl-C twice, but the run had already ended: say so, not "keeps going".
         ui.note(
@@ -434,19 +472,68 @@ def _setup_step(
     )
 
 
-def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
-    """Shell text that (re)arms the host's idle-stop watchdog, or "" when not configured."""
+def _timeout(cfg: Config) -> float | None:
+    """`[run] timeout` / `--timeout`, in seconds."""
+    from vp.clock import parse_duration
+
+    limit = cfg.get("run", "timeout")
+    return parse_duration(limit, "[run] timeout") if limit else None
+
+
+def billed(host: Host) -> bool:
+    """Does this host cost money by the hour (a rented host with a price)?"""
+    return host.price is not None and kind(host.platform) in ("vm", "container")
+
+
+def _budget(cfg: Config, state: State, ui: UI, host: Host) -> float | None:
+    """Before a run on a billed host: refuse when a cap is (nearly) reached; else say how long
+    the budget allows and return that in seconds, for the host's watchdog. None: no cap (or
+    --over-budget)."""
+    if not billed(host):
+        return None
+    from vp import spend
+
+    found = spend.check(cfg, state, what=f"run on {host.name}", host_key=host.key, price=host.price)
+    if found is None or cfg.over_budget or found.hours == float("inf"):
+        return None
+    ui.info(
+        f"budget allows {found.hours:.1f} h on this host "
+        f"(${found.left:.2f} left {found.period} at ${found.burn:.2f}/h)"
+    )
+    return found.hours * 3600
+
+
+def still_billing(cfg: Config, host: Host, ui: UI, budget_seconds: float | None) -> None:
+    """The line every run on a billed host ends with: it is still running, and costing."""
+    if not billed(host):
+        return
     minutes = cfg.get("host", "idle_stop_minutes")
-    if not minutes:
+    idle = f"after {minutes:g} min" if minutes else "off"
+    stops = f"idle stop: {idle}"
+    if budget_seconds is not None:
+        from vp.clock import format_duration
+
+        stops += f", budget stop in {format_duration(budget_seconds)}"
+    ui.note(f"{host.name} is still running at ${host.price:.2f}/h ({stops}) — vp stop")
+
+
+def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI, budget_seconds: float | None = None) -> str:
+    """Shell text that (re)arms the host's watchdog (idle stop, budget stop), or "" when
+    neither is configured."""
+    minutes = cfg.get("host", "idle_stop_minutes")
+    if not minutes and budget_seconds is None:
         return ""
     from vp import idle
 
     command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
-        ui.warn(idle.unavailable(ws.host.platform))
+        why = idle.unavailable(ws.host.platform)
+        ui.warn(why if minutes else why.replace("idle_stop_minutes", "the [budget] stop", 1))
         return ""
-    return idle.watchdog_snippet(ws.transport.runs_dir_sh, float(minutes), command)
+    return idle.watchdog_snippet(
+        ws.transport.runs_dir_sh, float(minutes) if minutes else None, command, budget_seconds
+    )
 
 
 def _workdir_sh(ws: Workspace) -> str:

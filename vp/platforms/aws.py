@@ -145,6 +145,16 @@ DECLARATION = Declaration(
     name=NAME,
     kind="vm",
     ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT
+    # A stopped instance's EBS gp3 volume: $0.08/GB/month in us-east-1 (aws.amazon.com/ebs/
+    # pricing, 2026-12).
+    storage_price=0.08,
+    credentials=(
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "~/.aws/credentials",
+        "~/.aws/config",
+    ),
     settings={
         "region": (str, None),
         "profile": (str, None),
@@ -160,6 +170,11 @@ DECLARATION = Declaration(
     endpoint_env="AWS_ENDPOINT_URL",
     noun="aws instance",
     provider="AWS",
+    private_network=True,
+    network=(
+        "one subnet and security group (vp-ssh): private addresses; a rule whose source is "
+        "the group itself (not yet made by vp) opens the nodes' ports to each other only"
+    ),
 )
 
 

@@ -107,6 +107,13 @@ DECLARATION = Declaration(
     name=NAME,
     kind="vm",
     ownership=Ownership.LABEL,  # labels vp-managed=true and vp-project=PROJECT
+    # A stopped VM's balanced persistent disk: $0.10/GB/month in us-central1
+    # (cloud.google.com/compute/disks-image-pricing, 2026-12).
+    storage_price=0.10,
+    credentials=(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "~/.config/gcloud/application_default_credentials.json",
+    ),
     settings={
         "project": (str, None),
         "zone": (str, None),
@@ -121,6 +128,11 @@ DECLARATION = Declaration(
     noun="gce instance",
     provider="GCE",
     destroy_words=("delete", "deleted"),
+    private_network=True,
+    network=(
+        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
+        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
+    ),
 )
 
 

@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from vp import __version__, keys
+from vp import __version__, credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, VpError
 from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
@@ -92,7 +93,6 @@ STATUS: dict[str, str] = {
 
 DEFAULT_URL = "https://api.thundercompute.com:8443/v1"
 DEFAULT_TEMPLATE = "base"
-TOKEN_HINT = "set TNR_API_TOKEN, or put the token in ~/.thunder/token"
 # `h100_x1` (today) or `h100_x1_prototyping` (before the mode split was removed).
 CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)(?:_(?P<mode>[a-z]+))?$")
 NO_STOP = "Thunder Compute has no stop or start: an instance runs, and bills, until deleted"
@@ -121,6 +121,16 @@ DECLARATION = Declaration(
         "snapshot_timeout": ((int, float), None),
     },
     secrets=("token",),
+    # Where Thunder's CLIs keep it: `~/.thunder/token`, or the Go CLI's `tnr login` file.
+    credential=Credential(
+        key="token",
+        env="TNR_API_TOKEN",
+        what="API token",
+        files=(
+            CredentialFile("~/.thunder/token"),
+            CredentialFile("~/.thunder/cli_config.json", ("token",)),
+        ),
+    ),
     # No idle stop: Thunder has no stop (module docstring), its instances are containers without
     # systemd, so a guest `shutdown` stops no billing, and its API tokens are account-wide, so
     # none may be sent to the host for it to delete itself. vp warns on every run instead.
@@ -151,7 +161,7 @@ class ThunderPlatform(CloudPlatform):
         self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.get("url"))
         # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
         self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
-        self._token: str | None = None
+        self._token: Resolved | None = None
         self._pool: Any = None
         self._catalogue_base: str | None = None  # "/v2", or "/v1" for an API without /v2
         # instance id -> (server-made private key or None, $/h) from the create's answer.
@@ -554,20 +564,9 @@ class ThunderPlatform(CloudPlatform):
             created_at=_timestamp(item.get("createdAt")),
         )
 
-    def _api_token(self) -> str:
-        if self._token:
-            return self._token
-        token = self.settings.get("token") or os.environ.get("TNR_API_TOKEN")
-        thunder_dir = Path.home() / ".thunder"
-        if not token:
-            with contextlib.suppress(OSError):
-                token = (thunder_dir / "token").read_text().strip()
-        if not token:  # what Thunder's Go CLI writes on `tnr login`
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                token = json.loads((thunder_dir / "cli_config.json").read_text()).get("token")
-        if not token:
-            raise VpError("no Thunder Compute API token found", hint=TOKEN_HINT)
-        self._token = str(token)
+    def _api_token(self) -> Resolved:
+        if self._token is None:
+            self._token = credentials.resolve(DECLARATION, self.settings)
         return self._token
 
     def _http(self) -> Any:
@@ -612,7 +611,7 @@ class ThunderPlatform(CloudPlatform):
                 url,
                 body=json.dumps(body).encode() if body is not None else None,
                 headers={
-                    "Authorization": f"Bearer {token}",
+                    "Authorization": f"Bearer {token.value}",
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                     "User-Agent": f"vp/{__version__}",
@@ -626,7 +625,7 @@ class ThunderPlatform(CloudPlatform):
             ) from None
         raw = response.data or b""
         if response.status >= 400:
-            raise _http_error(what, response.status, raw)
+            raise _http_error(what, response.status, raw, token)
         if not raw.strip():
             return None
         try:
@@ -639,7 +638,7 @@ class _ServerError(VpError):
     """A 5xx from the API."""
 
 
-def _http_error(what: str, status: int, raw: bytes) -> VpError:
+def _http_error(what: str, status: int, raw: bytes, token: Resolved) -> VpError:
     message = ""
     code = ""
     with contextlib.suppress(ValueError, AttributeError):
@@ -650,9 +649,13 @@ def _http_error(what: str, status: int, raw: bytes) -> VpError:
         message = raw.decode(errors="replace")[:200]
     message = " ".join(message.split())
     if status == 401:
-        return VpError("Thunder Compute rejected the API token (TNR_API_TOKEN)", hint=TOKEN_HINT)
-    if status == 403:
-        return VpError(f"Thunder Compute refused to {what}: {message}", hint=TOKEN_HINT)
+        return credentials.rejected(DECLARATION, token)
+    if status == 403:  # the token is good but may not do this (Thunder: "forbidden")
+        refused = credentials.rejected(DECLARATION, token)
+        return VpError(
+            f"Thunder Compute refused to {what} with {token.source}: {message}",
+            hint=refused.hint,
+        )
     if any(marker in f"{code} {message}".lower() for marker in CAPACITY_ERRORS):
         return Capacity(message)
     if status == 404:
