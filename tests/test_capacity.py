@@ -151,7 +151,8 @@ def test_auth_error_stops_the_fallback_at_once(
     runpod_emulator.fail_auth = True
     r = vp_env.run("echo", "ok")
     assert r.returncode == 1
-    assert "RunPod rejected the API key" in r.stderr
+    [error] = error_lines(r.stderr)
+    assert "rejected" in error and "RunPod" in error, r.stderr
     assert "trying vast" not in r.stderr
     assert not vast_emulator.instances
 
