@@ -37,6 +37,7 @@ from vp.platforms.cloud import (
     CloudPlatform,
     Declaration,
     Ownership,
+    Unavailable,
     reraise_after_cleanup,
 )
 from vp.platforms.common import discard_key
@@ -341,7 +342,7 @@ class AwsPlatform(CloudPlatform):
         offer, market, vcpus, quota = refused[0]
         _code, quota_name = QUOTAS[offer.id[:1]]["spot" if market else "on-demand"]
         more = f" (and {len(refused) - 1} more refused)" if len(refused) > 1 else ""
-        raise VpError(
+        raise Unavailable(
             f"aws: {offer.id} needs {vcpus} vCPUs but the account's quota "
             f"'{quota_name}' in {self.region} is {quota:g}{more}",
             hint="request an increase in the Service Quotas console (AWS services > Amazon EC2)",

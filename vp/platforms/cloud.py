@@ -174,8 +174,21 @@ class Recorder(Protocol):
     def forget(self, host: Host) -> None: ...
 
 
-class Capacity(VpError):
+class Unavailable(VpError):
+    """The provider cannot rent what was asked right now: no offer in stock, no capacity,
+    quota exceeded. A fallback list (vp/capacity.py) moves on to its next GPU or platform;
+    any other VpError (rejected key, bad setting) stops it at once."""
+
+
+class Capacity(Unavailable):
     """This offer cannot be had right now (rented away, no room): try the next one."""
+
+
+def unavailable(exc: VpError) -> Unavailable:
+    """`exc` (a provider's "nothing fits" or "no capacity" message) as an Unavailable."""
+    if isinstance(exc, Unavailable):
+        return exc
+    return Unavailable(exc.message, hint=exc.hint)
 
 
 class NotFound(VpError):
@@ -317,7 +330,7 @@ class CloudPlatform(ABC):
             if unknown is not None:
                 raise unknown
         if not fitting:
-            raise self._no_offer(spec, found)
+            raise unavailable(self._no_offer(spec, found))
         attempts = self._attempts(spec, fitting)
         pair = keys.new_keypair(self._key_name(name))
         host_id: str | None = None
@@ -337,7 +350,7 @@ class CloudPlatform(ABC):
                     cut = exc
                     break
             if host_id is None and cut is None:
-                raise self._no_capacity(spec, failures)
+                raise unavailable(self._no_capacity(spec, failures))
         except BaseException:
             self._unregister_key(pair)
             discard_key(pair.private_path)

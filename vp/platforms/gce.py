@@ -29,7 +29,13 @@ from vp.errors import HostGone, VpError
 from vp.idle import VM_SHUTDOWN
 from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.cloud import CloudPlatform, Declaration, Ownership, reraise_after_cleanup
+from vp.platforms.cloud import (
+    CloudPlatform,
+    Declaration,
+    Ownership,
+    Unavailable,
+    reraise_after_cleanup,
+)
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
 from vp.poll import poll
@@ -547,7 +553,7 @@ class GcePlatform(CloudPlatform):
             code = next(c for c in codes if c in CAPACITY_ERRORS)
             what = f"{spec.gpus}x {spec.gpu or 'GPU'}"
             reason = "GPU quota exceeded" if code == "QUOTA_EXCEEDED" else "no capacity"
-            raise VpError(
+            raise Unavailable(
                 f"gce zone {self.zone} cannot create {what} now: {reason} ({code})",
                 hint=f"try another zone: set [gce] zone (e.g. {_other_zone(self.zone)})"
                 + (" or request more GPU quota" if code == "QUOTA_EXCEEDED" else ""),
