@@ -549,7 +549,7 @@ class AwsPlatform(CloudPlatform):
         self, image: dict, spec: HostSpec, name: str, sg: str, key_name: str, key_file: str
     ) -> dict:
         _login_name(self.user)
-        project = name[3:] if name.startswith("vp-") else name
+        project = self.project_of(name)
         tags = [
             {"Key": "Name", "Value": name},
             {"Key": "vp:project", "Value": project},

@@ -223,6 +223,12 @@ class CloudPlatform(ABC):
         where a single host's would carry on without."""
         self.nodes_of = group
 
+    def project_of(self, name: str) -> str:
+        """The project a new host named `name` is labelled with: a node's is its rank 0's,
+        so `list(project)` finds every node (later runs reuse them, `vp down` finds them)."""
+        base = self.nodes_of or name
+        return base[3:] if base.startswith("vp-") else base
+
     @property
     def name(self) -> str:
         return self.declaration.name

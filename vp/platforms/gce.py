@@ -484,7 +484,7 @@ class GcePlatform(CloudPlatform):
         return f"gce-{_label(name)}-{secrets.token_hex(3)}"
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
-        project = name[3:] if name.startswith("vp-") else name
+        project = self.project_of(name)
         instance_name = f"{_label(name).strip('-_') or 'vp'}"[:55].rstrip("-_")
         instance_name = f"{instance_name}-{secrets.token_hex(3)}"
         if not instance_name[0].isalpha():
