@@ -13,7 +13,10 @@ profile, SSO, instance role), so vp has no AWS-specific switches. Facts EC2 impo
   on-demand price is within `max_price`, and no host ever costs more than that;
 - GPU instances count against per-family vCPU quotas (Service Quotas, service code `ec2`), which
   are 0 on many new accounts: offers show the quota, and create stops before launching anything
-  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?".
+  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?";
+- the nodes of a multi-node run share vp-ssh, whose rule from itself opens their ports to
+  each other, and one subnet (one AZ). No cluster placement group: it is all-or-nothing on
+  capacity per AZ, and moto (the test emulator) has no placement groups to test it against.
 """
 
 from __future__ import annotations
