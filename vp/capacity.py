@@ -29,7 +29,7 @@ from vp.hosts import (
     warm_host,
 )
 from vp.platforms.base import PENDING, RUNNING, STOPPED, Host
-from vp.platforms.cloud import Unavailable
+from vp.platforms.cloud import CloudPlatform, Unavailable
 from vp.state import State
 from vp.transport import Transport
 from vp.ui import UI
@@ -79,7 +79,13 @@ def _named(host: Host, wanted: str | None) -> bool:
 
 
 def create_with_fallback(
-    cfg: Config, state: State, ui: UI, names: tuple[str, ...], *, name: str | None = None
+    cfg: Config,
+    state: State,
+    ui: UI,
+    names: tuple[str, ...],
+    *,
+    name: str | None = None,
+    nodes_of: str | None = None,
 ) -> tuple[Host, Transport]:
     """Create a host through every (platform, GPU) pair in order, the whole list again with
     backoff while `wait_for_capacity` lasts. One progress line per failed attempt; the final
@@ -95,7 +101,7 @@ def create_with_fallback(
         last: Unavailable | HostGone | None = None
         for i, attempt in enumerate(pairs):
             try:
-                return _attempt(cfg, state, ui, attempt, name)
+                return _attempt(cfg, state, ui, attempt, name, nodes_of)
             except (Unavailable, HostGone) as exc:
                 last = exc
                 attempt = replace(attempt, why=exc.message)
@@ -124,10 +130,12 @@ def create_with_fallback(
 
 
 def _attempt(
-    cfg: Config, state: State, ui: UI, attempt: Attempt, name: str | None
+    cfg: Config, state: State, ui: UI, attempt: Attempt, name: str | None, nodes_of: str | None
 ) -> tuple[Host, Transport]:
     spec = replace(spec_from_config(cfg), gpu=attempt.gpu)
     platform = platform_for(cfg, attempt.platform)
+    if nodes_of and isinstance(platform, CloudPlatform):
+        platform.expect_nodes(nodes_of)  # together, their ports open to each other
     host = create_request(cfg, state, ui, platform, spec, name)
     return adopt_new_host(cfg, state, ui, platform, host, "create")
 

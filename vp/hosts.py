@@ -253,14 +253,20 @@ class _StateRecorder:
 
 
 def create_host(
-    cfg: Config, state: State, ui: UI, platform: Platform, name: str | None = None
+    cfg: Config,
+    state: State,
+    ui: UI,
+    platform: Platform,
+    name: str | None = None,
+    nodes_of: str | None = None,
 ) -> tuple[Host, Transport]:
     """Create, wait for ssh, pin the host key, through the GPU fallback list (and, with
     `wait_for_capacity`, waiting for one). Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name;
+    `nodes_of`: rank 0's name when it is a node (CloudPlatform.expect_nodes)."""
     from vp.capacity import create_with_fallback
 
-    return create_with_fallback(cfg, state, ui, (platform.name,), name=name)
+    return create_with_fallback(cfg, state, ui, (platform.name,), name=name, nodes_of=nodes_of)
 
 
 def create_request(

@@ -214,6 +214,20 @@ class CloudPlatform(ABC):
         self.settings = dict(settings or {})
         self.poll_interval = float(self.settings.get("poll_interval") or 3.0)
         self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+        self.nodes_of: str | None = None  # set by expect_nodes
+
+    def expect_nodes(self, group: str) -> None:
+        """The hosts created from now on are nodes of one multi-node run whose rank 0 is named
+        `group`. A provider whose nodes share a network places them together and opens their
+        ports to each other (never to the internet); a node's create fails if it cannot,
+        where a single host's would carry on without."""
+        self.nodes_of = group
+
+    def project_of(self, name: str) -> str:
+        """The project a new host named `name` is labelled with: a node's is its rank 0's,
+        so `list(project)` finds every node (later runs reuse them, `vp down` finds them)."""
+        base = self.nodes_of or name
+        return base[3:] if base.startswith("vp-") else base
 
     @property
     def name(self) -> str:
