@@ -47,7 +47,7 @@ def test_runs_history_lists_runs(vp_env: VpEnv) -> None:
     assert r.returncode == 0
     header, row = r.stdout.splitlines()[:2]
     assert header.split() == [
-        "ID", "COMMAND", "HOST", "STARTED", "DURATION", "EXIT", "STATUS", "COST", "$"
+        "ID", "COMMAND", "HOST", "STARTED", "DURATION", "EXIT", "STATUS", "ATTEMPT", "COST", "$"
     ]  # fmt: skip
     assert "local" in row and " 2 " in f" {row} "
     import re

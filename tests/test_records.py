@@ -32,6 +32,7 @@ HOST_SCHEMA = {
     "gpus": ((int,), None),
     "price_per_hour": ((*NUMBER, NONE), None),
     "billing_per_hour": ((*NUMBER, NONE), None),
+    "spot": ((bool,), None),
     "region": ((str, NONE), None),
     "ssh": ((str, NONE), None),
     "created_at": ((str, NONE), ISO_UTC),
@@ -55,6 +56,8 @@ RUN_SCHEMA = {
     "workdir": ((str,), None),
     "status": ((str,), None),
     "exit_code": ((int, NONE), None),
+    "attempt": ((int,), None),
+    "parent": ((str, NONE), None),
     "started_at": ((str,), ISO_UTC),
     "ended_at": ((str, NONE), ISO_UTC),
     "duration_s": ((*NUMBER, NONE), None),
@@ -139,8 +142,8 @@ def test_ls_status_up_runs_share_one_schema(
     # people get units in the headers, human durations and ages, local times
     table = vp_env.run("ls").stdout.splitlines()
     assert table[0].split() == [
-        "NAME", "ID", "PLATFORM", "STATUS", "GPU", "GPUS", "$/H", "COST", "$", "REGION", "AGE",
-        "SSH",
+        "NAME", "ID", "PLATFORM", "STATUS", "GPU", "GPUS", "$/H", "COST", "$", "SPOT", "REGION",
+        "AGE", "SSH",
     ]  # fmt: skip
     assert " 0.36 " in table[1] and "Texas, US" in table[1]
     assert table[-1].startswith("total: $") and table[-1].endswith(", $0.36/h now")

@@ -23,13 +23,17 @@ from vp import paths
 from vp.errors import ConfigError, UsageError
 from vp.platforms import declarations
 
+STR_OR_LIST = (str, list)  # one name, or a fallback list of names
+
 # section -> key -> (type, default). `dict` sections ([env]) accept any identifier key.
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "project": {"name": (str, None)},
     "host": {
-        "platform": (str, "local"),
+        # One platform, or a fallback list tried in order (vp/capacity.py).
+        "platform": (STR_OR_LIST, "local"),
         "name": (str, None),
-        "gpu": (str, None),
+        # One GPU, or a fallback list tried in order on each platform.
+        "gpu": (STR_OR_LIST, None),
         "gpus": (int, 1),
         "max_price": ((int, float), None),
         "disk_gb": (int, 50),
@@ -41,13 +45,20 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "idle_stop_minutes": ((int, float), None),
         "idle_stop_command": (str, None),
         "ready_timeout": ((int, float), 600),
+        # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
+        "wait_for_capacity": (str, None),
         # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
         "nodes": (int, 1),
         # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
         "destroy_after_stopped": (str, None),
     },
     # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
-    "run": {"timeout": (str, None)},
+    "run": {
+        "timeout": (str, None),
+        # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
+        "recover": (bool, False),
+        "max_attempts": (int, 3),
+    },
     # Spend caps in USD for all of this machine's hosts: the lower of the user file's and the
     # project file's value counts (vp/spend.py).
     "budget": {
@@ -77,6 +88,10 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         # bigger than this (0: never ask).
         "confirm_files": (int, 10000),
         "confirm_gb": ((int, float), 1),
+        # A folder the run writes checkpoints to: pulled down during the run, at most every
+        # checkpoint_interval, and uploaded again before a resumed attempt (vp/checkpoints.py).
+        "checkpoint_dir": (str, None),
+        "checkpoint_interval": (str, "60s"),
     },
     "docker": {
         "enabled": (bool, False),
@@ -157,7 +172,12 @@ NON_NEGATIVE = {
     ("budget", "min_minutes"),
 }
 # Durations ("90s", "30m", "2h", "1d"; vp/clock.py parses them).
-DURATIONS = {("run", "timeout"), ("host", "destroy_after_stopped")}
+DURATIONS = {
+    ("run", "timeout"),
+    ("host", "destroy_after_stopped"),
+    ("host", "wait_for_capacity"),
+    ("sync", "checkpoint_interval"),
+}
 # Caps where the lowest value of any layer counts, not the last one: a project file may
 # tighten the user's budget but never loosen it.
 LOWEST_WINS = {("budget", "daily"), ("budget", "monthly")}
@@ -199,7 +219,20 @@ class Config:
 
     @property
     def platform(self) -> str:
-        return self.get("host", "platform")
+        """The platform (the first of a fallback list: what `vp ls`, `stop`, `down` ask)."""
+        return self.platforms[0]
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """`[host] platform` as a list: one name, or the fallback list in order."""
+        value = self.get("host", "platform") or "local"
+        return tuple(value) if isinstance(value, list) else (value,)
+
+    @property
+    def gpus_wanted(self) -> tuple[str | None, ...]:
+        """`[host] gpu` as a list: one name (or None: any GPU), or the fallback list."""
+        value = self.get("host", "gpu")
+        return tuple(value) if isinstance(value, list) else (value,)
 
 
 def defaults() -> dict[str, dict[str, Any]]:
@@ -218,6 +251,8 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names[list] = "a list"
     names[dict] = "a table"
+    if t == STR_OR_LIST:
+        return "a string or a list of strings"
     if isinstance(t, tuple):
         return "a number"
     return names.get(t, t.__name__)
@@ -255,7 +290,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 raise ConfigError(
                     f"{source}: [{section}] {key} must be {_type_name(expected)}, got {value!r}"
                 )
-            if expected is list and not all(isinstance(v, str) for v in value):
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
             check_value(section, key, value, source)
             out[section][key] = value
@@ -283,6 +318,16 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
             f"{where} {value!r} is not a valid user name",
             hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
         )
+    if (section, key) in (("host", "platform"), ("host", "gpu")) and isinstance(value, list):
+        if not value or len(set(value)) != len(value) or not all(v.strip() for v in value):
+            raise ConfigError(
+                f"{where} must be a non-empty list of different names, got {value!r}",
+                hint='e.g. gpu = ["H100", "A100-80GB"], platform = ["runpod", "vast"]',
+            )
+    if (section, key) == ("sync", "checkpoint_dir"):
+        from vp.checkpoints import check_dir
+
+        check_dir(value, where)
     if (section, key) in (("ssh", "host"), ("ssh", "hosts")):
         from vp.ssh import parse_target
 
@@ -457,6 +502,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             return int(raw)
         except ValueError:
             raise UsageError(f"{name}={raw!r}: expected an integer") from None
+    if expected == STR_OR_LIST:  # "vast" or "runpod,vast"
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        return parts if len(parts) > 1 else raw.strip()
     if isinstance(expected, tuple):
         try:
             return float(raw)
@@ -550,11 +598,20 @@ def check(cfg: Config) -> None:
     """Cross-key rules that a per-key type check cannot express."""
     from vp.platforms import NAMES
 
-    platform = cfg.platform
-    if platform not in NAMES:
-        near = _nearest(platform, list(NAMES))
-        hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
-        raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    for platform in cfg.platforms:
+        if platform not in NAMES:
+            near = _nearest(platform, list(NAMES))
+            hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
+            raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    if len(cfg.platforms) > 1:
+        from vp.platforms import clouds
+
+        others = [p for p in cfg.platforms if p not in clouds()]
+        if others:
+            raise ConfigError(
+                f"[host] platform: a fallback list holds only cloud platforms, not {others[0]}",
+                hint=f"choose among: {', '.join(clouds())}",
+            )
     if cfg.get("docker", "build_on") not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
     results = cfg.get("sync", "results") or []
@@ -597,6 +654,8 @@ def _placeholder(section: str, key: str) -> Any:
     if section in FREE_SECTIONS or section not in SCHEMA or key not in SCHEMA[section]:
         return ""
     expected = SCHEMA[section][key][0]
+    if expected == STR_OR_LIST:
+        return ""
     return {bool: False, int: 1, list: []}.get(expected, 1.0 if isinstance(expected, tuple) else "")
 
 

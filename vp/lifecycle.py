@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vp import records
+from vp.capacity import create_with_fallback
 from vp.config import Config
 from vp.errors import ConnectionFailed, HostGone, UsageError, VpError
 from vp.offers import cheapest, platform_for, spec_from_config
@@ -87,6 +88,8 @@ def resolve(
 ) -> tuple[Host, Transport]:
     """The host this project runs on, connected and ready. `image` overrides [host] image for
     a host created now (a container platform boots the image vp just built and pushed)."""
+    if len(cfg.platforms) > 1:
+        return _resolve_fallback(cfg, state, ui, host_name=host_name, create=create, image=image)
     name = cfg.platform
     if name == "auto":
         return _resolve_auto(cfg, state, ui, host_name=host_name, create=create, image=image)
@@ -110,7 +113,7 @@ def resolve(
         transport.ensure()
         state.save_host(host, cfg.project)
         return host, transport
-    return _resolve_cloud(cfg, state, ui, name, host_name=host_name, create=create, image=image)
+    return resolve_on(cfg, state, ui, name, host_name=host_name, create=create, image=image)
 
 
 def _matches(host: Host, wanted: str | None) -> bool:
@@ -134,7 +137,26 @@ def with_local_facts(host: Host, state: State) -> Host:
     )
 
 
-def _resolve_cloud(
+def warm_host(
+    cfg: Config, state: State, ui: UI, name: str, host_name: str | None
+) -> tuple[Host, Transport] | None:
+    """Warm path: a running host vp knows on `name` and reaches over ssh (no API call)."""
+    platform: Platform | None = None
+    for host in state.hosts(cfg.project, name):
+        if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
+            transport = transport_for(host, cfg)
+            try:
+                transport.ensure()
+                return host, transport
+            except ConnectionFailed as exc:
+                ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
+            except HostKeyMismatch as exc:
+                platform = platform or platform_for(cfg, name)
+                _mismatch(cfg, state, ui, platform, host, exc)  # returns only if it is gone
+    return None
+
+
+def resolve_on(
     cfg: Config,
     state: State,
     ui: UI,
@@ -144,19 +166,12 @@ def _resolve_cloud(
     create: bool,
     image: str | None = None,
 ) -> tuple[Host, Transport]:
+    """The project's host on platform `name`: running > stopped (started) > created."""
     project = cfg.project
+    found = warm_host(cfg, state, ui, name, host_name)
+    if found is not None:
+        return found
     platform = platform_for(cfg, name)
-    # Warm path: a host we know and can reach needs no provider API call.
-    for host in state.hosts(project, name):
-        if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
-            transport = transport_for(host, cfg)
-            try:
-                transport.ensure()
-                return host, transport
-            except ConnectionFailed as exc:
-                ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
-            except HostKeyMismatch as exc:
-                _mismatch(cfg, state, ui, platform, host, exc)  # returns only if it is gone
     hosts = project_hosts(platform, state, project)
     hosts = [h for h in hosts if _matches(h, host_name)]
     running = [h for h in hosts if h.status in (RUNNING, PENDING)]
@@ -273,14 +288,49 @@ def create_host(
     ui: UI,
     platform: Platform,
     name: str | None = None,
+    nodes_of: str | None = None,
     *,
     image: str | None = None,
 ) -> tuple[Host, Transport]:
-    """Create, wait for ssh, pin the host key. Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
-    spec = spec_from_config(cfg)
-    if image:
-        spec = replace(spec, image=image)
+    """Create, wait for ssh, pin the host key, through the GPU fallback list (and, with
+    `wait_for_capacity`, waiting for one). Any failure destroys what was made (or, if that
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name;
+    `nodes_of`: rank 0's name when it is a node (CloudPlatform.expect_nodes); `image`: the
+    image a container host boots."""
+    return _create_through(cfg, state, ui, (platform.name,), name, nodes_of, image)
+
+
+def _create_through(
+    cfg: Config,
+    state: State,
+    ui: UI,
+    names: tuple[str, ...],
+    name: str | None = None,
+    nodes_of: str | None = None,
+    image: str | None = None,
+) -> tuple[Host, Transport]:
+    """One create through every (platform, GPU) pair of `names` × [host] gpu (vp/capacity.py
+    decides the order, when to move on and when to wait)."""
+
+    def attempt(platform_name: str, gpu: str | None) -> tuple[Host, Transport]:
+        spec = replace(spec_from_config(cfg), gpu=gpu)
+        if image:
+            spec = replace(spec, image=image)
+        platform = platform_for(cfg, platform_name)
+        if nodes_of and isinstance(platform, CloudPlatform):
+            platform.expect_nodes(nodes_of)  # together, their ports open to each other
+        made = create_request(cfg, state, ui, platform, spec, name)
+        host, transport = adopt_new_host(cfg, state, ui, platform, made)
+        ui.info(rented(host))
+        return host, transport
+
+    return create_with_fallback(cfg, ui, names, attempt)
+
+
+def create_request(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str | None = None
+) -> Host:
+    """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
     name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
@@ -290,12 +340,39 @@ def create_host(
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
     recorder = _StateRecorder(state, cfg.project, spec.disk_gb)
     if isinstance(platform, CloudPlatform):
-        host = platform.create(spec, name, recorder)
-    else:
-        host = platform.create(spec, name)
-    host, transport = adopt_new_host(cfg, state, ui, platform, host)
-    ui.info(rented(host))
-    return host, transport
+        return platform.create(spec, name, recorder)
+    return platform.create(spec, name)
+
+
+def _resolve_fallback(
+    cfg: Config,
+    state: State,
+    ui: UI,
+    *,
+    host_name: str | None,
+    create: bool,
+    image: str | None = None,
+) -> tuple[Host, Transport]:
+    """The project's host on any platform of the fallback list (running > stopped, in list
+    order), else a new one through the list."""
+    names = cfg.platforms
+    for name in names:  # warm path: a host vp knows and reaches costs no API call
+        found = warm_host(cfg, state, ui, name, host_name)
+        if found is not None:
+            return found
+    listed = {name: project_hosts(platform_for(cfg, name), state, cfg.project) for name in names}
+    for wanted in ((RUNNING, PENDING), (STOPPED,)):
+        for name in names:
+            if any(h.status in wanted and _matches(h, host_name) for h in listed[name]):
+                return resolve_on(cfg, state, ui, name, host_name=host_name, create=False)
+    if host_name:
+        raise VpError(f"no host '{host_name}' on {', '.join(names)}", hint="see `vp ls`")
+    if not create:
+        raise VpError(
+            f"project {cfg.project} has no host on {', '.join(names)}",
+            hint="create one with `vp up`",
+        )
+    return _create_through(cfg, state, ui, names, image=image)
 
 
 def _money_checks(
@@ -391,7 +468,7 @@ def _resolve_auto(
     ui.info(
         f"cheapest offer: {offer.gpus}x {offer.gpu} on {offer.platform} at ${offer.price:.2f}/h"
     )
-    return _resolve_cloud(
+    return resolve_on(
         cfg, state, ui, offer.platform, host_name=host_name, create=create, image=image
     )
 
@@ -436,10 +513,13 @@ def find(cfg: Config, state: State, ui: UI, ident: str | None = None) -> tuple[H
 def list_hosts(cfg: Config, state: State, *, all_projects: bool = False) -> list[Host]:
     """The project's hosts (or, `all_projects`, every vp host) on the configured platform.
     Listing refreshes what vp knows of its own hosts (address, status) for the warm path."""
-    platform = platform_for(cfg)
     if kind_of(cfg.platform) not in ("vm", "container"):
-        return platform.list(None if all_projects else cfg.project)
-    hosts = project_hosts(platform, state, None if all_projects else cfg.project)
+        return platform_for(cfg).list(None if all_projects else cfg.project)
+    hosts = []
+    for name in cfg.platforms:  # every platform of a fallback list
+        hosts += project_hosts(
+            platform_for(cfg, name), state, None if all_projects else cfg.project
+        )
     if not all_projects:
         for host in hosts:
             if state.host(host.key) is not None:

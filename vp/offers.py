@@ -19,7 +19,7 @@ from vp.ui import UI
 def spec_from_config(cfg: Config) -> HostSpec:
     h = cfg.section("host")
     return HostSpec(
-        gpu=h.get("gpu"),
+        gpu=cfg.gpus_wanted[0],  # a fallback list is walked by vp/capacity.py
         gpus=h.get("gpus") or 1,
         max_price=h.get("max_price"),
         disk_gb=h.get("disk_gb") or 50,

@@ -31,13 +31,24 @@ HOST_COLUMNS = [
     "gpus",
     "$/h",
     "cost $",
+    "spot",
     "region",
     "age",
     "ssh",
 ]
 # `vp ls --all`: every provider, every project, known to this machine or not.
 ALL_HOST_COLUMNS = ["platform", "name", "id", "project", "status", "$/h", "cost $", "age", "known"]
-RUN_COLUMNS = ["id", "command", "host", "started", "duration", "exit", "status", "cost $"]
+RUN_COLUMNS = [
+    "id",
+    "command",
+    "host",
+    "started",
+    "duration",
+    "exit",
+    "status",
+    "attempt",
+    "cost $",
+]
 
 
 # ------------------------------------------------------------------------- value formats
@@ -147,6 +158,7 @@ def host_json(host: Host, now: float | None = None, billing: Billing | None = No
         "gpus": host.gpus,
         "price_per_hour": _number(host.price, 6),
         "billing_per_hour": _number(rate, 6),
+        "spot": host.labels.get("market") == "spot",  # interruptible: may be preempted
         "region": host.region,
         "ssh": _ssh(host),
         "created_at": iso_utc(host.created_at),
@@ -172,6 +184,7 @@ def host_cells(host: Host, now: float | None = None, billing: Billing | None = N
         "gpus": host.gpus,
         "$/h": None if j["billing_per_hour"] is None else f"{j['billing_per_hour']:.2f}",
         "cost $": None if j["cost_usd"] is None else f"{j['cost_usd']:.2f}",
+        "spot": "yes" if j["spot"] else "no",
         "region": host.region,
         "age": duration(_uptime(host, now)),
         "ssh": j["ssh"],
@@ -226,6 +239,8 @@ def run_json(run: RunRecord) -> dict[str, Any]:
         "workdir": run.workdir,
         "status": run.status,
         "exit_code": run.exit_code,
+        "attempt": run.attempt,  # after a preemption vp re-runs it (vp/recover.py): 2, 3, ...
+        "parent": run.parent,  # the run this attempt re-runs, or null
         "started_at": iso_utc(run.started),
         "ended_at": iso_utc(run.ended),
         "duration_s": _number(run.duration, 1),
@@ -244,5 +259,6 @@ def run_cells(run: RunRecord) -> dict[str, Any]:
         "duration": duration(run.duration),
         "exit": run.exit_code,
         "status": run.status,
+        "attempt": run.attempt,
         "cost $": None if run.cost is None else f"{run.cost:.4f}",
     }

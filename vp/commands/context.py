@@ -27,6 +27,7 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    recover: bool = False
     over_budget: bool = False
     timeout: str | None = None
     nodes: int | None = None

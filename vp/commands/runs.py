@@ -8,9 +8,9 @@ import typer
 
 from vp import records, remote, secretstore
 from vp.commands.context import command_app, globals_of
-from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
+from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow as follow_run
-from vp.lifecycle import transport_for
+from vp.lifecycle import host_gone, transport_for
 from vp.mask import LogView
 from vp.output import render
 from vp.state import RunRecord, State
@@ -87,18 +87,22 @@ def show_logs(
         view.close()
         return 0
     script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
-    result = follow_run(
-        transport,
-        record.id,
-        workdir_sh,
-        script,
-        g.ui,
-        reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
-        changes=attach,
-        launched=True,
-        interruptible=attach,
-        view=view,
-    )
+    try:
+        result = follow_run(
+            transport,
+            record.id,
+            workdir_sh,
+            script,
+            g.ui,
+            reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+            changes=attach,
+            launched=True,
+            interruptible=attach,
+            view=view,
+            host_gone=lambda: host_gone(cfg, state, host),
+        )
+    except HostGone as exc:
+        return _recover_detached(g, cfg, state, record, host, exc)
     if result.detached or (result.interrupted and not attach):
         return EXIT_INTERRUPTED
     if record.status in ("running", "detached"):
@@ -113,6 +117,24 @@ def show_logs(
     if result.lost:
         raise VpError(f"run {record.id} ended without an exit status (killed, or host rebooted)")
     return result.exit_code if result.exit_code is not None else 1
+
+
+def _recover_detached(g, cfg, state: State, record: RunRecord, host, exc: HostGone) -> int:
+    """A followed detached run whose host the provider preempted: with recovery on, the next
+    attempt runs in the foreground here (vp/recover.py); without, the error as before."""
+    from vp.run import Preempted, RunOptions, execute
+
+    state.finish_run(record.id, None, "preempted")
+    recover = g.recover or cfg.get("run", "recover")
+    if not recover or record.command == "vp setup":
+        raise exc
+    from vp.recover import next_attempt
+
+    attempts = max(1, int(cfg.get("run", "max_attempts") or 1))
+    lost = Preempted(exc, record.id, host)
+    parent = next_attempt(cfg, state, g.ui, lost, record.attempt, attempts)
+    opts = RunOptions(argv=[record.command], recover=True)
+    return execute(cfg, opts, g.ui, state, attempt=record.attempt + 1, parent=parent)
 
 
 def kill_run(g, run_id: str) -> None:
