@@ -118,6 +118,7 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
         say=ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
+        walk_cache=walk_cache_file(ws.root),
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
@@ -125,6 +126,16 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
         ws.save_manifest(manifest)
         if result.deleted:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
+
+
+def walk_cache_file(root: Path) -> Path:
+    """Where the project's walk is remembered between calls (vp/sync/walkcache.py)."""
+    import hashlib
+
+    from vp import paths
+
+    digest = hashlib.sha1(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return paths.state_dir() / "walks" / digest
 
 
 def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:

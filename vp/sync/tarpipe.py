@@ -15,6 +15,7 @@ import posixpath
 import subprocess
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from vp import paths
@@ -78,9 +79,19 @@ def _check(proc: subprocess.CompletedProcess[bytes], transport: Transport, what:
 
 
 def upload(
-    transport: Transport, root: Path, workdir: str, send: list[str], deleted: list[str]
-) -> None:
-    """tar `send` (paths under `root`) into the workdir; remove `deleted` there."""
+    transport: Transport,
+    root: Path,
+    workdir: str,
+    send: list[str],
+    deleted: list[str],
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> bool:
+    """tar `send` (paths under `root`) into the workdir; remove `deleted` there. False when
+    the host has no tar (nothing was written: the caller falls back to rsync).
+
+    Each file's parent directories travel too (before their contents), so they arrive
+    with their own modes and times, as rsync's implied directories do."""
     wd = transport.workdir_sh(workdir)
     transport.ensure()
     if send:
@@ -92,24 +103,38 @@ def upload(
             start_new_session=True,
         )
         assert local.stdin and local.stdout
-        remote = subprocess.Popen(
-            transport.exec_argv(f"mkdir -p {wd} && cd {wd} && tar -x -p -f -"),
-            stdin=local.stdout,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        local.stdout.close()  # the remote side owns it now
+        script = f"mkdir -p {wd} && cd {wd} && exec tar -x -p -f -"
+        if on_bytes is None:
+            remote = subprocess.Popen(
+                transport.exec_argv(script),
+                stdin=local.stdout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            local.stdout.close()  # the remote side owns it now
+        else:
+            remote = subprocess.Popen(
+                transport.exec_argv(script),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            stdin, remote.stdin = remote.stdin, None  # the pump owns it, not communicate()
+            _pump(local.stdout, stdin, on_bytes)
         local_err: list[bytes] = []
         drain = threading.Thread(
             target=lambda: local_err.append(local.stderr.read()),  # type: ignore[union-attr]
             daemon=True,
         )
         drain.start()
-        _feed(local.stdin, _payload(send))
+        _feed(local.stdin, _payload(with_parents(send)))
         out, err = remote.communicate()
         local.wait()
         drain.join(timeout=5)
+        if remote.returncode == 127 and b"tar" in err:
+            return False  # `exec tar` failed: no tar on the host
         _check(subprocess.CompletedProcess([], remote.returncode, out, err), transport, "upload")
         # tar skips a file it cannot read and goes on: fail rather than record it as sent.
         # Exit 1 (changed while read) and files deleted since the walk are rsync's exit 24.
@@ -126,6 +151,43 @@ def upload(
             start_new_session=True,
         )
         _check(proc, transport, "upload")
+    return True
+
+
+def with_parents(names: list[str]) -> list[str]:
+    """`names` with every parent directory listed once, before the first name under it."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in seen:
+                seen.add(parent)
+                out.append(parent)
+        out.append(name)
+    return out
+
+
+def _pump(src, dst, on_bytes: Callable[[int], None]) -> None:
+    """Copy local tar's output to the ssh session from a thread, counting bytes for a
+    progress bar."""
+
+    def copy() -> None:
+        done = 0
+        try:
+            while chunk := src.read1(1 << 16):
+                dst.write(chunk)
+                done += len(chunk)
+                on_bytes(done)
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+        finally:
+            for stream in (dst, src):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+
+    threading.Thread(target=copy, daemon=True).start()
 
 
 def download(transport: Transport, workdir: str, names: list[str], staging: Path) -> None:
