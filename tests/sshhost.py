@@ -311,7 +311,9 @@ class SshHost:
         netns: bool = False,
         user: str = "root",
         authorized_keys: Iterable[str] = (),
+        max_sessions: int = 50,
     ) -> None:
+        self.max_sessions = max_sessions  # sshd's MaxSessions (OpenSSH's default is 10)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.user = user
@@ -460,7 +462,7 @@ class SshHost:
             "Subsystem sftp internal-sftp",
             "AllowTcpForwarding yes",
             "AllowStreamLocalForwarding yes",
-            "MaxSessions 50",
+            f"MaxSessions {self.max_sessions}",
             "MaxStartups 100",
             "ClientAliveInterval 0",
             "LogLevel VERBOSE",
