@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import VP, VpEnv
 from tests.sshhost import SshHost
 from vp import cli, fastpath, output
+from vp.ssh import MASTERS
 from vp.sync.ignore import IgnoreRules
 from vp.sync.walkcache import cached_walk
 
@@ -265,8 +266,10 @@ def _remote_tree(root: Path) -> dict:
     for path in sorted(root.rglob("*")):
         st = path.lstat()
         rel = path.relative_to(root).as_posix()
-        body = os.readlink(path) if path.is_symlink() else (
-            path.read_bytes() if path.is_file() else None
+        body = (
+            os.readlink(path)
+            if path.is_symlink()
+            else (path.read_bytes() if path.is_file() else None)
         )
         # whole seconds: tar's default format keeps no more (nor does rsync's quick check)
         mtime = st.st_mtime_ns // 10**9 if not path.is_dir() else None
@@ -309,10 +312,20 @@ def test_the_tar_first_upload_matches_rsync(
 
 
 def _many(vp_env: VpEnv, n: int) -> None:
+    """`n` runs at once: each gets its own output and exit code, and they ride vp's shared
+    masters: a session the master refuses makes ssh log in anew on its own (and, past
+    sshd's MaxStartups, be dropped), so new logins are counted too."""
+    host: SshHost = vp_env.host  # type: ignore[attr-defined]
+    offset = host.log_path.stat().st_size
     procs = [vp_env.popen("sh", "-c", f"echo {i}; exit {i % 5}") for i in range(n)]
     for i, proc in enumerate(procs):
         out, err = proc.communicate(timeout=600)
         assert (proc.returncode, out.decode()) == (i % 5, f"{i}\n"), err.decode()
+    with open(host.log_path, "rb") as fh:
+        fh.seek(offset)
+        log = fh.read().decode(errors="replace")
+    logins = log.count("Accepted publickey")
+    assert logins <= MASTERS - 1, f"{logins} new ssh connections for {n} runs"
 
 
 @pytest.fixture
@@ -324,6 +337,7 @@ def ten_session_host(tmp_path: Path, vp_env: VpEnv):
         vp_env.use_ssh_host(host, tmp_path / "remote")
         (vp_env.project / "job.py").write_text("print(1)\n")
         assert vp_env.run("true").returncode == 0  # one master, the manifest current
+        vp_env.host = host  # type: ignore[attr-defined]
         yield vp_env
     finally:
         host.close()
