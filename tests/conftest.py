@@ -12,9 +12,21 @@ from pathlib import Path
 
 import pytest
 
+from tests import requires
 from tests.sshhost import SshHost, make_ssh_host, netns_host, ssh_host  # noqa: F401
 
 VP = [sys.executable, "-m", "vp"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{requires.MARKER}(ok, reason): a prerequisite; see tests/requires.py"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    requires.check_marks(item)  # before any fixture starts a host for a test that cannot run
 
 
 @dataclass

@@ -35,8 +35,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+
+from tests.requires import missing
 
 STATE_DIR = Path("/tmp/vp-test-docker")
 LOCK_PATH = STATE_DIR / "lock"
@@ -48,15 +51,9 @@ ENGINE_START_TIMEOUT = 90
 REGISTRY_USER = "vp-tester"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Fail under CI (the environment promises an engine), skip elsewhere."""
-    if in_ci():
-        pytest.fail(f"Docker test environment unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"Docker test environment unavailable: {reason}")
+    missing(f"Docker test environment unavailable: {reason}")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -19,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import require_module, requires
+from tests.waiting import wait_for
 from vp import sshconfig
-from vp.cli import VALUE_OPTIONS
 from vp.platforms.base import Host
 
 HOST_KEY_LINE = (
@@ -49,14 +51,6 @@ def _readline(stream, timeout: float) -> str:
             if chunk == b"\n":
                 return buf.decode()
     return buf.decode()
-
-
-def _wait_for(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def _stderr_until(proc: subprocess.Popen[bytes], needle: str, timeout: float) -> str:
@@ -90,6 +84,13 @@ def test_ssh_runs_one_command_and_keeps_its_exit_status(ssh_project: VpEnv, remo
     assert quoted.stdout == "a b|it's|"
 
 
+def _prompt_in_tmux(screen: bytes, session: str) -> bool:
+    """tmux drew its status line for `session` and the shell in it printed its prompt (what
+    is typed now reaches the shell, not a terminal still being set up)."""
+    status = f"[{session}]".encode()
+    return status in screen and re.search(rb"[#$] ", screen.rsplit(status, 1)[1]) is not None
+
+
 def test_ssh_interactive_attaches_the_project_tmux_session(ssh_project: VpEnv, remote_workdir):
     remote_workdir.mkdir()
     pid, fd = pty.fork()
@@ -108,7 +109,7 @@ def test_ssh_interactive_attaches_the_project_tmux_session(ssh_project: VpEnv, r
                     out += os.read(fd, 4096)
                 except OSError:
                     break
-            if not sent and time.monotonic() > deadline - 18:
+            if not sent and _prompt_in_tmux(out, "vp-proj"):
                 os.write(fd, b"echo SESSION=$(tmux display-message -p '#S') DIR=$(pwd)\r")
                 sent = True
         os.write(fd, b"tmux kill-session\r")
@@ -216,16 +217,18 @@ def _serve_http(root: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def _get(url: str) -> bytes:
-    deadline = time.monotonic() + 10
-    while True:
+    errors: list[OSError] = []
+
+    def fetch() -> bytes | None:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 assert resp.status == 200
                 return resp.read()
-        except OSError:  # http.server may still be starting
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+        except OSError as exc:  # http.server may still be starting
+            errors[:] = [exc]
+            return None
+
+    return wait_for(fetch, 10, f"{url} to answer", context=lambda: f"last error: {errors}")
 
 
 def _check_tunnel(env: VpEnv, remote_port: int, backend: str) -> None:
@@ -259,7 +262,7 @@ def test_tunnel_forwards_a_host_port_until_ctrl_c(ssh_project: VpEnv, tmp_path: 
         server.wait()
 
 
-@pytest.mark.skipif(not shutil.which("busybox"), reason="needs busybox nc")
+@requires(shutil.which("busybox"), "needs busybox nc (apt-get install busybox-static)")
 def test_tunnel_through_a_proxycommand_alias_uses_openssh(ssh_project: VpEnv, tmp_path: Path):
     """vp leaves ProxyCommand/ProxyJump hops to OpenSSH: the forward rides vp's master."""
     host = ssh_project.host  # type: ignore[attr-defined]
@@ -368,10 +371,10 @@ def test_sync_watch_uploads_changes_but_not_ignored_files(ssh_project: VpEnv, re
         (project / "secret.pem").write_text("key")  # ignored by default
         (project / "notes").mkdir()
         (project / "notes" / "new file.txt").write_text("hello")
-        _wait_for(lambda: (remote_workdir / "notes" / "new file.txt").exists(), 15, "upload")
+        wait_for(lambda: (remote_workdir / "notes" / "new file.txt").exists(), 15, "upload")
         assert not (remote_workdir / "secret.pem").exists()
         (project / "train.py").unlink()
-        _wait_for(lambda: not (remote_workdir / "train.py").exists(), 15, "remote delete")
+        wait_for(lambda: not (remote_workdir / "train.py").exists(), 15, "remote delete")
         watcher.send_signal(signal.SIGINT)
         assert watcher.wait(timeout=10) == 130
         assert b"error" not in watcher.stderr.read()
@@ -396,7 +399,7 @@ def test_cleanup_finds_orphans_on_a_provider_and_destroys_them_with_yes(
     """Against the vast emulator: a vp-labelled instance this state doesn't know is an
     orphan (listed; destroyed with --yes); a known host the provider no longer has is gone,
     so its ssh-config block and host key pin go too."""
-    pytest.importorskip("vastai")
+    require_module("vastai")
     from tests.emulators.vast import VastEmulator
     from vp.platforms import get_platform
     from vp.platforms.base import HostSpec
@@ -436,7 +439,6 @@ def test_cleanup_finds_orphans_on_a_provider_and_destroys_them_with_yes(
         emulator.close()
 
 
-@pytest.mark.skipif("--tunnel" not in VALUE_OPTIONS, reason="vp run --tunnel is not wired yet")
 def test_run_tunnel_forwards_while_the_run_lasts(ssh_project: VpEnv, tmp_path: Path):
     (ssh_project.project / "index.html").write_text("served by the run")
     remote_port, local_port = _free_port(), _free_port()

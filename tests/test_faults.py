@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import require, requires
 from tests.sshhost import SshHost, _descendants
 from tests.tcpdelay import DelayProxy
+from tests.waiting import wait_for
 
 try:
     from tests.emulators.vast import vast_emulator  # noqa: F401 - fixture
@@ -53,23 +55,19 @@ class Running:
         for chunk in iter(lambda: stream.read1(65536), b""):
             sink.extend(chunk)
 
-    def wait_for(self, what: Callable[[], bool], timeout: float = 30, label: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not what():
-            if self.proc.poll() is not None:
-                time.sleep(0.2)  # let the drains catch up before judging
-                if what():
-                    return
-                raise AssertionError(
-                    f"vp exited ({self.proc.returncode}) before {label or what}:\n"
-                    f"stdout={bytes(self.out)!r}\nstderr={self.err.decode(errors='replace')}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out waiting for {label or what}:\nstdout={bytes(self.out)!r}\n"
-                    f"stderr={self.err.decode(errors='replace')}"
-                )
-            time.sleep(0.05)
+    def wait_for(self, what: Callable[[], object], timeout: float = 30, label: str = "") -> None:
+        """`tests.waiting.wait_for`, ending early (with vp's output) once vp has exited."""
+        wait_for(what, timeout, label or None, gave_up=self._exited, context=self._seen)
+
+    def _exited(self) -> str | None:
+        if self.proc.poll() is None:
+            return None
+        for t in self._threads:  # everything vp wrote is in out/err once the drains end
+            t.join(timeout=10)
+        return f"vp exited ({self.proc.returncode})"
+
+    def _seen(self) -> str:
+        return f"stdout={bytes(self.out)!r}\nstderr={self.stderr}"
 
     def wait_out(self, text: bytes, timeout: float = 30) -> None:
         self.wait_for(lambda: text in self.out, timeout, f"stdout {text!r}")
@@ -169,9 +167,10 @@ def sshd_sessions(host: SshHost) -> list[int]:
     return found
 
 
-def restart_sshd_keeping_jobs(host: SshHost) -> None:
+def restart_sshd_keeping_jobs(host: SshHost, while_down: Callable[[], None]) -> None:
     """`systemctl restart ssh` with its sessions killed too, but the jobs they started
-    detached (vp's runs) left alone: what an sshd upgrade or an OOM kill of sshd does."""
+    detached (vp's runs) left alone: what an sshd upgrade or an OOM kill of sshd does.
+    sshd comes back once `while_down` returns: until then connections are refused."""
     proc = host._proc
     assert proc is not None
     for pid in sshd_sessions(host):
@@ -180,8 +179,24 @@ def restart_sshd_keeping_jobs(host: SshHost) -> None:
     proc.kill()
     proc.wait()
     host._proc = None
-    time.sleep(1.0)  # a gap with nothing listening: connections are refused
-    host._start(keep_port=True)
+    try:
+        while_down()
+    finally:
+        host._start(keep_port=True)
+
+
+def ssh_masters(env: VpEnv) -> set[int]:
+    """The ssh ControlMaster processes of this test's vp (alive or still connecting)."""
+    out = subprocess.run(["pgrep", "-f", "ControlMaster=yes"], capture_output=True, text=True)
+    found = set()
+    for pid in out.stdout.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(env.home).encode() in cmdline:
+            found.add(int(pid))
+    return found
 
 
 # ------------------------------------------------------------------------------- 1-3 network
@@ -193,11 +208,13 @@ def test_link_cut_mid_run_reconnects_and_streams_every_line_once(
     vp_env.use_ssh_host(netns_host, remote_workdir)
     run = start(vp_env, "sh", "-c", counting_script(40, 0.5, 7))
     run.wait_out(b"line3\n")
+    before = ssh_masters(vp_env)
     netns_host.cut_link()
     try:
-        # ServerAlive 5 s x 3: after ~15 s vp sees the link as dead; keep it down past that.
+        # ServerAlive 5 s x 3: after ~15 s vp sees the link as dead; keep it down until vp
+        # is trying a new connection, which cannot get through yet.
         run.wait_err("reconnecting", timeout=25)
-        time.sleep(2)
+        run.wait_for(lambda: ssh_masters(vp_env) - before, 30, "vp's first reconnect attempt")
     finally:
         netns_host.restore_link()
     code = run.finish()
@@ -212,7 +229,8 @@ def test_sshd_restart_mid_run_reconnects(
     vp_env.use_ssh_host(ssh_host, remote_workdir)
     run = start(vp_env, "sh", "-c", counting_script(12, 0.4, 3))
     run.wait_out(b"line2\n")
-    restart_sshd_keeping_jobs(ssh_host)
+    # sshd stays down until vp has seen the connection drop
+    restart_sshd_keeping_jobs(ssh_host, while_down=lambda: run.wait_err("reconnecting"))
     code = run.finish()
     assert run.stdout.split() == expected_lines(12), run.stderr
     assert code == 3, run.stderr
@@ -262,7 +280,7 @@ def test_host_gone_for_good_stops_after_reconnect_timeout(
     assert not leftovers(vp_env.project)
 
 
-@pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+@requires(vast_emulator is not None, "vastai is not installed")
 def test_cloud_host_destroyed_mid_run_is_reported_at_once(
     vp_env: VpEnv,
     vast_emulator,  # noqa: F811
@@ -318,8 +336,7 @@ def tiny_remote_disk(remote_workdir: Path):
         capture_output=True,
         text=True,
     )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    require(proc.returncode == 0, f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
         yield remote_workdir
     finally:
@@ -353,8 +370,10 @@ def test_local_edit_and_create_during_run_are_kept(
     p = ssh_project.project
     (p / "notes.txt").write_text("original\n")
     (p / "untouched.txt").write_text("original\n")
+    # the command writes its results only once the local edits are made (the test says so
+    # through a file on the host): the edits always race the run, never its download
     script = (
-        "echo started; sleep 1.5; "
+        "echo started; while [ ! -e .edited ]; do sleep 0.05; done; rm .edited; "
         "echo remote > notes.txt; echo remote > untouched.txt; echo remote > new.txt; "
         "mkdir -p out; echo remote > out/fresh.txt"
     )
@@ -362,6 +381,7 @@ def test_local_edit_and_create_during_run_are_kept(
     run.wait_out(b"started\n")
     (p / "notes.txt").write_text("my local edit\n")
     (p / "new.txt").write_text("made locally\n")
+    (remote_workdir / ".edited").touch()
     code = run.finish()
     assert code == 0, run.stderr
     assert (p / "notes.txt").read_text() == "my local edit\n"
@@ -429,7 +449,18 @@ def slow_project(vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path):
         yield vp_env
 
 
-def test_ctrl_c_during_upload(slow_project: VpEnv) -> None:
+def partial_bytes(root: Path, name: str = "big.bin") -> int:
+    """Bytes of `name` under `root` still being written (rsync's .NAME.XXXXXX temp file)."""
+    total = 0
+    for d, _, files in os.walk(root):
+        for f in files:
+            if f.startswith(f".{name}."):
+                with contextlib.suppress(FileNotFoundError):  # renamed into place meanwhile
+                    total += (Path(d) / f).stat().st_size
+    return total
+
+
+def test_ctrl_c_during_upload(slow_project: VpEnv, remote_workdir: Path) -> None:
     p = slow_project.project
     (p / "main.py").write_text("print('never')\n")
     with open(p / "big.bin", "wb") as f:
@@ -437,7 +468,7 @@ def test_ctrl_c_during_upload(slow_project: VpEnv) -> None:
     before = tree_digest(p)
     run = start(slow_project, "python3", "main.py")
     run.wait_err("syncing")
-    time.sleep(1.0)
+    run.wait_for(lambda: partial_bytes(remote_workdir), 30, "big.bin arriving on the host")
     t0 = time.monotonic()
     run.proc.send_signal(signal.SIGINT)
     code = run.finish(timeout=30)
@@ -469,7 +500,7 @@ def test_ctrl_c_during_download_leaves_no_partial_file(slow_project: VpEnv) -> N
     (p / "main.py").write_text("x = 1\n")
     run = start(slow_project, "sh", "-c", "head -c 150000000 /dev/zero > big.bin; echo made")
     run.wait_err("fetching")
-    time.sleep(1.0)
+    run.wait_for(lambda: partial_bytes(p), 30, "big.bin arriving in the staging dir")
     run.proc.send_signal(signal.SIGINT)
     code = run.finish(timeout=30)
     assert code == 130, run.stderr
@@ -480,7 +511,7 @@ def test_ctrl_c_during_download_leaves_no_partial_file(slow_project: VpEnv) -> N
     assert not leftovers(p), leftovers(p)
 
 
-@pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+@requires(vast_emulator is not None, "vastai is not installed")
 def test_ctrl_c_during_create_leaves_no_instance(
     vp_env: VpEnv,
     vast_emulator,  # noqa: F811

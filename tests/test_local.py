@@ -123,3 +123,69 @@ def test_vp_never_syncs_its_own_folders(vp_env: VpEnv) -> None:
         assert r.returncode == 0 and r.stdout == "hi\n", r.stderr
     [workspace] = (home_project / ".local/share/vp/local/workspaces").iterdir()
     assert sorted(p.name for p in workspace.iterdir()) == ["main.py", "vp.toml"]
+
+
+def test_global_options_work_before_and_after_a_subcommand(vp_env: VpEnv) -> None:
+    """`vp runs -o json` is `vp -o json runs`, for every global option (issue #12 item 1)."""
+    import json
+
+    assert vp_env.run("sh", "-c", "exit 0").returncode == 0
+    other = vp_env.project / "other.toml"
+    other.write_text('[project]\nname = "other"\n')
+    for before, after in [
+        (["-o", "json", "runs"], ["runs", "-o", "json"]),
+        (["--output", "json", "runs"], ["runs", "--output=json"]),
+        (["-p", "local", "-o", "json", "ls"], ["ls", "-p", "local", "-o", "json"]),
+        (
+            ["--platform", "local", "--host", "x", "-o", "json", "ls"],
+            ["ls", "--host", "x", "--output", "json", "--platform", "local"],
+        ),
+        (["-q", "-o", "json", "runs"], ["runs", "-q", "-o", "json"]),
+        (["-v", "-o", "json", "runs"], ["runs", "--verbose", "-o", "json"]),
+        (
+            ["--config", str(other), "-o", "json", "runs"],
+            ["runs", "--config", str(other), "-o", "json"],
+        ),
+        (["-o", "json", "config", "show"], ["config", "show", "-o", "json"]),
+    ]:
+        a, b = vp_env.run(*before), vp_env.run(*after)
+        assert a.returncode == 0 and b.returncode == 0, (after, b.stderr)
+        assert json.loads(a.stdout) == json.loads(b.stdout), after
+    # --config after the subcommand is honoured: the other project has no runs
+    assert json.loads(vp_env.run("runs", "--config", str(other), "-o", "json").stdout) == []
+    # a subcommand's own option of the same name stays its own: `init --platform`
+    r = vp_env.run("init", "--platform", "ssh", "-q")
+    assert r.returncode == 0, r.stderr
+    assert 'platform = "ssh"' in (vp_env.project / "vp.toml").read_text()
+
+
+def test_options_after_a_command_to_run_are_the_commands(vp_env: VpEnv) -> None:
+    r = vp_env.run("python3", "-c", "import sys; print(sys.argv[1:])", "-o", "out", "-v", "-p", "x")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "['-o', 'out', '-v', '-p', 'x']\n"
+    r = vp_env.run("-q", "run", "-o", "json", "sh", "-c", "echo $0 $1", "-o", "x")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "-o x\n"
+    r = vp_env.run("ssh", "--", "echo", "-o", "x", "-p")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "-o x -p\n"
+
+
+def test_extras_are_one_per_cloud_sdk_and_all_is_only_the_clouds() -> None:
+    """Issue #12 item 10: `[all]` must not pull test or development tools, and the README's
+    table names the extra each platform needs."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    clouds = {"vast", "runpod", "aws", "gce"}  # thunder speaks REST over urllib3: no SDK
+    assert extras["all"] == [f"vp-runner[{','.join(sorted(clouds, key=list(extras).index))}]"]
+    assert clouds <= set(extras)
+    core = " ".join(project["dependencies"])
+    for dev_only in ("pytest", "hypothesis", "ruff", "moto", "fastapi", "uvicorn"):
+        assert dev_only not in core and dev_only not in str(extras["all"])
+    readme = (root / "README.md").read_text()
+    for cloud in clouds:
+        assert re.search(rf"\| `{cloud}` \| `pip install 'vp-runner\[{cloud}\]'`", readme), cloud

@@ -52,3 +52,34 @@ def test_make_train_runs_remotely_through_vp_and_locally_without(
     assert local.returncode == 0, local.stdout + local.stderr
     assert (project / "marker.txt").read_text() == str(project)
     assert (remote_workdir / "marker.txt").read_text() == str(remote_workdir)
+
+
+def test_init_make_twice_leaves_one_train_target_and_no_warnings(vp_env: VpEnv) -> None:
+    """Issue #12 item 9: a second `vp init --make` adds nothing and warns about nothing; a
+    Makefile with its own `train` keeps it (no "overriding recipe" from make)."""
+    first = vp_env.run("init", "--make")
+    assert first.returncode == 0, first.stderr
+    once = (vp_env.project / "Makefile").read_text()
+    second = vp_env.run("init", "--make")
+    assert second.returncode == 0 and "warning" not in second.stderr, second.stderr
+    assert (vp_env.project / "Makefile").read_text() == once
+    assert once.count("\ntrain:") + once.startswith("train:") == 1
+
+    own = vp_env.project / "own"
+    own.mkdir()
+    (own / "Makefile").write_text("train:\n\techo mine\n")
+    for _ in range(2):
+        r = vp_env.run("init", "--make", cwd=own)
+        assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    text = (own / "Makefile").read_text()
+    assert text.count("train:") == 1 and "VP ?= vp" in text and "gpu:" in text
+    made = subprocess.run(["make", "-n", "train"], cwd=own, capture_output=True, text=True)
+    assert made.stdout == "echo mine\n" and "overriding" not in made.stderr, made.stderr
+    # the disk_gb shown in the template is the real default
+    from vp.config import SCHEMA
+
+    toml = (vp_env.project / "vp.toml").read_text()
+    assert f"# disk_gb = {SCHEMA['host']['disk_gb'][1]}\n" in toml
+    assert vp_env.run("config", "get", "host.disk_gb").stdout.strip() == "50"
+    # asked for explicitly, an existing file is still worth a warning
+    assert "exists; left as is" in vp_env.run("init").stderr

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.requires import requires
 from vp.errors import VpError
 from vp.platforms.base import RUNNING, STOPPED, Host, HostSpec
 from vp.platforms.gce import create_platform
@@ -28,8 +29,8 @@ try:
 except ImportError:  # tests/ itself is on sys.path (rootdir-less import mode)
     from emulators.gce import GceEmulator  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("ip") is None or not os.path.exists("/usr/sbin/sshd"),
+pytestmark = requires(
+    os.geteuid() == 0 and shutil.which("ip") is not None and os.path.exists("/usr/sbin/sshd"),
     reason="needs root, iproute2 and sshd for namespace hosts",
 )
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-pytest.importorskip("runpod")
+from tests.requires import require_module
+
+require_module("runpod")
 
 from vp.errors import VpError  # noqa: E402
 from vp.platforms import get_platform  # noqa: E402

@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-pytest.importorskip("vastai")
+from tests.requires import require_module
+
+require_module("vastai")
 
 from vp.errors import VpError  # noqa: E402
 from vp.platforms import get_platform  # noqa: E402

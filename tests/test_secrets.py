@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import require, requires
 from tests.sshhost import SshHost
 
 try:
@@ -25,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - vastai missing
     vast_emulator = None
 
-needs_vast = pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+needs_vast = requires(vast_emulator is not None, "vastai is not installed")
 pytestmark = pytest.mark.timeout(120)
 
 SECRET_FILES = [
@@ -451,7 +452,11 @@ def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
     )
     token = "tok-" + secrets.token_hex(16)
     _secret_env_config(env, token)
-    creds = {"VP_REGISTRY_USER": registry.username, "VP_REGISTRY_PASSWORD": registry.password}
+    creds = {
+        "VP_REGISTRY": registry.host,
+        "VP_REGISTRY_USER": registry.username,
+        "VP_REGISTRY_PASSWORD": registry.password,
+    }
     needles = {"SECRET_TOKEN": token, "ODD": ODD_VALUE, "registry password": registry.password}
     marker = "released-" + secrets.token_hex(6)
     with _ArgvScan(needles) as first:
@@ -513,7 +518,7 @@ def test_ship_env_round_trip_through_stdin(tmp_path: Path, shell: str) -> None:
     from vp import remote
 
     if shutil.which(shell) is None:
-        pytest.skip(f"{shell} is not installed")
+        require(False, f"{shell} is not installed")
     env = {"ODD": ODD_VALUE, "BIG": "x" * 200_000 + "'end'", "EMPTY": ""}
     path = tmp_path / "env"
     script = (

@@ -290,3 +290,24 @@ def test_a_host_without_rsync_gets_tar(vp_env: VpEnv, tmp_path: Path) -> None:
         assert not (remote / "gone.txt").exists()
     finally:
         host.close()
+
+
+def test_upload_progress_moves_while_bytes_flow(tmp_path: Path) -> None:
+    """Issue #12 item 9: the bar follows rsync's running byte count, not 0 then the end.
+    A real rsync, slowed to 1 MB/s so it takes a few of its one-second progress ticks."""
+    from vp.sync.rsync import run_rsync
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    total = 3 << 20
+    (src / "big.bin").write_bytes(os.urandom(total))
+    seen: list[int] = []
+    proc = run_rsync(
+        ["rsync", "-a", "--bwlimit=1000", "--files-from=-", "--from0", f"{src}/", f"{dst}/"],
+        b"big.bin\0",
+        seen.append,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert any(0 < n < total for n in seen), seen  # it moved in between
+    assert seen == sorted(seen) and seen[-1] == total, seen

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import require
 from tests.sshhost import SshHost
 from tests.test_sync import _NoRsyncHost, _tree
 from vp.sync import ignore
@@ -375,7 +376,7 @@ def test_the_walk_never_descends_into_a_kernel_filesystem(
     from tests.conftest import VP
 
     if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare to mount /proc")
+        require(False, "needs root and unshare to mount /proc")
     p = ssh_project.project
     _tree(p, ["train.py", "kproc/.keep"])
     script = 'mount -t proc proc kproc && exec "$0" "$@"'

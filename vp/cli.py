@@ -1,7 +1,8 @@
 """The `vp` command line: parses, calls the pipeline or a command module, renders. No logic here.
 
 Anything that is not a known subcommand is a command to run remotely: `vp python train.py`
-is `vp run -- python train.py`. Global options go before the command.
+is `vp run -- python train.py`. Global options go before a command to run (what follows it is
+the command's own), and before or after a vp subcommand (`vp runs -o json`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ app = typer.Typer(
         "Run any command on a GPU host as if it ran locally.\n\n"
         "  vp python train.py --epochs 3     sync, run remotely, stream, sync results back\n\n"
         '  vp "cd sub && make"               one string runs through the remote shell\n\n'
-        "  vp -p runpod nvidia-smi           global options come before the command\n\n"
+        "  vp -p runpod nvidia-smi           global options come before a command to run\n\n"
+        "  vp runs -o json                   ... and before or after a subcommand\n\n"
         "Anything that is not a subcommand below is a command to run (`vp run -- CMD` "
         "forces that)."
     ),
@@ -35,6 +37,11 @@ config_app = typer.Typer(help="Show, read and change configuration.", no_args_is
 app.add_typer(config_app, name="config")
 
 VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
+# The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
+# has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
+# --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
+HOISTED_VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
+HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet"}
 FLAG_OPTIONS = {
     "--no-sync",
     "--sync-only",
@@ -178,7 +185,26 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         tunnels=g.tunnel,
         yes=g.yes,
     )
-    raise typer.Exit(execute(cfg, opts, g.ui))
+    code = execute(cfg, opts, g.ui)
+    if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
+        suggestion = near_subcommand(argv[0])
+        if suggestion:
+            g.ui.hint(f"did you mean vp {suggestion}?")
+    raise typer.Exit(code)
+
+
+def near_subcommand(word: str) -> str | None:
+    """The visible subcommand `word` is a likely typo of, if any. A name that is a command on
+    this machine (`sh`, close to `ssh`) was meant as itself: no guess then."""
+    import difflib
+    import shutil
+
+    name = (word.split() or [""])[0]
+    if not name.replace("-", "_").isidentifier() or shutil.which(name):
+        return None
+    visible = sorted(SUBCOMMANDS - {"list-instances", "create", "destroy"})
+    close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
+    return close[0] if close and close[0] != name else None
 
 
 @app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
@@ -217,7 +243,7 @@ def config_show(ctx: typer.Context) -> None:
         render(data, g.output)
 
 
-@config_app.command("get", help="Print one value, e.g. `vp config get host.gpu`.")
+@config_app.command("get", help="Print one value (SECTION.KEY: `vp config get host.gpu`).")
 def config_get(ctx: typer.Context, key: str) -> None:
     from vp import config as cfgmod
 
@@ -232,7 +258,7 @@ def config_get(ctx: typer.Context, key: str) -> None:
 
 @config_app.command(
     "set",
-    help="Set a value in vp.toml (or, with --user, in the user config; API keys go there).",
+    help="Set a value in vp.toml; --user: in the user file (API keys).",
 )
 def config_set(
     ctx: typer.Context,
@@ -265,22 +291,32 @@ def runs_cmd(
     list_runs(g, all_projects=all_projects, limit=limit)
 
 
+LATEST_HELP = "Run id or a unique prefix (default: the project's latest run; --host/--all widen)"
+
+
 @app.command("logs", help="Print a run's output; -f follows it until it ends.")
 def logs_cmd(
     ctx: typer.Context,
-    run_id: str = typer.Argument(..., help="Run id (or a unique prefix)"),
+    run_id: str = typer.Argument(None, help=LATEST_HELP),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
+    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
 ) -> None:
     from vp.commands.runs import show_logs
 
-    raise typer.Exit(show_logs(_globals(ctx), run_id, follow=follow, attach=False))
+    g = _globals(ctx)
+    raise typer.Exit(show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects))
 
 
 @app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
-def attach_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
+def attach_cmd(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(None, help=LATEST_HELP),
+    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+) -> None:
     from vp.commands.runs import show_logs
 
-    raise typer.Exit(show_logs(_globals(ctx), run_id, follow=True, attach=True))
+    g = _globals(ctx)
+    raise typer.Exit(show_logs(g, run_id, follow=True, attach=True, all_projects=all_projects))
 
 
 @app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
@@ -338,6 +374,59 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return [*out, "run"] if saw_run or "--sync-only" in out else out
 
 
+def hoist_globals(args: list[str], root) -> list[str]:
+    """Move global options written after a subcommand in front of it: `vp runs -o json` is
+    `vp -o json runs`. `root` is the click group; the subcommand's own options (and their
+    values) and everything after `--` are left alone, so `vp ssh -- cmd -o x` keeps its `-o`."""
+    head: list[str] = []
+    i = 0
+    while i < len(args) and args[i].startswith("-"):  # the globals already in front
+        step = 2 if args[i] in VALUE_OPTIONS else 1
+        head += args[i : i + step]
+        i += step
+    command = root
+    path: list[str] = []
+    while i < len(args) and hasattr(command, "commands"):
+        sub = command.commands.get(args[i])  # type: ignore[attr-defined]
+        if sub is None:
+            return args
+        path.append(args[i])
+        command = sub
+        i += 1
+    if not path:
+        return args
+    own_value: set[str] = set()
+    own: set[str] = set()
+    for param in command.params:
+        names = [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+        own.update(names)
+        is_option = getattr(param, "param_type_name", "") == "option"
+        if is_option and not getattr(param, "is_flag", True):
+            own_value.update(names)
+    moved: list[str] = []
+    rest: list[str] = []
+    while i < len(args):
+        arg = args[i]
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if arg == "--":
+            rest += args[i:]
+            break
+        if name in own:
+            step = 2 if arg in own_value else 1
+            rest += args[i : i + step]
+            i += step
+        elif arg in HOISTED_VALUE_OPTIONS and i + 1 < len(args):
+            moved += args[i : i + 2]
+            i += 2
+        elif arg in HOISTED_FLAG_OPTIONS or name in HOISTED_VALUE_OPTIONS:
+            moved.append(arg)
+            i += 1
+        else:
+            rest.append(arg)
+            i += 1
+    return [*head, *moved, *path, *rest]
+
+
 def _is_run(args: list[str]) -> bool:
     """Does `args` (normalized) invoke `run`? Then the other commands need not be loaded."""
     i = 0
@@ -373,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
             from vp import commands  # noqa: F401  - registers the lifecycle and access commands
 
         command = typer.main.get_command(app)
+        if not _is_run(args):
+            args = hoist_globals(args, command)
         code = command.main(args=args, prog_name="vp", standalone_mode=False)
     except typer.Exit as exc:
         code = exc.exit_code

@@ -137,6 +137,8 @@ def follow(
                         if intr.count >= 2 or interrupt_deadline is not None or not interruptible:
                             result.detached = True
                             result.interrupted = True
+                            if interrupt_deadline is not None:  # it was sent SIGINT: check
+                                _settle(transport, run_id, result)
                             return result
                         ui.note(
                             "Ctrl-C: interrupting the remote command "
@@ -259,6 +261,23 @@ def _wait_reconnect(
         while time.monotonic() < end and intr.count == handled:
             time.sleep(0.1)
         delay = min(delay * 2, 5.0)
+
+
+def _settle(transport: Transport, run_id: str, result: FollowResult) -> None:
+    """Before detaching from a run that was just interrupted, ask whether it is still going:
+    when it already ended, the result is its exit code (or lost), not "detached"."""
+    try:
+        proc = transport.run(remote.probe_script(transport.runs_dir_sh, run_id), timeout=20)
+    except (VpError, subprocess.TimeoutExpired):
+        return  # cannot tell: it may well keep going
+    answer = proc.stdout.decode(errors="replace").strip()
+    if proc.returncode != 0 or not answer or answer == "running":
+        return
+    result.detached = False
+    if answer.startswith("exit "):
+        value = answer[5:].strip()
+        result.exit_code = int(value) if value.lstrip("-").isdigit() else None
+    result.lost = result.exit_code is None
 
 
 def _send_signal(transport: Transport, run_id: str, ui: UI) -> None:

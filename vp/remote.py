@@ -178,6 +178,21 @@ kill -{sig} -"$vp_pg" 2>/dev/null || kill -{sig} "$vp_pg"
 """
 
 
+def probe_script(runs_dir_sh: str, run_id: str, wait: float = 1.0) -> str:
+    """Is the run still going? Prints `exit CODE` once it has ended (waiting up to `wait`
+    seconds while its wrapper is alive: a run just sent SIGINT is usually on its way out),
+    `running` if it still is, `gone` if the wrapper died without an exit code."""
+    rdir = _run_dir(runs_dir_sh, run_id)
+    ticks = max(1, int(wait * 50))
+    return f"""R={rdir}
+vp_pid=$(cat "$R/pid" 2>/dev/null)
+vp_alive() {{ [ -n "$vp_pid" ] && kill -0 "$vp_pid" 2>/dev/null; }}
+vp_i=0
+while [ ! -e "$R/exit" ] && vp_alive && [ $vp_i -lt {ticks} ]; do sleep 0.02; vp_i=$((vp_i+1)); done
+if [ -e "$R/exit" ]; then echo "exit $(cat "$R/exit")"; elif vp_alive; then echo running; else echo gone; fi
+"""
+
+
 def kill_script(runs_dir_sh: str, run_id: str, grace: float = 10.0) -> str:
     """SIGTERM the run's process group; SIGKILL it if it has not ended after `grace` seconds
     (then the exit code is recorded as 137, since the wrapper died too). Prints the exit

@@ -302,9 +302,15 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
     state.finish_run(run_id, result.exit_code, status)
+    if result.interrupted and result.changes is None and not result.lost:
+        # Ctrl-C twice, but the run had already ended: say so, not "keeps going".
+        ui.note(
+            f"run {run_id} on {ws.host.name} already ended (exit {result.exit_code}); "
+            f"its results were not fetched: vp attach {run_id} fetches them"
+        )
     if want_download and result.changes is not None:
         sync_down(ws, ui, result.changes)
-    elif result.changes is not None:
+    elif result.changes is not None or result.interrupted:
         manifest = ws.manifest()
         manifest.clean = False
         ws.save_manifest(manifest)

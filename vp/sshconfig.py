@@ -235,3 +235,14 @@ def prune_known_hosts(live_aliases: set[str]) -> list[str]:
     if dropped:
         _write(path, "".join(kept))
     return sorted(set(dropped))
+
+
+def remove_blocks_of_host(host_key: str, path: Path | None = None) -> list[str]:
+    """Remove every block written for the host `host_key` (it was destroyed); return their
+    projects."""
+    path = path or user_config_path()
+    text = _read(path)
+    gone = [b for b in find_blocks(text) if b.host_key == host_key]
+    if gone:
+        _write(path, _without(text, gone))
+    return [b.project for b in gone]

@@ -40,6 +40,11 @@ class UI:
         if not self.structured or sys.stderr.isatty():
             self._emit(self._style(f"vp: {one_line(message)}", "1"))
 
+    def hint(self, message: str) -> None:
+        """A suggestion after the fact (`did you mean vp status?`), shown like a note."""
+        if not self.structured or sys.stderr.isatty():
+            self._emit(f"vp: hint: {one_line(message)}")
+
     def warn(self, message: str) -> None:
         self._emit(self._style(f"vp: warning: {one_line(message)}", "33"))
 

@@ -34,6 +34,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from .common import wait_for
+
 ACCOUNT = "123456789012"  # moto's default account for the fake credentials below
 DLAMI_OWNER = "898082745236"  # AWS's Deep Learning AMI account
 DLAMI_NEW = "ami-0d1a0b5e11c0ffee1"
@@ -136,11 +138,11 @@ class AwsEmulator:
         return dict(self.backend.spot_instance_requests)
 
     def wait_state(self, instance_id: str, state: str, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.instance(instance_id)._state.name != state:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{instance_id} never reached {state}")
-            time.sleep(0.05)
+        wait_for(
+            lambda: self.instance(instance_id)._state.name == state,
+            timeout,
+            f"{instance_id} to reach {state}",
+        )
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -23,8 +23,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 try:  # pytest puts either the repo root or tests/ on sys.path, depending on the import mode
     from tests.sshhost import SshHost
+    from tests.waiting import wait_for  # noqa: F401 - the emulators' and tests' one wait
 except ImportError:  # pragma: no cover - depends on how pytest was started
     from sshhost import SshHost  # type: ignore[no-redef]
+    from waiting import wait_for  # type: ignore[no-redef]  # noqa: F401
 
 
 @dataclass
@@ -313,18 +315,6 @@ def ssh_run(
         f"{user}@{ssh_host}", command,
     ]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=30)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 _CREATE_SCRIPT = """

@@ -67,7 +67,8 @@ def ls_cmd(
     rows = [_row(h) for h in hosts]
     if g.output == "text":
         if not rows:
-            g.ui.info(f"no hosts on {cfg.platform} for project {cfg.project}")
+            scope = "" if all_projects else f" for project {cfg.project}"
+            g.ui.info(f"no hosts on {cfg.platform}{scope}")
             return
         render(rows, "table", HOST_COLUMNS)
     else:
@@ -189,15 +190,21 @@ def down_cmd(
             raise UsageError(
                 f"refusing to destroy {target.name} without confirmation", hint="pass --yes"
             )
-        typer.confirm(
-            f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?", abort=True
-        )
+        if not typer.confirm(
+            f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?"
+        ):
+            g.ui.note("nothing destroyed")
+            raise typer.Exit(1)
     platform.destroy(target.id)
     known = state.host(target.key)
     if known is not None and known.ssh_host:
         transport_for(known, cfg).close()  # its shared connection would linger 10 minutes
     state.forget_host(target.key)
     g.ui.info(f"destroyed {target.name} ({target.id}) on {cfg.platform}")
+    from vp import sshconfig
+
+    for project in sshconfig.remove_blocks_of_host(target.key):  # `vp ssh-config` wrote it
+        g.ui.info(f"removed Host vp-{project} from {sshconfig.user_config_path()}")
 
 
 app.command("destroy", help="Alias of `vp down`.", hidden=True)(down_cmd)

@@ -6,10 +6,10 @@ import sys
 import time
 
 from vp import remote
-from vp.errors import EXIT_INTERRUPTED, VpError
+from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.follow import follow as follow_run
 from vp.hosts import transport_for
-from vp.state import State
+from vp.state import RunRecord, State
 
 
 def list_runs(g, *, all_projects: bool, limit: int) -> None:
@@ -32,9 +32,27 @@ def list_runs(g, *, all_projects: bool, limit: int) -> None:
     render(rows, "table" if g.output == "text" else g.output, columns)
 
 
-def _run_and_transport(g, run_id: str):
+def latest_run(g, state: State, *, all_projects: bool) -> RunRecord:
+    """The newest run of this project; `--host NAME` or `--all` widen the search to that host
+    or to every project (what `vp logs` / `vp attach` mean without a run id)."""
+    project = None if all_projects or g.host else g.load().project
+    for record in state.runs(project, limit=1 if not g.host else 1000):
+        key_id = record.host_key.split(":", 1)[-1]
+        if not g.host or g.host in (record.host_name, record.host_key, key_id):
+            return record
+    where = f"on host {g.host}" if g.host else "yet" if all_projects else "in this project yet"
+    raise UsageError(
+        f"no runs {where}", hint="start one with: vp python train.py (or see `vp runs --all`)"
+    )
+
+
+def _run_and_transport(g, run_id: str | None, all_projects: bool = False):
     state = State()
-    record = state.run(run_id)
+    if run_id is None:
+        record = latest_run(g, state, all_projects=all_projects)
+        g.ui.info(f"run {record.id} on {record.host_name}: {record.command}")
+    else:
+        record = state.run(run_id)
     host = state.host(record.host_key)
     if host is None:
         raise VpError(f"the host of run {record.id} ({record.host_name}) is no longer known")
@@ -42,8 +60,10 @@ def _run_and_transport(g, run_id: str):
     return state, record, host, transport_for(host, cfg), cfg
 
 
-def show_logs(g, run_id: str, *, follow: bool, attach: bool) -> int:
-    state, record, host, transport, cfg = _run_and_transport(g, run_id)
+def show_logs(
+    g, run_id: str | None, *, follow: bool, attach: bool, all_projects: bool = False
+) -> int:
+    state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects)
     workdir_sh = transport.workdir_sh(record.workdir)
     if not follow:
         proc = transport.run(f"cat {transport.runs_dir_sh}/{record.id}/log\n", timeout=120)

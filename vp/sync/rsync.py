@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 
 _PROGRESS = re.compile(rb"^\s*([\d,.]+)\s+(\d+)%")
+_RECORD = re.compile(rb"^\s*[\d,.]+\s+\d+%\s+\S+/s\s+\d+:\d\d:\d\d")
 
 
 def files_from(names: list[str]) -> bytes:
@@ -67,6 +68,10 @@ def run_rsync(
             out += chunk
             pending += chunk
             *lines, pending = re.split(rb"[\r\n]", pending)
+            # rsync ends a progress record with the next one's "\r": a record that already
+            # shows its rate is complete, so report it now rather than a tick (a second) late.
+            if _RECORD.match(pending):
+                lines.append(pending)
             for line in lines:
                 m = _PROGRESS.match(line)
                 if m:
