@@ -122,6 +122,12 @@ def try_run(argv: list[str]) -> int | None:
             yes=opts.get("yes", False),
         )
         code = execute(cfg, run, ui)
+        if code == 127:  # not found on the host: perhaps a subcommand with a typo
+            from vp.cli import near_subcommand
+
+            suggestion = near_subcommand(command[0])
+            if suggestion:
+                ui.hint(f"did you mean vp {suggestion}?")
     except VpError as exc:
         ui.error(exc.message, hint=exc.hint)
         code = exc.exit_code

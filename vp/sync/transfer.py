@@ -223,10 +223,6 @@ def upload(
         # (size + mtime to the second) would skip a same-size edit made within a second.
         "--ignore-times",
     ]
-    if any(_quick_check_misses(previous, p, current[p]) for p in send):
-        # rsync would skip a file whose size and mtime match the host's copy: an in-place
-        # edit that kept its mtime, or one inside the upload's own timestamp granule.
-        argv.append("--ignore-times")
     if transport.is_local:
         Path(workdir).mkdir(parents=True, exist_ok=True)
     else:
@@ -255,11 +251,6 @@ def upload(
 def _any_untrusted(previous: Manifest, current: dict[str, list]) -> bool:
     floor = previous.t - 2_000_000_000  # no granule is wider: most entries stop here
     return any(max(e[1], e[3]) >= floor and previous.untrusted(e) for e in current.values())
-
-
-def _quick_check_misses(previous: Manifest, path: str, entry: list) -> bool:
-    recorded = previous.files.get(path)
-    return recorded is not None and recorded[:2] == entry[:2]
 
 
 def parse_changes(blob: bytes) -> list[RemoteChange]:
