@@ -60,6 +60,9 @@ class Workspace:
     host: Host
     transport: Transport
     workdir: str
+    # False once this call has read a manifest with no results left to fetch: a run that
+    # changed nothing then needs no second manifest read or write.
+    maybe_pending: bool = True
 
     @property
     def root(self) -> Path:
@@ -109,12 +112,14 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
 
 
 def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
+    previous = ws.manifest()
+    ws.maybe_pending = bool(previous.pending)
     result, manifest = upload(
         ws.transport,
         ws.root,
         ws.workdir,
         ws.rules(),
-        ws.manifest(),
+        previous,
         say=ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
@@ -139,9 +144,11 @@ def walk_cache_file(root: Path) -> Path:
 
 
 def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
+    remote_changes = parse_changes(changes)
+    if not remote_changes and not ws.maybe_pending:
+        return  # the run changed nothing and nothing is owed: the manifest stands as is
     rules = ws.rules()
     manifest = ws.manifest()
-    remote_changes = parse_changes(changes)
     # What an earlier download could not fetch (local disk full) comes first, unless this
     # run changed it again.
     seen = {c.path for c in remote_changes}

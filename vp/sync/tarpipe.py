@@ -13,16 +13,19 @@ import hashlib
 import os
 import posixpath
 import subprocess
-import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vp import paths
 from vp.errors import ConnectionFailed, VpError
 from vp.sync.place import DirWalker, Unsafe, link_contained, lstat_at
 from vp.sync.rsync import files_from
 from vp.transport import Transport
+
+if TYPE_CHECKING:
+    import tarfile
 
 
 def _marker(transport: Transport) -> Path:
@@ -197,6 +200,8 @@ def download(transport: Transport, workdir: str, names: list[str], staging: Path
     (permission bits only, sparse regions kept as holes), contained links and directories
     are written, nothing is followed, no owner comes from the host. A full local disk
     raises `LocalDiskFull` after keeping every member written whole so far."""
+    import tarfile  # only downloads from a host without rsync need it
+
     wd = transport.workdir_sh(workdir)
     transport.ensure()
     remote = subprocess.Popen(
@@ -238,6 +243,8 @@ class LocalDiskFull(Exception):
 
 def unpack(stream, staging: Path) -> None:
     """Unpack a tar stream into `staging` with the rules in `download`."""
+    import tarfile
+
     with tarfile.open(fileobj=stream, mode="r|*") as archive, DirWalker(staging) as dirs:
         for member in archive:
             name = posixpath.normpath(member.name.lstrip("/")) if member.name else ""
