@@ -32,12 +32,16 @@ SOURCE = Path(vp.__file__).resolve().parent
 STOP_WORDS = {"lists", "shows", "the", "and", "to", "for", "or", "is", "with", "it", "deletes"}
 STOP_WORDS |= {"this", "writes", "keeps", "from", "on", "in", "at", "fetches"}
 
-# hint as written in the source -> (how to run it here, where: "local", "ssh" or "vast").
+# hint as written in the source -> (how to run it here, where: "local", "local-setup", "ssh" or
+# "vast").
 # {run_id} is a real detached run made first.
 HINTS: dict[str, tuple[list[str], str]] = {
     "vp python train.py": (["python3", "-c", "pass"], "local"),
     "vp cleanup": (["cleanup"], "vast"),
     "vp cleanup --yes": (["cleanup", "--yes"], "vast"),
+    "vp cleanup --orphans": (["cleanup", "--orphans"], "vast"),
+    "vp cleanup --orphans --yes": (["cleanup", "--orphans", "--yes"], "vast"),
+    "vp stop": (["stop"], "vast"),
     "vp ssh": (["ssh", "--", "true"], "local"),  # a bare `vp ssh` would wait for a person
     "vp config set --user {dotted} VALUE": (
         ["config", "set", "--user", "vast.api_key", "-"],
@@ -54,12 +58,17 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp -v offers": (["-v", "offers"], "vast"),
     "vp offers -p {platform}": (["offers", "-p", "vast"], "vast"),
     "vp offers -p vast": (["offers", "-p", "vast"], "vast"),
+    "vp offers -p {self.name}": (["offers", "-p", "vast"], "vast"),
+    "vp offers -p {cfg.platform}": (["offers", "-p", "auto"], "vast"),
     "vp offers -p thunder": (["offers", "-p", "thunder"], "local"),
     "vp offers -p aws": (["offers", "-p", "aws"], "local"),
     "vp offers -p gce": (["offers", "-p", "gce"], "local"),
     "vp logs {run_id}": (["logs", "{run_id}"], "local"),
     "vp logs -f {run_id}": (["logs", "-f", "{run_id}"], "local"),
     "vp attach {run_id}": (["attach", "{run_id}"], "local"),
+    # A single-node run has no node 1: an error, not a usage one.
+    "vp logs {run_id} --node 1": (["logs", "{run_id}", "--node", "1"], "local"),
+    "vp logs {run_id} --node {failed[0]}": (["logs", "{run_id}", "--node", "1"], "local"),
     "vp tunnel PORT": (["tunnel", "8888"], "local"),
     "vp tunnel 8888": (["tunnel", "8888"], "local"),
     "vp ssh-config": (["ssh-config"], "ssh"),
@@ -70,6 +79,29 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp download outputs/": (["download", "outputs/"], "local"),
     "vp download PATH": (["download", "outputs/"], "local"),
     "vp status": (["status"], "local"),
+    "vp config set --user {dotted} -": (["config", "set", "--user", "vast.api_key", "-"], "local"),
+    "vp config set --user {provider}.{cred.key} -": (
+        ["config", "set", "--user", "thunder.token", "-"],
+        "local",
+    ),
+    "vp config set --user {section}.{key} VALUE": (
+        ["config", "set", "--user", "vast.url", "https://vast.example"],
+        "local",
+    ),
+    "vp config set --user docker.registry HOST": (
+        ["config", "set", "--user", "docker.registry", "127.0.0.1:5000"],
+        "local",
+    ),
+    "vp down {host.id}": (["down", "--yes", "12345"], "vast"),
+    "vp init": (["init"], "local"),
+    "vp config set host.gpu NAME": (["config", "set", "host.gpu", "RTX4090"], "local"),
+    "vp secret set {name}": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret set {first}": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret set NAME": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret ls": (["secret", "ls"], "local"),
+    "vp setup": (["setup"], "local-setup"),
+    "vp setup --force runs": (["setup", "--force"], "local-setup"),
 }
 
 
@@ -125,7 +157,9 @@ def test_every_hint_in_the_source_has_a_row() -> None:
 
 def _place(where: str, request, vp_env: VpEnv, tmp_path: Path) -> VpEnv:
     """`local`: a project on the local platform; `ssh`: one on a real sshd host; `vast`: one on
-    vast.ai (the emulator), no host yet."""
+    vast.ai (the emulator), no host yet; `local-setup`: a local project with a setup step."""
+    if where == "local-setup":
+        vp_env.write_config('[setup]\nrun = "true"\n')
     if where == "ssh":
         return request.getfixturevalue("ssh_project")
     if where == "vast":

@@ -97,6 +97,7 @@ def cloud_project(vp_env: VpEnv, vast_emulator, remote_workdir: Path):  # noqa: 
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         ready_timeout = 60
         [vast]
         poll_interval = 0.1
@@ -258,7 +259,8 @@ def test_cloud_host_with_a_changed_key_is_refused(cloud_project: VpEnv) -> None:
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vp: error:")]
     assert len(errors) == 1, r.stderr
     assert "does not match the one vp pinned" in errors[0] and str(port) in errors[0]
-    assert f"vp-vast-{iid}" in r.stderr  # the hint says which pin to drop
+    assert iid in errors[0]  # names the host; never suggests dropping the pin (issue 10, item 7)
+    assert "ssh-keygen" not in r.stderr and "known_hosts" not in r.stderr
     assert "Traceback" not in r.stderr
     assert list(emulator.instances) == [iid]  # refusing never destroys the user's host
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import typer
 
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
+from vp.platforms import NAMES, PROVIDERS, kind
 from vp.ui import UI
 
 app = typer.Typer(
@@ -36,12 +37,22 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
+VALUE_OPTIONS = {
+    "-p",
+    "--platform",
+    "--host",
+    "-o",
+    "--output",
+    "--config",
+    "--tunnel",
+    "--timeout",
+    "--nodes",
+}
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
 # --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
 HOISTED_VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
-HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet"}
+HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet", "--over-budget"}
 FLAG_OPTIONS = {
     "--no-sync",
     "--sync-only",
@@ -49,7 +60,10 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--recover",
+    "--all-logs",
     "--yes",
+    "--over-budget",
     "-v",
     "--verbose",
     "-q",
@@ -77,6 +91,11 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    recover: bool = False
+    over_budget: bool = False
+    timeout: str | None = None
+    nodes: int | None = None
+    all_logs: bool = False
 
     @property
     def ui(self) -> UI:
@@ -88,9 +107,23 @@ class Globals:
         overrides: dict = {}
         if self.platform:
             overrides.setdefault("host", {})["platform"] = self.platform
-        if self.host and (self.platform or "") == "ssh":
+        if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
             overrides.setdefault("ssh", {})["host"] = self.host
-        return config.load(config_path=self.config, overrides=overrides)
+        if self.timeout is not None:
+            from vp.clock import parse_duration
+
+            parse_duration(self.timeout, "--timeout")
+            overrides.setdefault("run", {})["timeout"] = self.timeout
+        cfg = config.load(
+            config_path=self.config,
+            overrides=overrides,
+            yes=self.yes,
+            over_budget=self.over_budget,
+        )
+        from vp.guard import sweep_stopped
+
+        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
+        return cfg
 
 
 def _globals(ctx: typer.Context) -> Globals:
@@ -109,9 +142,7 @@ def _version(value: bool) -> None:
 @app.callback(invoke_without_command=True)
 def main_options(
     ctx: typer.Context,
-    platform: str = typer.Option(
-        None, "-p", "--platform", help="local | ssh | vast | runpod | thunder | aws | gce | auto"
-    ),
+    platform: str = typer.Option(None, "-p", "--platform", help=" | ".join(NAMES)),
     host: str = typer.Option(None, "--host", help="Host name or id (ssh: alias or user@host:port)"),
     no_sync: bool = typer.Option(False, "--no-sync", help="Skip uploading and downloading"),
     sync_only: bool = typer.Option(False, "--sync-only", help="Upload the workspace; run nothing"),
@@ -132,7 +163,29 @@ def main_options(
     yes: bool = typer.Option(
         False,
         "--yes",
-        help="Upload a big folder with no vp.toml and no .git without asking",
+        help="Don't ask: upload a big folder with no vp.toml and no .git, create a host "
+        "with no max_price",
+    ),
+    over_budget: bool = typer.Option(
+        False, "--over-budget", help="Go past the [budget] caps this once"
+    ),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="End the run after 90s, 30m, 2h, 1d (exit 124)"
+    ),
+    nodes: int = typer.Option(
+        None,
+        "--nodes",
+        metavar="N",
+        help="Run on N hosts at once for torchrun / Ray (rank, addresses in the environment)",
+    ),
+    all_logs: bool = typer.Option(
+        False, "--all-logs", help="With --nodes: show every node's output, prefixed [nodeR]"
+    ),
+    recover: bool = typer.Option(
+        False,
+        "--recover",
+        help="If the provider preempts or destroys the host, run again on a new one "
+        "([run] recover, max_attempts)",
     ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
@@ -156,6 +209,11 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        recover=recover,
+        over_budget=over_budget,
+        timeout=timeout,
+        nodes=nodes,
+        all_logs=all_logs,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -181,9 +239,12 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         download=False if g.no_download else None,
         detach=g.detach,
         docker=g.docker,
-        host_name=g.host if cfg.platform != "ssh" else None,
+        host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
+        recover=True if g.recover else None,
+        nodes=g.nodes,
+        all_logs=g.all_logs,
     )
     code = execute(cfg, opts, g.ui)
     if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
@@ -300,11 +361,14 @@ def logs_cmd(
     run_id: str = typer.Argument(None, help=LATEST_HELP),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
     all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+    node: int = typer.Option(None, "--node", metavar="R", help="A multi-node run's rank R"),
 ) -> None:
     from vp.commands.runs import show_logs
 
     g = _globals(ctx)
-    raise typer.Exit(show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects))
+    raise typer.Exit(
+        show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects, node=node)
+    )
 
 
 @app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
@@ -333,6 +397,7 @@ SUBCOMMANDS = frozenset(
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
     | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
+    | {"secret", "setup", "spend", "ui"}
 )
 
 

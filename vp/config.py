@@ -21,14 +21,19 @@ from urllib.parse import urlsplit
 
 from vp import paths
 from vp.errors import ConfigError, UsageError
+from vp.platforms import declarations
+
+STR_OR_LIST = (str, list)  # one name, or a fallback list of names
 
 # section -> key -> (type, default). `dict` sections ([env]) accept any identifier key.
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
     "project": {"name": (str, None)},
     "host": {
-        "platform": (str, "local"),
+        # One platform, or a fallback list tried in order (vp/capacity.py).
+        "platform": (STR_OR_LIST, "local"),
         "name": (str, None),
-        "gpu": (str, None),
+        # One GPU, or a fallback list tried in order on each platform.
+        "gpu": (STR_OR_LIST, None),
         "gpus": (int, 1),
         "max_price": ((int, float), None),
         "disk_gb": (int, 50),
@@ -40,9 +45,31 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "idle_stop_minutes": ((int, float), None),
         "idle_stop_command": (str, None),
         "ready_timeout": ((int, float), 600),
+        # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
+        "wait_for_capacity": (str, None),
+        # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
+        "nodes": (int, 1),
+        # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
+        "destroy_after_stopped": (str, None),
+    },
+    # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
+    "run": {
+        "timeout": (str, None),
+        # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
+        "recover": (bool, False),
+        "max_attempts": (int, 3),
+    },
+    # Spend caps in USD for all of this machine's hosts: the lower of the user file's and the
+    # project file's value counts (vp/spend.py).
+    "budget": {
+        "daily": ((int, float), None),
+        "monthly": ((int, float), None),
+        "min_minutes": ((int, float), 5),
     },
     "ssh": {
         "host": (str, None),
+        # The machines a multi-node run uses, rank 0 first (`vp --nodes N` takes the first N).
+        "hosts": (list, []),
         "identity_file": (str, None),
         "reconnect_timeout": ((int, float), 300),
         "connect_timeout": (int, 10),
@@ -54,10 +81,17 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "extra_ignore": (list, []),
         "include": (list, []),
         "results": (list, []),
+        # Multi-node runs: whose results come back. "0": rank 0's, into the project;
+        # "all": rank 0's there and every other rank's into nodes/RANK/.
+        "download_from": (str, "0"),
         # Ask before the first upload of a folder with neither vp.toml nor .git when it is
         # bigger than this (0: never ask).
         "confirm_files": (int, 10000),
         "confirm_gb": ((int, float), 1),
+        # A folder the run writes checkpoints to: pulled down during the run, at most every
+        # checkpoint_interval, and uploaded again before a resumed attempt (vp/checkpoints.py).
+        "checkpoint_dir": (str, None),
+        "checkpoint_interval": (str, "60s"),
     },
     "docker": {
         "enabled": (bool, False),
@@ -70,77 +104,36 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
         "password": (str, None),
     },
     "env": {},
-    "vast": {
-        "api_key": (str, None),
-        "url": (str, None),
-        "image": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "runpod": {
-        "api_key": (str, None),
-        "image": (str, None),
-        "cloud_type": (str, None),
-        "container_disk_gb": (int, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "thunder": {
-        "token": (str, None),
-        "url": (str, None),
-        "template": (str, None),
-        "mode": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
-    "aws": {
-        "region": (str, None),
-        "profile": (str, None),
-        "user": (str, None),
-        "data_volume_gb": (int, None),
-        "keep_data_volume": (bool, False),
-        "ami": (str, None),
-        "poll_interval": ((int, float), None),
-        "api_timeout": ((int, float), None),
-    },
-    "gce": {
-        "project": (str, None),
-        "zone": (str, None),
-        "user": (str, None),
-        "image": (str, None),
-        "poll_interval": ((int, float), None),
-        "create_timeout": ((int, float), None),
-    },
+    # Installs the project's dependencies on a host, once per change (vp/setup.py).
+    "setup": {"run": (str, None), "inputs": (list, None)},
+    # Names only: the values come from the environment or `vp secret set` (vp/secretstore.py).
+    "secrets": {"required": (list, []), "optional": (list, [])},
+    # `vp ui`: apps on the host the page proxies at /apps/NAME/ (name -> port on the host).
+    "ui": {"apps": (dict, {})},
+    # One table per provider, as each declares it (vp/platforms/<name>.py).
+    **{d.name: d.settings for d in declarations() if d.settings},
 }
 
 # Sections whose keys name free-form variables.
 FREE_SECTIONS = {"env"}
 # Keys whose values are secrets: masked by `vp config show`, refused in project files.
 SECRET_KEYS = {
-    ("vast", "api_key"),
-    ("runpod", "api_key"),
-    ("thunder", "token"),
     ("docker", "password"),
+    *((d.name, key) for d in declarations() for key in d.secrets),
 }
 
 # Keys that decide where the user's credentials are sent: an API endpoint receives the API key,
 # a registry the registry login. A project file is someone else's text (a cloned repo), so only
 # the user file or the environment may set them. key -> the environment variable that also does.
+# A provider's endpoint key (`url`) is one of them, as its declaration says.
 USER_ONLY_KEYS = {
-    ("vast", "url"): "VAST_URL",
-    ("thunder", "url"): "TNR_API_URL",
+    **{(d.name, d.endpoint_key): d.endpoint_env for d in declarations() if d.endpoint_key},
     ("docker", "registry"): "VP_REGISTRY",
     ("docker", "username"): "VP_REGISTRY_USER",
 }
 
 # API endpoints the environment can set per platform (DESIGN §5: how tests point vp at emulators).
-ENDPOINT_ENV = {
-    "vast": "VAST_URL",
-    "thunder": "TNR_API_URL",
-    "runpod": "RUNPOD_API_BASE_URL",
-    "aws": "AWS_ENDPOINT_URL",
-    "gce": "VP_GCE_API_URL",
-}
+ENDPOINT_ENV = {d.name: d.endpoint_env for d in declarations() if d.endpoint_env}
 
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
 SECRET_ENV_NAME = re.compile(r"(?i)key|token|secret|passw|pwd|credential|auth|private")
@@ -157,10 +150,11 @@ POSITIVE = {
     ("host", "disk_gb"),
     ("host", "cpus"),
     ("host", "memory_gb"),
+    ("host", "nodes"),
     ("ssh", "connect_timeout"),
     ("runpod", "container_disk_gb"),
     ("aws", "data_volume_gb"),
-    *((s, "poll_interval") for s in ("vast", "runpod", "thunder", "aws", "gce")),
+    *((d.name, "poll_interval") for d in declarations() if "poll_interval" in d.settings),
 }
 NON_NEGATIVE = {
     ("host", "gpus"),
@@ -172,7 +166,20 @@ NON_NEGATIVE = {
     ("gce", "create_timeout"),
     ("sync", "confirm_files"),
     ("sync", "confirm_gb"),
+    ("budget", "daily"),
+    ("budget", "monthly"),
+    ("budget", "min_minutes"),
 }
+# Durations ("90s", "30m", "2h", "1d"; vp/clock.py parses them).
+DURATIONS = {
+    ("run", "timeout"),
+    ("host", "destroy_after_stopped"),
+    ("host", "wait_for_capacity"),
+    ("sync", "checkpoint_interval"),
+}
+# Caps where the lowest value of any layer counts, not the last one: a project file may
+# tighten the user's budget but never loosen it.
+LOWEST_WINS = {("budget", "daily"), ("budget", "monthly")}
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
@@ -194,6 +201,9 @@ class Config:
     project_root: Path  # directory that is synced (where vp.toml / pyproject.toml lives, else cwd)
     project_file: Path | None = None
     sources: list[Path] = field(default_factory=list)
+    # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
+    yes: bool = False
+    over_budget: bool = False
 
     def get(self, section: str, key: str) -> Any:
         return self.data.get(section, {}).get(key)
@@ -208,7 +218,20 @@ class Config:
 
     @property
     def platform(self) -> str:
-        return self.get("host", "platform")
+        """The platform (the first of a fallback list: what `vp ls`, `stop`, `down` ask)."""
+        return self.platforms[0]
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """`[host] platform` as a list: one name, or the fallback list in order."""
+        value = self.get("host", "platform") or "local"
+        return tuple(value) if isinstance(value, list) else (value,)
+
+    @property
+    def gpus_wanted(self) -> tuple[str | None, ...]:
+        """`[host] gpu` as a list: one name (or None: any GPU), or the fallback list."""
+        value = self.get("host", "gpu")
+        return tuple(value) if isinstance(value, list) else (value,)
 
 
 def defaults() -> dict[str, dict[str, Any]]:
@@ -226,6 +249,9 @@ def _nearest(word: str, choices: list[str]) -> str | None:
 def _type_name(t: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names[list] = "a list"
+    names[dict] = "a table"
+    if t == STR_OR_LIST:
+        return "a string or a list of strings"
     if isinstance(t, tuple):
         return "a number"
     return names.get(t, t.__name__)
@@ -263,7 +289,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 raise ConfigError(
                     f"{source}: [{section}] {key} must be {_type_name(expected)}, got {value!r}"
                 )
-            if expected is list and not all(isinstance(v, str) for v in value):
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
             check_value(section, key, value, source)
             out[section][key] = value
@@ -282,20 +308,56 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{where} must be greater than 0, got {value!r}")
     if (section, key) in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{where} must be 0 or more, got {value!r}")
+    if (section, key) in DURATIONS:
+        from vp.clock import parse_duration
+
+        parse_duration(value, where)
     if key == "user" and section != "ssh" and not USER_NAME.match(value):
         raise ConfigError(
             f"{where} {value!r} is not a valid user name",
             hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
         )
-    if (section, key) == ("ssh", "host"):
+    if (section, key) in (("host", "platform"), ("host", "gpu")) and isinstance(value, list):
+        if not value or len(set(value)) != len(value) or not all(v.strip() for v in value):
+            raise ConfigError(
+                f"{where} must be a non-empty list of different names, got {value!r}",
+                hint='e.g. gpu = ["H100", "A100-80GB"], platform = ["runpod", "vast"]',
+            )
+    if (section, key) == ("sync", "checkpoint_dir"):
+        from vp.checkpoints import check_dir
+
+        check_dir(value, where)
+    if (section, key) in (("ssh", "host"), ("ssh", "hosts")):
         from vp.ssh import parse_target
 
-        try:
-            parse_target(value)
-        except UsageError as exc:
-            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+        for one in value if isinstance(value, list) else [value]:
+            if not isinstance(one, str):
+                raise ConfigError(f"{where}: {one!r} is not a host", hint='e.g. ["gpu1", "gpu2"]')
+            try:
+                parse_target(one)
+            except UsageError as exc:
+                raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if (section, key) == ("sync", "download_from") and value not in ("0", "all"):
+        raise ConfigError(
+            f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
+        )
     if key == "url":
         check_endpoint(value, where)
+    if section == "secrets":
+        from vp.secretstore import check_names
+
+        check_names(value, where)
+    if (section, key) == ("ui", "apps"):
+        for name, port in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+                raise ConfigError(
+                    f"{where}: app name {name!r} may hold only letters, digits, '_' and '-'"
+                )
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ConfigError(
+                    f"{where}: {name} = {port!r} is not a port",
+                    hint="a port on the host from 1 to 65535, e.g. apps = { jupyter = 8888 }",
+                )
     if (section, key) == ("docker", "registry"):
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", value):
             raise ConfigError(
@@ -439,6 +501,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             return int(raw)
         except ValueError:
             raise UsageError(f"{name}={raw!r}: expected an integer") from None
+    if expected == STR_OR_LIST:  # "vast" or "runpod,vast"
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        return parts if len(parts) > 1 else raw.strip()
     if isinstance(expected, tuple):
         try:
             return float(raw)
@@ -446,6 +511,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             raise UsageError(f"{name}={raw!r}: expected a number") from None
     if expected is list:
         return [p for p in raw.split(",") if p]
+    if expected is dict:  # NAME=PORT,NAME=PORT
+        pairs = [p.partition("=") for p in raw.split(",") if p]
+        return {k.strip(): int(v) if v.strip().isdigit() else v for k, _, v in pairs}
     return raw
 
 
@@ -476,6 +544,9 @@ def load(
     config_path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     environ: dict[str, str] | None = None,
+    *,
+    yes: bool = False,
+    over_budget: bool = False,
 ) -> Config:
     """Build the merged config for a project found from `cwd` (or the explicit `config_path`)."""
     environ = dict(os.environ if environ is None else environ)
@@ -483,9 +554,11 @@ def load(
     data = defaults()
     sources: list[Path] = []
 
+    layers: list[dict[str, dict[str, Any]]] = []
     user_file = paths.user_config_file()
     if user_file.is_file():
-        merge(data, validate(read_toml(user_file), str(user_file)))
+        layers.append(validate(read_toml(user_file), str(user_file)))
+        merge(data, layers[-1])
         sources.append(user_file)
 
     if config_path is not None:
@@ -496,14 +569,26 @@ def load(
     else:
         project_file, root = find_project_file(cwd)
     if project_file is not None:
-        merge(data, _load_project(project_file))
+        layers.append(_load_project(project_file))
+        merge(data, layers[-1])
         sources.append(project_file)
 
-    merge(data, _from_env(environ))
+    layers.append(_from_env(environ))
+    merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
+    for section, key in LOWEST_WINS:
+        values = [v for layer in layers if (v := layer.get(section, {}).get(key)) is not None]
+        data[section][key] = min(values) if values else None
 
-    cfg = Config(data=data, project_root=root, project_file=project_file, sources=sources)
+    cfg = Config(
+        data=data,
+        project_root=root,
+        project_file=project_file,
+        sources=sources,
+        yes=yes,
+        over_budget=over_budget,
+    )
     check(cfg)
     return cfg
 
@@ -512,11 +597,20 @@ def check(cfg: Config) -> None:
     """Cross-key rules that a per-key type check cannot express."""
     from vp.platforms import NAMES
 
-    platform = cfg.platform
-    if platform not in NAMES:
-        near = _nearest(platform, list(NAMES))
-        hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
-        raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    for platform in cfg.platforms:
+        if platform not in NAMES:
+            near = _nearest(platform, list(NAMES))
+            hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
+            raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    if len(cfg.platforms) > 1:
+        from vp.platforms import clouds
+
+        others = [p for p in cfg.platforms if p not in clouds()]
+        if others:
+            raise ConfigError(
+                f"[host] platform: a fallback list holds only cloud platforms, not {others[0]}",
+                hint=f"choose among: {', '.join(clouds())}",
+            )
     if cfg.get("docker", "build_on") not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
     results = cfg.get("sync", "results") or []
@@ -524,6 +618,11 @@ def check(cfg: Config) -> None:
         from vp.sync.ignore import IgnoreRules
 
         IgnoreRules(results, "[sync] results")  # a bad pattern names the key and its line
+    inputs = cfg.get("setup", "inputs")
+    if inputs:
+        from vp.sync.ignore import IgnoreRules
+
+        IgnoreRules(inputs, "[setup] inputs")
     workdir = cfg.get("sync", "workdir")
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")
@@ -554,6 +653,8 @@ def _placeholder(section: str, key: str) -> Any:
     if section in FREE_SECTIONS or section not in SCHEMA or key not in SCHEMA[section]:
         return ""
     expected = SCHEMA[section][key][0]
+    if expected == STR_OR_LIST:
+        return ""
     return {bool: False, int: 1, list: []}.get(expected, 1.0 if isinstance(expected, tuple) else "")
 
 

@@ -7,16 +7,16 @@ it destroys what it made, so a failure never leaves a billed instance behind.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from vp.config import Config, check_platform_endpoint
-from vp.errors import ConnectionFailed, UsageError, VpError
-from vp.platforms import CLOUDS, get_platform
+from vp.errors import ConnectionFailed, HostGone, UsageError, VpError
+from vp.platforms import clouds, declaration, get_platform
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
+from vp.platforms.cloud import CloudPlatform, adopt, owned, unhonoured
 from vp.platforms.common import discard_key
-from vp.ssh import SshTarget, SshTransport, known_hosts_file
+from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, is_pinned
 from vp.state import State
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI, Status
@@ -25,7 +25,7 @@ from vp.ui import UI, Status
 def spec_from_config(cfg: Config) -> HostSpec:
     h = cfg.section("host")
     return HostSpec(
-        gpu=h.get("gpu"),
+        gpu=cfg.gpus_wanted[0],  # a fallback list is walked by vp/capacity.py
         gpus=h.get("gpus") or 1,
         max_price=h.get("max_price"),
         disk_gb=h.get("disk_gb") or 50,
@@ -40,28 +40,18 @@ def spec_from_config(cfg: Config) -> HostSpec:
 
 def platform_for(cfg: Config, name: str | None = None) -> Platform:
     name = name or cfg.platform
-    section = "ssh" if name == "ssh" else name
     # Unset keys are absent, not None, so a platform's own defaults apply.
-    settings = {k: v for k, v in cfg.section(section).items() if v is not None}
+    settings = {k: v for k, v in cfg.section(name).items() if v is not None}
     check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
     return get_platform(name, settings)
 
 
-def is_pinned(alias: str) -> bool:
-    """Has vp already recorded this host's key? Then a mismatch must be refused, not accepted."""
-    prefix = (alias + " ").encode()
-    try:
-        with open(known_hosts_file(), "rb") as fh:
-            return any(line.startswith(prefix) for line in fh)
-    except FileNotFoundError:
-        return False
-
-
 def transport_for(host: Host, cfg: Config) -> Transport:
-    if host.platform == "local":
+    kind = declaration(host.platform).kind
+    if kind == "local":
         return LocalTransport()
     connect_timeout = int(cfg.get("ssh", "connect_timeout") or 10)
-    if host.platform == "ssh":
+    if kind == "ssh":
         from vp.ssh import parse_target
 
         target = parse_target(host.id)
@@ -90,13 +80,20 @@ def resolve(
     create: bool = True,
 ) -> tuple[Host, Transport]:
     """The host this project runs on, connected and ready."""
+    if len(cfg.platforms) > 1:
+        from vp.capacity import resolve_fallback
+
+        return resolve_fallback(cfg, state, ui, host_name=host_name, create=create)
     name = cfg.platform
-    if name == "local":
+    if name == "auto":
+        return _resolve_auto(cfg, state, ui, host_name=host_name, create=create)
+    kind = declaration(name).kind
+    if kind == "local":
         from vp.platforms.local import LOCAL_HOST
 
         state.save_host(LOCAL_HOST, cfg.project)
         return LOCAL_HOST, LocalTransport()
-    if name == "ssh":
+    if kind == "ssh":
         spec = host_name or cfg.get("ssh", "host")
         if not spec:
             raise UsageError(
@@ -110,11 +107,7 @@ def resolve(
         transport.ensure()
         state.save_host(host, cfg.project)
         return host, transport
-    if name == "auto":
-        return _resolve_auto(cfg, state, ui, host_name=host_name, create=create)
-    if name not in CLOUDS:
-        raise UsageError(f"unknown platform '{name}'")
-    return _resolve_cloud(cfg, state, ui, name, host_name=host_name, create=create)
+    return resolve_on(cfg, state, ui, name, host_name=host_name, create=create)
 
 
 def _matches(host: Host, wanted: str | None) -> bool:
@@ -135,12 +128,12 @@ def with_local_facts(host: Host, state: State) -> Host:
     )
 
 
-def _resolve_cloud(
-    cfg: Config, state: State, ui: UI, name: str, *, host_name: str | None, create: bool
-) -> tuple[Host, Transport]:
-    project = cfg.project
-    # Warm path: a host we know and can reach needs no provider API call.
-    for host in state.hosts(project, name):
+def warm_host(
+    cfg: Config, state: State, ui: UI, name: str, host_name: str | None
+) -> tuple[Host, Transport] | None:
+    """Warm path: a running host vp knows on `name` and reaches over ssh (no API call)."""
+    platform: Platform | None = None
+    for host in state.hosts(cfg.project, name):
         if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
             transport = transport_for(host, cfg)
             try:
@@ -148,10 +141,22 @@ def _resolve_cloud(
                 return host, transport
             except ConnectionFailed as exc:
                 ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
+            except HostKeyMismatch as exc:
+                platform = platform or platform_for(cfg, name)
+                _mismatch(cfg, state, ui, platform, host, exc)  # returns only if it is gone
+    return None
+
+
+def resolve_on(
+    cfg: Config, state: State, ui: UI, name: str, *, host_name: str | None, create: bool
+) -> tuple[Host, Transport]:
+    """The project's host on platform `name`: running > stopped (started) > created."""
+    project = cfg.project
+    found = warm_host(cfg, state, ui, name, host_name)
+    if found is not None:
+        return found
     platform = platform_for(cfg, name)
-    hosts = [with_local_facts(h, state) for h in platform.list(project)]
-    if not getattr(platform, "labels_hosts", True):
-        hosts = [h for h in hosts if state.host(h.key) is not None]
+    hosts = project_hosts(platform, state, project)
     hosts = [h for h in hosts if _matches(h, host_name)]
     timeout = float(cfg.get("host", "ready_timeout") or 600)
     running = [h for h in hosts if h.status in (RUNNING, PENDING)]
@@ -163,6 +168,9 @@ def _resolve_cloud(
             host = with_local_facts(platform.wait_ready(host.id, timeout), state)
     elif stopped:
         host = stopped[0]
+        from vp import spend
+
+        spend.check(cfg, state, what=f"start {host.name}", host_key=host.key, price=host.price)
         ui.info(f"starting stopped host {host.name} on {name}")
         platform.start(host.id)
         host = with_local_facts(platform.wait_ready(host.id, timeout), state)
@@ -174,18 +182,126 @@ def _resolve_cloud(
         raise VpError(f"project {project} has no host on {name}", hint="create one with `vp up`")
     state.save_host(host, project)
     transport = transport_for(host, cfg)
-    transport.ensure()
+    try:
+        transport.ensure()
+    except HostKeyMismatch as exc:  # the provider just listed it: it is there
+        raise _refusal(platform, host, exc) from None
     return host, transport
 
 
-def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[Host, Transport]:
-    """Create, wait for ssh, pin the host key. Any failure destroys what was made."""
-    spec = spec_from_config(cfg)
-    name = cfg.get("host", "name") or f"vp-{cfg.project}"
+def project_hosts(platform: Platform, state: State, project: str | None) -> list[Host]:
+    """The hosts on `platform` that are the project's under the provider's ownership rule
+    (its label, or vp's state having recorded creating them). Nothing else is ever adopted,
+    stopped or destroyed."""
+    listed = [with_local_facts(h, state) for h in platform.list(project)]
+    return owned(declaration(platform.name), listed, lambda h: state.host(h.key) is not None)
+
+
+def _refusal(platform: Platform, host: Host, exc: HostKeyMismatch) -> VpError:
+    return VpError(
+        f"{platform.name} host {host.name} ({host.id}) at {host.ssh_host}:{host.ssh_port or 22} "
+        "answered with a host key that does not match the one vp pinned when it created it, "
+        f"while {platform.name} says the host is still there: refusing to connect (another "
+        "machine may hold its address)",
+        hint=f"check the host in {platform.name}'s console; if you no longer trust it, "
+        f"destroy it with `vp down {host.id}` and vp will create a new one",
+    )
+
+
+def _mismatch(
+    cfg: Config, state: State, ui: UI, platform: Platform, host: Host, exc: HostKeyMismatch
+) -> None:
+    """A cloud host answered with another key: ask the provider. Gone: forget it (state, pin,
+    key) and return so selection carries on. Still there: refuse (raise)."""
+    try:
+        now = _lookup(platform, host, cfg.project)
+    except HostGone:
+        now = None
+    if now is not None and now.status != GONE:
+        raise _refusal(platform, with_local_facts(now, state), exc) from None
+    ui.warn(
+        f"{platform.name} host {host.name} ({host.id}) no longer exists and another machine "
+        f"now answers at {host.ssh_host}:{host.ssh_port or 22}; forgetting it"
+    )
+    forget(state, host)
+
+
+def _lookup(platform: Platform, host: Host, project: str | None) -> Host | None:
+    return next((h for h in platform.list(project) if h.id == host.id), None)
+
+
+def forget(state: State, host: Host) -> None:
+    """Drop every trace of a host that no longer exists: its state row, pin and key."""
+    state.forget_host(host.key)
+    if host.host_key_alias:
+        forget_pin(host.host_key_alias)
+    if host.key_path:  # the key of a host that no longer exists opens nothing
+        discard_key(Path(host.key_path))
+
+
+class _StateRecorder:
+    """Writes a new host into vp's state the moment the provider accepted it."""
+
+    def __init__(self, state: State, project: str | None, disk_gb: float | None = None):
+        self.state, self.project, self.disk_gb = state, project, disk_gb
+
+    def save(self, host: Host) -> None:
+        self.state.save_host(host, self.project, disk_gb=self.disk_gb)
+
+    def forget(self, host: Host) -> None:
+        self.state.forget_host(host.key)
+
+
+def create_host(
+    cfg: Config,
+    state: State,
+    ui: UI,
+    platform: Platform,
+    name: str | None = None,
+    nodes_of: str | None = None,
+) -> tuple[Host, Transport]:
+    """Create, wait for ssh, pin the host key, through the GPU fallback list (and, with
+    `wait_for_capacity`, waiting for one). Any failure destroys what was made (or, if that
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name;
+    `nodes_of`: rank 0's name when it is a node (CloudPlatform.expect_nodes)."""
+    from vp.capacity import create_with_fallback
+
+    return create_with_fallback(cfg, state, ui, (platform.name,), name=name, nodes_of=nodes_of)
+
+
+def create_request(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str | None = None
+) -> Host:
+    """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
+    for ignored in unhonoured(declaration(platform.name), spec):
+        ui.warn(f"[host] {ignored} is ignored on {platform.name}")
+    name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
+    _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
-    return adopt_new_host(cfg, state, ui, platform, platform.create(spec, name), "create")
+    recorder = _StateRecorder(state, cfg.project, spec.disk_gb)
+    if isinstance(platform, CloudPlatform):
+        return platform.create(spec, name, recorder)
+    return platform.create(spec, name)
+
+
+def _money_checks(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str
+) -> None:
+    """Before a create: the budget caps at the price it would rent at, and no uncapped
+    create by accident (vp/guard.py). Searching offers rents nothing."""
+    from vp import guard, spend
+
+    capped = spend.Budget.of(cfg).capped
+    spend.check(cfg, state, what=f"create {name}", price=None)  # a cap already reached
+    if not capped and (spec.max_price is not None or cfg.yes):
+        return
+    offers = platform.offers(spec)
+    offer = offers[0] if offers else None
+    price = offer.price if offer is not None else spec.max_price
+    spend.check(cfg, state, what=f"create {name}", price=price)
+    guard.confirm_create(cfg, ui, spec, offer, name)
 
 
 def adopt_new_host(
@@ -193,39 +309,20 @@ def adopt_new_host(
 ) -> tuple[Host, Transport]:
     """Wait for a host the provider just made (by create or clone) to answer ssh, and pin
     its key. Any failure, Ctrl-C included, destroys it and its key before re-raising."""
-    if host.created_at is None:
-        host.created_at = time.time()  # for uptime and cost when the provider keeps no date
-    state.save_host(host, cfg.project)
-    try:
-        timeout = float(cfg.get("host", "ready_timeout") or 600)
-        with Status(ui, f"waiting for {host.name} ({host.id}) to boot and answer ssh"):
-            ready = platform.wait_ready(host.id, timeout)
-        host = replace(
-            ready,
-            key_path=ready.key_path or host.key_path,
-            host_key_alias=ready.host_key_alias or host.host_key_alias,
-            created_at=ready.created_at or host.created_at,
-            price=ready.price if ready.price is not None else host.price,
-            labels={**host.labels, **ready.labels},
-        )
-        state.save_host(host, cfg.project)
-        transport = transport_for(host, cfg)
+
+    def pin(ready: Host) -> Transport:
+        transport = transport_for(ready, cfg)
         transport.ensure()
-    except BaseException as exc:
-        ui.warn(
-            f"{what} failed ({exc or type(exc).__name__}); destroying {host.id} on {platform.name}"
-        )
-        try:
-            platform.destroy(host.id)
-            state.forget_host(host.key)
-            if host.key_path:  # the key of a host that no longer exists opens nothing
-                discard_key(Path(host.key_path))
-        except Exception as cleanup_exc:  # noqa: BLE001 - report both, keep the first
-            ui.error(
-                f"could not destroy {host.id} on {platform.name}: {cleanup_exc}",
-                hint="destroy it by hand in the provider's console; it may be billing",
-            )
-        raise
+        return transport
+
+    host, transport = adopt(
+        platform,
+        host,
+        timeout=float(cfg.get("host", "ready_timeout") or 600),
+        recorder=_StateRecorder(state, cfg.project, spec_from_config(cfg).disk_gb),
+        pin=pin,
+        waiting=lambda h: Status(ui, f"waiting for {h.name} ({h.id}) to boot and answer ssh"),
+    )
     ui.info(
         f"{host.name} is ready ({host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22})"
     )
@@ -238,7 +335,7 @@ def host_gone(cfg: Config, state: State, host: Host) -> str | None:
     Asked only while reconnecting fails, so a vanished cloud host ends the wait at once
     instead of after the reconnect timeout.
     """
-    if host.platform not in CLOUDS:
+    if host.platform not in clouds():
         return None
     listed = platform_for(cfg, host.platform).list(cfg.project)
     now = next((h for h in listed if h.id == host.id), None)
@@ -256,7 +353,7 @@ def _resolve_auto(
 ) -> tuple[Host, Transport]:
     """Use a host the project already has anywhere; else create the cheapest matching offer."""
     for host in state.hosts(cfg.project):
-        if host.platform in CLOUDS and host.status == RUNNING and _matches(host, host_name):
+        if host.platform in clouds() and host.status == RUNNING and _matches(host, host_name):
             transport = transport_for(host, cfg)
             try:
                 transport.ensure()
@@ -270,4 +367,4 @@ def _resolve_auto(
         f"cheapest offer: {offer.gpus}x {offer.gpu} on {offer.platform} at ${offer.price:.2f}/h"
     )
     cfg.data["host"]["platform"] = offer.platform
-    return _resolve_cloud(cfg, state, ui, offer.platform, host_name=host_name, create=create)
+    return resolve_on(cfg, state, ui, offer.platform, host_name=host_name, create=create)

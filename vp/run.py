@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vp import remote
+from vp import checkpoints, remote
 from vp.config import Config
-from vp.errors import EXIT_INTERRUPTED, VpError
+from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow
 from vp.hosts import host_gone, resolve
+from vp.mask import LogView
+from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
 from vp.sync.guard import check_root, confirm_first_upload
@@ -42,6 +44,11 @@ class RunOptions:
     host_name: str | None = None
     tunnels: list[str] = field(default_factory=list)  # REMOTE[:LOCAL] forwards for the run
     yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
+    setup_only: bool = False  # `vp setup`: run the project's setup (if needed) and nothing else
+    force_setup: bool = False  # `vp setup --force`: even when the host's record is current
+    recover: bool | None = None  # None: [run] recover (vp --recover)
+    nodes: int | None = None  # `vp --nodes N`; None: [host] nodes (vp/nodes.py)
+    all_logs: bool = False  # multi-node: show every rank's output, prefixed [nodeR]
 
 
 def command_text(argv: list[str]) -> str:
@@ -69,9 +76,12 @@ class Workspace:
         return self.cfg.project_root
 
     def rules(self) -> IgnoreRules:
+        extra = list(self.cfg.get("sync", "extra_ignore") or [])
+        if self.cfg.get("sync", "download_from") == "all":
+            extra.append("/nodes/")  # the other ranks' results (vp/nodes.py) stay here
         return IgnoreRules.for_project(
             self.root,
-            extra=self.cfg.get("sync", "extra_ignore") or [],
+            extra=extra,
             use_gitignore=bool(self.cfg.get("sync", "use_gitignore")),
         )
 
@@ -89,6 +99,18 @@ class Workspace:
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+
+
+@dataclass
+class NodeResults(Workspace):
+    """Where another rank's results land (`[sync] download_from = "all"`): `dest`, not the
+    project root."""
+
+    dest: Path = Path()
+
+    @property
+    def root(self) -> Path:
+        return self.dest
 
 
 def control_files(cfg: Config) -> set[str]:
@@ -143,11 +165,16 @@ def walk_cache_file(root: Path) -> Path:
     return paths.state_dir() / "walks" / digest
 
 
-def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
+def sync_down(ws: Workspace, ui: UI, changes: bytes, dest: Path | None = None) -> None:
+    """Fetch what the run changed into the project (or into `dest`: another rank's results,
+    with a manifest of their own so the project's upload manifest stays the project's)."""
     remote_changes = parse_changes(changes)
-    if not remote_changes and not ws.maybe_pending:
+    if not remote_changes and not ws.maybe_pending and dest is None:
         return  # the run changed nothing and nothing is owed: the manifest stands as is
     rules = ws.rules()
+    if dest is not None:
+        dest.mkdir(parents=True, exist_ok=True)
+        ws = NodeResults(ws.cfg, ws.state, ws.host, ws.transport, ws.workdir, dest)
     manifest = ws.manifest()
     # What an earlier download could not fetch (local disk full) comes first, unless this
     # run changed it again.
@@ -193,19 +220,75 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
         raise error
 
 
-def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
-    """Run one command through the pipeline; return the exit status vp should exit with."""
+def execute(
+    cfg: Config,
+    opts: RunOptions,
+    ui: UI,
+    state: State | None = None,
+    *,
+    attempt: int = 1,
+    parent: str | None = None,
+) -> int:
+    """Run one command through the pipeline; return the exit status vp should exit with.
+
+    With recovery on (`--recover`, `[run] recover`), a run whose host the provider preempted
+    or destroyed runs again on a new host (vp/recover.py), up to `[run] max_attempts`."""
     state = state or State()
+    recover = cfg.get("run", "recover") if opts.recover is None else opts.recover
+    attempts = max(1, int(cfg.get("run", "max_attempts") or 1)) if recover else 1
+    while True:
+        try:
+            return _execute_once(cfg, opts, ui, state, attempt=attempt, parent=parent)
+        except Preempted as exc:
+            if not recover:
+                raise
+            from vp.recover import next_attempt
+
+            parent = next_attempt(cfg, state, ui, exc, attempt, attempts)
+            attempt += 1
+
+
+class Preempted(HostGone):
+    """The provider says the run's host is gone or stopped: the run on it is lost."""
+
+    def __init__(self, error: HostGone, run_id: str, host: Host):
+        super().__init__(error.message, hint=error.hint)
+        self.run_id, self.host = run_id, host
+
+
+def _execute_once(
+    cfg: Config, opts: RunOptions, ui: UI, state: State, *, attempt: int, parent: str | None
+) -> int:
+    """One attempt: resolve a host, sync up, run, follow, sync back."""
+    from vp import secretstore
+
+    state = state or State()
+    from vp.nodes import node_count
+
+    n = node_count(cfg, opts.nodes)
+    if n > 1:
+        from vp import nodes
+
+        return nodes.execute(cfg, opts, ui, state, n)
+    # Before any host is created, started or asked: a missing secret fails here, for free.
+    secret_values = secretstore.for_project(cfg)
+    setup_cmd = cfg.get("setup", "run") or None
+    if opts.setup_only and not setup_cmd:
+        raise UsageError(
+            "this project has no setup to run",
+            hint='add [setup] run = "pip install -r requirements.txt" to vp.toml',
+        )
     if opts.sync:
         check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
-    container_host = use_docker and cfg.platform in ("vast", "runpod")
+    container_host = use_docker and kind(cfg.platform) == "container"
     if container_host:
         # Container platforms boot from the image itself: build and push before the host.
         from vp.docker.dispatch import build_and_push
 
         cfg.data["host"]["image"], _auth = build_and_push(cfg, ui)
     ws = open_workspace(cfg, state, ui, opts.host_name)
+    budget_seconds = _budget(cfg, state, ui, ws.host)
     running_image = ws.host.labels.get("image")
     if container_host and running_image and running_image != cfg.get("host", "image"):
         # A container host is its image: a new image needs a new host.
@@ -213,17 +296,23 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
             f"{ws.host.name} runs {running_image}, not the project's new image "
             f"{cfg.get('host', 'image')}: recreate it with `vp down --yes` and run again"
         )
-    command = command_text(opts.argv)
+    command = ":" if opts.setup_only else command_text(opts.argv)
     run_id = remote.new_run_id()
     env = {k: str(v) for k, v in cfg.section("env").items()}
+    env.update(secret_values)
     env.setdefault("VP_RUN_ID", run_id)
+    env["VP_ATTEMPT"] = str(attempt)  # 1, then 2, 3 on a new host after a preemption
+    if attempt > 1:
+        env["VP_RESUMED"] = "1"
+    setup_text, image = setup_cmd, ""
     if use_docker and not container_host:
-        from vp.docker.dispatch import prepare_command
+        from vp.docker.dispatch import prepare
 
-        command, wrapper_env = prepare_command(
-            cfg, ws.transport, ws.workdir, command, env, run_id, ui
-        )
-        env.update(wrapper_env)
+        prepared = prepare(cfg, ws.transport, ws.workdir, command, env, run_id, ui, setup=setup_cmd)
+        if not opts.setup_only:
+            command = prepared.command
+        setup_text, image = prepared.setup, prepared.image
+        env.update(prepared.env)
     if opts.sync:
         sync_up(ws, ui, yes=opts.yes)
     if opts.sync_only:
@@ -239,12 +328,15 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         host_key=ws.host.key,
         platform=ws.host.platform,
         host_name=ws.host.name,
-        command=command_text(opts.argv),
+        command="vp setup" if opts.setup_only else command_text(opts.argv),
         workdir=ws.workdir,
         started=time.time(),
         price=ws.host.price,
+        attempt=attempt,
+        parent=parent,
     )
     state.add_run(record)
+    timeout = _timeout(cfg)
     t = ws.transport
     workdir_sh = _workdir_sh(ws)
     script = remote.launch_script(
@@ -254,7 +346,17 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         command,
         env,
         follow=not opts.detach,
-        pre_start=_idle_watchdog(cfg, ws, ui),
+        changes=not opts.setup_only,
+        pre_start=_idle_watchdog(cfg, ws, ui, budget_seconds),
+        setup=_setup_step(ws, setup_cmd, setup_text, image, opts.force_setup),
+        mask=secretstore.mask_values(secret_values.values()),
+        timeout=timeout,
+    )
+    view = LogView(
+        sys.stdout.buffer,
+        sys.stderr.buffer,
+        secret_values.values(),
+        on_setup=lambda: ui.info(f"setup on {ws.host.name}: {setup_cmd}"),
     )
     if opts.detach:
         if opts.tunnels:
@@ -269,6 +371,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         state.set_run_status(run_id, "detached")
         ui.note(f"run {run_id} started on {ws.host.name}; follow it with: vp logs -f {run_id}")
         print(run_id)
+        still_billing(cfg, ws.host, ui, budget_seconds)
         return 0
 
     ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
@@ -288,6 +391,8 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 )
                 for f in forwards:
                     ui.note(f"tunnel: {f.url} -> {ws.host.name}:{f.remote}")
+            if not opts.setup_only:
+                tunnels.enter_context(checkpoints.puller(ws, ui))
             result = follow(
                 t,
                 run_id,
@@ -296,10 +401,26 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 ui,
                 reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
                 host_gone=lambda: host_gone(cfg, state, ws.host),
+                view=view,
+                changes=not opts.setup_only,
             )
+    except HostGone as exc:
+        state.finish_run(run_id, None, "preempted")
+        raise Preempted(exc, run_id, ws.host) from None
     except BaseException:
         state.finish_run(run_id, None, "failed")
         raise
+    if result.lost and not result.interrupted:
+        # The last follow session may see the run's processes die before its own connection
+        # does: ask the provider whether the host went with them.
+        try:
+            why = host_gone(cfg, state, ws.host)
+        except VpError:
+            why = None
+        if why:
+            state.finish_run(run_id, None, "preempted")
+            lost = HostGone(f"{why}; run {run_id} on it is lost")
+            raise Preempted(lost, run_id, ws.host)
     if result.detached:
         state.set_run_status(run_id, "detached")
         ui.note(
@@ -308,7 +429,11 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         )
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
+    if timeout and result.exit_code == remote.TIMEOUT_EXIT and not result.interrupted:
+        status = "timed out"
+        ui.warn(f"run {run_id} timed out after {cfg.get('run', 'timeout')} (exit 124)")
     state.finish_run(run_id, result.exit_code, status)
+    still_billing(cfg, ws.host, ui, budget_seconds)
     if result.interrupted and result.changes is None and not result.lost:
         # Ctrl-C twice, but the run had already ended: say so, not "keeps going".
         ui.note(
@@ -321,8 +446,23 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         manifest = ws.manifest()
         manifest.clean = False
         ws.save_manifest(manifest)
+    if result.setup_exit is not None:
+        if result.interrupted:
+            ui.error("setup interrupted; the command was not run")
+            return EXIT_INTERRUPTED
+        ui.error(
+            f"setup failed (exit {result.setup_exit}); the command was not run",
+            hint=f"its output is above (again: vp logs {run_id}); fix it, then run again "
+            "(or: vp setup)",
+        )
+        return result.setup_exit or 1
     if result.interrupted:
         return EXIT_INTERRUPTED
+    if opts.setup_only and not result.lost:
+        if view.saw_setup:
+            ui.info(f"setup done on {ws.host.name}")
+        else:
+            ui.info(f"setup is up to date on {ws.host.name} (vp setup --force runs it again)")
     if result.lost:
         raise VpError(
             f"run {run_id} on {ws.host.name} ended without an exit status "
@@ -332,22 +472,86 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     return result.exit_code if result.exit_code is not None else 1
 
 
-def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
-    """Shell text that (re)arms the host's idle-stop watchdog, or "" when not configured."""
+def _setup_step(
+    ws: Workspace, command: str | None, text: str | None, image: str, force: bool
+) -> remote.SetupStep | None:
+    """The setup for this run, its digest computed from the synced inputs (vp/setup.py)."""
+    if not command or not text:
+        return None
+    from vp import setup
+
+    synced = ws.manifest().files or ws.rules().walk(ws.root)
+    files = setup.input_files(setup.inputs(ws.cfg), synced)
+    return remote.SetupStep(
+        text=text,
+        digest=setup.digest(command, ws.root, files, image),
+        key=setup.workdir_key(ws.workdir),
+        force=force,
+    )
+
+
+def _timeout(cfg: Config) -> float | None:
+    """`[run] timeout` / `--timeout`, in seconds."""
+    from vp.clock import parse_duration
+
+    limit = cfg.get("run", "timeout")
+    return parse_duration(limit, "[run] timeout") if limit else None
+
+
+def billed(host: Host) -> bool:
+    """Does this host cost money by the hour (a rented host with a price)?"""
+    return host.price is not None and kind(host.platform) in ("vm", "container")
+
+
+def _budget(cfg: Config, state: State, ui: UI, host: Host) -> float | None:
+    """Before a run on a billed host: refuse when a cap is (nearly) reached; else say how long
+    the budget allows and return that in seconds, for the host's watchdog. None: no cap (or
+    --over-budget)."""
+    if not billed(host):
+        return None
+    from vp import spend
+
+    found = spend.check(cfg, state, what=f"run on {host.name}", host_key=host.key, price=host.price)
+    if found is None or cfg.over_budget or found.hours == float("inf"):
+        return None
+    ui.info(
+        f"budget allows {found.hours:.1f} h on this host "
+        f"(${found.left:.2f} left {found.period} at ${found.burn:.2f}/h)"
+    )
+    return found.hours * 3600
+
+
+def still_billing(cfg: Config, host: Host, ui: UI, budget_seconds: float | None) -> None:
+    """The line every run on a billed host ends with: it is still running, and costing."""
+    if not billed(host):
+        return
     minutes = cfg.get("host", "idle_stop_minutes")
-    if not minutes:
+    idle = f"after {minutes:g} min" if minutes else "off"
+    stops = f"idle stop: {idle}"
+    if budget_seconds is not None:
+        from vp.clock import format_duration
+
+        stops += f", budget stop in {format_duration(budget_seconds)}"
+    ui.note(f"{host.name} is still running at ${host.price:.2f}/h ({stops}) — vp stop")
+
+
+def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI, budget_seconds: float | None = None) -> str:
+    """Shell text that (re)arms the host's watchdog (idle stop, budget stop), or "" when
+    neither is configured."""
+    minutes = cfg.get("host", "idle_stop_minutes")
+    if not minutes and budget_seconds is None:
         return ""
     from vp import idle
 
     command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
-        ui.warn(
-            f"idle_stop_minutes has no effect on {ws.host.platform} hosts (vp cannot stop "
-            "them) unless [host] idle_stop_command says how"
-        )
+        why = idle.unavailable(ws.host.platform)
+        ui.warn(why if minutes else why.replace("idle_stop_minutes", "the [budget] stop", 1))
         return ""
-    return idle.watchdog_snippet(ws.transport.runs_dir_sh, float(minutes), command)
+    return idle.watchdog_snippet(
+        ws.transport.runs_dir_sh, float(minutes) if minutes else None, command, budget_seconds
+    )
 
 
 def _workdir_sh(ws: Workspace) -> str:

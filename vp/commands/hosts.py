@@ -11,22 +11,36 @@ from vp.cli import _globals, app
 from vp.errors import UsageError, VpError
 from vp.hosts import (
     platform_for,
+    project_hosts,
     resolve,
     spec_from_config,
     transport_for,
     with_local_facts,
 )
 from vp.output import render
-from vp.platforms import CLOUDS
+from vp.platforms import kind
 from vp.platforms.base import STOPPED, Host
 from vp.state import State
 
 STOP_TIMEOUT = 300.0
-HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "price", "ssh"]
+HOST_COLUMNS = [
+    "name",
+    "id",
+    "platform",
+    "status",
+    "gpu",
+    "gpus",
+    "per_hour",
+    "cost",
+    "spot",
+    "ssh",
+]
+ALL_COLUMNS = ["platform", "name", "project", "status", "per_hour", "age", "known"]
 
 
 def _row(host: Host) -> dict:
     d = host.to_dict()
+    d["spot"] = host.labels.get("market") == "spot"  # interruptible: may be preempted
     if host.ssh_host:
         d["ssh"] = f"{host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22}"
     d.pop("key_path", None)
@@ -36,12 +50,10 @@ def _row(host: Host) -> dict:
 def _find(cfg, state: State, ident: str | None, ui) -> tuple[Host, object]:
     """The host named `ident` (id or name) on the configured platform, or the project's one."""
     platform = platform_for(cfg)
-    if cfg.platform in ("local", "ssh"):
+    if kind(cfg.platform) in ("local", "ssh"):
         host, _t = resolve(cfg, state, ui, host_name=ident, create=False)
         return host, platform
-    hosts = platform.list(cfg.project)
-    if not getattr(platform, "labels_hosts", True):
-        hosts = [h for h in hosts if state.host(h.key) is not None]
+    hosts = project_hosts(platform, state, cfg.project)
     matches = [h for h in hosts if ident is None or ident in (h.id, h.name)]
     if not matches:
         target = f"'{ident}'" if ident else f"for project {cfg.project}"
@@ -49,30 +61,93 @@ def _find(cfg, state: State, ident: str | None, ui) -> tuple[Host, object]:
     return matches[0], platform
 
 
-@app.command("ls", help="List the project's hosts (--all: every vp host on the platform).")
+@app.command(
+    "ls",
+    help="List the project's hosts with $/h and cost so far (--all: every vp host on every "
+    "provider with credentials here, known to this machine or not).",
+)
 def ls_cmd(
     ctx: typer.Context,
-    all_projects: bool = typer.Option(False, "--all", help="All projects"),
+    all_projects: bool = typer.Option(
+        False, "--all", help="Every project, on every configured provider"
+    ),
 ) -> None:
     g = _globals(ctx)
     cfg = g.load()
     state = State()
+    if all_projects:
+        _ls_everywhere(g, cfg, state)
+        return
     platform = platform_for(cfg)
-    hosts = platform.list(None if all_projects else cfg.project)
-    if cfg.platform in CLOUDS:
-        hosts = [with_local_facts(h, state) for h in hosts]
+    if kind(cfg.platform) in ("vm", "container"):
+        hosts = []
+        for name in cfg.platforms:  # every platform of a fallback list
+            hosts += project_hosts(
+                platform_for(cfg, name), state, None if all_projects else cfg.project
+            )
         for host in hosts:  # refresh what vp knows (address, status) for the warm path
             if not all_projects and state.host(host.key) is not None:
                 state.save_host(host, cfg.project)
-    rows = [_row(h) for h in hosts]
+    else:
+        hosts = platform.list(None if all_projects else cfg.project)
+    from vp.spend import host_costs
+
+    costs = host_costs(state)
+    rows = []
+    for h in hosts:
+        row = _row(h)
+        known = costs.get(h.key, {})
+        # what it bills now: its price running, its disk stopped (the ledger knows which)
+        row["per_hour"] = known.get("per_hour", h.price if h.status == "running" else None)
+        row["cost"] = round(known["cost"], 4) if known.get("cost") is not None else None
+        rows.append(row)
     if g.output == "text":
         if not rows:
             scope = "" if all_projects else f" for project {cfg.project}"
             g.ui.info(f"no hosts on {cfg.platform}{scope}")
             return
         render(rows, "table", HOST_COLUMNS)
+        _total(rows)
     else:
         render(rows, g.output, HOST_COLUMNS)
+
+
+def _total(rows: list[dict]) -> None:
+    cost = sum(r.get("cost") or 0 for r in rows)
+    rate = sum(r.get("per_hour") or 0 for r in rows)
+    print(f"total: ${cost:.2f} so far, ${rate:.2f}/h now")
+
+
+def _ls_everywhere(g, cfg, state: State) -> None:
+    """`vp ls --all`: ask every configured provider (vp/orphans.py)."""
+    from vp.orphans import sweep
+    from vp.spend import host_costs
+
+    found = sweep(cfg, state, g.ui)
+    now = time.time()  # ages are from the provider's creation time: the real clock
+    costs = host_costs(state)
+    rows = []
+    for f in found.found:
+        row = f.row(now)
+        row["cost"] = round(costs[f.host.key]["cost"] or 0, 4) if f.host.key in costs else None
+        rows.append(row)
+    if g.output != "text":
+        render(rows, g.output, ALL_COLUMNS)
+        return
+    for note in found.notes:
+        g.ui.note(note)
+    if not rows:
+        asked = ", ".join(found.asked) or "no provider (none has credentials here)"
+        g.ui.info(f"no vp hosts on {asked}")
+        return
+    render(rows, "table", ALL_COLUMNS)
+    _total(rows)
+    orphans = len(found.orphans)
+    if orphans:
+        g.ui.note(
+            f"{orphans} host(s) this machine does not know (known: no); "
+            "`vp cleanup --orphans` destroys them"
+        )
 
 
 app.command("list-instances", help="Alias of `vp ls`.", hidden=True)(ls_cmd)
@@ -104,10 +179,37 @@ def offers_cmd(
         columns.append("quota_vcpus")
         for row in rows:
             row["quota_vcpus"] = row["extra"].get("quota_vcpus")
-    if g.output == "text" and not rows:
-        g.ui.info("no offers match")
-        return
+    if not rows:
+        _no_offers(cfg, spec, gpu, gpus, max_price)
+        if g.output == "text":
+            g.ui.info(f"{cfg.platform} offers nothing right now")
+            return
     render(rows, "table" if g.output == "text" else g.output, columns)
+
+
+def _no_offers(cfg, spec, gpu: str | None, gpus: int | None, max_price: float | None) -> None:
+    """An explicit filter (a flag, or [host] gpu / max_price) that matched nothing is an error,
+    exit 1; one naming a GPU the platform does not offer suggests the nearest names it does."""
+    from vp.platforms.cloud import SET_GPU, CloudPlatform
+    from vp.platforms.common import describe
+
+    if not (spec.gpu or gpus or spec.max_price is not None):
+        return  # no filter at all: the platform has nothing, which is not the user's mistake
+    named = f"--gpu {gpu}" if gpu else f"[host] gpu = {spec.gpu!r}"
+    if cfg.platform != "auto" and spec.gpu:
+        platform = platform_for(cfg)
+        if isinstance(platform, CloudPlatform):
+            hint = None if gpu else "set a GPU it offers: " + SET_GPU
+            unknown = platform.unmatched_gpu(spec, named, hint)
+            if unknown is not None:
+                raise unknown
+    price = f" at or below ${spec.max_price:.2f}/h" if spec.max_price is not None else ""
+    where = "configured platform" if cfg.platform == "auto" else cfg.platform
+    if price or spec.gpus > 1:
+        hint = "raise --max-price ([host] max_price) or ask for fewer --gpus"
+    else:
+        hint = f"run `vp offers -p {cfg.platform}` to see what is available"
+    raise VpError(f"no {where} offers for {describe(spec)}{price}", hint=hint)
 
 
 @app.command("up", help="Create the project's host from [host] (or start its stopped one).")
@@ -128,6 +230,9 @@ def start_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id
     cfg = g.load()
     state = State()
     target, platform = _find(cfg, state, host or g.host, g.ui)
+    from vp import spend
+
+    spend.check(cfg, state, what=f"start {target.name}", host_key=target.key, price=target.price)
     g.ui.info(f"starting {target.name} on {cfg.platform}")
     platform.start(target.id)
     ready = platform.wait_ready(target.id, float(cfg.get("host", "ready_timeout") or 600))
@@ -182,7 +287,7 @@ def down_cmd(
     g = _globals(ctx)
     cfg = g.load()
     state = State()
-    if cfg.platform in ("local", "ssh"):
+    if kind(cfg.platform) in ("local", "ssh"):
         raise UsageError(f"the {cfg.platform} platform has no hosts to destroy")
     target, platform = _find(cfg, state, host or g.host, g.ui)
     if not yes:
@@ -215,7 +320,7 @@ def status_cmd(ctx: typer.Context) -> None:
     g = _globals(ctx)
     cfg = g.load()
     state = State()
-    if cfg.platform in ("local", "ssh"):
+    if kind(cfg.platform) in ("local", "ssh"):
         host, _t = resolve(cfg, state, g.ui, host_name=g.host, create=False)
     else:
         host, _p = _find(cfg, state, g.host, g.ui)
@@ -228,6 +333,14 @@ def status_cmd(ctx: typer.Context) -> None:
         row["uptime_h"] = round(uptime / 3600, 2)
         if host.price:
             row["cost_so_far"] = round(uptime / 3600 * host.price, 2)
+    from vp import spend
+
+    ledger = spend.host_costs(state).get(host.key)
+    if ledger is not None:  # what vp recorded it billing, stops and disk included
+        row["cost_so_far"] = round(ledger["cost"] or 0, 2)
+    totals = spend.totals(state)
+    row["spend_today"] = round(totals["today"], 2)
+    row["spend_month"] = round(totals["month"], 2)
     render(row, g.output)
 
 

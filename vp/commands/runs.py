@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import time
 
-from vp import remote
-from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
+from vp import remote, secretstore
+from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow as follow_run
-from vp.hosts import transport_for
+from vp.hosts import host_gone, transport_for
+from vp.mask import LogView
 from vp.state import RunRecord, State
 
 
@@ -25,7 +26,17 @@ def list_runs(g, *, all_projects: bool, limit: int) -> None:
         d["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
         d["duration"] = None if r.duration is None else round(r.duration, 1)
         rows.append(d)
-    columns = ["id", "command", "host_name", "started", "duration", "exit_code", "status", "cost"]
+    columns = [
+        "id",
+        "command",
+        "host_name",
+        "started",
+        "duration",
+        "exit_code",
+        "status",
+        "attempt",
+        "cost",
+    ]
     if g.output == "text" and not rows:
         g.ui.info("no runs yet")
         return
@@ -46,13 +57,21 @@ def latest_run(g, state: State, *, all_projects: bool) -> RunRecord:
     )
 
 
-def _run_and_transport(g, run_id: str | None, all_projects: bool = False):
+def _run_and_transport(g, run_id: str | None, all_projects: bool = False, node: int | None = None):
     state = State()
     if run_id is None:
         record = latest_run(g, state, all_projects=all_projects)
         g.ui.info(f"run {record.id} on {record.host_name}: {record.command}")
     else:
         record = state.run(run_id)
+    if node:  # a multi-node run: rank R's own run is RUN-R (vp/nodes.py)
+        from vp.nodes import rank_run_id
+
+        base = record.id.rsplit("-", 1)[0] if "-" in record.id else record.id
+        try:
+            record = state.run(rank_run_id(base, node))
+        except UsageError:
+            raise VpError(f"run {base} has no node {node}", hint="see `vp runs`") from None
     host = state.host(record.host_key)
     if host is None:
         raise VpError(f"the host of run {record.id} ({record.host_name}) is no longer known")
@@ -61,28 +80,42 @@ def _run_and_transport(g, run_id: str | None, all_projects: bool = False):
 
 
 def show_logs(
-    g, run_id: str | None, *, follow: bool, attach: bool, all_projects: bool = False
+    g,
+    run_id: str | None,
+    *,
+    follow: bool,
+    attach: bool,
+    all_projects: bool = False,
+    node: int | None = None,
 ) -> int:
-    state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects)
+    state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects, node)
     workdir_sh = transport.workdir_sh(record.workdir)
+    # Secrets masked here too, whatever the host's copy holds (vp/mask.py).
+    view = LogView(sys.stdout.buffer, sys.stderr.buffer, secretstore.known_values(cfg))
     if not follow:
         proc = transport.run(f"cat {transport.runs_dir_sh}/{record.id}/log\n", timeout=120)
         if proc.returncode != 0:
             raise VpError(f"no log for run {record.id} on {host.name}")
-        sys.stdout.buffer.write(proc.stdout)
+        view.write(proc.stdout)
+        view.close()
         return 0
     script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
-    result = follow_run(
-        transport,
-        record.id,
-        workdir_sh,
-        script,
-        g.ui,
-        reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
-        changes=attach,
-        launched=True,
-        interruptible=attach,
-    )
+    try:
+        result = follow_run(
+            transport,
+            record.id,
+            workdir_sh,
+            script,
+            g.ui,
+            reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+            changes=attach,
+            launched=True,
+            interruptible=attach,
+            view=view,
+            host_gone=lambda: host_gone(cfg, state, host),
+        )
+    except HostGone as exc:
+        return _recover_detached(g, cfg, state, record, host, exc)
     if result.detached or (result.interrupted and not attach):
         return EXIT_INTERRUPTED
     if record.status in ("running", "detached"):
@@ -97,6 +130,24 @@ def show_logs(
     if result.lost:
         raise VpError(f"run {record.id} ended without an exit status (killed, or host rebooted)")
     return result.exit_code if result.exit_code is not None else 1
+
+
+def _recover_detached(g, cfg, state: State, record: RunRecord, host, exc: HostGone) -> int:
+    """A followed detached run whose host the provider preempted: with recovery on, the next
+    attempt runs in the foreground here (vp/recover.py); without, the error as before."""
+    from vp.run import Preempted, RunOptions, execute
+
+    state.finish_run(record.id, None, "preempted")
+    recover = g.recover or cfg.get("run", "recover")
+    if not recover or record.command == "vp setup":
+        raise exc
+    from vp.recover import next_attempt
+
+    attempts = max(1, int(cfg.get("run", "max_attempts") or 1))
+    lost = Preempted(exc, record.id, host)
+    parent = next_attempt(cfg, state, g.ui, lost, record.attempt, attempts)
+    opts = RunOptions(argv=[record.command], recover=True)
+    return execute(cfg, opts, g.ui, state, attempt=record.attempt + 1, parent=parent)
 
 
 def kill_run(g, run_id: str) -> None:

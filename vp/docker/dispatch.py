@@ -1,8 +1,8 @@
 """Docker in the run pipeline: build (locally or on the host's engine), push, and wrap the command.
 
-VM-like hosts (ssh, aws, gce, thunder, local) run the command in `docker run` inside vp's
+VM-like hosts (kind "vm", "ssh", "local") run the command in `docker run` inside vp's
 detached wrapper, so streaming, reconnects, exit codes and Ctrl-C behave as without Docker.
-Container platforms (vast, runpod) instead boot the instance from the image.
+Container platforms (kind "container": vast, runpod) instead boot the instance from the image.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import contextlib
 import hashlib
 import os
 import shlex
-import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from vp import paths
@@ -22,24 +22,18 @@ from vp.ssh import SshTransport
 from vp.transport import Transport
 from vp.ui import UI, Status
 
-CONTAINER_PLATFORMS = ("vast", "runpod")
-
 
 def image_name(cfg: Config) -> str:
     return cfg.get("docker", "image") or f"vp-{cfg.project}"
 
 
-def _has_registry(image: str) -> bool:
-    first = image.split("/", 1)[0]
-    return "/" in image and ("." in first or ":" in first or first == "localhost")
-
-
 def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
     """Build locally and push: the image ref and the pull credentials."""
     from vp.docker import ensure_image, registry_auth
+    from vp.docker.engine import names_registry
 
     image = image_name(cfg)
-    if not _has_registry(image):
+    if not names_registry(image):
         raise UsageError(
             f"[docker] image = {image!r} names no registry to push to",
             hint='set [docker] image = "registry.example.com/you/project", '
@@ -77,34 +71,22 @@ def build_unpushed(cfg: Config, ui: UI, docker_host: str | None = None) -> str:
 @contextlib.contextmanager
 def forwarded_engine(transport: SshTransport) -> Iterator[str]:
     """The host's Docker socket as a local unix socket, over the shared ssh connection."""
-    transport.ensure()
     digest = hashlib.sha1(transport.control_path.encode()).hexdigest()[:10]
     sock = str(paths.control_dir() / f"d-{digest}.sock")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)
-    spec = f"{sock}:/var/run/docker.sock"
-    host = transport.target.host
-    proc = subprocess.run(
-        transport.ssh_argv("-O", "forward", "-L", spec, "--", host),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        start_new_session=True,
-    )
-    if proc.returncode != 0:
+    remote = "/var/run/docker.sock"
+    try:
+        transport.forward(sock, remote)
+    except VpError as exc:
         raise VpError(
-            f"could not forward the Docker socket of {transport.label}: {proc.stderr.strip()}",
+            f"could not forward the Docker socket of {transport.label}: {exc}",
             hint="is Docker installed there, and may the ssh user use it (docker group)?",
-        )
+        ) from None
     try:
         yield f"unix://{sock}"
     finally:
-        subprocess.run(
-            transport.ssh_argv("-O", "cancel", "-L", spec, "--", host),
-            capture_output=True,
-            timeout=30,
-            start_new_session=True,
-        )
+        transport.cancel_forward(sock, remote)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock)
 
@@ -144,6 +126,29 @@ def prepare_command(
     """Make the image available to the host; return the command wrapped in `docker run`, and
     the values that text needs in its environment besides `env` (the registry secret for a
     pull). Both value sets reach the host through `vp.remote.ship_env`, never the text."""
+    prepared = prepare(cfg, transport, workdir, command, env, run_id, ui)
+    return prepared.command, prepared.env
+
+
+@dataclass
+class Prepared:
+    command: str  # the command, wrapped in `docker run`
+    env: dict[str, str]  # what the wrapping needs in its environment (a pull's secret)
+    image: str  # the image reference the host runs
+    setup: str | None = None  # the project's setup, wrapped the same way
+
+
+def prepare(
+    cfg: Config,
+    transport: Transport,
+    workdir: str,
+    command: str,
+    env: dict[str, str],
+    run_id: str,
+    ui: UI,
+    setup: str | None = None,
+) -> Prepared:
+    """`prepare_command`, plus the project's `setup` wrapped to run inside the same image."""
     from vp.docker.run import pull_env, wrap_command
 
     dockerfile = cfg.project_root / cfg.get("docker", "dockerfile")
@@ -164,13 +169,21 @@ def prepare_command(
     else:
         ref, pull_auth = build_and_push(cfg, ui)
         _check_room(transport, ref)
-    text = wrap_command(
-        command,
+
+    def wrap(text: str, name: str) -> str:
+        return wrap_command(
+            text,
+            image=ref,
+            workdir=workdir,
+            env=env.keys(),
+            gpus=cfg.get("docker", "gpus"),
+            name=name,
+            pull_auth=pull_auth,
+        )
+
+    return Prepared(
+        command=wrap(command, f"vp-{run_id}"),
+        env=pull_env(pull_auth),
         image=ref,
-        workdir=workdir,
-        env=env.keys(),
-        gpus=cfg.get("docker", "gpus"),
-        name=f"vp-{run_id}",
-        pull_auth=pull_auth,
+        setup=None if setup is None else wrap(setup, f"vp-{run_id}-setup"),
     )
-    return text, pull_env(pull_auth)

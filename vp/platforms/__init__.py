@@ -1,41 +1,85 @@
-"""Provider registry. Modules are imported only when a platform is used: `vp --help` stays fast."""
+"""Provider registry. Every module in this package that defines `DECLARATION` is a provider:
+adding one is adding its file. Modules are imported only when their declaration or platform is
+first needed, and the cloud SDKs only inside the providers' methods, so `vp --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from typing import Any
 
 from vp.errors import UsageError
 from vp.platforms.base import Platform
+from vp.platforms.cloud import Declaration
 
-# name -> "module:factory". Each factory takes the platform's settings table from the user
-# config (e.g. `[vast]`, possibly empty) and returns a Platform.
-REGISTRY: dict[str, str] = {
-    "local": "vp.platforms.local:create_platform",
-    "ssh": "vp.platforms.ssh:create_platform",
-    "vast": "vp.platforms.vast:create_platform",
-    "runpod": "vp.platforms.runpod:create_platform",
-    "thunder": "vp.platforms.thunder:create_platform",
-    "aws": "vp.platforms.aws:create_platform",
-    "gce": "vp.platforms.gce:create_platform",
-}
+# Modules of this package that are shared machinery, not providers.
+_MACHINERY = {"base", "cloud", "common", "gpus"}
 
-CLOUDS = ("vast", "runpod", "thunder", "aws", "gce")
-NAMES = (*REGISTRY, "auto")
+# The providers, in the order vp lists them: the embedded default first, then by kind.
+_ORDER = ("local", "ssh", "vast", "runpod", "thunder", "aws", "gce")
 
 
-def get_platform(name: str, settings: dict[str, Any] | None = None) -> Platform:
-    if name not in REGISTRY:
-        import difflib
+def _discover() -> tuple[str, ...]:
+    found = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in _MACHINERY]
+    return tuple(sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else 99, n)))
 
-        near = difflib.get_close_matches(name, NAMES, n=1)
-        hint = f"did you mean '{near[0]}'?" if near else f"choose one of: {', '.join(NAMES)}"
-        raise UsageError(f"unknown platform '{name}'", hint=hint)
-    module_name, factory = REGISTRY[name].split(":")
+
+PROVIDERS: tuple[str, ...] = _discover()
+NAMES = (*PROVIDERS, "auto")
+
+
+@functools.cache
+def declaration(name: str) -> Declaration:
+    """What provider `name` is. Imports its module (not its SDK)."""
+    if name not in PROVIDERS:
+        _unknown(name)
+    module = _module(name)
+    found = getattr(module, "DECLARATION", None)
+    if not isinstance(found, Declaration):
+        raise TypeError(f"vp.platforms.{name} defines no DECLARATION")
+    return found
+
+
+def declarations() -> list[Declaration]:
+    return [declaration(name) for name in PROVIDERS]
+
+
+def kind(name: str) -> str:
+    """ "local", "ssh", "vm" or "container"; `auto` picks among the clouds, so "cloud"."""
+    return "cloud" if name == "auto" else declaration(name).kind
+
+
+def clouds() -> tuple[str, ...]:
+    """The providers that rent hosts (not `local`, not `ssh`)."""
+    return tuple(d.name for d in declarations() if d.kind in ("vm", "container"))
+
+
+def _unknown(name: str) -> None:
+    import difflib
+
+    near = difflib.get_close_matches(name, NAMES, n=1)
+    hint = f"did you mean '{near[0]}'?" if near else f"choose one of: {', '.join(NAMES)}"
+    raise UsageError(f"unknown platform '{name}'", hint=hint)
+
+
+def _module(name: str) -> Any:
     try:
-        module = importlib.import_module(module_name)
+        return importlib.import_module(f"vp.platforms.{name}")
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("vp."):
             raise UsageError(f"platform '{name}' is not available in this build of vp") from exc
         raise
-    return getattr(module, factory)(settings or {})
+
+
+def get_platform(name: str, settings: dict[str, Any] | None = None) -> Platform:
+    if name not in PROVIDERS:
+        _unknown(name)
+    return _module(name).create_platform(settings or {})
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "CLOUDS":  # computed on first use: it imports every provider module
+        return clouds()
+    raise AttributeError(attr)

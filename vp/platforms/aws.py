@@ -13,7 +13,10 @@ profile, SSO, instance role), so vp has no AWS-specific switches. Facts EC2 impo
   on-demand price is within `max_price`, and no host ever costs more than that;
 - GPU instances count against per-family vCPU quotas (Service Quotas, service code `ec2`), which
   are 0 on many new accounts: offers show the quota, and create stops before launching anything
-  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?".
+  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?";
+- the nodes of a multi-node run share vp-ssh, whose rule from itself opens their ports to
+  each other, and one subnet (one AZ). No cluster placement group: it is all-or-nothing on
+  capacity per AZ, and moto (the test emulator) has no placement groups to test it against.
 """
 
 from __future__ import annotations
@@ -21,14 +24,27 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shlex
+import threading
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, UsageError, VpError
+from vp.idle import VM_SHUTDOWN
+from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import discard_key, wait_until_ready
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    Ownership,
+    Unavailable,
+    reraise_after_cleanup,
+)
+from vp.platforms.common import discard_key
+from vp.platforms.gpus import catalog
 
 NAME = "aws"
 
@@ -42,55 +58,14 @@ STATUS = {
     "terminated": GONE,
 }
 
+# instance type -> its GPUs, on-demand price and vCPUs: a dated data file (data/aws.toml).
+_TYPES: dict[str, dict] = catalog("aws")["types"]
 # instance type -> (GPU model, GPU count, on-demand $/h in us-east-1, Linux).
 INSTANCE_TYPES: dict[str, tuple[str, int, float]] = {
-    "g4dn.xlarge": ("T4", 1, 0.526),
-    "g4dn.2xlarge": ("T4", 1, 0.752),
-    "g4dn.12xlarge": ("T4", 4, 3.912),
-    "g4dn.metal": ("T4", 8, 7.824),
-    "g5.xlarge": ("A10G", 1, 1.006),
-    "g5.2xlarge": ("A10G", 1, 1.212),
-    "g5.12xlarge": ("A10G", 4, 5.672),
-    "g5.48xlarge": ("A10G", 8, 16.288),
-    "g6.xlarge": ("L4", 1, 0.805),
-    "g6.2xlarge": ("L4", 1, 0.978),
-    "g6.12xlarge": ("L4", 4, 4.602),
-    "g6.48xlarge": ("L4", 8, 13.350),
-    "g6e.xlarge": ("L40S", 1, 1.861),
-    "g6e.12xlarge": ("L40S", 4, 10.493),
-    "g6e.48xlarge": ("L40S", 8, 30.131),
-    "p3.2xlarge": ("V100", 1, 3.060),
-    "p3.8xlarge": ("V100", 4, 12.240),
-    "p3.16xlarge": ("V100", 8, 24.480),
-    "p4d.24xlarge": ("A100", 8, 21.958),
-    "p5.48xlarge": ("H100", 8, 55.040),
-    "p5en.48xlarge": ("H200", 8, 63.296),
+    t: (v["gpu"], v["gpus"], v["price"]) for t, v in _TYPES.items()
 }
-
 # instance type -> vCPUs (what the family's vCPU quota counts).
-VCPUS: dict[str, int] = {
-    "g4dn.xlarge": 4,
-    "g4dn.2xlarge": 8,
-    "g4dn.12xlarge": 48,
-    "g4dn.metal": 96,
-    "g5.xlarge": 4,
-    "g5.2xlarge": 8,
-    "g5.12xlarge": 48,
-    "g5.48xlarge": 192,
-    "g6.xlarge": 4,
-    "g6.2xlarge": 8,
-    "g6.12xlarge": 48,
-    "g6.48xlarge": 192,
-    "g6e.xlarge": 4,
-    "g6e.12xlarge": 48,
-    "g6e.48xlarge": 192,
-    "p3.2xlarge": 8,
-    "p3.8xlarge": 32,
-    "p3.16xlarge": 64,
-    "p4d.24xlarge": 96,
-    "p5.48xlarge": 192,
-    "p5en.48xlarge": 192,
-}
+VCPUS: dict[str, int] = {t: v["vcpus"] for t, v in _TYPES.items()}
 
 # instance family letter -> {market: (Service Quotas code, quota name)}, service code "ec2".
 QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
@@ -104,10 +79,9 @@ QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
     },
 }
 
-GPU_ALIASES = {"A10": "A10G", "L40": "L40S", "A100-40GB": "A100"}
-
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
 SECURITY_GROUP = "vp-ssh"
+NODES_RULE = "vp: nodes to each other"  # the description of vp-ssh's rule from itself
 DEFAULT_REGION = "us-east-1"
 DEFAULT_USER = "ubuntu"
 DATA_DEVICE = "/dev/sdf"
@@ -135,20 +109,27 @@ def create_platform(settings: dict) -> AwsPlatform:
     return AwsPlatform(settings)
 
 
-def _gpu_matches(wanted: str | None, gpu: str) -> bool:
-    """`A10`, `a10g`, `NVIDIA A10G` all match A10G; no wanted GPU matches anything."""
-    if not wanted:
-        return True
-    w = re.sub(r"^NVIDIA|[\s_-]", "", wanted.upper())
-    return w == gpu.upper() or GPU_ALIASES.get(w) == gpu.upper()
-
-
 def _tags(item: dict) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in item.get("Tags", [])}
 
 
+# A login name as useradd accepts it: it lands in cloud-init (a root shell script) and tags.
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def _login_name(user: str) -> str:
+    if not _USER_NAME.fullmatch(user):
+        raise UsageError(
+            f"[aws] user {user!r} is not a login name",
+            hint="use lower-case letters, digits, '_' and '-', starting with a letter or '_'",
+        )
+    return user
+
+
 def _data_volume_script(user: str) -> str:
-    """cloud-init user data: format the extra EBS volume on first use and mount it at /data."""
+    """cloud-init user data: format the extra EBS volume on first use and mount it at /data.
+    The user name is validated and quoted: this script runs as root on first boot."""
+    owner = shlex.quote(_login_name(user) + ":")
     return f"""#!/bin/bash
 root=$(lsblk -no PKNAME "$(findmnt -no SOURCE /)")
 for d in $(lsblk -dno NAME,MODEL | awk '/Elastic Block Store/ {{print $1}}') xvdf; do
@@ -159,17 +140,56 @@ for d in $(lsblk -dno NAME,MODEL | awk '/Elastic Block Store/ {{print $1}}') xvd
   mkdir -p /data
   uuid=$(blkid -s UUID -o value "$dev")
   grep -q "$uuid" /etc/fstab || echo "UUID=$uuid /data ext4 defaults,nofail 0 2" >> /etc/fstab
-  mount /data && chown {user}: /data
+  mount /data && chown {owner} /data
   break
 done
 """
 
 
-class AwsPlatform:
-    name = NAME
+DECLARATION = Declaration(
+    name=NAME,
+    kind="vm",
+    ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT
+    # A stopped instance's EBS gp3 volume: $0.08/GB/month in us-east-1 (aws.amazon.com/ebs/
+    # pricing, 2026-12).
+    storage_price=0.08,
+    credentials=(
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "~/.aws/credentials",
+        "~/.aws/config",
+    ),
+    settings={
+        "region": (str, None),
+        "profile": (str, None),
+        "user": (str, None),
+        "data_volume_gb": (int, None),
+        "keep_data_volume": (bool, False),
+        "ami": (str, None),
+        "poll_interval": ((int, float), None),
+        "api_timeout": ((int, float), None),
+    },
+    idle_stop=VM_SHUTDOWN,  # EC2 turns a guest shutdown into a stop
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
+    endpoint_env="AWS_ENDPOINT_URL",
+    noun="aws instance",
+    provider="AWS",
+    private_network=True,
+    network=(
+        "one subnet (rank 0's) and security group (vp-ssh): private addresses; vp-ssh's rule "
+        "whose source is the group itself opens every port between the nodes, to them only"
+    ),
+)
+
+
+class AwsPlatform(CloudPlatform):
+    declaration = DECLARATION
+    ready_hint = "raise [host] ready_timeout, or vp down the host and try again"
+    stopped_grace = STOPPED_GRACE
 
     def __init__(self, settings: dict):
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.region = (
             self.settings.get("region")
             or os.environ.get("AWS_REGION")
@@ -178,6 +198,10 @@ class AwsPlatform:
         )
         self.user = self.settings.get("user") or DEFAULT_USER
         self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
+        self._launched: dict[str, dict] = {}  # instance id -> RunInstances' answer
+        # (image, security group, subnet or None: EC2's choice) for launches
+        self._prepared: tuple[dict, str, str | None] | None = None
+        self._prepare_lock = threading.Lock()  # the nodes of one run are created in parallel
         self._client = None
         self._quota_client = None
         self._quotas: dict[str, float | None] = {}  # quota code -> vCPUs (None: unreadable)
@@ -272,10 +296,12 @@ class AwsPlatform:
 
     # ---------------------------------------------------------------- read side
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
+    def _search(self, spec: HostSpec) -> list[Offer]:
         out = []
         for itype, (gpu, count, price) in INSTANCE_TYPES.items():
-            if not _gpu_matches(spec.gpu, gpu) or count < max(spec.gpus, 1):
+            if not gpus.matches(spec.gpu, gpu, _TYPES[itype]["memory_gb"]) or count < max(
+                spec.gpus, 1
+            ):
                 continue
             if spec.max_price is not None and price > spec.max_price:
                 continue
@@ -319,7 +345,7 @@ class AwsPlatform:
         offer, market, vcpus, quota = refused[0]
         _code, quota_name = QUOTAS[offer.id[:1]]["spot" if market else "on-demand"]
         more = f" (and {len(refused) - 1} more refused)" if len(refused) > 1 else ""
-        raise VpError(
+        raise Unavailable(
             f"aws: {offer.id} needs {vcpus} vCPUs but the account's quota "
             f"'{quota_name}' in {self.region} is {quota:g}{more}",
             hint="request an increase in the Service Quotas console (AWS services > Amazon EC2)",
@@ -423,12 +449,16 @@ class AwsPlatform:
         return images[-1]
 
     def _security_group(self) -> str:
+        """vp-ssh: tcp/22 from anywhere, and all traffic between its own members (the nodes
+        of a multi-node run); nothing else is open to the internet."""
         ce = self._client_error()
         resp = self._call(
             "describe_security_groups", Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP]}]
         )
         if resp.get("SecurityGroups"):
-            return resp["SecurityGroups"][0]["GroupId"]
+            group = resp["SecurityGroups"][0]
+            self._open_to_members(group["GroupId"], group.get("IpPermissions", []))
+            return group["GroupId"]
         try:
             group_id = self._call(
                 "create_security_group",
@@ -458,12 +488,71 @@ class AwsPlatform:
                     }
                 ],
             )
+        self._open_to_members(group_id, [])
         return group_id
+
+    def _open_to_members(self, group_id: str, permissions: list[dict]) -> None:
+        """A rule whose source is the group itself: its members (and no one else) reach each
+        other on every port, so torchrun/Ray find rank 0 at its private address. A group from
+        an older vp gets it on the next create; a rule already there is not an error. Without
+        the right to add it, a single host carries on; a node's create fails."""
+        for perm in permissions:
+            pairs = perm.get("UserIdGroupPairs", [])
+            if perm.get("IpProtocol") == "-1" and any(p.get("GroupId") == group_id for p in pairs):
+                return
+        rule = {
+            "IpProtocol": "-1",
+            "UserIdGroupPairs": [{"GroupId": group_id, "Description": NODES_RULE}],
+        }
+        try:
+            self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=[rule])
+        except self._client_error() as e:
+            if self._code(e) == "InvalidPermission.Duplicate" or self.nodes_of is None:
+                return
+            err = self._fail("opening the nodes' ports to each other", e)
+            err.hint = (
+                f"allow ec2:AuthorizeSecurityGroupIngress, or add to security group "
+                f"{SECURITY_GROUP} an inbound rule for all traffic from {SECURITY_GROUP} itself"
+            )
+            raise err from e
+
+    def _node_subnet(self) -> str | None:
+        """The subnet every node of `nodes_of` launches in: rank 0's (or the lowest rank's
+        that exists), else the default subnet of the region's first availability zone. One
+        subnet is one AZ: private addresses, no cross-AZ traffic charges."""
+        group = self.nodes_of
+        assert group is not None
+        rank_of = re.compile(re.escape(group) + r"(?:-(\d+))?")
+        resp = self._call(
+            "describe_instances",
+            Filters=[
+                {"Name": "tag:vp:managed", "Values": ["true"]},
+                {"Name": "tag:Name", "Values": [group, f"{group}-*"]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ],
+        )
+        ranked = []
+        for res in resp.get("Reservations", []):
+            for inst in res.get("Instances", []):
+                m = rank_of.fullmatch(_tags(inst).get("Name", ""))
+                if m and inst.get("SubnetId"):
+                    ranked.append((int(m.group(1) or 0), inst["SubnetId"]))
+        if ranked:
+            return min(ranked)[1]
+        subnets = self._call(
+            "describe_subnets", Filters=[{"Name": "default-for-az", "Values": ["true"]}]
+        ).get("Subnets", [])
+        subnets.sort(key=lambda s: s.get("AvailabilityZone", ""))
+        return subnets[0]["SubnetId"] if subnets else None  # no default VPC: EC2 decides
 
     def _launch_args(
         self, image: dict, spec: HostSpec, name: str, sg: str, key_name: str, key_file: str
     ) -> dict:
-        project = name[3:] if name.startswith("vp-") else name
+        _login_name(self.user)
+        project = self.project_of(name)
         tags = [
             {"Key": "Name", "Value": name},
             {"Key": "vp:project", "Value": project},
@@ -563,84 +652,89 @@ class AwsPlatform:
             return f"could not destroy the new aws instance {', '.join(ids)}; run: vp cleanup"
         return f"destroyed the new aws instance {', '.join(ids)}"
 
-    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
+    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> NoReturn:
         """Re-raise a failure that happened after EC2 accepted a launch, saying what became of
         the instance."""
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating an AWS host; {done}") from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
         if isinstance(exc, self._client_error()):
-            raise VpError(f"{self._fail('RunInstances', exc).message}; {done}") from None
-        raise VpError(f"creating an AWS host failed ({exc}); {done}") from None
+            exc = self._fail("RunInstances", exc)
+        reraise_after_cleanup(exc, done, "AWS")
 
-    def create(self, spec: HostSpec, name: str) -> Host:
-        offers = self.offers(spec)
-        if not offers:
-            within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
-            raise VpError(
-                f"aws offers no {spec.gpus}x {spec.gpu or 'GPU'} instance{within}",
-                hint="vp offers -p aws lists what there is; raise max_price or pick another GPU",
-            )
-        tries = self._within_quota(offers, bool(spec.spot))
-        ce = self._client_error()
-        try:
-            image = self._image()
-            sg = self._security_group()
-        except ce as e:
-            raise self._fail("preparing the launch", e) from e
+    def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
+        within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
+        return VpError(
+            f"aws offers no {spec.gpus}x {spec.gpu or 'GPU'} instance{within}",
+            hint="vp offers -p aws lists what there is; raise max_price or pick another GPU",
+        )
 
-        kp = keys.new_keypair(f"aws-{name}-{secrets.token_hex(3)}")
-        key_name = kp.private_path.name
+    def _attempts(self, spec: HostSpec, fitting: list[Offer]) -> list[tuple[Offer, bool]]:
+        """Every type within quota, spot first when asked; the AMI, security group and (for the
+        nodes of one run) subnet found (or made) once for all of them."""
+        tries = self._within_quota(fitting, bool(spec.spot))
+        with self._prepare_lock:
+            if self._prepared is None:
+                try:
+                    subnet = self._node_subnet() if self.nodes_of else None
+                    self._prepared = (self._image(), self._security_group(), subnet)
+                except self._client_error() as e:
+                    raise self._fail("preparing the launch", e) from e
+        return tries
+
+    def _key_name(self, name: str) -> str:
+        return f"aws-{name}-{secrets.token_hex(3)}"
+
+    def _register_key(self, key: keys.KeyPair) -> None:
         try:
             self._call(
                 "import_key_pair",
-                KeyName=key_name,
-                PublicKeyMaterial=kp.public_key.encode(),
+                KeyName=key.private_path.name,
+                PublicKeyMaterial=key.public_key.encode(),
                 TagSpecifications=[
                     {"ResourceType": "key-pair", "Tags": [{"Key": "vp:managed", "Value": "true"}]}
                 ],
             )
-        except BaseException as e:
-            if isinstance(e, ce):
-                discard_key(kp.private_path)
-                raise self._fail("ImportKeyPair", e) from e
-            self._delete_key_pair(key_name, kp.private_path)  # it may have got there
-            raise
+        except self._client_error() as e:
+            raise self._fail("ImportKeyPair", e) from e
 
-        inst = None
-        failures: list[str] = []
+    def _unregister_key(self, key: keys.KeyPair) -> None:
+        self._delete_key_pair(key.private_path.name, None)  # it may have got there
+
+    def _launch(
+        self, attempt: tuple[Offer, bool], spec: HostSpec, name: str, key: keys.KeyPair
+    ) -> str:
+        offer, spot = attempt
+        assert self._prepared is not None
+        image, sg, subnet = self._prepared
+        name_of_key = key.private_path.name
+        args = self._launch_args(image, spec, name, sg, name_of_key, name_of_key)
+        if subnet:
+            args["SubnetId"] = subnet
         try:
-            args = self._launch_args(image, spec, name, sg, key_name, kp.private_path.name)
-            for offer, spot in tries:
-                try:
-                    inst = self._run(args, offer.id, spot)
-                    break
-                except ce as e:
-                    code = self._code(e)
-                    if code not in CAPACITY_ERRORS:
-                        raise self._fail("RunInstances", e) from e
-                    failures.append(f"{offer.id} {'spot' if spot else 'on-demand'}: {code}")
-            if inst is None:
-                codes = sorted({f.rsplit(": ", 1)[1] for f in failures})
-                tried = ", ".join(dict.fromkeys(f.split()[0] for f in failures))
-                markets = "spot and on-demand" if spec.spot else "on-demand"
-                quota = any("Limit" in c or "Count" in c for c in codes)
-                raise VpError(
-                    f"aws has no {markets} capacity for {spec.gpus}x {spec.gpu or 'GPU'} in "
-                    f"{self.region} (tried {tried}: {', '.join(codes)})",
-                    hint="request a quota increase in the Service Quotas console"
-                    if quota
-                    else "try another region ([aws] region) or another GPU type",
-                )
-            host = self._host(inst)
-            return self._get(host.id) if host.status == UNKNOWN else host
-        except BaseException as e:
-            if inst is None:  # EC2 made nothing: only the key pair is ours to remove
-                self._delete_key_pair(key_name, kp.private_path)
-                raise
-            self._reraise_after_cleanup(e, self._destroy_quietly(inst["InstanceId"]))
-            raise  # unreachable
+            inst = self._run(args, offer.id, spot)
+        except self._client_error() as e:
+            code = self._code(e)
+            if code not in CAPACITY_ERRORS:
+                raise self._fail("RunInstances", e) from e
+            raise Capacity(f"{offer.id} {'spot' if spot else 'on-demand'}: {code}") from None
+        self._launched[inst["InstanceId"]] = inst
+        return inst["InstanceId"]
+
+    def _no_capacity(self, spec: HostSpec, failures: list[VpError]) -> VpError:
+        messages = [f.message for f in failures]
+        codes = sorted({m.rsplit(": ", 1)[1] for m in messages})
+        tried = ", ".join(dict.fromkeys(m.split()[0] for m in messages))
+        markets = "spot and on-demand" if spec.spot else "on-demand"
+        quota = any("Limit" in c or "Count" in c for c in codes)
+        return VpError(
+            f"aws has no {markets} capacity for {spec.gpus}x {spec.gpu or 'GPU'} in "
+            f"{self.region} (tried {tried}: {', '.join(codes)})",
+            hint="request a quota increase in the Service Quotas console"
+            if quota
+            else "try another region ([aws] region) or another GPU type",
+        )
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        host = self._host(self._launched.pop(host_id))
+        return self._get(host.id) if host.status == UNKNOWN else host
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -696,14 +790,3 @@ class AwsPlatform:
             self._call("delete_key_pair", KeyName=key_name)
         if private_path is not None:
             discard_key(private_path)
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"aws instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label=None,
-            hint="raise [host] ready_timeout, or vp down the host and try again",
-            stopped_grace=STOPPED_GRACE,
-        )

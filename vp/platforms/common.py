@@ -1,4 +1,4 @@
-"""Pieces every cloud provider module needs the same way: readiness, offers, failed creates."""
+"""Pieces every cloud provider module needs the same way: readiness, offers, keys."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, VpError
 from vp.platforms.base import GONE, RUNNING, STOPPED, Host, HostSpec, Offer
+from vp.poll import poll
 
 
 def ssh_banner(host: str, port: int, timeout: float) -> bool:
@@ -42,8 +42,11 @@ def wait_until_ready(
     """
     started = time.monotonic()
     deadline = started + timeout
-    while True:
+    last: list[Host] = []
+
+    def ready() -> Host | None:
         host = get()
+        last[:] = [host]
         if host.status == GONE:
             raise HostGone(f"{what} is gone")
         if host.status == RUNNING and host.ssh_host:
@@ -56,15 +59,19 @@ def wait_until_ready(
                 f"{what} is stopped; it will not become ready by itself",
                 hint="start it with: vp start",
             )
-        if time.monotonic() >= deadline:
-            if status_label:
-                status = host.labels.get(status_label) or "provisioning"
-            else:
-                status = host.status if host.status != RUNNING else "running, ssh not answering"
-            raise VpError(
-                f"{what} was not ready after {timeout:.0f}s (status: {status})", hint=hint
-            )
-        time.sleep(max(0.05, min(poll_interval, deadline - time.monotonic())))
+        return None
+
+    def timed_out() -> VpError:
+        host = last[0]
+        if status_label:
+            status = host.labels.get(status_label) or "provisioning"
+        else:
+            status = host.status if host.status != RUNNING else "running, ssh not answering"
+        return VpError(f"{what} was not ready after {timeout:.0f}s (status: {status})", hint=hint)
+
+    return poll(
+        ready, timeout=timeout, interval=poll_interval, what=f"{what} to boot", timed_out=timed_out
+    )
 
 
 def discard_key(path: Path) -> None:
@@ -72,34 +79,6 @@ def discard_key(path: Path) -> None:
     for p in (path, path.with_suffix(".pub")):
         with contextlib.suppress(OSError):
             p.unlink()
-
-
-def destroy_after_failure(
-    destroy: Callable[[], None],
-    key_path: str | None,
-    exc: BaseException,
-    *,
-    what: str,
-    provider: str,
-    verb: str = "destroy",
-    past: str = "destroyed",
-) -> NoReturn:
-    """Destroy what the provider accepted, then re-raise `exc`, saying so.
-
-    `what` names the instance ("vast instance 42"), `provider` the service ("vast.ai").
-    """
-    try:
-        destroy()
-        done = f"{past} the new {what}"
-    except BaseException:  # noqa: BLE001 - report the original failure, not this one
-        done = f"could not {verb} the new {what}; run: vp cleanup"
-    if key_path:
-        discard_key(Path(key_path))
-    if isinstance(exc, KeyboardInterrupt):
-        raise Interrupted(f"interrupted while creating a {provider} host; {done}") from None
-    if isinstance(exc, VpError):
-        raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-    raise VpError(f"creating a {provider} host failed ({exc}); {done}") from None
 
 
 def affordable(offer: Offer, spec: HostSpec) -> bool:

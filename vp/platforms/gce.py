@@ -20,15 +20,25 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vp import keys
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, VpError
+from vp.idle import VM_SHUTDOWN
+from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import discard_key, wait_until_ready
+from vp.platforms.cloud import (
+    CloudPlatform,
+    Declaration,
+    Ownership,
+    Unavailable,
+    reraise_after_cleanup,
+)
+from vp.platforms.common import discard_key
+from vp.platforms.gpus import catalog
+from vp.poll import poll
 
 NAME = "gce"
 
@@ -45,27 +55,13 @@ STATUS = {
     "PENDING_STOP": PENDING,
 }
 
+# The GPU machines vp offers, with on-demand prices: a dated data file (data/gce.toml).
+_MACHINES: list[dict] = catalog("gce")["machines"]
 # (machine type, accelerator type or None when the machine type has its GPUs built in,
 #  GPU model, GPU count, on-demand $/h in us-central1 for VM + GPUs)
 MACHINES: list[tuple[str, str | None, str, int, float]] = [
-    ("n1-standard-4", "nvidia-tesla-t4", "T4", 1, 0.540),
-    ("n1-standard-8", "nvidia-tesla-t4", "T4", 2, 1.080),
-    ("n1-standard-16", "nvidia-tesla-t4", "T4", 4, 2.160),
-    ("n1-standard-8", "nvidia-tesla-v100", "V100", 1, 2.860),
-    ("n1-standard-32", "nvidia-tesla-v100", "V100", 4, 11.440),
-    ("g2-standard-4", None, "L4", 1, 0.707),
-    ("g2-standard-24", None, "L4", 2, 1.998),
-    ("g2-standard-48", None, "L4", 4, 3.997),
-    ("g2-standard-96", None, "L4", 8, 7.993),
-    ("a2-highgpu-1g", None, "A100", 1, 3.673),
-    ("a2-highgpu-2g", None, "A100", 2, 7.347),
-    ("a2-highgpu-4g", None, "A100", 4, 14.693),
-    ("a2-highgpu-8g", None, "A100", 8, 29.387),
-    ("a2-ultragpu-1g", None, "A100-80GB", 1, 5.069),
-    ("a2-ultragpu-8g", None, "A100-80GB", 8, 40.550),
-    ("a3-highgpu-8g", None, "H100", 8, 88.249),
+    (m["machine_type"], m.get("accelerator"), m["gpu"], m["gpus"], m["price"]) for m in _MACHINES
 ]
-GPU_ALIASES = {"TESLAT4": "T4", "A10080GB": "A100-80GB", "A10040GB": "A100", "H10080GB": "H100"}
 
 DEFAULT_ZONE = "us-central1-a"
 DEFAULT_USER = "vp"
@@ -75,6 +71,7 @@ DEFAULT_IMAGE = (
     "common-cu128-ubuntu-2204-nvidia-570"
 )
 FIREWALL = "vp-ssh"  # ingress tcp/22 to VMs with this network tag
+NODES_FIREWALL = "vp-nodes"  # ingress on every port from VMs with that tag to them
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Insert-operation error codes that mean "not in this zone right now".
 CAPACITY_ERRORS = {
@@ -98,11 +95,6 @@ def _offer_id(machine: str, accel: str | None) -> str:
     return f"{machine}+{accel}" if accel else machine
 
 
-def _norm_gpu(name: str) -> str:
-    n = re.sub(r"^NVIDIA|[\s_-]", "", name.upper())
-    return GPU_ALIASES.get(n, n)
-
-
 def _label(value: str) -> str:
     """GCE label values: lowercase letters, digits, '-' and '_', at most 63 characters."""
     return re.sub(r"[^a-z0-9_-]", "-", value.lower())[:63]
@@ -112,11 +104,47 @@ def _last(url: str | None) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
 
 
-class GcePlatform:
-    name = NAME
+DECLARATION = Declaration(
+    name=NAME,
+    kind="vm",
+    ownership=Ownership.LABEL,  # labels vp-managed=true and vp-project=PROJECT
+    # A stopped VM's balanced persistent disk: $0.10/GB/month in us-central1
+    # (cloud.google.com/compute/disks-image-pricing, 2026-12).
+    storage_price=0.10,
+    credentials=(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "~/.config/gcloud/application_default_credentials.json",
+    ),
+    settings={
+        "project": (str, None),
+        "zone": (str, None),
+        "user": (str, None),
+        "image": (str, None),
+        "poll_interval": ((int, float), None),
+        "create_timeout": ((int, float), None),
+    },
+    idle_stop=VM_SHUTDOWN,  # GCE turns a guest shutdown into a stop
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
+    endpoint_env="VP_GCE_API_URL",
+    noun="gce instance",
+    provider="GCE",
+    destroy_words=("delete", "deleted"),
+    private_network=True,
+    network=(
+        "one VPC (the default network): private addresses; firewall rule vp-nodes, from tag "
+        "vp-ssh to tag vp-ssh, opens every tcp/udp port between the nodes, to them only"
+    ),
+)
+
+
+class GcePlatform(CloudPlatform):
+    declaration = DECLARATION
+    max_offers = 1  # a zone without capacity says so only after accepting: no second try
+    ready_hint = "raise [host] ready_timeout, or vp down the host and try again"
+    stopped_grace = STOPPED_GRACE
 
     def __init__(self, settings: dict):
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.zone = self.settings.get("zone") or DEFAULT_ZONE
         self.user = self.settings.get("user") or DEFAULT_USER
         self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
@@ -125,6 +153,7 @@ class GcePlatform:
         self._operations = None
         self._firewalls = None
         self._project: str | None = None
+        self._operations_of: dict[str, str] = {}  # instance name -> its insert operation
 
     # ---------------------------------------------------------------- SDK plumbing
 
@@ -207,11 +236,13 @@ class GcePlatform:
 
     # ---------------------------------------------------------------- read side
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
-        wanted = _norm_gpu(spec.gpu) if spec.gpu else None
+    def _search(self, spec: HostSpec) -> list[Offer]:
         out = []
-        for machine, accel, gpu, count, price in MACHINES:
-            if wanted and _norm_gpu(gpu) != wanted:
+        for row in _MACHINES:
+            machine, accel, gpu, count, price = (
+                row["machine_type"], row.get("accelerator"), row["gpu"], row["gpus"], row["price"]
+            )  # fmt: skip
+            if not gpus.matches(spec.gpu, gpu, row["memory_gb"]):
                 continue
             if count < max(spec.gpus, 1):
                 continue
@@ -371,32 +402,62 @@ class GcePlatform:
         return body
 
     def _ensure_firewall(self) -> None:
-        """A firewall rule opening tcp/22 to VMs tagged `vp-ssh` on the default network (the
-        counterpart of the AWS security group). Without the right to create it, carry on: the
-        network may already let ssh in (the auto-mode default network's default-allow-ssh)."""
-        from google.api_core import exceptions as gexc
+        """Two rules on the default network, the counterpart of the AWS security group:
+        `vp-ssh` opens tcp/22 to VMs tagged `vp-ssh`; `vp-nodes` opens every tcp/udp port (and
+        ping) between VMs tagged `vp-ssh` and to no one else, so the nodes of a multi-node run
+        reach rank 0 at its private address. Without the right to create them, a single host
+        carries on (the auto-mode default network's default-allow-ssh may let ssh in); a
+        node's create fails, as its run could not rendezvous."""
         from google.cloud import compute_v1
+
+        self._ensure_rule(
+            compute_v1.Firewall(
+                name=FIREWALL,
+                network="global/networks/default",
+                direction="INGRESS",
+                allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
+                source_ranges=["0.0.0.0/0"],
+                target_tags=[FIREWALL],
+                description="vp: ssh access to GPU hosts",
+            ),
+            required=False,
+        )
+        self._ensure_rule(
+            compute_v1.Firewall(
+                name=NODES_FIREWALL,
+                network="global/networks/default",
+                direction="INGRESS",
+                allowed=[compute_v1.Allowed(I_p_protocol=p) for p in ("tcp", "udp", "icmp")],
+                source_tags=[FIREWALL],  # the VMs' own (internal) addresses, never the internet
+                target_tags=[FIREWALL],
+                description="vp: the nodes of a multi-node run to each other",
+            ),
+            required=self.nodes_of is not None,
+        )
+
+    def _ensure_rule(self, rule: Any, required: bool) -> None:
+        from google.api_core import exceptions as gexc
 
         try:
             self._api(
-                "firewalls.get", self._firewalls.get, project=self._project, firewall=FIREWALL
+                "firewalls.get", self._firewalls.get, project=self._project, firewall=rule.name
             )
             return
         except gexc.NotFound:
             pass
-        rule = compute_v1.Firewall(
-            name=FIREWALL,
-            network="global/networks/default",
-            direction="INGRESS",
-            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
-            source_ranges=["0.0.0.0/0"],
-            target_tags=[FIREWALL],
-            description="vp: ssh access to GPU hosts",
-        )
         try:
             self._firewalls.insert_unary(project=self._project, firewall_resource=rule)
-        except (gexc.Conflict, gexc.Forbidden):
-            pass  # made concurrently, or not ours to make
+        except gexc.Conflict:
+            pass  # made concurrently
+        except gexc.Forbidden as exc:
+            if required:
+                raise VpError(
+                    f"gce: creating firewall rule {rule.name} failed: permission denied "
+                    f"({_message(exc)})",
+                    hint="the credentials need compute.firewalls.create, or create it: gcloud "
+                    f"compute firewall-rules create {rule.name} --network=default "
+                    f"--allow=tcp,udp,icmp --source-tags={FIREWALL} --target-tags={FIREWALL}",
+                ) from exc
         except gexc.NotFound as exc:
             raise VpError(
                 f"gce: project {self._project} not found ({_message(exc)})",
@@ -404,46 +465,46 @@ class GcePlatform:
             ) from exc
         except gexc.GoogleAPICallError as exc:
             raise VpError(
-                f"gce: creating firewall rule {FIREWALL} failed: {_message(exc)}"
+                f"gce: creating firewall rule {rule.name} failed: {_message(exc)}"
             ) from exc
 
-    def create(self, spec: HostSpec, name: str) -> Host:
-        offers = self.offers(spec)
-        if not offers:
-            within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
-            raise VpError(
-                f"gce offers no {spec.gpus}x {spec.gpu or 'GPU'} machine{within}",
-                hint="vp offers -p gce lists what there is; raise max_price or pick another GPU",
-            )
-        offer = offers[0]
+    def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
+        within = f" within ${spec.max_price}/h" if spec.max_price is not None else ""
+        return VpError(
+            f"gce offers no {spec.gpus}x {spec.gpu or 'GPU'} machine{within}",
+            hint="vp offers -p gce lists what there is; raise max_price or pick another GPU",
+        )
+
+    def _attempts(self, spec: HostSpec, fitting: list[Offer]) -> list[Offer]:
         self._connect()
         self._ensure_firewall()
-        project = name[3:] if name.startswith("vp-") else name
+        return fitting[: self.max_offers]
+
+    def _key_name(self, name: str) -> str:
+        return f"gce-{_label(name)}-{secrets.token_hex(3)}"
+
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
+        project = self.project_of(name)
         instance_name = f"{_label(name).strip('-_') or 'vp'}"[:55].rstrip("-_")
         instance_name = f"{instance_name}-{secrets.token_hex(3)}"
         if not instance_name[0].isalpha():
             instance_name = "vp-" + instance_name
-        kp = keys.new_keypair(f"gce-{instance_name}")
         body = self._instance_body(
-            offer, spec, instance_name, project, kp.public_key, kp.private_path.name
+            offer, spec, instance_name, project, key.public_key, key.private_path.name
         )
-        accepted = False
         try:
-            try:
-                op = self._instances.insert_unary(
-                    project=self._project, zone=self.zone, instance_resource=body
-                )
-                accepted = True
-            except BaseException as exc:
-                self._insert_failed(exc, instance_name, kp.private_path)
-                raise  # unreachable
-            self._wait_operation(op.name, instance_name, spec)
-            return self._get(instance_name)
+            op = self._instances.insert_unary(
+                project=self._project, zone=self.zone, instance_resource=body
+            )
         except BaseException as exc:
-            if not accepted:
-                raise
-            self._reraise_after_cleanup(exc, self._delete_quietly(instance_name, kp.private_path))
+            self._insert_failed(exc, instance_name, key.private_path)
             raise  # unreachable
+        self._operations_of[instance_name] = op.name
+        return instance_name
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        self._wait_operation(self._operations_of.pop(host_id), host_id, spec)
+        return self._get(host_id)
 
     def _insert_failed(self, exc: BaseException, instance_name: str, key: Path) -> None:
         """The insert call itself failed. A 4xx means nothing was made; anything else (Ctrl-C,
@@ -464,8 +525,8 @@ class GcePlatform:
 
     def _wait_operation(self, op_name: str, instance_name: str, spec: HostSpec) -> None:
         """Poll the insert operation (on our endpoint, not the SDK's result()) until DONE."""
-        deadline = time.monotonic() + self.create_timeout
-        while True:
+
+        def done():
             op = self._api(
                 "zoneOperations.get",
                 self._operations.get,
@@ -473,13 +534,17 @@ class GcePlatform:
                 zone=self.zone,
                 operation=op_name,
             )
-            if op.status.name == "DONE":
-                break
-            if time.monotonic() > deadline:
-                raise VpError(
-                    f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
-                )
-            time.sleep(self.poll_interval)
+            return op if op.status.name == "DONE" else None
+
+        op = poll(
+            done,
+            timeout=self.create_timeout,
+            interval=self.poll_interval,
+            what=f"gce to finish creating {instance_name}",
+            timed_out=lambda: VpError(
+                f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
+            ),
+        )
         errors = list(op.error.errors) if op.error else []
         if not errors:
             return
@@ -488,7 +553,7 @@ class GcePlatform:
             code = next(c for c in codes if c in CAPACITY_ERRORS)
             what = f"{spec.gpus}x {spec.gpu or 'GPU'}"
             reason = "GPU quota exceeded" if code == "QUOTA_EXCEEDED" else "no capacity"
-            raise VpError(
+            raise Unavailable(
                 f"gce zone {self.zone} cannot create {what} now: {reason} ({code})",
                 hint=f"try another zone: set [gce] zone (e.g. {_other_zone(self.zone)})"
                 + (" or request more GPU quota" if code == "QUOTA_EXCEEDED" else ""),
@@ -514,13 +579,8 @@ class GcePlatform:
             return False
         return True
 
-    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> None:
-        tail = f"; {done}" if done else ""
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while creating a GCE host{tail}") from None
-        if isinstance(exc, VpError):
-            raise type(exc)(f"{exc.message}{tail}", hint=exc.hint) from None
-        raise VpError(f"creating a GCE host failed ({_message(exc)}){tail}") from None
+    def _reraise_after_cleanup(self, exc: BaseException, done: str) -> NoReturn:
+        reraise_after_cleanup(exc, done, "GCE", _message)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -554,17 +614,6 @@ class GcePlatform:
             pass
         if key:
             discard_key(Path(key))
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"gce instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label=None,
-            hint="raise [host] ready_timeout, or vp down the host and try again",
-            stopped_grace=STOPPED_GRACE,
-        )
 
 
 def _timestamp(text: str | None) -> float | None:

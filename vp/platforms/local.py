@@ -8,6 +8,14 @@ from __future__ import annotations
 
 from vp.errors import UsageError
 from vp.platforms.base import RUNNING, Host, HostSpec, Offer
+from vp.platforms.cloud import Declaration
+
+DECLARATION = Declaration(
+    name="local",
+    kind="local",
+    ownership=None,  # this machine: nothing to own
+    honours=frozenset({"image"}),  # the docker image, when [docker] is enabled
+)
 
 LOCAL_HOST = Host(id="local", name="local", platform="local", status=RUNNING, price=0.0)
 

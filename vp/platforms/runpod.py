@@ -12,21 +12,23 @@ import contextlib
 import io
 import os
 import re
-import tomllib
-from pathlib import Path
 from typing import Any
 
-from vp import keys
+from vp import credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, UsageError, VpError
+from vp.idle import from_pid1
+from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import (
-    affordable,
-    describe,
-    destroy_after_failure,
-    discard_key,
-    no_offer,
-    wait_until_ready,
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    NotFound,
+    Ownership,
+    labelled,
 )
+from vp.platforms.common import describe, no_offer
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
 STATUS: dict[str, str] = {
@@ -40,7 +42,6 @@ STATUS: dict[str, str] = {
 }
 
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
-KEY_HINT = "set RUNPOD_API_KEY, or put api_key under [runpod] in ~/.config/vp/config.toml"
 EXTRA_HINT = "pip install 'vp-runner[runpod]'"
 CAPACITY_ERRORS = ("no longer any instances", "not enough free gpus", "no instances available")
 NOT_FOUND_ERRORS = ("not found", "could not find", "does not exist")
@@ -62,100 +63,140 @@ query GpuTypes {
 """
 
 
+DECLARATION = Declaration(
+    name="runpod",
+    kind="container",
+    ownership=Ownership.LABEL,  # pod name `vp-PROJECT`
+    # A stopped pod's volume disk: $0.20/GB/month (runpod.io/pricing, "idle volume", 2026-12).
+    storage_price=0.20,
+    credentials=("RUNPOD_API_KEY", "~/.runpod/config.toml"),
+    settings={
+        "api_key": (str, None),
+        "image": (str, None),
+        "cloud_type": (str, None),
+        "container_disk_gb": (int, None),
+        "user": (str, None),
+        "poll_interval": ((int, float), None),
+    },
+    secrets=("api_key",),
+    # `runpod config` (the SDK's CLI) keeps it in ~/.runpod/config.toml.
+    credential=Credential(
+        key="api_key",
+        env="RUNPOD_API_KEY",
+        files=(CredentialFile("~/.runpod/config.toml", ("default", "api_key")),),
+    ),
+    # The scoped key RunPod injects into the pod may stop it.
+    idle_stop=from_pid1("RUNPOD_POD_ID", "RUNPOD_API_KEY") + 'runpodctl stop pod "$RUNPOD_POD_ID"',
+    # Spot: interruptible pods (podRentInterruptable). No region or memory choice.
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "image", "spot"}),
+    endpoint_env="RUNPOD_API_BASE_URL",
+    noun="RunPod pod",
+    provider="RunPod",
+)
+
+
 def create_platform(settings: dict[str, Any]) -> RunPodPlatform:
     return RunPodPlatform(settings)
 
 
-class RunPodPlatform:
+class RunPodPlatform(CloudPlatform):
     """RunPod GPU pods, named `vp-PROJECT`."""
 
-    name = "runpod"
+    declaration = DECLARATION
+    status_label = "runpod_status"
+    ready_hint = "raise [host] ready_timeout, or try another gpu"
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
-        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
+        super().__init__(settings)
         self._sdk_module: Any = None
-        self._key_paths: dict[str, str] = {}  # pod id -> key made for it in this process
+        self._key: Resolved | None = None
 
-    # -- the Platform surface --------------------------------------------------------------------
+    # -- the provider calls ------------------------------------------------------------------
 
     def list(self, project: str | None = None) -> list[Host]:
         pods = self._call("list pods", lambda rp: rp.get_pods())
-        wanted = f"vp-{project}" if project else None
-        hosts = []
-        for pod in pods or []:
-            name = str(pod.get("name") or "")
-            if (wanted and name == wanted) or (not wanted and name.startswith("vp-")):
-                hosts.append(self._host(pod))
-        return hosts
+        return [self._host(p) for p in labelled(pods, project, lambda p: str(p.get("name") or ""))]
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if affordable(o, spec)]
+    def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
+        return no_offer(
+            spec,
+            found,
+            what="RunPod GPU",
+            platform="runpod",
+            unmatched=f"no RunPod GPU type matches {describe(spec)}",
+        )
 
-    def create(self, spec: HostSpec, name: str) -> Host:
-        found = self._search(spec)
-        fitting = [o for o in found if affordable(o, spec)]
-        if not fitting:
-            raise no_offer(
-                spec,
-                found,
-                what="RunPod GPU",
-                platform="runpod",
-                unmatched=f"no RunPod GPU type matches {describe(spec)}",
-            )
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
         _check_literal("pod name", name)
         _check_literal("image", image)
-        pair = keys.new_keypair(name)
-        pod_id = None
-        last_error: VpError | None = None
-        try:
-            _check_literal("public key", pair.public_key)
-            for offer in fitting[:3]:
-                try:
-                    result = self._call(
-                        "create a pod",
-                        lambda rp, o=offer: rp.create_pod(
-                            name=name,
-                            image_name=image,
-                            gpu_type_id=o.id,
-                            cloud_type=self.settings.get("cloud_type", "ALL"),
-                            support_public_ip=True,
-                            start_ssh=True,
-                            gpu_count=int(spec.gpus),
-                            container_disk_in_gb=int(self.settings.get("container_disk_gb", 20)),
-                            volume_in_gb=int(spec.disk_gb),
-                            volume_mount_path="/workspace",
-                            ports="22/tcp",
-                            env={"PUBLIC_KEY": pair.public_key},
-                        ),
-                    )
-                except _Capacity as exc:
-                    last_error = exc
-                    continue
-                pod_id = str(result["id"])
-                break
-        finally:
-            if pod_id is None:
-                discard_key(pair.private_path)
-        if pod_id is None:
-            assert last_error is not None
+        _check_literal("public key", key.public_key)
+        if spec.spot:
+            return self._rent_interruptible(offer, spec, name, image, key)
+        result = self._call(
+            "create a pod",
+            lambda rp: rp.create_pod(
+                name=name,
+                image_name=image,
+                gpu_type_id=offer.id,
+                cloud_type=self.settings.get("cloud_type", "ALL"),
+                support_public_ip=True,
+                start_ssh=True,
+                gpu_count=int(spec.gpus),
+                container_disk_in_gb=int(self.settings.get("container_disk_gb", 20)),
+                volume_in_gb=int(spec.disk_gb),
+                volume_mount_path="/workspace",
+                ports="22/tcp",
+                env={"PUBLIC_KEY": key.public_key},
+            ),
+        )
+        return str(result["id"])
+
+    def _rent_interruptible(
+        self, offer: Offer, spec: HostSpec, name: str, image: str, key: keys.KeyPair
+    ) -> str:
+        """A spot pod at the offer's bid: the SDK has no call for it, so vp sends the
+        podRentInterruptable mutation itself (fields of PodRentInterruptableInput)."""
+        bid = round(offer.price / max(1, spec.gpus), 4)
+        fields = ", ".join(
+            [
+                f'name: "{name}"',
+                f'imageName: "{image}"',
+                f'gpuTypeId: "{offer.id}"',
+                f"bidPerGpu: {bid}",
+                f"cloudType: {self.settings.get('cloud_type', 'ALL')}",
+                f"gpuCount: {int(spec.gpus)}",
+                f"volumeInGb: {int(spec.disk_gb)}",
+                f"containerDiskInGb: {int(self.settings.get('container_disk_gb', 20))}",
+                'volumeMountPath: "/workspace"',
+                'ports: "22/tcp"',
+                "startSsh: true",
+                "supportPublicIp: true",
+                f'env: [{{ key: "PUBLIC_KEY", value: "{key.public_key}" }}]',
+            ]
+        )
+        query = f"mutation {{ podRentInterruptable(input: {{ {fields} }}) {{ id desiredStatus }} }}"
+        result = self._call("rent a spot pod", lambda rp: _graphql(rp, query))
+        return str(result["data"]["podRentInterruptable"]["id"])
+
+    def _launched(self, name: str, key: keys.KeyPair) -> list[str]:
+        # The pod's PUBLIC_KEY is the key made for this create alone.
+        wanted = f"PUBLIC_KEY={key.public_key}"
+        pods = self._call("list pods", lambda rp: rp.get_pods())
+        return [
+            str(p["id"])
+            for p in pods or []
+            if p.get("name") == name and wanted in (p.get("env") or [])
+        ]
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        host = self._get(host_id)
+        if spec.max_price is not None and host.price and host.price > spec.max_price:
             raise VpError(
-                f"RunPod has no capacity for {describe(spec)}: {last_error.message}",
-                hint="try again, pick another gpu, or raise max_price",
+                f"RunPod placed the pod at ${host.price:.2f}/h, above max_price "
+                f"${spec.max_price:.2f}/h"
             )
-        try:
-            self._key_paths[pod_id] = str(pair.private_path)
-            host = self._get(pod_id)
-            if spec.max_price is not None and host.price and host.price > spec.max_price:
-                raise VpError(
-                    f"RunPod placed the pod at ${host.price:.2f}/h, above max_price "
-                    f"${spec.max_price:.2f}/h"
-                )
-            return host
-        except BaseException as exc:
-            self._destroy_after_failure(pod_id, exc)
-            raise
+        return host
 
     def start(self, host_id: str) -> Host:
         pod = self._pod(host_id)
@@ -167,18 +208,8 @@ class RunPodPlatform:
         self._call("stop the pod", lambda rp: rp.stop_pod(_pod_id(host_id)))
 
     def destroy(self, host_id: str) -> None:
-        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+        with contextlib.suppress(NotFound):  # already gone: that is what we wanted
             self._call("terminate the pod", lambda rp: rp.terminate_pod(_pod_id(host_id)))
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"RunPod pod {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label="runpod_status",
-            hint="raise [host] ready_timeout, or try another gpu",
-        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -189,13 +220,14 @@ class RunPodPlatform:
         )
         found = []
         for gpu in from_sdk or []:
-            names = f"{gpu.get('id')} {gpu.get('displayName')}".lower()
-            if spec.gpu and spec.gpu.lower() not in names:
+            memory = gpu.get("memoryInGb")
+            names = (str(gpu.get("id") or ""), str(gpu.get("displayName") or ""))
+            if not any(gpus.matches(spec.gpu, n, memory) for n in names):
                 continue
             if gpu.get("maxGpuCount") and spec.gpus > gpu["maxGpuCount"]:
                 continue
             lowest = gpu.get("lowestPrice") or {}
-            per_gpu = lowest.get("uninterruptablePrice")
+            per_gpu = lowest.get("minimumBidPrice" if spec.spot else "uninterruptablePrice")
             if not per_gpu:
                 continue  # not in stock for this count
             found.append(
@@ -205,6 +237,7 @@ class RunPodPlatform:
                     gpu=str(gpu.get("displayName") or gpu["id"]),
                     gpus=int(spec.gpus),
                     price=round(float(per_gpu) * spec.gpus, 4),
+                    spot=bool(spec.spot),
                     extra={
                         "gpu_ram_gb": gpu.get("memoryInGb"),
                         "stock": lowest.get("stockStatus"),
@@ -240,7 +273,10 @@ class RunPodPlatform:
             if ssh_host is None:
                 status = PENDING  # no public ssh port (yet)
         name = str(pod.get("name") or f"runpod-{pod_id}")
-        labels = {"runpod_status": desired or "unknown"}
+        labels = {
+            "runpod_status": desired or "unknown",
+            "market": "spot" if pod.get("podType") == "INTERRUPTABLE" else "on-demand",
+        }
         if pod.get("imageName"):
             labels["image"] = str(pod["imageName"])
         if name.startswith("vp-"):
@@ -261,20 +297,9 @@ class RunPodPlatform:
             host_key_alias=f"vp-runpod-{pod_id}",
         )
 
-    def _destroy_after_failure(self, pod_id: str, exc: BaseException) -> None:
-        destroy_after_failure(
-            lambda: self.destroy(pod_id),
-            self._key_paths.pop(pod_id, None),
-            exc,
-            what=f"RunPod pod {pod_id}",
-            provider="RunPod",
-            verb="destroy",
-            past="destroyed",
-        )
-
     def _sdk(self) -> Any:
         if self._sdk_module is None:
-            key = self._api_key()
+            key = credentials.resolve(DECLARATION, self.settings)
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     import runpod
@@ -284,18 +309,10 @@ class RunPodPlatform:
                 ) from None
             self._sdk_module = runpod
             self._key = key
-        self._sdk_module.api_key = self._key  # module-global in the SDK: set before every call
+        assert self._key is not None
+        # Module-global in the SDK: set before every call.
+        self._sdk_module.api_key = self._key.value
         return self._sdk_module
-
-    def _api_key(self) -> str:
-        key = self.settings.get("api_key") or os.environ.get("RUNPOD_API_KEY")
-        if not key:  # the SDK's own credentials file, as `runpod config` writes it
-            with contextlib.suppress(OSError, ValueError):
-                data = tomllib.loads((Path.home() / ".runpod" / "config.toml").read_text())
-                key = (data.get("default") or {}).get("api_key")
-        if not key:
-            raise VpError("no RunPod API key found", hint=KEY_HINT)
-        return str(key)
 
     def _call(self, what: str, fn: Any) -> Any:
         """Run one SDK call with its stdout captured; turn its errors into one-line VpErrors."""
@@ -308,14 +325,15 @@ class RunPodPlatform:
             with contextlib.redirect_stdout(io.StringIO()):
                 return fn(rp)
         except rp_error.AuthenticationError:
-            raise VpError("RunPod rejected the API key (RUNPOD_API_KEY)", hint=KEY_HINT) from None
+            assert self._key is not None
+            raise credentials.rejected(DECLARATION, self._key) from None
         except rp_error.QueryError as exc:
             message = _one_line(str(exc.message or exc))
             lowered = message.lower()
             if any(marker in lowered for marker in CAPACITY_ERRORS):
-                raise _Capacity(message) from None
+                raise Capacity(message) from None
             if any(marker in lowered for marker in NOT_FOUND_ERRORS):
-                raise _NotFound(f"RunPod: {message}") from None
+                raise NotFound(f"RunPod: {message}") from None
             raise VpError(f"RunPod could not {what}: {message}") from None
         except requests.RequestException as exc:
             base = os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io")
@@ -325,14 +343,6 @@ class RunPodPlatform:
             ) from None
         except (ValueError, KeyError, TypeError) as exc:  # SDK-side validation, odd answers
             raise VpError(f"RunPod could not {what}: {_one_line(str(exc))}") from None
-
-
-class _Capacity(VpError):
-    """No machine has the GPUs free right now."""
-
-
-class _NotFound(VpError):
-    """The pod does not exist (any more)."""
 
 
 def _graphql(rp: Any, query: str) -> dict:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from vp.errors import UsageError
 from vp.platforms.base import RUNNING, Host, HostSpec, Offer
+from vp.platforms.cloud import Declaration
 from vp.ssh import parse_target
+
+DECLARATION = Declaration(
+    name="ssh",
+    kind="ssh",
+    ownership=None,  # the user's own machine: vp never creates, stops or destroys it
+    honours=frozenset({"image"}),
+    private_network=True,
+    network=("your machines: each reports its own address; their network is yours to open"),
+)
 
 
 def host_for(spec: str) -> Host:

@@ -1,4 +1,4 @@
-"""Thunder Compute: GPU VMs through Thunder's REST API, with a small client of our own.
+"""Thunder Compute: GPU instances through Thunder's REST API, with a small client of our own.
 
 The `tnr` Python package is deprecated and its pins conflict with `runpod`, so this module
 speaks HTTP itself (urllib3, imported on first call; it retries idempotent GETs on 429/5xx and
@@ -32,7 +32,13 @@ What Thunder serves today, and where that comes from:
 - No stop or start: thunder-cli has had no start/stop command since Feb 2026 (92559c6 "hid CLI
   commands"; none in v2.0.59) and the docs' guides/stopping-instances.mdx says "Thunder Compute
   does not have a native Stop feature" (snapshot, delete, create from the snapshot instead).
-  `stop`/`start` therefore refuse in one line and name what to do.
+  `stop`/`start` therefore refuse in one line and name what to do (`can_stop=False`).
+- No idle stop: the docs' guides/using-docker-on-thundercompute.mdx says instances "are
+  themselves containers" and guides/migrating-to-v2.mdx that "systemd [is] not currently
+  supported", so a guest `shutdown` stops nothing, and billing.mdx bills "only while your
+  instances run" with deletion the only way to stop it. Deleting from the host would need the
+  API token, which is account-wide (cli/operations/authentication.mdx: no scopes), so it never
+  goes to a rented host. `idle_stop` is None and `vp run` warns on every run.
 
 Beyond the Platform surface, Thunder can modify a running instance in place
 (`POST /instances/{id}/modify`) and snapshot one (`POST /snapshots/create`), which `clone`
@@ -46,22 +52,27 @@ import json
 import os
 import re
 import secrets
-import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from vp import __version__, keys
+from vp import __version__, credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, VpError
+from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import (
-    affordable,
-    destroy_after_failure,
-    discard_key,
-    no_offer,
-    wait_until_ready,
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    NotFound,
+    Ownership,
+    settle_failed_create,
 )
+from vp.platforms.common import discard_key
+from vp.poll import poll
 
 # Thunder's instance statuses -> vp state.
 STATUS: dict[str, str] = {
@@ -82,7 +93,6 @@ STATUS: dict[str, str] = {
 
 DEFAULT_URL = "https://api.thundercompute.com:8443/v1"
 DEFAULT_TEMPLATE = "base"
-TOKEN_HINT = "set TNR_API_TOKEN, or put the token in ~/.thunder/token"
 # `h100_x1` (today) or `h100_x1_prototyping` (before the mode split was removed).
 CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)(?:_(?P<mode>[a-z]+))?$")
 NO_STOP = "Thunder Compute has no stop or start: an instance runs, and bills, until deleted"
@@ -95,30 +105,69 @@ CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
 SNAPSHOT_FAILED = ("FAILED", "ERROR", "DELETING", "DELETED")
 
 
+DECLARATION = Declaration(
+    name="thunder",
+    kind="vm",
+    # No labels on Thunder (the server names instances; a create has no name field): a host
+    # is the project's only if vp's state recorded creating it, with the same uuid.
+    ownership=Ownership.STATE,
+    settings={
+        "token": (str, None),
+        "url": (str, None),
+        "template": (str, None),
+        "mode": (str, None),
+        "user": (str, None),
+        "poll_interval": ((int, float), None),
+        "snapshot_timeout": ((int, float), None),
+    },
+    secrets=("token",),
+    # Where Thunder's CLIs keep it: `~/.thunder/token`, or the Go CLI's `tnr login` file.
+    credential=Credential(
+        key="token",
+        env="TNR_API_TOKEN",
+        what="API token",
+        files=(
+            CredentialFile("~/.thunder/token"),
+            CredentialFile("~/.thunder/cli_config.json", ("token",)),
+        ),
+    ),
+    # No idle stop: Thunder has no stop (module docstring), its instances are containers without
+    # systemd, so a guest `shutdown` stops no billing, and its API tokens are account-wide, so
+    # none may be sent to the host for it to delete itself. vp warns on every run instead.
+    idle_stop=None,
+    can_stop=False,
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "cpus"}),
+    endpoint_env="TNR_API_URL",
+    endpoint_key="url",
+    noun="Thunder Compute instance",
+    provider="Thunder Compute",
+    destroy_words=("delete", "deleted"),
+)
+
+
 def create_platform(settings: dict[str, Any]) -> ThunderPlatform:
     return ThunderPlatform(settings)
 
 
-class ThunderPlatform:
+class ThunderPlatform(CloudPlatform):
     """Thunder Compute instances (VMs; user `ubuntu`)."""
 
-    name = "thunder"
-    # Thunder has no labels: the account's instances are not marked as vp's, so none of them
-    # can be called an orphan. Ownership is vp's state DB (see `list`).
-    labels_hosts = False
+    declaration = DECLARATION
+    status_label = "thunder_status"
+    ready_hint = "raise [host] ready_timeout, or try another gpu"
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.get("url"))
         # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
         self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
-        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
-        self._token: str | None = None
+        self._token: Resolved | None = None
         self._pool: Any = None
         self._catalogue_base: str | None = None  # "/v2", or "/v1" for an API without /v2
-        self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+        # instance id -> (server-made private key or None, $/h) from the create's answer.
+        self._created: dict[str, tuple[str | None, float | None]] = {}
 
-    # -- the Platform surface --------------------------------------------------------------------
+    # -- the provider calls ------------------------------------------------------------------
 
     def list(self, project: str | None = None) -> list[Host]:
         """The instances vp's state recorded creating (for `project`; None: for any project).
@@ -133,15 +182,7 @@ class ThunderPlatform:
             if iid in owned and owned[iid] in (None, str(item.get("uuid") or ""))
         ]
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if affordable(o, spec)]
-
-    def create(self, spec: HostSpec, name: str) -> Host:
-        found = self._search(spec)
-        fitting = [o for o in found if affordable(o, spec)]
-        if not fitting:
-            raise no_offer(spec, found, what="Thunder Compute offer", platform="thunder")
-        offer = fitting[0]
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         mode = offer.extra.get("mode")
         body = {
             "cpu_cores": offer.extra["cpu_cores"],
@@ -151,8 +192,14 @@ class ThunderPlatform:
             "template": self.settings.get("template") or DEFAULT_TEMPLATE,
             "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
         }
-        host = self._launch(body, name, f"{offer.gpus}x {offer.gpu}" + (f" ({mode})" * bool(mode)))
-        host.price = host.price or offer.price  # the instance list carries no price
+        return self._post_create(body, key, offer.price)
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        server_key, price = self._created.pop(host_id, (None, None))
+        if server_key:  # the API made its own pair: keep its private half, 0600
+            _write_private(key.private_path, server_key)
+        host = self._get(host_id)
+        host.price = host.price or price  # the instance list carries no price
         return host
 
     def start(self, host_id: str) -> Host:
@@ -162,23 +209,13 @@ class ThunderPlatform:
         raise VpError(NO_STOP, hint=NO_STOP_HINT)
 
     def destroy(self, host_id: str) -> None:
-        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+        with contextlib.suppress(NotFound):  # already gone: that is what we wanted
             self._request(
                 "POST",
                 f"/instances/{quote(host_id, safe='')}/delete",
                 {},
                 what="delete the instance",
             )
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"Thunder Compute instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label="thunder_status",
-            hint="raise [host] ready_timeout, or try another gpu",
-        )
 
     # -- capabilities (vp.platforms.base.SupportsModify / SupportsClone) ---------------------------
 
@@ -272,67 +309,75 @@ class ThunderPlatform:
             {"instanceId": source, "name": snapshot},
             what="snapshot the instance",
         )
+        pair: keys.KeyPair | None = None
+        new_id: str | None = None
         try:
             ready = self._wait_snapshot(snapshot)
             mode = _mode_of(item, self._catalogue()[0])
             count = int(item.get("numGpus") or 1)
             gpu_type = str(item.get("gpuType") or "").lower()
             disk = max(int(item.get("storage") or 0), int(ready.get("minimumDiskSizeGb") or 0))
+            cores = int(item.get("cpuCores") or 0)
             body = {
-                "cpu_cores": int(item.get("cpuCores") or 0),
+                "cpu_cores": cores,
                 "gpu_type": gpu_type,
                 "num_gpus": count,
                 **({"mode": mode} if mode else {}),
                 "template": snapshot,
                 "disk_size_gb": disk,
             }
-            host = self._launch(body, name, f"{count}x {gpu_type}" + (f" ({mode})" * bool(mode)))
+            pair = keys.new_keypair(name)
+            price = self._price(gpu_type, count, mode, disk, cores)
+            try:
+                new_id = self._post_create(body, pair, price)
+            except Capacity as exc:
+                what = f"{count}x {gpu_type}" + (f" ({mode})" if mode else "")
+                raise VpError(
+                    f"Thunder Compute has no capacity for {what}: {exc.message}",
+                    hint="try again, pick another gpu, or raise max_price",
+                ) from None
         except BaseException:
+            if pair is not None:
+                discard_key(pair.private_path)
             self._delete_snapshot(snapshot)
             raise
+        self._key_paths[new_id] = str(pair.private_path)
+        placeholder = Host(
+            id=new_id,
+            name=name,
+            platform=self.name,
+            status=PENDING,
+            key_path=str(pair.private_path),
+            host_key_alias=f"vp-thunder-{new_id}",
+        )
+        try:
+            host = self._accepted(new_id, HostSpec(), name, pair)
+        except BaseException as exc:
+            self._key_paths.pop(new_id, None)
+            self._delete_snapshot(snapshot)
+            settle_failed_create(self, placeholder, exc, None)
         host.labels["snapshot"] = snapshot
-        host.price = host.price or self._price(gpu_type, count, mode, disk, body["cpu_cores"])
-        return host
+        return replace(host, key_path=host.key_path or placeholder.key_path)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _launch(self, body: dict[str, Any], name: str, what: str) -> Host:
-        """POST /instances/create with a key pair made for `name`; delete what Thunder made if
-        anything fails after it accepted."""
-        pair = keys.new_keypair(name)
-        try:
-            result = self._request(
-                "POST",
-                "/instances/create",
-                {**body, "public_key": pair.public_key},
-                what="create an instance",
-            )
-        except _Capacity as exc:
-            discard_key(pair.private_path)
-            raise VpError(
-                f"Thunder Compute has no capacity for {what}: {exc.message}",
-                hint="try again, pick another gpu, or raise max_price",
-            ) from None
-        except BaseException:
-            discard_key(pair.private_path)
-            raise
+    def _post_create(self, body: dict[str, Any], key: keys.KeyPair, price: float | None) -> str:
+        """POST /instances/create with `key`'s public half; the new instance's id. What the
+        answer carries for later (a server-made key, the price) waits in `_created`."""
+        result = self._request(
+            "POST",
+            "/instances/create",
+            {**body, "public_key": key.public_key},
+            what="create an instance",
+        )
         identifier = (result or {}).get("identifier")
         if identifier is None:
-            discard_key(pair.private_path)
             raise VpError(
                 "Thunder Compute accepted the create but returned no instance id",
-                hint="check `vp ls -p thunder` and destroy the instance if one appeared",
+                hint="check Thunder's console and delete the instance if one appeared",
             )
-        instance_id = str(identifier)
-        try:
-            self._key_paths[instance_id] = str(pair.private_path)
-            server_key = (result or {}).get("key")
-            if server_key:  # the API made its own pair: keep its private half, 0600
-                _write_private(pair.private_path, server_key)
-            return self._get(instance_id)
-        except BaseException as exc:
-            self._destroy_after_failure(instance_id, exc)
-            raise
+        self._created[str(identifier)] = ((result or {}).get("key"), price)
+        return str(identifier)
 
     def _price(
         self, gpu_type: str, count: int, mode: str | None, disk: int, cpus: int
@@ -362,10 +407,9 @@ class ThunderPlatform:
             m = CONFIG_KEY.match(key)
             if not m or m["mode"] != mode:
                 continue
-            display = str((specs.get(key) or {}).get("displayName") or "")
             if m["gpu"] == wanted.lower():
                 return m["gpu"]
-            if wanted.lower() in f"{m['gpu']} {display}".lower() and m["gpu"] not in found:
+            if _gpu_matches(wanted, m["gpu"], specs.get(key) or {}) and m["gpu"] not in found:
                 found.append(m["gpu"])
         if len(found) == 1:
             return found[0]
@@ -382,22 +426,27 @@ class ThunderPlatform:
 
     def _wait_snapshot(self, name: str) -> dict:
         timeout = float(self.settings.get("snapshot_timeout") or 1800)
-        deadline = time.monotonic() + timeout
-        status = "not listed yet"
-        while True:
+        status = ["not listed yet"]
+
+        def ready() -> dict | None:
             snap = next((s for s in self._snapshots() if s.get("name") == name), None)
-            if snap is not None:
-                status = str(snap.get("status") or "").upper()
-                if status == "READY":
-                    return snap
-                if status in SNAPSHOT_FAILED:
-                    raise VpError(f"Thunder Compute could not snapshot the instance ({status})")
-            if time.monotonic() >= deadline:
-                raise VpError(
-                    f"snapshot {name} was not ready after {timeout:.0f}s (status: {status})",
-                    hint="raise [thunder] snapshot_timeout",
-                )
-            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+            if snap is None:
+                return None
+            status[0] = str(snap.get("status") or "").upper()
+            if status[0] in SNAPSHOT_FAILED:
+                raise VpError(f"Thunder Compute could not snapshot the instance ({status[0]})")
+            return snap if status[0] == "READY" else None
+
+        return poll(
+            ready,
+            timeout=timeout,
+            interval=self.poll_interval,
+            what=f"snapshot {name}",
+            timed_out=lambda: VpError(
+                f"snapshot {name} was not ready after {timeout:.0f}s (status: {status[0]})",
+                hint="raise [thunder] snapshot_timeout",
+            ),
+        )
 
     def _delete_snapshot(self, name: str) -> None:
         """Delete the snapshot called `name`, if there is one; never raises."""
@@ -417,7 +466,7 @@ class ThunderPlatform:
         for base in bases:
             try:
                 answer = self._request("GET", "/pricing", what="read prices", base=base)
-            except _NotFound:
+            except NotFound:
                 if base == bases[-1]:
                     raise
                 continue
@@ -445,7 +494,7 @@ class ThunderPlatform:
                 continue
             config = specs.get(key) or {}
             display = str(config.get("displayName") or m["gpu"].upper())
-            if spec.gpu and spec.gpu.lower() not in f"{m['gpu']} {display}".lower():
+            if not _gpu_matches(spec.gpu, m["gpu"], config):
                 continue
             storage = config.get("storageGB") or {}
             if storage.get("max") and spec.disk_gb > storage["max"]:
@@ -481,7 +530,7 @@ class ThunderPlatform:
         """GET something that only refines offers; its absence is not an error."""
         try:
             result = self._request("GET", path, what=f"read {path}", base=base)
-        except (_NotFound, _ServerError):
+        except (NotFound, _ServerError):
             return {}
         return result if isinstance(result, dict) else {}
 
@@ -515,31 +564,9 @@ class ThunderPlatform:
             created_at=_timestamp(item.get("createdAt")),
         )
 
-    def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
-        destroy_after_failure(
-            lambda: self.destroy(instance_id),
-            self._key_paths.pop(instance_id, None),
-            exc,
-            what=f"Thunder Compute instance {instance_id}",
-            provider="Thunder Compute",
-            verb="delete",
-            past="deleted",
-        )
-
-    def _api_token(self) -> str:
-        if self._token:
-            return self._token
-        token = self.settings.get("token") or os.environ.get("TNR_API_TOKEN")
-        thunder_dir = Path.home() / ".thunder"
-        if not token:
-            with contextlib.suppress(OSError):
-                token = (thunder_dir / "token").read_text().strip()
-        if not token:  # what Thunder's Go CLI writes on `tnr login`
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                token = json.loads((thunder_dir / "cli_config.json").read_text()).get("token")
-        if not token:
-            raise VpError("no Thunder Compute API token found", hint=TOKEN_HINT)
-        self._token = str(token)
+    def _api_token(self) -> Resolved:
+        if self._token is None:
+            self._token = credentials.resolve(DECLARATION, self.settings)
         return self._token
 
     def _http(self) -> Any:
@@ -584,7 +611,7 @@ class ThunderPlatform:
                 url,
                 body=json.dumps(body).encode() if body is not None else None,
                 headers={
-                    "Authorization": f"Bearer {token}",
+                    "Authorization": f"Bearer {token.value}",
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                     "User-Agent": f"vp/{__version__}",
@@ -598,7 +625,7 @@ class ThunderPlatform:
             ) from None
         raw = response.data or b""
         if response.status >= 400:
-            raise _http_error(what, response.status, raw)
+            raise _http_error(what, response.status, raw, token)
         if not raw.strip():
             return None
         try:
@@ -607,19 +634,11 @@ class ThunderPlatform:
             raise VpError(f"Thunder Compute sent a malformed answer to {what}") from None
 
 
-class _Capacity(VpError):
-    """No GPU of that configuration is free right now."""
-
-
-class _NotFound(VpError):
-    """The instance (or endpoint) does not exist."""
-
-
 class _ServerError(VpError):
     """A 5xx from the API."""
 
 
-def _http_error(what: str, status: int, raw: bytes) -> VpError:
+def _http_error(what: str, status: int, raw: bytes, token: Resolved) -> VpError:
     message = ""
     code = ""
     with contextlib.suppress(ValueError, AttributeError):
@@ -630,13 +649,17 @@ def _http_error(what: str, status: int, raw: bytes) -> VpError:
         message = raw.decode(errors="replace")[:200]
     message = " ".join(message.split())
     if status == 401:
-        return VpError("Thunder Compute rejected the API token (TNR_API_TOKEN)", hint=TOKEN_HINT)
-    if status == 403:
-        return VpError(f"Thunder Compute refused to {what}: {message}", hint=TOKEN_HINT)
+        return credentials.rejected(DECLARATION, token)
+    if status == 403:  # the token is good but may not do this (Thunder: "forbidden")
+        refused = credentials.rejected(DECLARATION, token)
+        return VpError(
+            f"Thunder Compute refused to {what} with {token.source}: {message}",
+            hint=refused.hint,
+        )
     if any(marker in f"{code} {message}".lower() for marker in CAPACITY_ERRORS):
-        return _Capacity(message)
+        return Capacity(message)
     if status == 404:
-        return _NotFound(f"Thunder Compute: {message or 'not found'}")
+        return NotFound(f"Thunder Compute: {message or 'not found'}")
     if status >= 500:
         return _ServerError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
     return VpError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
@@ -656,6 +679,14 @@ def _owned(project: str | None) -> dict[str, str | None]:
     from vp.state import State
 
     return {h.id: h.labels.get("uuid") or None for h in State().hosts(project, "thunder")}
+
+
+def _gpu_matches(wanted: str | None, gpu_type: str, config: dict) -> bool:
+    """The one GPU matcher (`A10` never A100), on Thunder's key (`a100xl`) or its display name
+    (`NVIDIA A100 (80GB)`), with the card's memory from the specs."""
+    memory = config.get("vramGB")
+    names = (gpu_type, str(config.get("displayName") or ""))
+    return any(gpus.matches(wanted, n, memory) for n in names if n)
 
 
 def _suffixed(key: str) -> bool:

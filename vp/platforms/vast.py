@@ -11,20 +11,24 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from pathlib import Path
 from typing import Any
 
-from vp import keys
+from vp import credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, UsageError, VpError
+from vp.idle import from_pid1
+from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import (
-    affordable,
-    describe,
-    destroy_after_failure,
-    discard_key,
-    no_offer,
-    wait_until_ready,
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    Declaration,
+    NotFound,
+    Ownership,
+    labelled,
+    launch_token,
 )
+from vp.platforms.common import describe, no_offer
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
 STATUS: dict[str | None, str] = {
@@ -43,104 +47,126 @@ STATUS: dict[str | None, str] = {
 
 DEFAULT_URL = "https://console.vast.ai"
 DEFAULT_IMAGE = "vastai/base-image:@vastai-automatic-tag"
-KEY_HINT = "set VAST_API_KEY, or put the key in ~/.config/vastai/vast_api_key"
 EXTRA_HINT = "pip install 'vp-runner[vast]'"
+# Env var carrying the create's own token: a create cut off by Ctrl-C finds what it made.
+LAUNCH_ENV = "VP_LAUNCH"
 CAPACITY_ERRORS = ("no_such_ask", "not available", "unavailable", "no longer")
+
+
+DECLARATION = Declaration(
+    name="vast",
+    kind="container",
+    ownership=Ownership.LABEL,  # label `vp-PROJECT`
+    # vast bills a stopped instance's disk at the machine's own storage_cost; $0.15/GB/month
+    # is a typical offer's (console.vast.ai search, 2026-12).
+    storage_price=0.15,
+    credentials=(
+        "VAST_API_KEY",
+        "$XDG_CONFIG_HOME/vastai/vast_api_key",
+        "~/.config/vastai/vast_api_key",
+        "~/.vast_api_key",
+    ),
+    settings={
+        "api_key": (str, None),
+        "url": (str, None),
+        "image": (str, None),
+        "user": (str, None),
+        "poll_interval": ((int, float), None),
+    },
+    secrets=("api_key",),
+    # Where the vastai CLI keeps it (`vastai set api-key`), newer and older versions.
+    credential=Credential(
+        key="api_key",
+        env="VAST_API_KEY",
+        files=(
+            CredentialFile("$XDG_CONFIG_HOME/vastai/vast_api_key"),
+            CredentialFile("~/.vast_api_key"),
+        ),
+    ),
+    # The scoped key vast injects into the container may stop its own instance.
+    idle_stop=from_pid1("CONTAINER_ID", "CONTAINER_API_KEY")
+    + 'curl -fsS -X PUT -H "Authorization: Bearer $CONTAINER_API_KEY"'
+    + " -H 'Content-Type: application/json' -d '{\"state\": \"stopped\"}'"
+    + ' "https://console.vast.ai/api/v0/instances/$CONTAINER_ID/"',
+    honours=frozenset(
+        {"gpu", "gpus", "max_price", "disk_gb", "image", "spot", "cpus", "memory_gb", "region"}
+    ),
+    endpoint_env="VAST_URL",
+    endpoint_key="url",
+    noun="vast instance",
+    provider="vast.ai",
+)
 
 
 def create_platform(settings: dict[str, Any]) -> VastPlatform:
     return VastPlatform(settings)
 
 
-class VastPlatform:
+class VastPlatform(CloudPlatform):
     """vast.ai marketplace instances (containers), labelled `vp-PROJECT`."""
 
-    name = "vast"
+    declaration = DECLARATION
+    status_label = "vast_status"
 
     def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.url = (os.environ.get("VAST_URL") or self.settings.get("url") or DEFAULT_URL).rstrip(
             "/"
         )
-        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
         self._client: Any = None
-        self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+        self._key: Resolved | None = None
 
-    # -- the Platform surface --------------------------------------------------------------------
+    # -- the provider calls ------------------------------------------------------------------
 
     def list(self, project: str | None = None) -> list[Host]:
         rows = self._call("list instances", lambda c: c.show_instances())
-        wanted = f"vp-{project}" if project else None
-        hosts = []
-        for row in rows or []:
-            label = row.get("label") or ""
-            if (wanted and label == wanted) or (not wanted and label.startswith("vp-")):
-                hosts.append(self._host(row))
-        return hosts
+        return [self._host(r) for r in labelled(rows, project, lambda r: r.get("label"))]
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if affordable(o, spec)]
+    def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
+        return no_offer(
+            spec,
+            found,
+            what="vast.ai offer",
+            platform="vast",
+            unmatched=f"no vast.ai offer for {describe(spec)} with {spec.disk_gb} GB disk",
+        )
 
-    def create(self, spec: HostSpec, name: str) -> Host:
-        found = self._search(spec)
-        fitting = [o for o in found if affordable(o, spec)]
-        if not fitting:
-            raise no_offer(
-                spec,
-                found,
-                what="vast.ai offer",
-                platform="vast",
-                unmatched=f"no vast.ai offer for {describe(spec)} with {spec.disk_gb} GB disk",
-            )
-        pair = keys.new_keypair(name)
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
-        instance_id = None
-        last_error: VpError | None = None
-        try:
-            for offer in fitting[:3]:  # the cheapest may be rented away under us: try the next
-                try:
-                    result = self._call(
-                        "create an instance",
-                        lambda c, o=offer: c.create_instance(
-                            int(o.id),
-                            image=image,
-                            disk=spec.disk_gb,
-                            label=name,
-                            ssh=True,
-                            direct=True,
-                            price=o.price if spec.spot else None,
-                        ),
-                    )
-                except _Capacity as exc:
-                    last_error = exc
-                    continue
-                if not isinstance(result, dict) or not result.get("new_contract"):
-                    raise VpError(
-                        f"vast.ai accepted offer {offer.id} but returned no instance id",
-                        hint="check `vp ls -p vast` and destroy the instance if one appeared",
-                    )
-                instance_id = str(result["new_contract"])
-                break
-        finally:
-            if instance_id is None:
-                discard_key(pair.private_path)
-        if instance_id is None:
-            assert last_error is not None
+        result = self._call(
+            "create an instance",
+            lambda c: c.create_instance(
+                int(offer.id),
+                image=image,
+                disk=spec.disk_gb,
+                label=name,
+                env={LAUNCH_ENV: launch_token(key)},  # finds it if the answer never comes
+                ssh=True,
+                direct=True,
+                price=offer.price if spec.spot else None,
+            ),
+        )
+        if not isinstance(result, dict) or not result.get("new_contract"):
             raise VpError(
-                f"vast.ai has no capacity for {describe(spec)}: {last_error.message}",
-                hint="try again, pick another gpu, or raise max_price",
+                f"vast.ai accepted offer {offer.id} but returned no instance id",
+                hint="check `vp ls -p vast` and destroy the instance if one appeared",
             )
-        try:
-            self._key_paths[instance_id] = str(pair.private_path)
-            self._call(
-                "attach the ssh key", lambda c: c.attach_ssh(int(instance_id), pair.public_key)
-            )
-            row = self._call("show the instance", lambda c: c.show_instance(int(instance_id)))
-            host = self._host(row) if row else self._placeholder(instance_id, name)
-            return host
-        except BaseException as exc:
-            self._destroy_after_failure(instance_id, exc)
-            raise  # unreachable: _destroy_after_failure raises
+        return str(result["new_contract"])
+
+    def _launched(self, name: str, key: keys.KeyPair) -> list[str]:
+        token = launch_token(key)
+        rows = self._call("list instances", lambda c: c.show_instances())
+        return [
+            str(r["id"])
+            for r in rows or []
+            if r.get("label") == name and _env(r).get(LAUNCH_ENV) == token
+        ]
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        # A key attached to this one instance (account keys would reach every later one too).
+        self._call("attach the ssh key", lambda c: c.attach_ssh(int(host_id), key.public_key))
+        row = self._call("show the instance", lambda c: c.show_instance(int(host_id)))
+        return self._host(row) if row else self._placeholder(host_id, name)
 
     def start(self, host_id: str) -> Host:
         self._call("start the instance", lambda c: c.start_instance(_vast_id(host_id)))
@@ -150,18 +176,8 @@ class VastPlatform:
         self._call("stop the instance", lambda c: c.stop_instance(_vast_id(host_id)))
 
     def destroy(self, host_id: str) -> None:
-        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+        with contextlib.suppress(NotFound):  # already gone: that is what we wanted
             self._call("destroy the instance", lambda c: c.destroy_instance(_vast_id(host_id)))
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"vast instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label="vast_status",
-            hint="raise [host] ready_timeout, or try another offer",
-        )
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -185,7 +201,8 @@ class VastPlatform:
         )
         found = []
         for row in rows or []:
-            if spec.gpu and spec.gpu.lower() not in str(row.get("gpu_name", "")).lower():
+            memory = (row.get("gpu_ram") or 0) / 1024 or None
+            if not gpus.matches(spec.gpu, str(row.get("gpu_name", "")), memory):
                 continue
             if spec.region and spec.region.lower() not in str(row.get("geolocation", "")).lower():
                 continue
@@ -224,7 +241,10 @@ class VastPlatform:
             status = PENDING  # stopping
         ssh_host, ssh_port = _endpoint(row) if status == RUNNING else (None, None)
         label = row.get("label") or ""
-        labels = {"vast_status": str(actual or "provisioning")}
+        labels = {
+            "vast_status": str(actual or "provisioning"),
+            "market": "spot" if row.get("is_bid") else "on-demand",
+        }
         if row.get("image_uuid"):
             labels["image"] = str(row["image_uuid"])
         if label.startswith("vp-"):
@@ -257,20 +277,9 @@ class VastPlatform:
             host_key_alias=f"vp-vast-{iid}",
         )
 
-    def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
-        destroy_after_failure(
-            lambda: self.destroy(instance_id),
-            self._key_paths.pop(instance_id, None),
-            exc,
-            what=f"vast instance {instance_id}",
-            provider="vast.ai",
-            verb="destroy",
-            past="destroyed",
-        )
-
     def _sdk(self) -> Any:
         if self._client is None:
-            key = self._api_key()
+            self._key = key = credentials.resolve(DECLARATION, self.settings)
             try:
                 from vastai.sdk import VastAI
             except ImportError:
@@ -278,21 +287,8 @@ class VastPlatform:
                     "the vast platform needs the vastai package", hint=EXTRA_HINT
                 ) from None
             with contextlib.redirect_stdout(io.StringIO()):
-                self._client = VastAI(api_key=key, server_url=self.url, retry=3)
+                self._client = VastAI(api_key=key.value, server_url=self.url, retry=3)
         return self._client
-
-    def _api_key(self) -> str:
-        key = self.settings.get("api_key") or os.environ.get("VAST_API_KEY")
-        if not key:
-            config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-            for path in (Path(config) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
-                with contextlib.suppress(OSError):
-                    key = path.read_text().strip()
-                if key:
-                    break
-        if not key:
-            raise VpError("no vast.ai API key found", hint=KEY_HINT)
-        return key
 
     def _call(self, what: str, fn: Any) -> Any:
         """Run one SDK call with its stdout captured; turn its errors into one-line VpErrors."""
@@ -303,7 +299,7 @@ class VastPlatform:
             with contextlib.redirect_stdout(io.StringIO()):
                 return fn(client)
         except requests.HTTPError as exc:
-            raise _http_error(what, exc.response) from None
+            raise _http_error(what, exc.response, self._key) from None
         except requests.RequestException as exc:
             raise VpError(
                 f"cannot reach vast.ai at {self.url} to {what}: {type(exc).__name__}",
@@ -311,15 +307,7 @@ class VastPlatform:
             ) from None
 
 
-class _Capacity(VpError):
-    """The offer was rented by someone else or the machine has no room."""
-
-
-class _NotFound(VpError):
-    """The instance does not exist (any more)."""
-
-
-def _http_error(what: str, response: Any) -> VpError:
+def _http_error(what: str, response: Any, key: Resolved | None) -> VpError:
     status = getattr(response, "status_code", 0)
     try:
         body = response.json()
@@ -331,17 +319,13 @@ def _http_error(what: str, response: Any) -> VpError:
         str(body.get("msg") or body.get("error") or getattr(response, "reason", "") or "").split()
     )
     code = str(body.get("error") or "")
-    if status in (401, 403):
-        return VpError(
-            "vast.ai rejected the API key (VAST_API_KEY)"
-            + (f": {msg}" if status == 403 and msg else ""),
-            hint=KEY_HINT,
-        )
+    if status in (401, 403) and key is not None:
+        return credentials.rejected(DECLARATION, key, msg if status == 403 else "")
     text = f"{code} {msg}".lower()
     if any(marker in text for marker in CAPACITY_ERRORS):
-        return _Capacity(msg or code)
+        return Capacity(msg or code)
     if status == 404:
-        return _NotFound(f"vast.ai: {msg or 'not found'}")
+        return NotFound(f"vast.ai: {msg or 'not found'}")
     return VpError(f"vast.ai could not {what}: {msg or 'error'} (HTTP {status})")
 
 
@@ -354,6 +338,14 @@ def _endpoint(row: dict) -> tuple[str | None, int | None]:
     if row.get("ssh_host") and row.get("ssh_port"):
         return str(row["ssh_host"]), int(row["ssh_port"])
     return None, None
+
+
+def _env(row: dict) -> dict:
+    """An instance's env: the SDK turns vast's [[KEY, value], ...] into a dict."""
+    env = row.get("extra_env") or {}
+    if isinstance(env, list):
+        env = {p[0]: p[1] for p in env if isinstance(p, list | tuple) and len(p) == 2}
+    return env if isinstance(env, dict) else {}
 
 
 def _vast_id(host_id: str) -> int:
