@@ -24,9 +24,11 @@ from vp.sync.walkcache import cached_walk
 # -- dispatch fast path -------------------------------------------------------------------------
 
 
-def test_fastpath_knows_every_subcommand_and_output() -> None:
-    assert fastpath.SUBCOMMANDS == cli.SUBCOMMANDS
+def test_fastpath_knows_every_output_and_global_option() -> None:
     assert set(fastpath._OUTPUTS) == set(output.FORMATS)
+    known = set(fastpath._FLAGS) | set(fastpath._VALUES)
+    helper = {"-h", "--help", "--version", "--install-completion", "--show-completion"}
+    assert known == (cli.FLAG_OPTIONS | cli.VALUE_OPTIONS) - helper
 
 
 @pytest.mark.parametrize(
@@ -47,12 +49,13 @@ def test_fastpath_leaves_everything_but_a_plain_command_to_the_cli(argv: list[st
 
 
 def test_fastpath_parses_global_options_like_the_cli() -> None:
-    opts, command = fastpath.parse(
-        ["-q", "--no-download", "-p", "ssh", "--host=h", "--tunnel", "8888", "python", "-v"]
+    g, command = fastpath.parse(
+        ["-q", "--no-download", "-p", "ssh", "--host=h", "--tunnel", "8888", "--nodes", "2", "x"]
     )
-    assert command == ["python", "-v"]
-    assert opts["quiet"] and opts["no_download"]
-    assert (opts["platform"], opts["host"], opts["tunnel"]) == ("ssh", "h", ["8888"])
+    assert command == ["x"]
+    assert g.quiet and g.no_download and g.nodes == 2
+    assert (g.platform, g.host, g.tunnel) == ("ssh", "h", ["8888"])
+    assert fastpath.parse(["--nodes", "two", "x"]) is None  # typer names the bad value
 
 
 def test_a_warm_run_imports_no_typer_rich_or_pydantic(ssh_project: VpEnv) -> None:

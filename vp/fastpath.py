@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
-# Every subcommand name (tests/test_fastpath.py checks it against vp.cli.SUBCOMMANDS).
+from vp.ui import UI
+
+# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
+# the command modules. tests/test_local.py keeps this list honest.
 SUBCOMMANDS = frozenset(
     {"run", "init", "config", "runs", "logs", "attach", "kill"}
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
     | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
+    | {"secret", "setup", "spend", "ui"}
 )
 
 _FLAGS = {
@@ -29,6 +35,9 @@ _FLAGS = {
     "--no-docker": ("docker", False),
     "--detach": ("detach", True),
     "--yes": ("yes", True),
+    "--recover": ("recover", True),
+    "--all-logs": ("all_logs", True),
+    "--over-budget": ("over_budget", True),
     "-v": ("verbose", True),
     "--verbose": ("verbose", True),
     "-q": ("quiet", True),
@@ -42,19 +51,117 @@ _VALUES = {
     "--output": "output",
     "--config": "config",
     "--tunnel": "tunnel",
+    "--timeout": "timeout",
+    "--nodes": "nodes",
 }
 _OUTPUTS = ("text", "json", "yaml", "table")  # vp.output.FORMATS, checked by the tests
 
 
-def parse(argv: list[str]) -> tuple[dict, list[str]] | None:
+@dataclass
+class Globals:
+    """The global options, parsed by typer (vp.cli) or by `parse` below."""
+
+    platform: str | None = None
+    host: str | None = None
+    no_sync: bool = False
+    sync_only: bool = False
+    no_download: bool = False
+    docker: bool | None = None
+    detach: bool = False
+    output: str = "text"
+    verbose: bool = False
+    quiet: bool = False
+    config: Path | None = None
+    tunnel: list[str] = field(default_factory=list)
+    yes: bool = False
+    recover: bool = False
+    over_budget: bool = False
+    timeout: str | None = None
+    nodes: int | None = None
+    all_logs: bool = False
+
+    @property
+    def ui(self) -> UI:
+        return UI(quiet=self.quiet, verbose=self.verbose, output=self.output)
+
+    def load(self):
+        from vp import config
+        from vp.platforms import PROVIDERS, kind
+
+        overrides: dict = {}
+        if self.platform:
+            overrides.setdefault("host", {})["platform"] = self.platform
+        if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
+            overrides.setdefault("ssh", {})["host"] = self.host
+        if self.timeout is not None:
+            from vp.clock import parse_duration
+
+            parse_duration(self.timeout, "--timeout")
+            overrides.setdefault("run", {})["timeout"] = self.timeout
+        cfg = config.load(
+            config_path=self.config,
+            overrides=overrides,
+            yes=self.yes,
+            over_budget=self.over_budget,
+        )
+        from vp.guard import sweep_stopped
+
+        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
+        return cfg
+
+
+def run_command(g: Globals, argv: list[str]) -> int:
+    """`vp [GLOBAL...] CMD ...`: the pipeline, then a hint if CMD looks like a mistyped
+    subcommand. Shared by `vp run` (vp.cli) and the fast path."""
+    from vp.platforms import kind
+    from vp.run import RunOptions, execute
+
+    cfg = g.load()
+    opts = RunOptions(
+        argv=argv,
+        sync=not g.no_sync,
+        sync_only=g.sync_only,
+        download=False if g.no_download else None,
+        detach=g.detach,
+        docker=g.docker,
+        host_name=g.host if kind(cfg.platform) != "ssh" else None,
+        tunnels=g.tunnel,
+        yes=g.yes,
+        recover=True if g.recover else None,
+        nodes=g.nodes,
+        all_logs=g.all_logs,
+    )
+    code = execute(cfg, opts, g.ui)
+    if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
+        suggestion = near_subcommand(argv[0])
+        if suggestion:
+            g.ui.hint(f"did you mean vp {suggestion}?")
+    return code
+
+
+def near_subcommand(word: str) -> str | None:
+    """The visible subcommand `word` is a likely typo of, if any. A name that is a command on
+    this machine (`sh`, close to `ssh`) was meant as itself: no guess then."""
+    import difflib
+    import shutil
+
+    name = (word.split() or [""])[0]
+    if not name.replace("-", "_").isidentifier() or shutil.which(name):
+        return None
+    visible = sorted(SUBCOMMANDS - {"list-instances", "create", "destroy"})
+    close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
+    return close[0] if close and close[0] != name else None
+
+
+def parse(argv: list[str]) -> tuple[Globals, list[str]] | None:
     """(global options, command argv) when `argv` is a plain remote command, else None."""
-    opts: dict = {"tunnel": []}
+    g = Globals()
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg in _FLAGS:
             name, value = _FLAGS[arg]
-            opts[name] = value
+            setattr(g, name, value)
             i += 1
             continue
         if "=" in arg and arg.startswith("--"):
@@ -70,16 +177,22 @@ def parse(argv: list[str]) -> tuple[dict, list[str]] | None:
             break
         name = _VALUES[arg]
         if name == "tunnel":
-            opts["tunnel"].append(value)
+            g.tunnel.append(value)
+        elif name == "nodes":
+            if not value.isdigit():
+                return None  # typer names the bad value
+            g.nodes = int(value)
+        elif name == "config":
+            g.config = Path(value)
         else:
-            opts[name] = value
+            setattr(g, name, value)
         i += rest
     command = argv[i:]
     if not command or command[0].startswith("-") or command[0] in SUBCOMMANDS:
         return None
-    if opts.get("output", "text") not in _OUTPUTS:
+    if g.output not in _OUTPUTS:
         return None  # the typer app says which values are allowed
-    return opts, command
+    return g, command
 
 
 def try_run(argv: list[str]) -> int | None:
@@ -87,47 +200,12 @@ def try_run(argv: list[str]) -> int | None:
     parsed = parse(argv)
     if parsed is None:
         return None
-    opts, command = parsed
+    g, command = parsed
     from vp.errors import EXIT_INTERRUPTED, VpError
-    from vp.ui import UI
 
-    ui = UI(
-        quiet=opts.get("quiet", False),
-        verbose=opts.get("verbose", False),
-        output=opts.get("output", "text"),
-    )
+    ui = g.ui
     try:
-        from pathlib import Path
-
-        from vp import config
-        from vp.run import RunOptions, execute
-
-        platform, host = opts.get("platform"), opts.get("host")
-        overrides: dict = {}
-        if platform:
-            overrides.setdefault("host", {})["platform"] = platform
-        if host and (platform or "") == "ssh":
-            overrides.setdefault("ssh", {})["host"] = host
-        path = opts.get("config")
-        cfg = config.load(config_path=Path(path) if path else None, overrides=overrides)
-        run = RunOptions(
-            argv=command,
-            sync=not opts.get("no_sync", False),
-            sync_only=opts.get("sync_only", False),
-            download=False if opts.get("no_download") else None,
-            detach=opts.get("detach", False),
-            docker=opts.get("docker"),
-            host_name=host if cfg.platform != "ssh" else None,
-            tunnels=opts["tunnel"],
-            yes=opts.get("yes", False),
-        )
-        code = execute(cfg, run, ui)
-        if code == 127:  # not found on the host: perhaps a subcommand with a typo
-            from vp.cli import near_subcommand
-
-            suggestion = near_subcommand(command[0])
-            if suggestion:
-                ui.hint(f"did you mean vp {suggestion}?")
+        code = run_command(g, command)
     except VpError as exc:
         ui.error(exc.message, hint=exc.hint)
         code = exc.exit_code

@@ -69,7 +69,7 @@ class Workspace:
     workdir: str
     # False once this call has read a manifest with no results left to fetch: a run that
     # changed nothing then needs no second manifest read or write.
-    maybe_pending: bool = True
+    maybe_pending: bool = field(default=True, init=False, repr=False)
 
     @property
     def root(self) -> Path:
