@@ -219,9 +219,11 @@ def upload(
         "--protect-args",
         "--delete-missing-args",
         "--no-inc-recursive",
-        # vp's manifest already chose these files as changed; rsync's own quick check
-        # (size + mtime to the second) would skip a same-size edit made within a second.
-        "--ignore-times",
+        # With a clean manifest vp already chose these files as changed: rsync's own quick
+        # check (size + mtime to the second) would skip a same-size edit made within a second
+        # or one whose mtime was restored. Otherwise every file is listed and the quick check
+        # decides, comparing mtimes to the nanosecond.
+        "--ignore-times" if previous.clean else "--modify-window=-1",
     ]
     if transport.is_local:
         Path(workdir).mkdir(parents=True, exist_ok=True)
