@@ -18,7 +18,8 @@ from typer.core import TyperGroup
 from vp.commands import COMMANDS
 from vp.commands.context import Globals, globals_of
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
-from vp.platforms import NAMES, kind
+from vp.fastpath import SUBCOMMANDS, near_subcommand, run_command  # noqa: F401
+from vp.platforms import NAMES
 from vp.ui import UI
 
 
@@ -202,52 +203,11 @@ def main_options(
     epilog="Examples: vp run -- python train.py   |   vp --detach python train.py",
 )
 def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
-    from vp.run import RunOptions, execute
-
     g = globals_of(ctx)
     argv = list(command or []) + list(ctx.args)
     if not argv and not g.sync_only:
         raise UsageError("no command given", hint="e.g. vp python train.py")
-    cfg = g.load()
-    opts = RunOptions(
-        argv=argv,
-        sync=not g.no_sync,
-        sync_only=g.sync_only,
-        download=False if g.no_download else None,
-        detach=g.detach,
-        docker=g.docker,
-        host_name=g.host if kind(cfg.platform) != "ssh" else None,
-        tunnels=g.tunnel,
-        yes=g.yes,
-        recover=True if g.recover else None,
-        nodes=g.nodes,
-        all_logs=g.all_logs,
-    )
-    code = execute(cfg, opts, g.ui)
-    if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
-        suggestion = near_subcommand(argv[0])
-        if suggestion:
-            g.ui.hint(f"did you mean vp {suggestion}?")
-    raise typer.Exit(code)
-
-
-def near_subcommand(word: str) -> str | None:
-    """The visible subcommand `word` is a likely typo of, if any. A name that is a command on
-    this machine (`sh`, close to `ssh`) was meant as itself: no guess then."""
-    import difflib
-    import shutil
-
-    name = (word.split() or [""])[0]
-    if not name.replace("-", "_").isidentifier() or shutil.which(name):
-        return None
-    visible = sorted({"run"} | {n for n, e in COMMANDS.items() if not e.hidden})
-    close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
-    return close[0] if close and close[0] != name else None
-
-
-# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
-# the command modules: `run` (here) and the registry's.
-SUBCOMMANDS = frozenset({"run", *COMMANDS})
+    raise typer.Exit(run_command(g, argv))
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
