@@ -149,8 +149,9 @@ def test_ls_status_up_runs_share_one_schema(
     assert table[-1].startswith("total: $") and table[-1].endswith(", $0.36/h now")
     text = vp_env.run("status").stdout
     assert re.search(r"^price +\$0\.36/h$", text, re.M), text
-    assert re.search(r"^created +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+ s ago\)$", text, re.M), text
-    assert re.search(r"^uptime +\d+(\.\d)?s$", text, re.M), text
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(\d+ (s|min) ago\)"
+    assert re.search(rf"^created +{when}$", text, re.M), text
+    assert re.search(r"^uptime +(\d+(\.\d)?s|\d+m \d\ds)$", text, re.M), text
 
     assert vp_env.run("stop").returncode == 0
     [stopped] = _json(vp_env, "ls")
