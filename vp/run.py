@@ -69,13 +69,13 @@ class Workspace:
     def rules(self) -> IgnoreRules:
         return IgnoreRules.for_project(
             self.root,
-            extra=self.cfg.get("sync", "extra_ignore") or [],
-            use_gitignore=bool(self.cfg.get("sync", "use_gitignore")),
+            extra=self.cfg.sync.extra_ignore,
+            use_gitignore=self.cfg.sync.use_gitignore,
         )
 
     def results(self) -> IgnoreRules | None:
         """`[sync] results`: when set, only paths matching these patterns come back."""
-        patterns = self.cfg.get("sync", "results") or []
+        patterns = self.cfg.sync.results
         return IgnoreRules(patterns, "[sync] results") if patterns else None
 
     def protected(self) -> set[str]:
@@ -92,7 +92,7 @@ class Workspace:
 def control_files(cfg: Config) -> set[str]:
     """Paths (relative to the project root) of the files that steer vp itself."""
     names = {"vp.toml", ".vpignore", "pyproject.toml"}
-    if cfg.get("sync", "use_gitignore"):
+    if cfg.sync.use_gitignore:
         names.add(".gitignore")
     if cfg.project_file is not None:
         with contextlib.suppress(ValueError):
@@ -105,7 +105,7 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
     if isinstance(transport, LocalTransport):
         workdir = transport.workdir_for(cfg.project, cfg.project_root)
     else:
-        workdir = cfg.get("sync", "workdir")
+        workdir = cfg.sync.workdir
     return Workspace(cfg, state, host, transport, workdir)
 
 
@@ -181,24 +181,25 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     state = state or State()
     if opts.sync:
         check_root(cfg)  # before a host is created or an image built for nothing
-    use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
+    use_docker = cfg.docker.enabled if opts.docker is None else opts.docker
     container_host = use_docker and kind(cfg.platform) == "container"
     if container_host:
         # Container platforms boot from the image itself: build and push before the host.
         from vp.docker.dispatch import build_and_push
 
-        cfg.data["host"]["image"], _auth = build_and_push(cfg, ui)
+        image, _auth = build_and_push(cfg, ui)
+        cfg = cfg.replace("host", image=image)  # the host boots from the image just pushed
     ws = open_workspace(cfg, state, ui, opts.host_name)
     running_image = ws.host.labels.get("image")
-    if container_host and running_image and running_image != cfg.get("host", "image"):
+    if container_host and running_image and running_image != cfg.host.image:
         # A container host is its image: a new image needs a new host.
         ui.warn(
             f"{ws.host.name} runs {running_image}, not the project's new image "
-            f"{cfg.get('host', 'image')}: recreate it with `vp down --yes` and run again"
+            f"{cfg.host.image}: recreate it with `vp down --yes` and run again"
         )
     command = command_text(opts.argv)
     run_id = remote.new_run_id()
-    env = {k: str(v) for k, v in cfg.section("env").items()}
+    env = dict(cfg.env)
     env.setdefault("VP_RUN_ID", run_id)
     if use_docker and not container_host:
         from vp.docker.dispatch import prepare_command
@@ -213,7 +214,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         return 0
     # --no-sync skips both directions; --no-download only the way back.
     want_download = opts.sync and bool(
-        cfg.get("sync", "download") if opts.download is None else opts.download
+        cfg.sync.download if opts.download is None else opts.download
     )
 
     record = RunRecord(
@@ -277,7 +278,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 workdir_sh,
                 script,
                 ui,
-                reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+                reconnect_timeout=float(cfg.ssh.reconnect_timeout),
                 host_gone=lambda: host_gone(cfg, state, ws.host),
             )
     except BaseException:
@@ -317,12 +318,12 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
 
 def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
     """Shell text that (re)arms the host's idle-stop watchdog, or "" when not configured."""
-    minutes = cfg.get("host", "idle_stop_minutes")
+    minutes = cfg.host.idle_stop_minutes
     if not minutes:
         return ""
     from vp import idle
 
-    command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
+    command = idle.stop_command(ws.host.platform, cfg.host.idle_stop_command)
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
         ui.warn(

@@ -78,7 +78,7 @@ def show_logs(
         workdir_sh,
         script,
         g.ui,
-        reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+        reconnect_timeout=float(cfg.ssh.reconnect_timeout),
         changes=attach,
         launched=True,
         interruptible=attach,

@@ -8,15 +8,30 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
+from dataclasses import dataclass
 from typing import Any
 
 from vp.errors import UsageError
 from vp.idle import VM_SHUTDOWN
 from vp.platforms.base import Platform
-from vp.platforms.cloud import Declaration, Ownership
+from vp.platforms.cloud import CloudSettings, Declaration, Ownership
+from vp.settings import of_table, positive, setting
 
 # Modules of this package that are shared machinery, not providers.
 _MACHINERY = {"base", "cloud", "common", "gpus"}
+
+
+@dataclass(frozen=True)
+class ThunderSettings(CloudSettings):
+    """[thunder]"""
+
+    token: str | None = None
+    url: str | None = setting(check="endpoint")  # user file or TNR_API_URL only
+    template: str | None = None
+    mode: str | None = None
+    user: str | None = setting(check="user_name")
+    snapshot_timeout: float = positive(1800)  # seconds a `vp clone` waits for its snapshot
+
 
 # Until thunder.py declares itself (it is being reworked), its declaration lives here.
 _PENDING_DECLARATIONS = {
@@ -24,14 +39,7 @@ _PENDING_DECLARATIONS = {
         name="thunder",
         kind="vm",
         ownership=Ownership.STATE,  # no labels on Thunder: only what vp's state recorded making
-        settings={
-            "token": (str, None),
-            "url": (str, None),
-            "template": (str, None),
-            "mode": (str, None),
-            "user": (str, None),
-            "poll_interval": ((int, float), None),
-        },
+        settings=ThunderSettings,
         secrets=("token",),
         idle_stop=VM_SHUTDOWN,
         honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "cpus"}),
@@ -99,10 +107,14 @@ def _module(name: str) -> Any:
         raise
 
 
-def get_platform(name: str, settings: dict[str, Any] | None = None) -> Platform:
+def get_platform(name: str, settings: Any = None) -> Platform:
+    """Provider `name`, set up from its config table (`Config.section(name)`; a dict of the
+    keys to set also does, for tests and scripts)."""
     if name not in PROVIDERS:
         _unknown(name)
-    return _module(name).create_platform(settings or {})
+    decl = declaration(name)
+    table = settings if decl.kind == "ssh" else of_table(decl.settings, settings)
+    return _module(name).create_platform(table)
 
 
 def __getattr__(attr: str) -> Any:

@@ -18,7 +18,7 @@ import enum
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, Protocol
 
@@ -32,6 +32,7 @@ from vp.platforms.common import (
     no_offer,
     wait_until_ready,
 )
+from vp.settings import NoSettings, of_table, positive
 
 Kind = Literal["vm", "container", "ssh", "local"]
 
@@ -44,6 +45,13 @@ class Ownership(enum.Enum):
 
 
 @dataclass(frozen=True)
+class CloudSettings:
+    """The keys every cloud provider's table has; each provider's table extends this one."""
+
+    poll_interval: float | None = positive()  # seconds between API polls (provider default)
+
+
+@dataclass(frozen=True)
 class Declaration:
     """Everything the rest of vp may know about a provider, in one place."""
 
@@ -52,8 +60,9 @@ class Declaration:
     # Required: which hosts on the account are the project's. Nothing else is ever adopted,
     # stopped or destroyed.
     ownership: Ownership | None
-    # The provider's config table (`[vast]`): key -> (type, default), as config.SCHEMA.
-    settings: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # The provider's config table (`[vast]`): a frozen dataclass whose fields are its keys,
+    # types, defaults and range rules (vp/settings.py). The platform gets an instance.
+    settings: type = NoSettings
     # Keys of that table holding secrets: masked when shown, refused in project files.
     secrets: tuple[str, ...] = ()
     # The environment variable that points vp at another API endpoint (an emulator, a proxy)
@@ -152,10 +161,12 @@ class CloudPlatform(ABC):
         super().__init_subclass__(**kwargs)
         if not isinstance(cls.__dict__.get("declaration"), Declaration):
             raise TypeError(f"{cls.__name__} must declare `declaration = Declaration(...)`")
+        if not issubclass(cls.declaration.settings, CloudSettings):
+            raise TypeError(f"{cls.__name__}: its settings table must extend CloudSettings")
 
-    def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
-        self.poll_interval = float(self.settings.get("poll_interval") or 3.0)
+    def __init__(self, settings: Any = None):
+        self.settings = of_table(self.declaration.settings, settings)
+        self.poll_interval = float(self.settings.poll_interval or 3.0)
         self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
 
     @property

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,14 @@ from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, Ho
 from vp.platforms.cloud import (
     Capacity,
     CloudPlatform,
+    CloudSettings,
     Declaration,
     NotFound,
     Ownership,
     labelled,
 )
 from vp.platforms.common import describe, no_offer
+from vp.settings import positive, setting
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
 STATUS: dict[str, str] = {
@@ -65,18 +68,22 @@ query GpuTypes {
 """
 
 
+@dataclass(frozen=True)
+class RunPodSettings(CloudSettings):
+    """[runpod]"""
+
+    api_key: str | None = None
+    image: str | None = None
+    cloud_type: str = "ALL"  # ALL, SECURE or COMMUNITY
+    container_disk_gb: int = positive(20)
+    user: str | None = setting(check="user_name")
+
+
 DECLARATION = Declaration(
     name="runpod",
     kind="container",
     ownership=Ownership.LABEL,  # pod name `vp-PROJECT`
-    settings={
-        "api_key": (str, None),
-        "image": (str, None),
-        "cloud_type": (str, None),
-        "container_disk_gb": (int, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
+    settings=RunPodSettings,
     secrets=("api_key",),
     # The scoped key RunPod injects into the pod may stop it.
     idle_stop=from_pid1("RUNPOD_POD_ID", "RUNPOD_API_KEY") + 'runpodctl stop pod "$RUNPOD_POD_ID"',
@@ -88,7 +95,7 @@ DECLARATION = Declaration(
 )
 
 
-def create_platform(settings: dict[str, Any]) -> RunPodPlatform:
+def create_platform(settings: RunPodSettings | dict[str, Any] | None) -> RunPodPlatform:
     return RunPodPlatform(settings)
 
 
@@ -99,7 +106,7 @@ class RunPodPlatform(CloudPlatform):
     status_label = "runpod_status"
     ready_hint = "raise [host] ready_timeout, or try another gpu"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: RunPodSettings | dict[str, Any] | None = None):
         super().__init__(settings)
         self._sdk_module: Any = None
 
@@ -119,7 +126,7 @@ class RunPodPlatform(CloudPlatform):
         )
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
-        image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
+        image = spec.image or self.settings.image or DEFAULT_IMAGE
         _check_literal("pod name", name)
         _check_literal("image", image)
         _check_literal("public key", key.public_key)
@@ -129,11 +136,11 @@ class RunPodPlatform(CloudPlatform):
                 name=name,
                 image_name=image,
                 gpu_type_id=offer.id,
-                cloud_type=self.settings.get("cloud_type", "ALL"),
+                cloud_type=self.settings.cloud_type,
                 support_public_ip=True,
                 start_ssh=True,
                 gpu_count=int(spec.gpus),
-                container_disk_in_gb=int(self.settings.get("container_disk_gb", 20)),
+                container_disk_in_gb=self.settings.container_disk_gb,
                 volume_in_gb=int(spec.disk_gb),
                 volume_mount_path="/workspace",
                 ports="22/tcp",
@@ -238,7 +245,7 @@ class RunPodPlatform(CloudPlatform):
             gpu=(pod.get("machine") or {}).get("gpuDisplayName"),
             gpus=int(pod.get("gpuCount") or 0),
             price=pod.get("costPerHr"),
-            ssh_user=self.settings.get("user") or "root",
+            ssh_user=self.settings.user or "root",
             ssh_host=ssh_host,
             ssh_port=ssh_port,
             labels=labels,
@@ -262,7 +269,7 @@ class RunPodPlatform(CloudPlatform):
         return self._sdk_module
 
     def _api_key(self) -> str:
-        key = self.settings.get("api_key") or os.environ.get("RUNPOD_API_KEY")
+        key = self.settings.api_key or os.environ.get("RUNPOD_API_KEY")
         if not key:  # the SDK's own credentials file, as `runpod config` writes it
             with contextlib.suppress(OSError, ValueError):
                 data = tomllib.loads((Path.home() / ".runpod" / "config.toml").read_text())

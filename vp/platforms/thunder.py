@@ -54,6 +54,7 @@ from urllib.parse import quote, urlsplit
 
 from vp import __version__, keys
 from vp.errors import HostGone, VpError
+from vp.platforms import ThunderSettings
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 from vp.platforms.common import (
     affordable,
@@ -62,6 +63,7 @@ from vp.platforms.common import (
     no_offer,
     wait_until_ready,
 )
+from vp.settings import of_table
 
 # Thunder's instance statuses -> vp state.
 STATUS: dict[str, str] = {
@@ -95,7 +97,7 @@ CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
 SNAPSHOT_FAILED = ("FAILED", "ERROR", "DELETING", "DELETED")
 
 
-def create_platform(settings: dict[str, Any]) -> ThunderPlatform:
+def create_platform(settings: ThunderSettings | dict[str, Any] | None) -> ThunderPlatform:
     return ThunderPlatform(settings)
 
 
@@ -107,12 +109,12 @@ class ThunderPlatform:
     # can be called an orphan. Ownership is vp's state DB (see `list`).
     labels_hosts = False
 
-    def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
-        self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.get("url"))
+    def __init__(self, settings: ThunderSettings | dict[str, Any] | None = None):
+        self.settings = of_table(ThunderSettings, settings)
+        self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.url)
         # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
         self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
-        self.poll_interval = float(self.settings.get("poll_interval", 3.0))
+        self.poll_interval = float(self.settings.poll_interval or 3.0)
         self._token: str | None = None
         self._pool: Any = None
         self._catalogue_base: str | None = None  # "/v2", or "/v1" for an API without /v2
@@ -148,7 +150,7 @@ class ThunderPlatform:
             "gpu_type": offer.extra["gpu_type"],
             "num_gpus": offer.gpus,
             **({"mode": mode} if mode else {}),  # a mode-free catalogue takes no mode
-            "template": self.settings.get("template") or DEFAULT_TEMPLATE,
+            "template": self.settings.template or DEFAULT_TEMPLATE,
             "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
         }
         host = self._launch(body, name, f"{offer.gpus}x {offer.gpu}" + (f" ({mode})" * bool(mode)))
@@ -381,7 +383,7 @@ class ThunderPlatform:
         return [s for s in listing if isinstance(s, dict)]
 
     def _wait_snapshot(self, name: str) -> dict:
-        timeout = float(self.settings.get("snapshot_timeout") or 1800)
+        timeout = float(self.settings.snapshot_timeout)
         deadline = time.monotonic() + timeout
         status = "not listed yet"
         while True:
@@ -433,7 +435,7 @@ class ThunderPlatform:
 
     def _search(self, spec: HostSpec) -> list[Offer]:
         pricing, specs, availability = self._catalogue()
-        wanted_mode = self.settings.get("mode")
+        wanted_mode = self.settings.mode
         found = []
         for key, rate in pricing.items():
             m = CONFIG_KEY.match(key)
@@ -502,7 +504,7 @@ class ThunderPlatform:
             status=status,
             gpu=item.get("gpuType"),
             gpus=int(item.get("numGpus") or 0),
-            ssh_user=self.settings.get("user") or "ubuntu",
+            ssh_user=self.settings.user or "ubuntu",
             ssh_host=str(ip) if status == RUNNING else None,
             ssh_port=int(port) if status == RUNNING else None,
             labels={
@@ -529,7 +531,7 @@ class ThunderPlatform:
     def _api_token(self) -> str:
         if self._token:
             return self._token
-        token = self.settings.get("token") or os.environ.get("TNR_API_TOKEN")
+        token = self.settings.token or os.environ.get("TNR_API_TOKEN")
         thunder_dir = Path.home() / ".thunder"
         if not token:
             with contextlib.suppress(OSError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec
 from vp.platforms.cloud import (
     Capacity,
     CloudPlatform,
+    CloudSettings,
     Declaration,
     NotFound,
     Ownership,
     labelled,
 )
 from vp.platforms.common import describe, no_offer
+from vp.settings import setting
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
 STATUS: dict[str | None, str] = {
@@ -51,17 +54,21 @@ EXTRA_HINT = "pip install 'vp-runner[vast]'"
 CAPACITY_ERRORS = ("no_such_ask", "not available", "unavailable", "no longer")
 
 
+@dataclass(frozen=True)
+class VastSettings(CloudSettings):
+    """[vast]"""
+
+    api_key: str | None = None
+    url: str | None = setting(check="endpoint")  # user file or VAST_URL only
+    image: str | None = None
+    user: str | None = setting(check="user_name")
+
+
 DECLARATION = Declaration(
     name="vast",
     kind="container",
     ownership=Ownership.LABEL,  # label `vp-PROJECT`
-    settings={
-        "api_key": (str, None),
-        "url": (str, None),
-        "image": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
+    settings=VastSettings,
     secrets=("api_key",),
     # The scoped key vast injects into the container may stop its own instance.
     idle_stop=from_pid1("CONTAINER_ID", "CONTAINER_API_KEY")
@@ -78,7 +85,7 @@ DECLARATION = Declaration(
 )
 
 
-def create_platform(settings: dict[str, Any]) -> VastPlatform:
+def create_platform(settings: VastSettings | dict[str, Any] | None) -> VastPlatform:
     return VastPlatform(settings)
 
 
@@ -88,11 +95,9 @@ class VastPlatform(CloudPlatform):
     declaration = DECLARATION
     status_label = "vast_status"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: VastSettings | dict[str, Any] | None = None):
         super().__init__(settings)
-        self.url = (os.environ.get("VAST_URL") or self.settings.get("url") or DEFAULT_URL).rstrip(
-            "/"
-        )
+        self.url = (os.environ.get("VAST_URL") or self.settings.url or DEFAULT_URL).rstrip("/")
         self._client: Any = None
 
     # -- the provider calls ------------------------------------------------------------------
@@ -111,7 +116,7 @@ class VastPlatform(CloudPlatform):
         )
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
-        image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
+        image = spec.image or self.settings.image or DEFAULT_IMAGE
         result = self._call(
             "create an instance",
             lambda c: c.create_instance(
@@ -223,7 +228,7 @@ class VastPlatform(CloudPlatform):
             gpu=row.get("gpu_name"),
             gpus=int(row.get("num_gpus") or 0),
             price=row.get("dph_total"),
-            ssh_user=self.settings.get("user") or "root",
+            ssh_user=self.settings.user or "root",
             ssh_host=ssh_host,
             ssh_port=ssh_port,
             labels=labels,
@@ -238,7 +243,7 @@ class VastPlatform(CloudPlatform):
             name=name,
             platform="vast",
             status=PENDING,
-            ssh_user=self.settings.get("user") or "root",
+            ssh_user=self.settings.user or "root",
             key_path=self._key_paths.get(iid),
             host_key_alias=f"vp-vast-{iid}",
         )
@@ -257,7 +262,7 @@ class VastPlatform(CloudPlatform):
         return self._client
 
     def _api_key(self) -> str:
-        key = self.settings.get("api_key") or os.environ.get("VAST_API_KEY")
+        key = self.settings.api_key or os.environ.get("VAST_API_KEY")
         if not key:
             config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
             for path in (Path(config) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
