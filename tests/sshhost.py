@@ -319,6 +319,7 @@ class SshHost:
         self.host_address: str | None = None  # root-namespace end of the veth pair
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
+        self.extra_config: list[str] = []  # more sshd_config lines, from the next (re)start
         self.config_path = self.root / "sshd_config"
         self.log_path = self.root / "sshd.log"
         self.authorized_keys_path = self.root / "authorized_keys"
@@ -467,6 +468,7 @@ class SshHost:
         ]
         if _openssh_version() >= (9, 8):
             lines.append("PerSourcePenalties no")  # tests fail many connections on purpose
+        lines += self.extra_config
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def _argv(self) -> list[str]:

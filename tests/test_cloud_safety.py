@@ -123,6 +123,29 @@ def test_second_ctrl_c_during_the_destroy_leaves_the_host_recorded_and_reachable
     assert recorded(vp_env) == []
 
 
+def test_cleanup_lists_a_host_a_failed_create_left_recorded_and_destroys_it_with_yes(cloud, vp_env):
+    code, err = interrupted_up(vp_env, cloud, twice=True)
+    assert code == 130, err
+    (iid,) = list(cloud.instances)
+    (row,) = recorded(vp_env)
+    key = Path(row["key_path"])
+
+    r = vp_env.run("-o", "json", "cleanup")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert [(o["id"], o["why"]) for o in report["orphans"]] == [(iid, "create failed")]
+    assert report["destroyed"] == [] and iid in cloud.instances and key.exists()
+    r = vp_env.run("cleanup")
+    assert "1 orphaned host(s) may be billing" in r.stderr and iid in r.stdout
+
+    r = vp_env.run("-o", "json", "cleanup", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["destroyed"] == [f"vast:{iid}"]
+    assert wait_for(lambda: iid not in cloud.instances)
+    assert recorded(vp_env) == [] and not key.exists()
+    assert json.loads(vp_env.run("-o", "json", "cleanup").stdout)["orphans"] == []
+
+
 def rekey(emulator, iid: str) -> None:
     """Another machine at the same ip:port: the sshd standing in for `iid` comes back on its
     port with a new host key (its sessions, vp's shared connection included, die)."""

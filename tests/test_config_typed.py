@@ -112,7 +112,11 @@ def test_a_platform_made_from_a_dict_gets_its_typed_table() -> None:
 # -- one place for defaults: the README's table says what the dataclasses say ---------------
 
 # Keys whose default is worked out when used, so the README describes it in words.
-DERIVED = {("project", "name"): "folder name", ("host", "name"): "`vp-PROJECT`"}
+DERIVED = {
+    ("project", "name"): "folder name",
+    ("host", "name"): "`vp-PROJECT`",
+    ("setup", "inputs"): "common lockfiles",  # vp/setup.py's DEFAULT_INPUTS
+}
 # Accepted and never read (issue #11): not documented until it does something.
 UNDOCUMENTED = {("sync", "include")}
 
@@ -140,6 +144,8 @@ def _value(text: str) -> object:
         return None
     if text == "[]":
         return ()
+    if text == "{}":
+        return {}
     if text in ("true", "false"):
         return text == "true"
     if re.fullmatch(r"-?\d+", text):

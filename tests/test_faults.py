@@ -498,7 +498,9 @@ def test_ctrl_c_during_run_then_next_run_is_clean(ssh_project: VpEnv) -> None:
 def test_ctrl_c_during_download_leaves_no_partial_file(slow_project: VpEnv) -> None:
     p = slow_project.project
     (p / "main.py").write_text("x = 1\n")
-    run = start(slow_project, "sh", "-c", "head -c 150000000 /dev/zero > big.bin; echo made")
+    # not zeros: a sparse download's temp file keeps size 0 until rsync closes it
+    made = "head -c 150000000 /dev/zero | tr '\\0' x > big.bin; echo made"
+    run = start(slow_project, "sh", "-c", made)
     run.wait_err("fetching")
     run.wait_for(lambda: partial_bytes(p), 30, "big.bin arriving in the staging dir")
     run.proc.send_signal(signal.SIGINT)

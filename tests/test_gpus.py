@@ -14,7 +14,14 @@ from hypothesis import strategies as st  # noqa: E402
 # Names as the providers spell them (vast gpu_name, RunPod id/displayName, AWS/GCE catalogs).
 SPELLINGS = {
     "4090": ["RTX 4090", "NVIDIA GeForce RTX 4090", "rtx4090", "RTX-4090", "geforce rtx 4090"],
-    "A100": ["A100 PCIE", "A100 SXM4", "NVIDIA A100 80GB PCIe", "NVIDIA A100-SXM4-80GB", "a100"],
+    "A100": [
+        "A100 PCIE",
+        "A100 SXM4",
+        "NVIDIA A100 80GB PCIe",
+        "NVIDIA A100-SXM4-80GB",
+        "a100",
+        "NVIDIA A100 (80GB)",
+    ],  # Thunder's displayName
     "L4": ["L4", "NVIDIA L4", "nvidia-l4"],
     "L40S": ["L40S", "NVIDIA L40S", "l40s"],
     "A10G": ["A10G", "A10", "NVIDIA A10"],

@@ -70,6 +70,24 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp download outputs/": (["download", "outputs/"], "local"),
     "vp download PATH": (["download", "outputs/"], "local"),
     "vp status": (["status"], "local"),
+    "vp config set --user {dotted} -": (["config", "set", "--user", "vast.api_key", "-"], "local"),
+    "vp config set --user {section}.{key} VALUE": (
+        ["config", "set", "--user", "vast.url", "https://vast.example"],
+        "local",
+    ),
+    "vp config set --user docker.registry HOST": (
+        ["config", "set", "--user", "docker.registry", "127.0.0.1:5000"],
+        "local",
+    ),
+    "vp down {host.id}": (["down", "--yes", "12345"], "vast"),
+    "vp init": (["init"], "local"),
+    "vp secret set {name}": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret set {first}": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret set NAME": (["secret", "set", "HF_TOKEN"], "local"),
+    "vp secret ls": (["secret", "ls"], "local"),
+    "vp setup": (["setup"], "local"),
+    "vp setup --force runs": (["setup", "--force"], "local"),
 }
 
 

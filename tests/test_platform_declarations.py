@@ -108,3 +108,14 @@ def test_a_thunder_instance_made_outside_vp_is_never_used_or_destroyed(
     r = vp_env.run("down", "--yes")
     assert r.returncode == 0, r.stderr
     assert list(thunder_emulator.instances) == [theirs]
+
+
+@pytest.mark.parametrize("name", PROVIDERS)
+def test_only_thunder_cannot_stop_and_it_declares_no_idle_stop(name):
+    """Thunder has no stop, its instances are containers without systemd (a guest shutdown
+    stops no billing) and its token is account-wide: no idle-stop command, one warning."""
+    decl = declaration(name)
+    assert decl.can_stop is (name != "thunder")
+    if name == "thunder":
+        assert decl.idle_stop is None and idle.stop_command(name, None) is None
+        assert "cannot stop" in idle.unavailable(name) and "vp down" in idle.unavailable(name)

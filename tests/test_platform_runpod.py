@@ -163,6 +163,17 @@ def test_ctrl_c_after_accept_destroys_the_new_host(env, tmp_path):
     assert list((tmp_path / "state" / "vp" / "keys").iterdir()) == []  # its key went too
 
 
+def test_ctrl_c_before_runpod_answers_the_create_terminates_what_it_made(env, tmp_path):
+    """Issue 10 item 12: the pod exists but vp was interrupted before learning its id; the
+    pod's PUBLIC_KEY (made for this create alone) finds it, not another pod of the same name."""
+    other = get_platform("runpod", {}).create(HostSpec(gpu="4090"), "vp-interrupted")
+    done = interrupt_create(env, "runpod", {}, {"gpu": "4090"}, r"podFindAndDeploy", hold=True)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "interrupted while creating a RunPod host; destroyed the new" in done.stdout
+    assert list(env.instances) == [other.id] and env.errors == []
+    get_platform("runpod", {}).destroy(other.id)
+
+
 def test_importing_the_module_does_not_import_the_sdk():
     code = "import sys, vp.platforms.runpod; print('runpod' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -489,3 +489,19 @@ def test_a_colleagues_instance_is_never_adopted_listed_or_destroyed(project, vp_
     assert r.returncode == 0, r.stderr
     assert list(project.instances) == [foreign]
     assert project.instances[foreign]["status"] == "RUNNING" and foreign in project.hosts
+
+
+def test_idle_stop_is_said_to_be_unavailable_on_every_run(
+    project, vp_env: VpEnv, remote_workdir: Path
+):
+    """No stop on Thunder and no scoped credential to delete from the host: vp installs no
+    watchdog (a guest shutdown would stop no billing) and says so each time. (The test sshds
+    share one remote home with other tests, so the watchdog's files there prove nothing.)"""
+    config = vp_env.project / "vp.toml"
+    config.write_text(config.read_text().replace("[sync]", "idle_stop_minutes = 1\n\n[sync]"))
+    for _ in range(2):
+        r = vp_env.run("true")
+        assert r.returncode == 0, r.stderr
+        assert "idle_stop_minutes has no effect on thunder hosts" in r.stderr
+        assert "bills until deleted" in r.stderr
+    assert vp_env.run("down", "--yes").returncode == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -202,6 +203,28 @@ def test_ctrl_c_after_accept_destroys_the_new_host(env, tmp_path):
     )
     assert env.instances == {} and env.live_sshd() == 0
     assert list((tmp_path / "state" / "vp" / "keys").iterdir()) == []  # its key went too
+
+
+def test_ctrl_c_before_vast_answers_the_create_destroys_what_it_made_and_only_that(env, tmp_path):
+    """Issue 10 item 12: vast made the instance but vp was interrupted before the answer (its
+    id) came. The create's own token (env VP_LAUNCH) finds it; another instance with the same
+    label (vp on another machine, same project) is left alone."""
+    other = get_platform("vast", {}).create(HostSpec(gpu="H100"), "vp-interrupted")
+    done = interrupt_create(env, "vast", {}, {"gpu": "4090"}, r"PUT /api/v0/asks/\d+/", hold=True)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "interrupted while creating a vast.ai host; destroyed the new" in done.stdout
+    assert list(env.instances) == [other.id] and env.errors == []
+    kept = sorted(p.name for p in (tmp_path / "state" / "vp" / "keys").iterdir())
+    assert kept == [Path(other.key_path).name, Path(other.key_path).name + ".pub"]  # its own: gone
+    get_platform("vast", {}).destroy(other.id)
+
+
+def test_ctrl_c_before_vast_answers_when_nothing_was_made_says_so(env, tmp_path):
+    env.capacity_error = True  # answered 400 after the hold: nothing made
+    done = interrupt_create(env, "vast", {}, {"gpu": "4090"}, r"PUT /api/v0/asks/\d+/", hold=True)
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert "vast.ai made no vast instance for it" in done.stdout
+    assert env.instances == {} and list((tmp_path / "state" / "vp" / "keys").iterdir()) == []
 
 
 def test_importing_the_module_does_not_import_the_sdk():

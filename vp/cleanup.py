@@ -1,9 +1,10 @@
-"""`vp cleanup`: forget what is gone (ssh-config aliases, pinned host keys) and find
-instances tagged for vp that this machine does not know."""
+"""`vp cleanup`: forget what is gone (ssh-config aliases, pinned host keys), find instances
+tagged for vp that this machine does not know, and the hosts a failed create left recorded as
+orphans (its destroy failed or was interrupted: vp's state labels them `orphan`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vp.errors import VpError
@@ -51,6 +52,16 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
             continue
         keys = {h.key for h in listed}
         gone |= {k for k, h in known.items() if h.platform == name and k not in keys}
+        now = {h.key: h for h in listed}
+        for k, h in known.items():
+            if h.platform == name and "orphan" in h.labels:
+                seen = now.get(k)
+                if seen is not None:
+                    h = replace(h, status=seen.status, gpu=seen.gpu or h.gpu)
+                if _recorded_orphan(
+                    platform, state, ui, report, h, gone=k in gone, destroy=destroy_orphans
+                ):
+                    gone.add(k)
         if declaration(name).ownership is not Ownership.LABEL:
             continue  # the account's hosts are not marked as vp's: none can be called orphaned
         for h in listed:
@@ -76,6 +87,39 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
     }
     report.known_hosts = sshconfig.prune_known_hosts(live)
     return report
+
+
+def _recorded_orphan(
+    platform, state: State, ui: UI, report: CleanupReport, host, *, gone: bool, destroy: bool
+) -> bool:
+    """A host vp made whose create failed and whose destroy failed too: vp's own, so it is
+    listed, and destroyed with `destroy` (`--yes`); once gone, its record and key go."""
+    from vp.platforms.common import discard_key
+
+    if not gone:
+        report.orphans.append(
+            {
+                "platform": host.platform,
+                "id": host.id,
+                "name": host.name,
+                "status": host.status,
+                "gpu": host.gpu,
+                "why": host.labels["orphan"],
+            }
+        )
+        if not destroy:
+            return False
+        try:
+            platform.destroy(host.id)
+        except VpError as exc:
+            ui.warn(f"could not destroy {host.id} on {host.platform}: {exc}")
+            return False
+        report.destroyed.append(host.key)
+        ui.info(f"destroyed {host.name} ({host.id}) on {host.platform}, left by a failed create")
+    state.forget_host(host.key)
+    if host.key_path:
+        discard_key(Path(host.key_path))
+    return True
 
 
 def _read_text(path: Path) -> str:

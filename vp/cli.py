@@ -332,6 +332,7 @@ SUBCOMMANDS = frozenset(
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
     | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
+    | {"secret", "setup", "ui"}
 )
 
 

@@ -96,6 +96,30 @@ class DockerTable:
     password: str | None = None
 
 
+@dataclass(frozen=True)
+class SetupTable:
+    """[setup]: installs the project's dependencies on a host, once per change (vp/setup.py)."""
+
+    run: str | None = None
+    inputs: tuple[str, ...] | None = None  # unset: vp/setup.py's own list
+
+
+@dataclass(frozen=True)
+class SecretsTable:
+    """[secrets]: names only; the values come from the environment or `vp secret set`
+    (vp/secretstore.py)."""
+
+    required: tuple[str, ...] = setting((), check="secret_names")
+    optional: tuple[str, ...] = setting((), check="secret_names")
+
+
+@dataclass(frozen=True)
+class UiTable:
+    """[ui]: `vp ui`'s apps on the host, proxied at /apps/NAME/ (name -> port on the host)."""
+
+    apps: Mapping[str, int] = setting(MappingProxyType({}), check="app_ports")
+
+
 # vp's own tables; each provider adds its own (`Declaration.settings`), see `tables()`.
 CORE_TABLES: dict[str, type] = {
     "project": ProjectTable,
@@ -103,6 +127,9 @@ CORE_TABLES: dict[str, type] = {
     "ssh": SshTable,
     "sync": SyncTable,
     "docker": DockerTable,
+    "setup": SetupTable,
+    "secrets": SecretsTable,
+    "ui": UiTable,
 }
 # Sections whose keys name free-form variables.
 FREE_SECTIONS = {"env"}
@@ -196,6 +223,9 @@ class Config:
     ssh: SshTable = SshTable()
     sync: SyncTable = SyncTable()
     docker: DockerTable = DockerTable()
+    setup: SetupTable = SetupTable()
+    secrets: SecretsTable = SecretsTable()
+    ui: UiTable = field(default_factory=UiTable)
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every table by name, the providers' included (`section("vast").api_key`).
     tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -233,7 +263,7 @@ class Config:
 
 # The tables Config has as attributes (`cfg.host`); [project] is `section("project")`, since
 # `cfg.project` is the project's name as vp uses it.
-_TYPED = ("host", "ssh", "sync", "docker")
+_TYPED = ("host", "ssh", "sync", "docker", "setup", "secrets", "ui")
 
 
 def _build(data: dict[str, dict[str, Any]], **where: Any) -> Config:
@@ -255,6 +285,7 @@ def _nearest(word: str, choices: list[str]) -> str | None:
 def _type_name(t: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names[list] = "a list"
+    names[dict] = "a table"
     if isinstance(t, tuple):
         return "a number"
     return names.get(t, t.__name__)
@@ -327,6 +358,21 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
             raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
     if rule == "endpoint":
         check_endpoint(value, where)
+    if rule == "secret_names":
+        from vp.secretstore import check_names
+
+        check_names(value, where)
+    if rule == "app_ports":
+        for name, port in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+                raise ConfigError(
+                    f"{where}: app name {name!r} may hold only letters, digits, '_' and '-'"
+                )
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise ConfigError(
+                    f"{where}: {name} = {port!r} is not a port",
+                    hint="a port on the host from 1 to 65535, e.g. apps = { jupyter = 8888 }",
+                )
     if rule == "registry":
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", value):
             raise ConfigError(
@@ -478,6 +524,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             raise UsageError(f"{name}={raw!r}: expected a number") from None
     if expected is list:
         return [p for p in raw.split(",") if p]
+    if expected is dict:  # NAME=PORT,NAME=PORT
+        pairs = [p.partition("=") for p in raw.split(",") if p]
+        return {k.strip(): int(v) if v.strip().isdigit() else v for k, _, v in pairs}
     return raw
 
 
@@ -555,6 +604,10 @@ def check(cfg: Config) -> None:
         from vp.sync.ignore import IgnoreRules
 
         IgnoreRules(list(cfg.sync.results), "[sync] results")  # a bad pattern names its line
+    if cfg.setup.inputs:
+        from vp.sync.ignore import IgnoreRules
+
+        IgnoreRules(list(cfg.setup.inputs), "[setup] inputs")
     workdir = cfg.sync.workdir
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")

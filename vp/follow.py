@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from vp import remote
 from vp.errors import ConnectionFailed, HostGone, VpError
+from vp.mask import LogView
 from vp.transport import Transport
 from vp.ui import UI
 
@@ -32,6 +33,7 @@ class FollowResult:
     interrupted: bool = False
     detached: bool = False
     lost: bool = False  # the wrapper is gone without an exit code (host rebooted, killed)
+    setup_exit: int | None = None  # the setup failed with this code: the command did not run
 
 
 class _Interrupts:
@@ -67,15 +69,19 @@ def _drain(stream, sink: list[bytes]) -> None:
         sink.append(chunk)
 
 
-def _parse_stderr(blob: bytes) -> tuple[int | None, bool, bytes | None, bool, str]:
-    """-> (exit code, saw exit marker, changes, no-run, other stderr text)."""
+def _parse_stderr(blob: bytes) -> tuple[int | None, bool, bytes | None, bool, str, int | None]:
+    """-> (exit code, saw exit marker, changes, no-run, other stderr text, setup's exit)."""
     text_part, _, changes = blob.partition(remote.CHANGES_MARK.encode())
     saw_exit = False
     code: int | None = None
+    setup_exit: int | None = None
     norun = False
     other = []
     for line in text_part.decode(errors="replace").split("\n"):
-        if line.startswith(remote.EXIT_MARK):
+        if line.startswith(remote.SETUP_FAIL_MARK):
+            value = line[len(remote.SETUP_FAIL_MARK) :].strip()
+            setup_exit = int(value) if value.lstrip("-").isdigit() else 1
+        elif line.startswith(remote.EXIT_MARK):
             saw_exit = True
             value = line[len(remote.EXIT_MARK) :].strip()
             code = int(value) if value.lstrip("-").isdigit() else None
@@ -84,7 +90,7 @@ def _parse_stderr(blob: bytes) -> tuple[int | None, bool, bytes | None, bool, st
         elif line.strip():
             other.append(line)
     has_changes = remote.CHANGES_MARK.encode() in blob
-    return code, saw_exit, (changes if has_changes else None), norun, "\n".join(other)
+    return code, saw_exit, (changes if has_changes else None), norun, "\n".join(other), setup_exit
 
 
 def follow(
@@ -100,14 +106,48 @@ def follow(
     launched: bool = False,
     interruptible: bool = True,
     host_gone: Callable[[], str | None] | None = None,
+    view: LogView | None = None,
 ) -> FollowResult:
     """Run `first_script` (launch+follow, or only follow when `launched`) until the run ends.
 
     With `interruptible` false (`vp logs -f`), Ctrl-C only stops watching. `host_gone`, asked
     while reconnecting fails, says why the host can never answer again (the provider destroyed
     or stopped it) or None: then vp stops at once instead of waiting out `reconnect_timeout`.
+    `view` masks secrets and shows a setup's output on stderr (default: no masking).
     """
-    out = out or sys.stdout.buffer
+    view = view or LogView(out or sys.stdout.buffer, sys.stderr.buffer)
+    try:
+        return _follow(
+            transport,
+            run_id,
+            workdir_sh,
+            first_script,
+            ui,
+            reconnect_timeout=reconnect_timeout,
+            changes=changes,
+            view=view,
+            launched=launched,
+            interruptible=interruptible,
+            host_gone=host_gone,
+        )
+    finally:
+        view.close()
+
+
+def _follow(
+    transport: Transport,
+    run_id: str,
+    workdir_sh: str,
+    first_script: str,
+    ui: UI,
+    *,
+    reconnect_timeout: float,
+    changes: bool,
+    view: LogView,
+    launched: bool,
+    interruptible: bool,
+    host_gone: Callable[[], str | None] | None,
+) -> FollowResult:
     offset = 0
     script = first_script
     expect_started = not launched
@@ -168,8 +208,7 @@ def follow(
                             chunk, pending = pending, b""
                             started = True
                     if chunk:
-                        out.write(chunk)
-                        out.flush()
+                        view.write(chunk)
                         offset += len(chunk)
                         lost_since = None
             finally:
@@ -178,12 +217,12 @@ def follow(
                     _stop(proc)
             proc.wait()
             drain.join(timeout=5)
-            code, saw_exit, change_blob, norun, other = _parse_stderr(b"".join(err))
+            code, saw_exit, change_blob, norun, other, setup_exit = _parse_stderr(b"".join(err))
             if pending and not started:
-                out.write(pending)
-                out.flush()
+                view.write(pending)
             if saw_exit:
                 result.exit_code = code
+                result.setup_exit = setup_exit
                 result.lost = code is None
                 result.changes = change_blob
                 return result

@@ -4,7 +4,10 @@ It is installed by the run's own launch session (no extra round trip) and surviv
 connection. Activity is a live run under the runs dir, or a vp session touching the activity
 file. How a host stops itself depends on the platform: VMs shut down (AWS and GCE turn a guest
 shutdown into a stop), vast.ai and RunPod containers call their provider with the scoped key
-the provider injects into the instance. `[host] idle_stop_command` replaces the built-in one.
+the provider injects into the instance. Thunder Compute has none: it cannot stop an instance,
+a guest shutdown stops no billing there, and its only credential is the account-wide token,
+which never goes to a rented host; `vp run` says so on every run instead.
+`[host] idle_stop_command` replaces the built-in one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,25 @@ def stop_command(platform: str, override: str | None) -> str | None:
     from vp.platforms import declaration
 
     return declaration(platform).idle_stop
+
+
+def unavailable(platform: str) -> str:
+    """Why idle stop does nothing on `platform` (which declares no idle-stop command): said on
+    every run, since a silently ignored autostop costs money."""
+    from vp.platforms import declaration
+
+    decl = declaration(platform)
+    if not decl.can_stop:
+        provider = decl.provider or platform
+        return (
+            f"idle_stop_minutes has no effect on {platform} hosts: {provider} cannot stop an "
+            "instance, it bills until deleted (`vp down`); set [host] idle_stop_command to "
+            "act from the host"
+        )
+    return (
+        f"idle_stop_minutes has no effect on {platform} hosts (vp cannot stop them) unless "
+        "[host] idle_stop_command says how"
+    )
 
 
 def watchdog_snippet(runs_dir_sh: str, minutes: float, command: str) -> str:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import re
 import secrets
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from vp.sync.ignore import PRUNE_DIRS
 
@@ -31,6 +32,10 @@ EXIT_MARK = f"{MARK}VPEXIT "
 CHANGES_MARK = f"{MARK}VPCHANGES\n"
 NORUN_MARK = f"{MARK}VPNORUN"
 STARTED = b"\x1eVPSTARTED\n"  # first bytes on stdout once the run is launched
+SETUP_FAIL_MARK = f"{MARK}VPSETUPFAIL "
+# Lines the wrapper writes into the log around a setup, so vp can show it apart (vp/mask.py).
+SETUP_START = b"\x1eVPSETUP\n"
+SETUP_END = b"\x1eVPSETUPEND\n"
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -90,6 +95,78 @@ def _user_shell() -> str:
     )
 
 
+@dataclass(frozen=True)
+class SetupStep:
+    """The project's setup, for one run: `text` (shell text; for Docker, the `docker run`
+    around it), `digest` (of the command and its inputs, computed locally) and `key` (names the
+    host's record of the last digest that completed, one per workdir)."""
+
+    text: str
+    digest: str
+    key: str
+    force: bool = False
+
+
+def _exec_function(masking: bool) -> str:
+    """`vp_exec TEXT`: run TEXT with the run's environment, output appended to the log. With
+    values to mask, the output goes through a filter first (perl, else python3: a secret may
+    hold any byte, so no line-based tool); the filter ignores Ctrl-C and ends at EOF."""
+    plain = (
+        '(umask "$vp_umask" 2>/dev/null; eval "$vp_env" && exec "$vp_sh" -c "$1")'
+        ' < /dev/null >> "$R/log" 2>&1'
+    )
+    if not masking:
+        return f"vp_exec() {{ {plain}; }}\n"
+    return f"""if command -v perl >/dev/null 2>&1; then vp_f=pl
+elif command -v python3 >/dev/null 2>&1; then vp_f=py
+else vp_f=; echo "vp: no perl or python3 on this host: its copy of this log is not masked" >> "$R/log"
+fi
+vp_filter() {{
+  if [ "$vp_f" = pl ]; then exec perl "$R/mask.pl"; else exec python3 "$R/mask.py"; fi
+}}
+vp_exec() {{
+  [ -n "$vp_f" ] || {{ {plain}; return; }}
+  {{ trap : INT TERM; (umask "$vp_umask" 2>/dev/null; eval "$vp_env" && exec "$vp_sh" -c "$1") < /dev/null 2>&1; echo $? > "$R/rc"; }} | (eval "$vp_mask"; trap '' INT TERM; vp_filter) >> "$R/log"
+  return "$(cat "$R/rc" 2>/dev/null || echo 1)"
+}}
+"""
+
+
+def _setup_step(setup: SetupStep | None) -> str:
+    """Run the setup when the host's record differs from its digest (or when forced); record
+    the digest only once it succeeded. A failed setup ends the run before the command."""
+    if setup is None:
+        return ""
+    if not all(c in "0123456789abcdef" for c in setup.digest + setup.key):
+        raise ValueError("setup digest and key must be hex")
+    check = "" if setup.force else f'[ "$(cat "$vp_sf" 2>/dev/null)" != {setup.digest} ] && '
+    return f"""vp_sf="${{R%/*/*}}/setup/{setup.key}"
+if {check}:; then
+  printf '\\036VPSETUP\\n' >> "$R/log"
+  vp_exec {shlex.quote(setup.text)}; vp_sc=$?
+  printf '\\036VPSETUPEND\\n' >> "$R/log"
+  [ "$vp_sc" -eq 0 ] && [ -n "${{vp_interrupted:-}}" ] && vp_sc=130
+  [ "$vp_sc" -eq 0 ] || {{ echo "$vp_sc" > "$R/setup-exit"; vp_finish "$vp_sc"; }}
+  mkdir -p "${{vp_sf%/*}}" && echo {setup.digest} > "$vp_sf.tmp" && mv "$vp_sf.tmp" "$vp_sf"
+fi
+[ -z "${{vp_interrupted:-}}" ] || vp_finish 130
+"""
+
+
+def _mask_files(mask: Sequence[str]) -> str:
+    """The filter programs (no secret in them) and the values (through `ship_env`)."""
+    if not mask:
+        return ""
+    from vp.mask import PERL_FILTER, PYTHON_FILTER
+
+    out = ""
+    for name, program in (("mask.pl", PERL_FILTER), ("mask.py", PYTHON_FILTER)):
+        token = _heredoc_token(program)
+        out += f"cat > \"$R/{name}\" <<'{token}'\n{program}{token}\n"
+    values = {f"_VP_MASK_{i}": v for i, v in enumerate(mask)}
+    return out + ship_env('"$R/mask"', values)
+
+
 def launch_script(
     runs_dir_sh: str,
     run_id: str,
@@ -100,23 +177,33 @@ def launch_script(
     follow: bool = True,
     changes: bool = True,
     pre_start: str = "",
+    setup: SetupStep | None = None,
+    mask: Sequence[str] = (),
 ) -> str:
     """Create the run, start it detached, and (unless `follow` is false) stream it.
 
     `pre_start` is shell text run just before the command starts (the idle watchdog).
+    `setup`, when its digest differs from the host's record, runs first in the same wrapper
+    (same log, same process group, so streaming and Ctrl-C work as for the command).
+    `mask`: values the stored log shows as *** (see vp/mask.py).
     """
     rdir = _run_dir(runs_dir_sh, run_id)
+    masking = bool(mask)
     body = f"""R={rdir}
-{take_env('"$R/env"')}trap 'vp_interrupted=1' INT TERM
+vp_umask=${{1:-022}}
+{take_env('"$R/env"')}{take_env('"$R/mask"', "vp_mask") if masking else ""}trap 'vp_interrupted=1' INT TERM
 echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
 vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {_user_shell()}
-(eval "$vp_env" && exec "$vp_sh" -c {shlex.quote(command)}) < /dev/null >> "$R/log" 2>&1
+{_exec_function(masking)}{_setup_step(setup)}vp_exec {shlex.quote(command)}
 vp_finish $?
 """
     token = _heredoc_token(body)
-    script = f"""umask 077
+    # vp's own files are private (umask 077); the command gets the login's umask back ($1 of
+    # run.sh), so results it writes have the modes they would have in a normal ssh session.
+    script = f"""vp_umask=$(umask)
+umask 077
 R={rdir}
 mkdir -p {runs_dir_sh} && mkdir "$R" || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
 mkdir -p {workdir_sh} 2>/dev/null
@@ -133,7 +220,7 @@ esac
 cat > "$R/run.sh" <<'{token}'
 {body}{token}
 {pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
-{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh"; :' vp-run "$R" < /dev/null > /dev/null 2>&1 || rm -f "$R/env"
+{_mask_files(mask)}{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh" "$2"; :' vp-run "$R" "$vp_umask" < /dev/null > /dev/null 2>&1 || rm -f "$R/env" "$R/mask"
 printf '{STARTED.decode()}'
 """
     if follow:
@@ -158,6 +245,7 @@ else
   tail -c +{offset + 1} "$R/log"
 fi
 vp_ec=$(cat "$R/exit" 2>/dev/null)
+[ -e "$R/setup-exit" ] && printf '{SETUP_FAIL_MARK}%s\\n' "$(cat "$R/setup-exit")" >&2
 printf '{EXIT_MARK}%s\\n' "${{vp_ec:-none}}" >&2
 """
     if changes:

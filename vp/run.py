@@ -11,9 +11,10 @@ from pathlib import Path
 
 from vp import remote
 from vp.config import Config
-from vp.errors import EXIT_INTERRUPTED, VpError
+from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.follow import follow
 from vp.hosts import host_gone, resolve
+from vp.mask import LogView
 from vp.platforms import kind
 from vp.platforms.base import Host
 from vp.state import RunRecord, State
@@ -43,6 +44,8 @@ class RunOptions:
     host_name: str | None = None
     tunnels: list[str] = field(default_factory=list)  # REMOTE[:LOCAL] forwards for the run
     yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
+    setup_only: bool = False  # `vp setup`: run the project's setup (if needed) and nothing else
+    force_setup: bool = False  # `vp setup --force`: even when the host's record is current
 
 
 def command_text(argv: list[str]) -> str:
@@ -178,7 +181,17 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
 
 def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
     """Run one command through the pipeline; return the exit status vp should exit with."""
+    from vp import secretstore
+
     state = state or State()
+    # Before any host is created, started or asked: a missing secret fails here, for free.
+    secret_values = secretstore.for_project(cfg)
+    setup_cmd = cfg.setup.run or None
+    if opts.setup_only and not setup_cmd:
+        raise UsageError(
+            "this project has no setup to run",
+            hint='add [setup] run = "pip install -r requirements.txt" to vp.toml',
+        )
     if opts.sync:
         check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.docker.enabled if opts.docker is None else opts.docker
@@ -197,17 +210,20 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
             f"{ws.host.name} runs {running_image}, not the project's new image "
             f"{cfg.host.image}: recreate it with `vp down --yes` and run again"
         )
-    command = command_text(opts.argv)
+    command = ":" if opts.setup_only else command_text(opts.argv)
     run_id = remote.new_run_id()
     env = dict(cfg.env)
+    env.update(secret_values)
     env.setdefault("VP_RUN_ID", run_id)
+    setup_text, image = setup_cmd, ""
     if use_docker and not container_host:
-        from vp.docker.dispatch import prepare_command
+        from vp.docker.dispatch import prepare
 
-        command, wrapper_env = prepare_command(
-            cfg, ws.transport, ws.workdir, command, env, run_id, ui
-        )
-        env.update(wrapper_env)
+        prepared = prepare(cfg, ws.transport, ws.workdir, command, env, run_id, ui, setup=setup_cmd)
+        if not opts.setup_only:
+            command = prepared.command
+        setup_text, image = prepared.setup, prepared.image
+        env.update(prepared.env)
     if opts.sync:
         sync_up(ws, ui, yes=opts.yes)
     if opts.sync_only:
@@ -223,7 +239,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         host_key=ws.host.key,
         platform=ws.host.platform,
         host_name=ws.host.name,
-        command=command_text(opts.argv),
+        command="vp setup" if opts.setup_only else command_text(opts.argv),
         workdir=ws.workdir,
         started=time.time(),
         price=ws.host.price,
@@ -238,7 +254,16 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         command,
         env,
         follow=not opts.detach,
+        changes=not opts.setup_only,
         pre_start=_idle_watchdog(cfg, ws, ui),
+        setup=_setup_step(ws, setup_cmd, setup_text, image, opts.force_setup),
+        mask=secretstore.mask_values(secret_values.values()),
+    )
+    view = LogView(
+        sys.stdout.buffer,
+        sys.stderr.buffer,
+        secret_values.values(),
+        on_setup=lambda: ui.info(f"setup on {ws.host.name}: {setup_cmd}"),
     )
     if opts.detach:
         if opts.tunnels:
@@ -280,6 +305,8 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 ui,
                 reconnect_timeout=float(cfg.ssh.reconnect_timeout),
                 host_gone=lambda: host_gone(cfg, state, ws.host),
+                view=view,
+                changes=not opts.setup_only,
             )
     except BaseException:
         state.finish_run(run_id, None, "failed")
@@ -305,8 +332,23 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         manifest = ws.manifest()
         manifest.clean = False
         ws.save_manifest(manifest)
+    if result.setup_exit is not None:
+        if result.interrupted:
+            ui.error("setup interrupted; the command was not run")
+            return EXIT_INTERRUPTED
+        ui.error(
+            f"setup failed (exit {result.setup_exit}); the command was not run",
+            hint=f"its output is above (again: vp logs {run_id}); fix it, then run again "
+            "(or: vp setup)",
+        )
+        return result.setup_exit or 1
     if result.interrupted:
         return EXIT_INTERRUPTED
+    if opts.setup_only and not result.lost:
+        if view.saw_setup:
+            ui.info(f"setup done on {ws.host.name}")
+        else:
+            ui.info(f"setup is up to date on {ws.host.name} (vp setup --force runs it again)")
     if result.lost:
         raise VpError(
             f"run {run_id} on {ws.host.name} ended without an exit status "
@@ -314,6 +356,24 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
             hint=f"see its output with: vp logs {run_id}",
         )
     return result.exit_code if result.exit_code is not None else 1
+
+
+def _setup_step(
+    ws: Workspace, command: str | None, text: str | None, image: str, force: bool
+) -> remote.SetupStep | None:
+    """The setup for this run, its digest computed from the synced inputs (vp/setup.py)."""
+    if not command or not text:
+        return None
+    from vp import setup
+
+    synced = ws.manifest().files or ws.rules().walk(ws.root)
+    files = setup.input_files(setup.inputs(ws.cfg), synced)
+    return remote.SetupStep(
+        text=text,
+        digest=setup.digest(command, ws.root, files, image),
+        key=setup.workdir_key(ws.workdir),
+        force=force,
+    )
 
 
 def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
@@ -326,10 +386,7 @@ def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
     command = idle.stop_command(ws.host.platform, cfg.host.idle_stop_command)
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
-        ui.warn(
-            f"idle_stop_minutes has no effect on {ws.host.platform} hosts (vp cannot stop "
-            "them) unless [host] idle_stop_command says how"
-        )
+        ui.warn(idle.unavailable(ws.host.platform))
         return ""
     return idle.watchdog_snippet(ws.transport.runs_dir_sh, float(minutes), command)
 

@@ -19,14 +19,29 @@ from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 # The rules `config.check_value` knows, by name.
-Check = Literal["positive", "non_negative", "user_name", "endpoint", "registry", "ssh_target"]
+Check = Literal[
+    "positive",
+    "non_negative",
+    "user_name",
+    "endpoint",
+    "registry",
+    "ssh_target",
+    "secret_names",
+    "app_ports",
+]
 
 
 def setting(default: Any = None, check: Check | None = None) -> Any:
     """A field with a rule beyond its type (`poll_interval: float | None = setting(check=...)`)."""
-    if isinstance(default, list):
-        raise TypeError("a list default is mutable: use a tuple")
-    return dataclasses.field(default=default, metadata={"check": check} if check else {})
+    if isinstance(default, list | dict):
+        raise TypeError("a list or dict default is mutable: use a tuple or a MappingProxyType")
+    metadata = {"check": check} if check else {}
+    if isinstance(default, Mapping):  # a table of its own ([ui] apps): read-only, one per use
+        frozen = dict(default)
+        return dataclasses.field(
+            default_factory=lambda: types.MappingProxyType(frozen), metadata=metadata
+        )
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def positive(default: Any = None) -> Any:
@@ -52,13 +67,20 @@ def keys(table: type) -> dict[str, Key]:
     """The keys of a table class, in declaration order."""
     hints = typing.get_type_hints(table)
     return {
-        f.name: Key(_expected(hints[f.name]), f.default, f.metadata.get("check"))
+        f.name: Key(_expected(hints[f.name]), _default(f), f.metadata.get("check"))
         for f in dataclasses.fields(table)
     }
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _expected(hint: Any) -> type | tuple[type, ...]:
-    """`str | None` -> str, `float` -> (int, float), `tuple[str, ...]` -> list (TOML's arrays)."""
+    """`str | None` -> str, `float` -> (int, float), `tuple[str, ...]` -> list (TOML's arrays),
+    `Mapping[str, int]` -> dict (an inline table)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) != 1:
@@ -68,14 +90,25 @@ def _expected(hint: Any) -> type | tuple[type, ...]:
         return (int, float)
     if typing.get_origin(hint) is tuple:
         return list
+    if typing.get_origin(hint) in (Mapping, dict):
+        return dict
     if hint in (str, int, bool):
         return hint
-    raise TypeError(f"config keys are str, int, float, bool or tuple[str, ...], not {hint}")
+    raise TypeError(f"config keys are str, int, float, bool, tuple or Mapping, not {hint}")
 
 
 def build(table: type, values: Mapping[str, Any]) -> Any:
-    """An instance of `table` from checked values (lists become tuples: the table is frozen)."""
-    return table(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    """An instance of `table` from checked values. Lists become tuples and tables read-only
+    mappings: the table is frozen all the way down."""
+    return table(**{k: _frozen(v) for k, v in values.items()})
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return types.MappingProxyType(dict(value))
+    return value
 
 
 def of_table(table: type, given: Any) -> Any:
@@ -92,10 +125,15 @@ def of_table(table: type, given: Any) -> Any:
 
 def as_dict(section: Any) -> dict[str, Any]:
     """A table as plain data (`vp config show`, `--output json`): tuples back to lists."""
-    return {
-        f.name: list(v) if isinstance(v := getattr(section, f.name), tuple) else v
-        for f in dataclasses.fields(section)
-    }
+    return {f.name: _plain(getattr(section, f.name)) for f in dataclasses.fields(section)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

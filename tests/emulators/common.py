@@ -110,6 +110,9 @@ class Emulator:
                       response instead (e.g. a 500 after the provider accepted a create)
       delay_requests  {regex searched in "METHOD /path\nBODY": seconds}: answer matching
                       requests that much later (a slow API; time to press Ctrl-C)
+      hold_responses  {regex searched as above: seconds}: handle matching requests at once
+                      (a create makes its instance) but send the answer that much later, as
+                      when the network drops the answer to a create the provider carried out
     """
 
     provider = "emulator"
@@ -125,11 +128,13 @@ class Emulator:
         self.stop_delay = 0.3
         self.fail_requests: dict[str, Response] = {}
         self.delay_requests: dict[str, float] = {}
+        self.hold_responses: dict[str, float] = {}
         self.instances: dict[str, dict] = {}  # provider id -> the provider's own record
         self.hosts: dict[str, SshHost] = {}  # provider id -> sshd standing in for the machine
         self.running_sshd: set[str] = set()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.request_texts: list[str] = []  # "METHOD /path\nBODY" of every request, in order
+        self.held: list[str] = []  # requests handled whose answer `hold_responses` is holding
         self.errors: list[str] = []  # exceptions raised inside the emulator (tests assert empty)
         self.lock = threading.RLock()
         self.scheduler: Scheduler | None = None
@@ -271,6 +276,11 @@ def _handler_for(emulator: Emulator) -> type[BaseHTTPRequestHandler]:
             except Exception as exc:  # noqa: BLE001 - a 500 the client sees, and the test too
                 emulator._record_error(exc)
                 response = Response(500, {"error": "internal emulator error"})
+            hold = max([d for p, d in emulator.hold_responses.items() if re.search(p, text)] or [0])
+            if hold:
+                with emulator.lock:
+                    emulator.held.append(text)
+                time.sleep(hold)
             if isinstance(response.body, str):
                 data = response.body.encode()
                 ctype = "text/plain; charset=utf-8"
@@ -333,11 +343,14 @@ print("created")
 
 
 def interrupt_create(
-    emulator: Emulator, platform: str, settings: dict, spec: dict, slow: str
+    emulator: Emulator, platform: str, settings: dict, spec: dict, slow: str, *, hold: bool = False
 ) -> subprocess.CompletedProcess[str]:
     """Run `create` in a child vp process, make the request matching `slow` hang after the
-    provider accepted the create, press Ctrl-C (SIGINT) then, and return what the child said."""
-    emulator.delay_requests[slow] = 30.0
+    provider accepted the create, press Ctrl-C (SIGINT) then, and return what the child said.
+    With `hold`, `slow` is the create request itself: the provider makes the instance and its
+    answer is held, so vp is interrupted before it learns the instance's id."""
+    waits = emulator.hold_responses if hold else emulator.delay_requests
+    waits[slow] = 30.0
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen(
         [sys.executable, "-c", _CREATE_SCRIPT, platform, json.dumps(settings), json.dumps(spec)],
@@ -348,11 +361,14 @@ def interrupt_create(
     )
     try:
         pattern = re.compile(slow)
-        wait_for(lambda: emulator.instances and emulator.slow_seen(pattern), timeout=30)
+        if hold:
+            wait_for(lambda: any(pattern.search(t) for t in emulator.held), timeout=30)
+        else:
+            wait_for(lambda: emulator.instances and emulator.slow_seen(pattern), timeout=30)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
-        emulator.delay_requests.pop(slow, None)
+        waits.pop(slow, None)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -187,7 +187,8 @@ def ssh_config_cmd(
     help=(
         "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, and list "
         "orphaned instances: hosts labelled for vp that this machine's state doesn't know "
-        "(they may belong to vp on another machine). --yes destroys the orphans."
+        "(they may belong to vp on another machine), and hosts a failed create left recorded. "
+        "--yes destroys the orphans."
     ),
 )
 def cleanup_cmd(

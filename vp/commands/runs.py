@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 import time
 
-from vp import remote
+from vp import remote, secretstore
 from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.follow import follow as follow_run
 from vp.hosts import transport_for
+from vp.mask import LogView
 from vp.state import RunRecord, State
 
 
@@ -65,11 +66,14 @@ def show_logs(
 ) -> int:
     state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects)
     workdir_sh = transport.workdir_sh(record.workdir)
+    # Secrets masked here too, whatever the host's copy holds (vp/mask.py).
+    view = LogView(sys.stdout.buffer, sys.stderr.buffer, secretstore.known_values(cfg))
     if not follow:
         proc = transport.run(f"cat {transport.runs_dir_sh}/{record.id}/log\n", timeout=120)
         if proc.returncode != 0:
             raise VpError(f"no log for run {record.id} on {host.name}")
-        sys.stdout.buffer.write(proc.stdout)
+        view.write(proc.stdout)
+        view.close()
         return 0
     script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
     result = follow_run(
@@ -82,6 +86,7 @@ def show_logs(
         changes=attach,
         launched=True,
         interruptible=attach,
+        view=view,
     )
     if result.detached or (result.interrupted and not attach):
         return EXIT_INTERRUPTED

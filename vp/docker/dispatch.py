@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from vp import paths, settings
@@ -142,6 +143,29 @@ def prepare_command(
     """Make the image available to the host; return the command wrapped in `docker run`, and
     the values that text needs in its environment besides `env` (the registry secret for a
     pull). Both value sets reach the host through `vp.remote.ship_env`, never the text."""
+    prepared = prepare(cfg, transport, workdir, command, env, run_id, ui)
+    return prepared.command, prepared.env
+
+
+@dataclass
+class Prepared:
+    command: str  # the command, wrapped in `docker run`
+    env: dict[str, str]  # what the wrapping needs in its environment (a pull's secret)
+    image: str  # the image reference the host runs
+    setup: str | None = None  # the project's setup, wrapped the same way
+
+
+def prepare(
+    cfg: Config,
+    transport: Transport,
+    workdir: str,
+    command: str,
+    env: dict[str, str],
+    run_id: str,
+    ui: UI,
+    setup: str | None = None,
+) -> Prepared:
+    """`prepare_command`, plus the project's `setup` wrapped to run inside the same image."""
     from vp.docker.run import pull_env, wrap_command
 
     dockerfile = cfg.project_root / cfg.docker.dockerfile
@@ -162,13 +186,21 @@ def prepare_command(
     else:
         ref, pull_auth = build_and_push(cfg, ui)
         _check_room(transport, ref)
-    text = wrap_command(
-        command,
+
+    def wrap(text: str, name: str) -> str:
+        return wrap_command(
+            text,
+            image=ref,
+            workdir=workdir,
+            env=env.keys(),
+            gpus=cfg.docker.gpus,
+            name=name,
+            pull_auth=pull_auth,
+        )
+
+    return Prepared(
+        command=wrap(command, f"vp-{run_id}"),
+        env=pull_env(pull_auth),
         image=ref,
-        workdir=workdir,
-        env=env.keys(),
-        gpus=cfg.docker.gpus,
-        name=f"vp-{run_id}",
-        pull_auth=pull_auth,
+        setup=None if setup is None else wrap(setup, f"vp-{run_id}-setup"),
     )
-    return text, pull_env(pull_auth)

@@ -8,48 +8,15 @@ from __future__ import annotations
 import functools
 import importlib
 import pkgutil
-from dataclasses import dataclass
 from typing import Any
 
 from vp.errors import UsageError
-from vp.idle import VM_SHUTDOWN
 from vp.platforms.base import Platform
-from vp.platforms.cloud import CloudSettings, Declaration, Ownership
-from vp.settings import of_table, positive, setting
+from vp.platforms.cloud import Declaration
+from vp.settings import of_table
 
 # Modules of this package that are shared machinery, not providers.
 _MACHINERY = {"base", "cloud", "common", "gpus"}
-
-
-@dataclass(frozen=True)
-class ThunderSettings(CloudSettings):
-    """[thunder]"""
-
-    token: str | None = None
-    url: str | None = setting(check="endpoint")  # user file or TNR_API_URL only
-    template: str | None = None
-    mode: str | None = None
-    user: str | None = setting(check="user_name")
-    snapshot_timeout: float = positive(1800)  # seconds a `vp clone` waits for its snapshot
-
-
-# Until thunder.py declares itself (it is being reworked), its declaration lives here.
-_PENDING_DECLARATIONS = {
-    "thunder": Declaration(
-        name="thunder",
-        kind="vm",
-        ownership=Ownership.STATE,  # no labels on Thunder: only what vp's state recorded making
-        settings=ThunderSettings,
-        secrets=("token",),
-        idle_stop=VM_SHUTDOWN,
-        honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "cpus"}),
-        endpoint_env="TNR_API_URL",
-        endpoint_key="url",
-        noun="Thunder Compute instance",
-        provider="Thunder Compute",
-        destroy_words=("delete", "deleted"),
-    )
-}
 
 # The providers, in the order vp lists them: the embedded default first, then by kind.
 _ORDER = ("local", "ssh", "vast", "runpod", "thunder", "aws", "gce")
@@ -70,7 +37,7 @@ def declaration(name: str) -> Declaration:
     if name not in PROVIDERS:
         _unknown(name)
     module = _module(name)
-    found = getattr(module, "DECLARATION", None) or _PENDING_DECLARATIONS.get(name)
+    found = getattr(module, "DECLARATION", None)
     if not isinstance(found, Declaration):
         raise TypeError(f"vp.platforms.{name} defines no DECLARATION")
     return found

@@ -15,6 +15,7 @@ the message says so. Providers implement only the `_`-methods marked abstract.
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -72,6 +73,10 @@ class Declaration:
     endpoint_key: str | None = None
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
+    # Whether the provider can stop a host and start it again with its disk (`vp stop` /
+    # `vp start`, a stopped host started on use). False: a host runs, and bills, until it is
+    # destroyed; `stop`/`start` refuse in one line.
+    can_stop: bool = True
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.
     honours: frozenset[str] = frozenset()
     # Words for its hosts in messages ("vast instance 42") and for destroying one.
@@ -227,6 +232,12 @@ class CloudPlatform(ABC):
         and return the host. Anything raised here destroys it."""
         return self._get(host_id)
 
+    def _launched(self, name: str, key: keys.KeyPair) -> list[str] | None:
+        """After a create request was cut off before the provider answered (Ctrl-C): the ids of
+        the hosts that request made, found by what only it carried (`name` and `key`, see
+        `launch_token`), or None when the provider cannot tell."""
+        return None
+
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
         return no_offer(spec, found, what=f"{self.declaration.provider} offer", platform=self.name)
 
@@ -254,6 +265,7 @@ class CloudPlatform(ABC):
         attempts = self._attempts(spec, fitting)
         pair = keys.new_keypair(self._key_name(name))
         host_id: str | None = None
+        cut: BaseException | None = None  # the create request was cut off mid-flight
         try:
             self._register_key(pair)
             failures: list[VpError] = []
@@ -263,12 +275,19 @@ class CloudPlatform(ABC):
                     break
                 except Capacity as exc:
                     failures.append(exc)
-            if host_id is None:
+                except VpError:
+                    raise  # the provider answered: it said what it did
+                except BaseException as exc:  # noqa: BLE001 - Ctrl-C before the answer came
+                    cut = exc
+                    break
+            if host_id is None and cut is None:
                 raise self._no_capacity(spec, failures)
         except BaseException:
             self._unregister_key(pair)
             discard_key(pair.private_path)
             raise
+        if host_id is None:
+            self._settle_cut_launch(name, pair, cut, recorder)
         self._key_paths[host_id] = str(pair.private_path)
         placeholder = Host(
             id=host_id,
@@ -288,6 +307,49 @@ class CloudPlatform(ABC):
             self._key_paths.pop(host_id, None)
             settle_failed_create(self, placeholder, exc, recorder)
 
+    def _settle_cut_launch(
+        self, name: str, pair: keys.KeyPair, exc: BaseException | None, recorder: Recorder | None
+    ) -> NoReturn:
+        """The create request was cut off (Ctrl-C) before the provider said whether it made a
+        host: look for what it made under this create's token, destroy it (or, failing that,
+        record it with its key) and re-raise saying which."""
+        assert exc is not None
+        decl = self.declaration
+        try:
+            found = self._launched(name, pair)
+        except BaseException as lookup:  # noqa: BLE001 - a second Ctrl-C lands here too
+            why = "interrupted again" if isinstance(lookup, KeyboardInterrupt) else str(lookup)
+            found = []
+            done = (
+                f"could not check whether {decl.provider} made a {decl.noun} ({why}); "
+                "if it did, `vp cleanup` lists it"
+            )
+        else:
+            done = (
+                f"{decl.provider} made no {decl.noun} for it"
+                if found == []
+                else f"{decl.provider} may have made a {decl.noun}: check its console"
+            )
+        if not found:
+            self._unregister_key(pair)
+            discard_key(pair.private_path)
+            reraise_after_cleanup(exc, done, decl.provider)
+        outcomes = []
+        for host_id in found:
+            host = Host(
+                id=host_id,
+                name=name,
+                platform=self.name,
+                status=PENDING,
+                key_path=str(pair.private_path),
+                host_key_alias=f"vp-{self.name}-{host_id}",
+                created_at=time.time(),
+            )
+            outcomes.append(settle(self, host, recorder, discard=False))
+        if all(destroyed for _, destroyed in outcomes):
+            discard_key(pair.private_path)
+        reraise_after_cleanup(exc, "; ".join(text for text, _ in outcomes), decl.provider)
+
     def wait_ready(self, host_id: str, timeout: float) -> Host:
         return wait_until_ready(
             lambda: self._get(host_id),
@@ -304,14 +366,30 @@ def declaration_of(platform: Platform) -> Declaration | None:
     return getattr(type(platform), "declaration", None)
 
 
+def launch_token(key: keys.KeyPair) -> str:
+    """A token only one create carries (from the public key made for it alone): providers that
+    can store it on the host (an env var) find what a cut-off create request made by it."""
+    return hashlib.sha256(key.public_key.strip().encode()).hexdigest()[:20]
+
+
 def settle_failed_create(
     platform: Platform, host: Host, exc: BaseException, recorder: Recorder | None
 ) -> NoReturn:
     """A create failed after the provider accepted `host`: destroy it, or, when that fails or
     a second Ctrl-C interrupts it, keep it recorded with its key. Re-raise `exc` saying which."""
     decl = declaration_of(platform)
-    verb, past = decl.destroy_words if decl else ("destroy", "destroyed")
     provider = (decl.provider if decl else "") or platform.name
+    done, _ = settle(platform, host, recorder)
+    reraise_after_cleanup(exc, done, provider)
+
+
+def settle(
+    platform: Platform, host: Host, recorder: Recorder | None, *, discard: bool = True
+) -> tuple[str, bool]:
+    """Destroy `host`, which a failed create made, and forget it (and, with `discard`, its key);
+    if that fails, record it as an orphan with its key. (What became of it, destroyed?)"""
+    decl = declaration_of(platform)
+    verb, past = decl.destroy_words if decl else ("destroy", "destroyed")
     what = f"{decl.noun if decl else platform.name + ' host'} {host.id}"
     try:
         platform.destroy(host.id)
@@ -320,27 +398,24 @@ def settle_failed_create(
         if recorder is not None:
             try:
                 recorder.save(replace(host, labels={**host.labels, "orphan": "create failed"}))
-                done = (
+                return (
                     f"could not {verb} the new {what} ({why}); it may be running and billing: "
                     f"it is recorded with its key, {verb} it with: vp down {host.id}"
-                )
+                ), False
             except BaseException:  # noqa: BLE001
-                recorder = None
-        if recorder is None:
-            done = (
-                f"could not {verb} the new {what} ({why}); it may be running and billing: "
-                f"its key is kept at {host.key_path}; {verb} it in the provider's console"
-            )
-    else:
-        done = f"{past} the new {what}"
-        if host.key_path:  # the key of a host that no longer exists opens nothing
-            discard_key(Path(host.key_path))
-        if recorder is not None:
-            try:
-                recorder.forget(host)
-            except BaseException:  # noqa: BLE001 - the host is gone; a stale row is harmless
                 pass
-    reraise_after_cleanup(exc, done, provider)
+        return (
+            f"could not {verb} the new {what} ({why}); it may be running and billing: "
+            f"its key is kept at {host.key_path}; {verb} it in the provider's console"
+        ), False
+    if discard and host.key_path:  # the key of a host that no longer exists opens nothing
+        discard_key(Path(host.key_path))
+    if recorder is not None:
+        try:
+            recorder.forget(host)
+        except BaseException:  # noqa: BLE001 - the host is gone; a stale row is harmless
+            pass
+    return f"{past} the new {what}", True
 
 
 def reraise_after_cleanup(

@@ -1,4 +1,4 @@
-"""Pieces every cloud provider module needs the same way: readiness, offers, failed creates."""
+"""Pieces every cloud provider module needs the same way: readiness, offers, keys."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
-from vp.errors import HostGone, Interrupted, VpError
+from vp.errors import HostGone, VpError
 from vp.platforms.base import GONE, RUNNING, STOPPED, Host, HostSpec, Offer
 
 
@@ -72,34 +71,6 @@ def discard_key(path: Path) -> None:
     for p in (path, path.with_suffix(".pub")):
         with contextlib.suppress(OSError):
             p.unlink()
-
-
-def destroy_after_failure(
-    destroy: Callable[[], None],
-    key_path: str | None,
-    exc: BaseException,
-    *,
-    what: str,
-    provider: str,
-    verb: str = "destroy",
-    past: str = "destroyed",
-) -> NoReturn:
-    """Destroy what the provider accepted, then re-raise `exc`, saying so.
-
-    `what` names the instance ("vast instance 42"), `provider` the service ("vast.ai").
-    """
-    try:
-        destroy()
-        done = f"{past} the new {what}"
-    except BaseException:  # noqa: BLE001 - report the original failure, not this one
-        done = f"could not {verb} the new {what}; run: vp cleanup"
-    if key_path:
-        discard_key(Path(key_path))
-    if isinstance(exc, KeyboardInterrupt):
-        raise Interrupted(f"interrupted while creating a {provider} host; {done}") from None
-    if isinstance(exc, VpError):
-        raise type(exc)(f"{exc.message}; {done}", hint=exc.hint) from None
-    raise VpError(f"creating a {provider} host failed ({exc}); {done}") from None
 
 
 def affordable(offer: Offer, spec: HostSpec) -> bool:

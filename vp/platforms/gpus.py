@@ -54,7 +54,7 @@ def parse(name: str) -> GpuName:
     """`"NVIDIA A100-SXM4-80GB"` -> GpuName("A100", 80); `"rtx4090"` -> GpuName("4090")."""
     table = _table()
     brand, forms = set(table["brand_words"]), set(table["form_factors"])
-    words = re.split(r"[\s_/-]+", name.upper().strip())
+    words = re.split(r"[\s_/()-]+", name.upper().strip())
     model, memory = [], None
     for word in words:
         if not word:

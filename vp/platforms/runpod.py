@@ -149,6 +149,16 @@ class RunPodPlatform(CloudPlatform):
         )
         return str(result["id"])
 
+    def _launched(self, name: str, key: keys.KeyPair) -> list[str]:
+        # The pod's PUBLIC_KEY is the key made for this create alone.
+        wanted = f"PUBLIC_KEY={key.public_key}"
+        pods = self._call("list pods", lambda rp: rp.get_pods())
+        return [
+            str(p["id"])
+            for p in pods or []
+            if p.get("name") == name and wanted in (p.get("env") or [])
+        ]
+
     def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
         host = self._get(host_id)
         if spec.max_price is not None and host.price and host.price > spec.max_price:

@@ -1,4 +1,4 @@
-"""Thunder Compute: GPU VMs through Thunder's REST API, with a small client of our own.
+"""Thunder Compute: GPU instances through Thunder's REST API, with a small client of our own.
 
 The `tnr` Python package is deprecated and its pins conflict with `runpod`, so this module
 speaks HTTP itself (urllib3, imported on first call; it retries idempotent GETs on 429/5xx and
@@ -32,7 +32,13 @@ What Thunder serves today, and where that comes from:
 - No stop or start: thunder-cli has had no start/stop command since Feb 2026 (92559c6 "hid CLI
   commands"; none in v2.0.59) and the docs' guides/stopping-instances.mdx says "Thunder Compute
   does not have a native Stop feature" (snapshot, delete, create from the snapshot instead).
-  `stop`/`start` therefore refuse in one line and name what to do.
+  `stop`/`start` therefore refuse in one line and name what to do (`can_stop=False`).
+- No idle stop: the docs' guides/using-docker-on-thundercompute.mdx says instances "are
+  themselves containers" and guides/migrating-to-v2.mdx that "systemd [is] not currently
+  supported", so a guest `shutdown` stops nothing, and billing.mdx bills "only while your
+  instances run" with deletion the only way to stop it. Deleting from the host would need the
+  API token, which is account-wide (cli/operations/authentication.mdx: no scopes), so it never
+  goes to a rented host. `idle_stop` is None and `vp run` warns on every run.
 
 Beyond the Platform surface, Thunder can modify a running instance in place
 (`POST /instances/{id}/modify`) and snapshot one (`POST /snapshots/create`), which `clone`
@@ -47,6 +53,7 @@ import os
 import re
 import secrets
 import time
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,16 +61,19 @@ from urllib.parse import quote, urlsplit
 
 from vp import __version__, keys
 from vp.errors import HostGone, VpError
-from vp.platforms import ThunderSettings
+from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
-from vp.platforms.common import (
-    affordable,
-    destroy_after_failure,
-    discard_key,
-    no_offer,
-    wait_until_ready,
+from vp.platforms.cloud import (
+    Capacity,
+    CloudPlatform,
+    CloudSettings,
+    Declaration,
+    NotFound,
+    Ownership,
+    settle_failed_create,
 )
-from vp.settings import of_table
+from vp.platforms.common import discard_key
+from vp.settings import positive, setting
 
 # Thunder's instance statuses -> vp state.
 STATUS: dict[str, str] = {
@@ -97,30 +107,63 @@ CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
 SNAPSHOT_FAILED = ("FAILED", "ERROR", "DELETING", "DELETED")
 
 
+@dataclass(frozen=True)
+class ThunderSettings(CloudSettings):
+    """[thunder]"""
+
+    token: str | None = None
+    url: str | None = setting(check="endpoint")  # user file or TNR_API_URL only
+    template: str | None = None
+    mode: str | None = None
+    user: str | None = setting(check="user_name")
+    snapshot_timeout: float = positive(1800)  # seconds a `vp clone` waits for its snapshot
+
+
+DECLARATION = Declaration(
+    name="thunder",
+    kind="vm",
+    # No labels on Thunder (the server names instances; a create has no name field): a host
+    # is the project's only if vp's state recorded creating it, with the same uuid.
+    ownership=Ownership.STATE,
+    settings=ThunderSettings,
+    secrets=("token",),
+    # No idle stop: Thunder has no stop (module docstring), its instances are containers without
+    # systemd, so a guest `shutdown` stops no billing, and its API tokens are account-wide, so
+    # none may be sent to the host for it to delete itself. vp warns on every run instead.
+    idle_stop=None,
+    can_stop=False,
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "cpus"}),
+    endpoint_env="TNR_API_URL",
+    endpoint_key="url",
+    noun="Thunder Compute instance",
+    provider="Thunder Compute",
+    destroy_words=("delete", "deleted"),
+)
+
+
 def create_platform(settings: ThunderSettings | dict[str, Any] | None) -> ThunderPlatform:
     return ThunderPlatform(settings)
 
 
-class ThunderPlatform:
+class ThunderPlatform(CloudPlatform):
     """Thunder Compute instances (VMs; user `ubuntu`)."""
 
-    name = "thunder"
-    # Thunder has no labels: the account's instances are not marked as vp's, so none of them
-    # can be called an orphan. Ownership is vp's state DB (see `list`).
-    labels_hosts = False
+    declaration = DECLARATION
+    status_label = "thunder_status"
+    ready_hint = "raise [host] ready_timeout, or try another gpu"
 
     def __init__(self, settings: ThunderSettings | dict[str, Any] | None = None):
-        self.settings = of_table(ThunderSettings, settings)
+        super().__init__(settings)
         self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.url)
         # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
         self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
-        self.poll_interval = float(self.settings.poll_interval or 3.0)
         self._token: str | None = None
         self._pool: Any = None
         self._catalogue_base: str | None = None  # "/v2", or "/v1" for an API without /v2
-        self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+        # instance id -> (server-made private key or None, $/h) from the create's answer.
+        self._created: dict[str, tuple[str | None, float | None]] = {}
 
-    # -- the Platform surface --------------------------------------------------------------------
+    # -- the provider calls ------------------------------------------------------------------
 
     def list(self, project: str | None = None) -> list[Host]:
         """The instances vp's state recorded creating (for `project`; None: for any project).
@@ -135,15 +178,7 @@ class ThunderPlatform:
             if iid in owned and owned[iid] in (None, str(item.get("uuid") or ""))
         ]
 
-    def offers(self, spec: HostSpec) -> list[Offer]:
-        return [o for o in self._search(spec) if affordable(o, spec)]
-
-    def create(self, spec: HostSpec, name: str) -> Host:
-        found = self._search(spec)
-        fitting = [o for o in found if affordable(o, spec)]
-        if not fitting:
-            raise no_offer(spec, found, what="Thunder Compute offer", platform="thunder")
-        offer = fitting[0]
+    def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         mode = offer.extra.get("mode")
         body = {
             "cpu_cores": offer.extra["cpu_cores"],
@@ -153,8 +188,14 @@ class ThunderPlatform:
             "template": self.settings.template or DEFAULT_TEMPLATE,
             "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
         }
-        host = self._launch(body, name, f"{offer.gpus}x {offer.gpu}" + (f" ({mode})" * bool(mode)))
-        host.price = host.price or offer.price  # the instance list carries no price
+        return self._post_create(body, key, offer.price)
+
+    def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
+        server_key, price = self._created.pop(host_id, (None, None))
+        if server_key:  # the API made its own pair: keep its private half, 0600
+            _write_private(key.private_path, server_key)
+        host = self._get(host_id)
+        host.price = host.price or price  # the instance list carries no price
         return host
 
     def start(self, host_id: str) -> Host:
@@ -164,23 +205,13 @@ class ThunderPlatform:
         raise VpError(NO_STOP, hint=NO_STOP_HINT)
 
     def destroy(self, host_id: str) -> None:
-        with contextlib.suppress(_NotFound):  # already gone: that is what we wanted
+        with contextlib.suppress(NotFound):  # already gone: that is what we wanted
             self._request(
                 "POST",
                 f"/instances/{quote(host_id, safe='')}/delete",
                 {},
                 what="delete the instance",
             )
-
-    def wait_ready(self, host_id: str, timeout: float) -> Host:
-        return wait_until_ready(
-            lambda: self._get(host_id),
-            what=f"Thunder Compute instance {host_id}",
-            timeout=timeout,
-            poll_interval=self.poll_interval,
-            status_label="thunder_status",
-            hint="raise [host] ready_timeout, or try another gpu",
-        )
 
     # -- capabilities (vp.platforms.base.SupportsModify / SupportsClone) ---------------------------
 
@@ -274,67 +305,75 @@ class ThunderPlatform:
             {"instanceId": source, "name": snapshot},
             what="snapshot the instance",
         )
+        pair: keys.KeyPair | None = None
+        new_id: str | None = None
         try:
             ready = self._wait_snapshot(snapshot)
             mode = _mode_of(item, self._catalogue()[0])
             count = int(item.get("numGpus") or 1)
             gpu_type = str(item.get("gpuType") or "").lower()
             disk = max(int(item.get("storage") or 0), int(ready.get("minimumDiskSizeGb") or 0))
+            cores = int(item.get("cpuCores") or 0)
             body = {
-                "cpu_cores": int(item.get("cpuCores") or 0),
+                "cpu_cores": cores,
                 "gpu_type": gpu_type,
                 "num_gpus": count,
                 **({"mode": mode} if mode else {}),
                 "template": snapshot,
                 "disk_size_gb": disk,
             }
-            host = self._launch(body, name, f"{count}x {gpu_type}" + (f" ({mode})" * bool(mode)))
+            pair = keys.new_keypair(name)
+            price = self._price(gpu_type, count, mode, disk, cores)
+            try:
+                new_id = self._post_create(body, pair, price)
+            except Capacity as exc:
+                what = f"{count}x {gpu_type}" + (f" ({mode})" if mode else "")
+                raise VpError(
+                    f"Thunder Compute has no capacity for {what}: {exc.message}",
+                    hint="try again, pick another gpu, or raise max_price",
+                ) from None
         except BaseException:
+            if pair is not None:
+                discard_key(pair.private_path)
             self._delete_snapshot(snapshot)
             raise
+        self._key_paths[new_id] = str(pair.private_path)
+        placeholder = Host(
+            id=new_id,
+            name=name,
+            platform=self.name,
+            status=PENDING,
+            key_path=str(pair.private_path),
+            host_key_alias=f"vp-thunder-{new_id}",
+        )
+        try:
+            host = self._accepted(new_id, HostSpec(), name, pair)
+        except BaseException as exc:
+            self._key_paths.pop(new_id, None)
+            self._delete_snapshot(snapshot)
+            settle_failed_create(self, placeholder, exc, None)
         host.labels["snapshot"] = snapshot
-        host.price = host.price or self._price(gpu_type, count, mode, disk, body["cpu_cores"])
-        return host
+        return replace(host, key_path=host.key_path or placeholder.key_path)
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _launch(self, body: dict[str, Any], name: str, what: str) -> Host:
-        """POST /instances/create with a key pair made for `name`; delete what Thunder made if
-        anything fails after it accepted."""
-        pair = keys.new_keypair(name)
-        try:
-            result = self._request(
-                "POST",
-                "/instances/create",
-                {**body, "public_key": pair.public_key},
-                what="create an instance",
-            )
-        except _Capacity as exc:
-            discard_key(pair.private_path)
-            raise VpError(
-                f"Thunder Compute has no capacity for {what}: {exc.message}",
-                hint="try again, pick another gpu, or raise max_price",
-            ) from None
-        except BaseException:
-            discard_key(pair.private_path)
-            raise
+    def _post_create(self, body: dict[str, Any], key: keys.KeyPair, price: float | None) -> str:
+        """POST /instances/create with `key`'s public half; the new instance's id. What the
+        answer carries for later (a server-made key, the price) waits in `_created`."""
+        result = self._request(
+            "POST",
+            "/instances/create",
+            {**body, "public_key": key.public_key},
+            what="create an instance",
+        )
         identifier = (result or {}).get("identifier")
         if identifier is None:
-            discard_key(pair.private_path)
             raise VpError(
                 "Thunder Compute accepted the create but returned no instance id",
-                hint="check `vp ls -p thunder` and destroy the instance if one appeared",
+                hint="check Thunder's console and delete the instance if one appeared",
             )
-        instance_id = str(identifier)
-        try:
-            self._key_paths[instance_id] = str(pair.private_path)
-            server_key = (result or {}).get("key")
-            if server_key:  # the API made its own pair: keep its private half, 0600
-                _write_private(pair.private_path, server_key)
-            return self._get(instance_id)
-        except BaseException as exc:
-            self._destroy_after_failure(instance_id, exc)
-            raise
+        self._created[str(identifier)] = ((result or {}).get("key"), price)
+        return str(identifier)
 
     def _price(
         self, gpu_type: str, count: int, mode: str | None, disk: int, cpus: int
@@ -364,10 +403,9 @@ class ThunderPlatform:
             m = CONFIG_KEY.match(key)
             if not m or m["mode"] != mode:
                 continue
-            display = str((specs.get(key) or {}).get("displayName") or "")
             if m["gpu"] == wanted.lower():
                 return m["gpu"]
-            if wanted.lower() in f"{m['gpu']} {display}".lower() and m["gpu"] not in found:
+            if _gpu_matches(wanted, m["gpu"], specs.get(key) or {}) and m["gpu"] not in found:
                 found.append(m["gpu"])
         if len(found) == 1:
             return found[0]
@@ -419,7 +457,7 @@ class ThunderPlatform:
         for base in bases:
             try:
                 answer = self._request("GET", "/pricing", what="read prices", base=base)
-            except _NotFound:
+            except NotFound:
                 if base == bases[-1]:
                     raise
                 continue
@@ -447,7 +485,7 @@ class ThunderPlatform:
                 continue
             config = specs.get(key) or {}
             display = str(config.get("displayName") or m["gpu"].upper())
-            if spec.gpu and spec.gpu.lower() not in f"{m['gpu']} {display}".lower():
+            if not _gpu_matches(spec.gpu, m["gpu"], config):
                 continue
             storage = config.get("storageGB") or {}
             if storage.get("max") and spec.disk_gb > storage["max"]:
@@ -483,7 +521,7 @@ class ThunderPlatform:
         """GET something that only refines offers; its absence is not an error."""
         try:
             result = self._request("GET", path, what=f"read {path}", base=base)
-        except (_NotFound, _ServerError):
+        except (NotFound, _ServerError):
             return {}
         return result if isinstance(result, dict) else {}
 
@@ -515,17 +553,6 @@ class ThunderPlatform:
             key_path=self._key_paths.get(iid),
             host_key_alias=f"vp-thunder-{iid}",
             created_at=_timestamp(item.get("createdAt")),
-        )
-
-    def _destroy_after_failure(self, instance_id: str, exc: BaseException) -> None:
-        destroy_after_failure(
-            lambda: self.destroy(instance_id),
-            self._key_paths.pop(instance_id, None),
-            exc,
-            what=f"Thunder Compute instance {instance_id}",
-            provider="Thunder Compute",
-            verb="delete",
-            past="deleted",
         )
 
     def _api_token(self) -> str:
@@ -609,14 +636,6 @@ class ThunderPlatform:
             raise VpError(f"Thunder Compute sent a malformed answer to {what}") from None
 
 
-class _Capacity(VpError):
-    """No GPU of that configuration is free right now."""
-
-
-class _NotFound(VpError):
-    """The instance (or endpoint) does not exist."""
-
-
 class _ServerError(VpError):
     """A 5xx from the API."""
 
@@ -636,9 +655,9 @@ def _http_error(what: str, status: int, raw: bytes) -> VpError:
     if status == 403:
         return VpError(f"Thunder Compute refused to {what}: {message}", hint=TOKEN_HINT)
     if any(marker in f"{code} {message}".lower() for marker in CAPACITY_ERRORS):
-        return _Capacity(message)
+        return Capacity(message)
     if status == 404:
-        return _NotFound(f"Thunder Compute: {message or 'not found'}")
+        return NotFound(f"Thunder Compute: {message or 'not found'}")
     if status >= 500:
         return _ServerError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
     return VpError(f"Thunder Compute could not {what}: {message} (HTTP {status})")
@@ -658,6 +677,14 @@ def _owned(project: str | None) -> dict[str, str | None]:
     from vp.state import State
 
     return {h.id: h.labels.get("uuid") or None for h in State().hosts(project, "thunder")}
+
+
+def _gpu_matches(wanted: str | None, gpu_type: str, config: dict) -> bool:
+    """The one GPU matcher (`A10` never A100), on Thunder's key (`a100xl`) or its display name
+    (`NVIDIA A100 (80GB)`), with the card's memory from the specs."""
+    memory = config.get("vramGB")
+    names = (gpu_type, str(config.get("displayName") or ""))
+    return any(gpus.matches(wanted, n, memory) for n in names if n)
 
 
 def _suffixed(key: str) -> bool:

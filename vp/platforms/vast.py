@@ -28,6 +28,7 @@ from vp.platforms.cloud import (
     NotFound,
     Ownership,
     labelled,
+    launch_token,
 )
 from vp.platforms.common import describe, no_offer
 from vp.settings import setting
@@ -51,6 +52,8 @@ DEFAULT_URL = "https://console.vast.ai"
 DEFAULT_IMAGE = "vastai/base-image:@vastai-automatic-tag"
 KEY_HINT = "set VAST_API_KEY, or put the key in ~/.config/vastai/vast_api_key"
 EXTRA_HINT = "pip install 'vp-runner[vast]'"
+# Env var carrying the create's own token: a create cut off by Ctrl-C finds what it made.
+LAUNCH_ENV = "VP_LAUNCH"
 CAPACITY_ERRORS = ("no_such_ask", "not available", "unavailable", "no longer")
 
 
@@ -124,6 +127,7 @@ class VastPlatform(CloudPlatform):
                 image=image,
                 disk=spec.disk_gb,
                 label=name,
+                env={LAUNCH_ENV: launch_token(key)},  # finds it if the answer never comes
                 ssh=True,
                 direct=True,
                 price=offer.price if spec.spot else None,
@@ -135,6 +139,15 @@ class VastPlatform(CloudPlatform):
                 hint="check `vp ls -p vast` and destroy the instance if one appeared",
             )
         return str(result["new_contract"])
+
+    def _launched(self, name: str, key: keys.KeyPair) -> list[str]:
+        token = launch_token(key)
+        rows = self._call("list instances", lambda c: c.show_instances())
+        return [
+            str(r["id"])
+            for r in rows or []
+            if r.get("label") == name and _env(r).get(LAUNCH_ENV) == token
+        ]
 
     def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
         # A key attached to this one instance (account keys would reach every later one too).
@@ -326,6 +339,14 @@ def _endpoint(row: dict) -> tuple[str | None, int | None]:
     if row.get("ssh_host") and row.get("ssh_port"):
         return str(row["ssh_host"]), int(row["ssh_port"])
     return None, None
+
+
+def _env(row: dict) -> dict:
+    """An instance's env: the SDK turns vast's [[KEY, value], ...] into a dict."""
+    env = row.get("extra_env") or {}
+    if isinstance(env, list):
+        env = {p[0]: p[1] for p in env if isinstance(p, list | tuple) and len(p) == 2}
+    return env if isinstance(env, dict) else {}
 
 
 def _vast_id(host_id: str) -> int:

@@ -11,6 +11,7 @@ parents (or the staged source's) is refused instead of followed, and only regula
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import posixpath
 import stat
@@ -95,6 +96,21 @@ def lstat_at(fd: int, base: str) -> os.stat_result | None:
         return None
 
 
+@functools.cache
+def local_umask() -> int:
+    """This process's umask: what comes back gets the modes a file made here would get."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # no /proc: read it by setting it (once, before any thread runs)
+    os.umask(old)
+    return old
+
+
 def sanitize_staged(fd: int, base: str, name: str) -> os.stat_result:
     """Make the staged `base` safe to place, or raise Unsafe: a regular file keeps only its
     permission bits (no setuid/setgid/sticky); a link must stay inside the tree; both
@@ -106,8 +122,9 @@ def sanitize_staged(fd: int, base: str, name: str) -> os.stat_result:
         if not link_contained(name, target):
             raise Unsafe(f"a link to {target} (outside the project) was not brought back")
     elif stat.S_ISREG(st.st_mode):
-        if stat.S_IMODE(st.st_mode) & ~0o777:
-            os.chmod(base, stat.S_IMODE(st.st_mode) & 0o777, dir_fd=fd, follow_symlinks=False)
+        mode = stat.S_IMODE(st.st_mode) & 0o777 & ~local_umask()
+        if stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(base, mode, dir_fd=fd, follow_symlinks=False)
     else:
         raise Unsafe("not a regular file or link: not brought back")
     if (st.st_uid, st.st_gid) != mine:
