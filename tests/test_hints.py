@@ -32,7 +32,8 @@ SOURCE = Path(vp.__file__).resolve().parent
 STOP_WORDS = {"lists", "shows", "the", "and", "to", "for", "or", "is", "with", "it", "deletes"}
 STOP_WORDS |= {"this", "writes", "keeps", "from", "on", "in", "at", "fetches"}
 
-# hint as written in the source -> (how to run it here, where: "local", "ssh" or "vast").
+# hint as written in the source -> (how to run it here, where: "local", "local-setup", "ssh" or
+# "vast").
 # {run_id} is a real detached run made first.
 HINTS: dict[str, tuple[list[str], str]] = {
     "vp python train.py": (["python3", "-c", "pass"], "local"),
@@ -86,8 +87,8 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set NAME": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret ls": (["secret", "ls"], "local"),
-    "vp setup": (["setup"], "local"),
-    "vp setup --force runs": (["setup", "--force"], "local"),
+    "vp setup": (["setup"], "local-setup"),
+    "vp setup --force runs": (["setup", "--force"], "local-setup"),
 }
 
 
@@ -143,7 +144,9 @@ def test_every_hint_in_the_source_has_a_row() -> None:
 
 def _place(where: str, request, vp_env: VpEnv, tmp_path: Path) -> VpEnv:
     """`local`: a project on the local platform; `ssh`: one on a real sshd host; `vast`: one on
-    vast.ai (the emulator), no host yet."""
+    vast.ai (the emulator), no host yet; `local-setup`: a local project with a setup step."""
+    if where == "local-setup":
+        vp_env.write_config('[setup]\nrun = "true"\n')
     if where == "ssh":
         return request.getfixturevalue("ssh_project")
     if where == "vast":
