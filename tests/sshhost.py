@@ -7,7 +7,11 @@ would. Remote commands run as root on this machine and see the same filesystem.
 - loopback hosts listen on 127.0.0.1:<free port>;
 - namespace hosts (``netns=True``) live in ``ip netns`` ``vpt-XXXXXXXX`` behind a veth pair
   with a /30 from 10.213.0.0/16 and listen on port 22, so a link can be cut to model a dead
-  network (packets silently dropped).
+  network (packets silently dropped);
+- namespace hosts can be given directories of their own (``private_dirs``: each is bind-mounted
+  over in the host's own mount namespace, so two hosts see different files at one path, as two
+  machines do) and be linked to each other (`link_hosts`: a veth pair between each two
+  namespaces, so the nodes of a multi-node run reach each other's addresses directly).
 
 sshd is started with PR_SET_CHILD_SUBREAPER set, so every process a session leaves behind
 (double-forked daemons, tmux servers, ``setsid`` jobs) stays below it; `stop()` freezes and
@@ -26,6 +30,7 @@ import ipaddress
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -311,8 +316,16 @@ class SshHost:
         netns: bool = False,
         user: str = "root",
         authorized_keys: Iterable[str] = (),
+        private_dirs: Iterable[Path] = (),
     ) -> None:
         self.root = Path(root)
+        # path seen by the host's sessions -> the directory on this machine holding its files
+        self.private_dirs: dict[Path, Path] = {}
+        for i, path in enumerate(private_dirs):
+            own = self.root / f"private{i}"
+            own.mkdir()
+            Path(path).mkdir(parents=True, exist_ok=True)
+            self.private_dirs[Path(path)] = own
         self.root.mkdir(parents=True, exist_ok=True)
         self.user = user
         self.netns: str | None = None
@@ -473,6 +486,16 @@ class SshHost:
 
     def _argv(self) -> list[str]:
         sshd = [SSHD, "-D", "-e", "-f", str(self.config_path)]
+        if self.private_dirs:
+            if not self.netns:
+                raise RuntimeError("private_dirs need a host made with netns=True")
+            # `ip netns exec` runs in a mount namespace of its own (slave of ours), so these
+            # bind mounts are seen by this sshd's sessions only.
+            mounts = " && ".join(
+                f"mount --bind {shlex.quote(str(own))} {shlex.quote(str(path))}"
+                for path, own in self.private_dirs.items()
+            )
+            sshd = ["sh", "-c", f'{mounts} && exec "$@"', "sshd", *sshd]
         if self.netns:
             return [_ip_binary(), "netns", "exec", self.netns, *sshd]
         return sshd
@@ -526,6 +549,26 @@ class SshHost:
         return ""
 
 
+def link_hosts(*hosts: SshHost) -> None:
+    """Connect namespace hosts to each other: a veth pair between each two, carrying each
+    host's own address (a /32 plus a host route), so any of them reaches the others at
+    `host.address` directly, as machines on one private network do. The pairs go with the
+    namespaces."""
+    for i, a in enumerate(hosts):
+        for b in hosts[i + 1 :]:
+            if not (a.netns and b.netns):
+                raise RuntimeError("link_hosts needs hosts made with netns=True")
+            tag = secrets.token_hex(4)
+            a_if, b_if = f"vpm{tag}a", f"vpm{tag}b"
+            _ip("link", "add", a_if, "netns", a.netns, "type", "veth", "peer", "name", b_if,
+                "netns", b.netns)  # fmt: skip
+            for host, dev, other in ((a, a_if, b), (b, b_if, a)):
+                assert host.netns is not None
+                _ip("-n", host.netns, "addr", "add", f"{host.address}/32", "dev", dev)
+                _ip("-n", host.netns, "link", "set", dev, "up")
+                _ip("-n", host.netns, "route", "add", f"{other.address}/32", "dev", dev)
+
+
 # ---------------------------------------------------------------------------- fixtures
 
 
@@ -534,14 +577,24 @@ def make_ssh_host(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., SshHost]]:
     """Factory of started hosts: ``make_ssh_host(netns=False, user="root",
-    authorized_keys=())``; all are closed at teardown."""
+    authorized_keys=(), private_dirs=())``; all are closed at teardown."""
     hosts: list[SshHost] = []
 
     def make(
-        *, netns: bool = False, user: str = "root", authorized_keys: Iterable[str] = ()
+        *,
+        netns: bool = False,
+        user: str = "root",
+        authorized_keys: Iterable[str] = (),
+        private_dirs: Iterable[Path] = (),
     ) -> SshHost:
         root = tmp_path_factory.mktemp("sshhost")
-        host = SshHost(root, netns=netns, user=user, authorized_keys=list(authorized_keys))
+        host = SshHost(
+            root,
+            netns=netns,
+            user=user,
+            authorized_keys=list(authorized_keys),
+            private_dirs=list(private_dirs),
+        )
         hosts.append(host)
         host.start()
         return host

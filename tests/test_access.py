@@ -23,10 +23,11 @@ from tests.conftest import VpEnv
 from tests.requires import require_module, requires
 from tests.waiting import wait_for
 from vp import sshconfig
+from vp.errors import VpError
 from vp.platforms.base import Host
 
 HOST_KEY_LINE = (
-    "vp-vast-4242 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHVwYXRoZXJlaXNub2tleWhlcmVhdGFsbA00"
+    "vp-vast-4242 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoZXJlLWlzLW5vLXN1Y2gtaG9zdC1rZXktYXQtYWxs"
 )
 
 
@@ -251,7 +252,7 @@ def _check_tunnel(env: VpEnv, remote_port: int, backend: str) -> None:
 def test_tunnel_forwards_a_host_port_until_ctrl_c(ssh_project: VpEnv, tmp_path: Path):
     server, port = _serve_http(tmp_path / "www")
     try:
-        _check_tunnel(ssh_project, port, "sshtunnel")
+        _check_tunnel(ssh_project, port, "OpenSSH")
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
             taken.listen()
@@ -282,6 +283,66 @@ def test_tunnel_through_a_proxycommand_alias_uses_openssh(ssh_project: VpEnv, tm
         server.wait()
 
 
+def test_hashed_known_hosts_pin_and_verify_and_serve_in_process_forwards(
+    ssh_project: VpEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """`HashKnownHosts yes` in the user's ssh config: vp's pin is hashed, still verified on the
+    next connection, refused when the key changes, and found by the in-process forwarder."""
+    config = ssh_project.home / ".ssh" / "config"
+    config.write_text("HashKnownHosts yes\n" + config.read_text())
+    for _ in range(2):  # the first pins, the second verifies against the hashed pin
+        r = ssh_project.run("true")
+        assert r.returncode == 0, r.stderr
+    host = ssh_project.host  # type: ignore[attr-defined]
+    known = ssh_project.home / ".local/state/vp/known_hosts"
+    text = known.read_text()
+    assert text.startswith("|1|") and "127.0.0.1" not in text, text
+    found = subprocess.run(
+        ["ssh-keygen", "-F", f"[127.0.0.1]:{host.port}", "-f", str(known)],
+        capture_output=True,
+        text=True,
+    )
+    assert found.returncode == 0 and host.host_public_key.split()[1] in found.stdout
+
+    for name in ("HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        monkeypatch.setenv(name, ssh_project.env[name])
+    from vp import tunnel
+    from vp.ssh import SshTransport, parse_target
+
+    server, port = _serve_http(tmp_path / "www")
+    transport = SshTransport(parse_target("testhost"))
+    try:
+        forwards = tunnel.connect_in_process(transport, [tunnel.Forward(port, 0)])
+        try:
+            assert forwards.backend == "sshtunnel"
+            assert _get(forwards.forwards[0].url + "/") == b"hello through the tunnel"
+        finally:
+            forwards.close()
+        # another key in the hashed pin's place: refused by OpenSSH and by paramiko
+        other = tmp_path / "other_key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True
+        )
+        pin = f"[127.0.0.1]:{host.port} " + " ".join(
+            other.with_suffix(".pub").read_text().split()[:2]
+        )
+        subprocess.run(
+            ["ssh-keygen", "-R", f"[127.0.0.1]:{host.port}", "-f", str(known)], check=True
+        )
+        known.write_text(pin + "\n")
+        subprocess.run(["ssh-keygen", "-H", "-f", str(known)], check=True, capture_output=True)
+        with pytest.raises(VpError) as refused:
+            tunnel.connect_in_process(transport, [tunnel.Forward(port, 0)])
+        assert "does not match" in str(refused.value)
+        transport.close()
+        r = ssh_project.run("true")
+        assert r.returncode != 0 and "does not match the one vp pinned" in r.stderr, r.stderr
+    finally:
+        transport.close()
+        server.kill()
+        server.wait()
+
+
 def test_tunnel_rejects_a_bad_spec(vp_env: VpEnv):
     proc = vp_env.run("-p", "local", "tunnel", "http")
     assert proc.returncode == 2 and "REMOTE_PORT" in proc.stderr
@@ -290,7 +351,27 @@ def test_tunnel_rejects_a_bad_spec(vp_env: VpEnv):
 # ---------------------------------------------------------------------------- upload/download
 
 
-def test_upload_and_download_a_folder_outside_the_sync_rules(ssh_project: VpEnv, remote_workdir):
+@pytest.fixture(params=["rsync", "tar"])
+def copy_project(request, vp_env: VpEnv, remote_workdir: Path, tmp_path: Path):
+    """A project on a host with rsync, or on one without it (a container image): the tar
+    path `vp run` already took must serve `vp upload`/`vp download` too."""
+    if request.param == "rsync":
+        vp_env.use_ssh_host(request.getfixturevalue("ssh_host"), remote_workdir)
+        yield vp_env
+        return
+    from tests.test_sync import _NoRsyncHost
+
+    host = _NoRsyncHost(tmp_path / "norsync-host")
+    host.start()
+    try:
+        vp_env.use_ssh_host(host, remote_workdir)
+        yield vp_env
+    finally:
+        host.close()
+
+
+def test_upload_and_download_a_folder_outside_the_sync_rules(copy_project: VpEnv, remote_workdir):
+    ssh_project = copy_project
     project = ssh_project.project
     (project / ".vpignore").write_text("data/\n")
     raw = project / "data" / "raw"

@@ -159,8 +159,7 @@ def test_a_gone_cloud_host_whose_address_answers_with_another_key_is_forgotten(c
     assert r.returncode == 0, r.stderr
     (old,) = list(cloud.instances)
     alias = f"vp-vast-{old}"
-    known = vp_env.home / ".local/state/vp/known_hosts"
-    assert alias in known.read_text()
+    assert _pinned(vp_env, alias)
 
     with cloud.lock:  # destroyed behind vp's back; another machine now holds its address
         offer = cloud.offers[cloud.instances.pop(old)["ask_id"]]
@@ -173,7 +172,7 @@ def test_a_gone_cloud_host_whose_address_answers_with_another_key_is_forgotten(c
     assert "creating" in r.stderr
     (new,) = list(cloud.instances)
     assert new != old
-    assert alias not in known.read_text() and f"vp-vast-{new}" in known.read_text()
+    assert not _pinned(vp_env, alias) and _pinned(vp_env, f"vp-vast-{new}")
     assert [h["id"] for h in recorded(vp_env)] == [new]
 
 
@@ -191,4 +190,40 @@ def test_a_cloud_host_still_there_with_another_key_is_refused_without_suggesting
     for unpin in ("ssh-keygen", "remove its line", "known_hosts"):
         assert unpin not in r.stderr
     assert list(cloud.instances) == [iid]  # nothing created, nothing destroyed
-    assert f"vp-vast-{iid}" in (vp_env.home / ".local/state/vp/known_hosts").read_text()
+    assert _pinned(vp_env, f"vp-vast-{iid}")
+
+
+def _pinned(vp_env: VpEnv, alias: str) -> bool:
+    known = vp_env.home / ".local/state/vp/known_hosts"
+    found = subprocess.run(["ssh-keygen", "-F", alias, "-f", str(known)], capture_output=True)
+    return found.returncode == 0 and bool(found.stdout.strip())
+
+
+def test_a_hashed_known_hosts_file_still_pins_refuses_and_forgets(cloud, vp_env):
+    """`HashKnownHosts yes` in the user's ssh config hashes vp's pins too; vp finds them
+    through ssh-keygen, so a changed key is still refused and a gone host still forgotten."""
+    ssh_dir = vp_env.home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "config").write_text("HashKnownHosts yes\n")
+    for _ in range(2):  # create and pin; then verify against the hashed pin
+        r = vp_env.run("true")
+        assert r.returncode == 0, r.stderr
+    (iid,) = list(cloud.instances)
+    alias = f"vp-vast-{iid}"
+    known = vp_env.home / ".local/state/vp/known_hosts"
+    assert alias not in known.read_text() and known.read_text().startswith("|1|")
+    assert _pinned(vp_env, alias)
+
+    rekey(cloud, iid)
+    r = vp_env.run("true")
+    assert r.returncode == 1 and "refusing to connect" in r.stderr, r.stderr
+    assert list(cloud.instances) == [iid] and _pinned(vp_env, alias)
+
+    with cloud.lock:  # now destroyed behind vp's back, its address answering with that key
+        offer = cloud.offers[cloud.instances.pop(iid)["ask_id"]]
+        offer["rented"], offer["rentable"] = False, True
+    r = vp_env.run("true")
+    assert r.returncode == 0, r.stderr
+    assert f"vast host vp-safe ({iid}) no longer exists" in r.stderr
+    (new,) = list(cloud.instances)
+    assert not _pinned(vp_env, alias) and _pinned(vp_env, f"vp-vast-{new}")

@@ -140,6 +140,8 @@ def _readme_defaults() -> dict[tuple[str, str], str]:
 
 def _value(text: str) -> object:
     text = re.sub(r"\s*\(.*\)$", "", text).strip("`")
+    if len(text) >= 2 and text[0] == text[-1] == '"':  # a TOML string: `"0"`
+        return text[1:-1]
     if text in ("–", "-"):
         return None
     if text == "[]":

@@ -627,3 +627,15 @@ def test_check_disk() -> None:
     assert "gpu-1" in str(err.value) and "8.0GB" in str(err.value)
     free = subprocess.run(["sh", "-c", FREE_BYTES_SHELL], capture_output=True, text=True).stdout
     assert parse_free_bytes(free) > 0
+
+
+def test_a_broken_docker_config_entry_is_one_line(clean_registry_env: Path) -> None:
+    (clean_registry_env / "config.json").write_text(
+        json.dumps({"auths": {"https://ghcr.io": {"auth": "not base64 of user:password"}}})
+    )
+    with pytest.raises(VpError) as err:
+        registry_auth("ghcr.io/me/app", {})
+    assert "ghcr.io" in str(err.value) and "docker login ghcr.io" in (err.value.hint or "")
+    # a credential store whose helper is not installed gives no credentials, not an error
+    (clean_registry_env / "config.json").write_text(json.dumps({"credsStore": "not-installed"}))
+    assert registry_auth("ghcr.io/me/app", {}) is None

@@ -185,10 +185,10 @@ def test_host_made_names_are_escaped_in_messages(hostile: VpEnv, canary: Path) -
 
 
 def test_vp_download_places_only_plain_files_and_contained_links(
-    ssh_project: VpEnv, remote_workdir: Path, canary: Path
+    hostile: VpEnv, remote_workdir: Path, canary: Path
 ) -> None:
-    p = ssh_project.project
-    _ok(ssh_project.run("--sync-only"))
+    p = hostile.project
+    _ok(hostile.run("--sync-only"))
     out = remote_workdir / "out"
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "authorized_keys").write_text("KEY\n")
@@ -204,7 +204,7 @@ def test_vp_download_places_only_plain_files_and_contained_links(
     # the user's own link in the project: the download must not write through it
     (p / "out").mkdir()
     (p / "out" / "sub").symlink_to(canary / ".ssh")
-    r = ssh_project.run("download", "out")
+    r = hostile.run("download", "out")
     _ok(r)
     local = p / "out"
     assert (local / "plain.txt").read_text() == "plain\n"
@@ -218,14 +218,14 @@ def test_vp_download_places_only_plain_files_and_contained_links(
 
 
 def test_vp_download_keeps_control_files(
-    ssh_project: VpEnv, remote_workdir: Path, canary: Path
+    hostile: VpEnv, remote_workdir: Path, canary: Path
 ) -> None:
-    p = ssh_project.project
-    _ok(ssh_project.run("--sync-only"))
+    p = hostile.project
+    _ok(hostile.run("--sync-only"))
     config = (p / "vp.toml").read_bytes()
     with open(remote_workdir / "vp.toml", "a") as fh:
         fh.write("[env]\n")
-    r = ssh_project.run("download", "vp.toml", "--force")
+    r = hostile.run("download", "vp.toml", "--force")
     _ok(r)
     assert (p / "vp.toml").read_bytes() == config
     assert (p / "vp.toml.vp-remote").read_bytes() == config + b"[env]\n"

@@ -45,8 +45,8 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
-        self.url, self.proc, self.log = url, proc, log
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path, apps_url: str):
+        self.url, self.proc, self.log, self.apps_url = url, proc, log, apps_url
 
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=120, **kw)
@@ -58,12 +58,13 @@ class Server:
 @contextmanager
 def vp_ui(env: VpEnv, *args: str, token: str | None = TOKEN) -> Iterator[Server]:
     """`vp ui` on a free port until the block ends."""
-    port = _free_port()
+    port, apps_port = _free_port(), _free_port()
     log = env.home / f"vp-ui-{port}.log"
     extra = {"VP_UI_TOKEN": token} if token else {}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vp", "ui", "--port", str(port), *args],
+            [sys.executable, "-m", "vp", "ui", "--port", str(port)]
+            + ["--apps-port", str(apps_port), *args],
             cwd=env.project,
             env={**env.env, **extra},
             stdout=out,
@@ -85,7 +86,7 @@ def vp_ui(env: VpEnv, *args: str, token: str | None = TOKEN) -> Iterator[Server]
             gave_up=lambda: None if proc.poll() is None else "vp ui exited",
             context=lambda: log.read_text(),
         )
-        yield Server(url, proc, log)
+        yield Server(url, proc, log, f"http://127.0.0.1:{apps_port}")
     finally:
         proc.terminate()
         try:
@@ -337,6 +338,8 @@ def test_page_runs_a_command_and_proxies_an_app(ssh_project: VpEnv, browser) -> 
         assert link.get_attribute("href") == server.url + "/apps/echo/"
         browser.get(server.url + "/apps/echo/")
         wait_for(lambda: _text(browser, "#app-title") == "echo app", 30, "the app's page")
+        # the host's app runs on its own origin, never on the control page's
+        assert browser.current_url == server.apps_url + "/apps/echo/"
         wait_for(
             lambda: _text(browser, "#ws-result") == "echo: ping from the page",
             30,
@@ -353,6 +356,28 @@ def test_page_runs_a_command_and_proxies_an_app(ssh_project: VpEnv, browser) -> 
             seen = with_cookies.get("/apps/echo/headers").text
         assert "authorization" not in seen.lower() and "vp_session" not in seen
         assert "other=1" in seen and "X-Forwarded-Prefix: /apps/echo" in seen
+
+        # a hostile app's script cannot reach the page or the API with the user's session
+        stolen = browser.execute_async_script(
+            """
+            const done = arguments[arguments.length - 1];
+            const page = arguments[0];
+            const out = {};
+            Promise.all([
+              fetch(page + "/", {credentials: "include"}).then(r => r.text())
+                .then(t => { out.page = t.includes("csrf-token") ? "READ" : "no"; },
+                      () => { out.page = "blocked"; }),
+              fetch(page + "/api/hosts", {credentials: "include"}).then(r => r.text())
+                .then(t => { out.api = "READ " + t.slice(0, 40); }, () => { out.api = "blocked"; }),
+              fetch("/", {credentials: "include"}).then(r => r.text())
+                .then(t => { out.own = t.includes("csrf-token") ? "READ" : "no"; },
+                      () => { out.own = "blocked"; }),
+            ]).then(() => done(out));
+            """,
+            server.url,
+        )
+        assert stolen["page"] == "blocked" and stolen["api"] == "blocked", stolen
+        assert stolen["own"] == "no", stolen  # the apps origin serves no control page
 
 
 def test_page_stops_and_starts_a_cloud_host(

@@ -85,7 +85,8 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
     live = {
         h.host_key_alias or f"vp-{h.platform}-{h.id}" for k, h in known.items() if k not in gone
     }
-    report.known_hosts = sshconfig.prune_known_hosts(live)
+    dead = {h.host_key_alias or f"vp-{h.platform}-{h.id}" for k, h in known.items() if k in gone}
+    report.known_hosts = sshconfig.prune_known_hosts(live, dead)
     return report
 
 

@@ -37,7 +37,16 @@ app = typer.Typer(
 config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config", "--tunnel"}
+VALUE_OPTIONS = {
+    "-p",
+    "--platform",
+    "--host",
+    "-o",
+    "--output",
+    "--config",
+    "--tunnel",
+    "--nodes",
+}
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
 # --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
@@ -50,6 +59,7 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--all-logs",
     "--yes",
     "-v",
     "--verbose",
@@ -78,6 +88,8 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    nodes: int | None = None
+    all_logs: bool = False
 
     @property
     def ui(self) -> UI:
@@ -133,6 +145,15 @@ def main_options(
         "--yes",
         help="Upload a big folder with no vp.toml and no .git without asking",
     ),
+    nodes: int = typer.Option(
+        None,
+        "--nodes",
+        metavar="N",
+        help="Run on N hosts at once for torchrun / Ray (rank, addresses in the environment)",
+    ),
+    all_logs: bool = typer.Option(
+        False, "--all-logs", help="With --nodes: show every node's output, prefixed [nodeR]"
+    ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
     ),
@@ -155,6 +176,8 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        nodes=nodes,
+        all_logs=all_logs,
     )
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
@@ -183,6 +206,8 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
+        nodes=g.nodes,
+        all_logs=g.all_logs,
     )
     code = execute(cfg, opts, g.ui)
     if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
@@ -299,11 +324,14 @@ def logs_cmd(
     run_id: str = typer.Argument(None, help=LATEST_HELP),
     follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
     all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+    node: int = typer.Option(None, "--node", metavar="R", help="A multi-node run's rank R"),
 ) -> None:
     from vp.commands.runs import show_logs
 
     g = _globals(ctx)
-    raise typer.Exit(show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects))
+    raise typer.Exit(
+        show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects, node=node)
+    )
 
 
 @app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")

@@ -54,6 +54,8 @@ class HostTable:
     idle_stop_minutes: float | None = non_negative()
     idle_stop_command: str | None = None
     ready_timeout: float = non_negative(600)
+    # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
+    nodes: int = positive(1)
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class SshTable:
     """[ssh]: the `ssh` platform's host and how long to wait for any host."""
 
     host: str | None = setting(check="ssh_target")
+    # The machines a multi-node run uses, rank 0 first (`vp --nodes N` takes the first N).
+    hosts: tuple[str, ...] = setting((), check="ssh_target")
     identity_file: str | None = None
     reconnect_timeout: float = non_negative(300)
     connect_timeout: int = positive(10)
@@ -76,6 +80,9 @@ class SyncTable:
     extra_ignore: tuple[str, ...] = ()
     include: tuple[str, ...] = ()
     results: tuple[str, ...] = ()
+    # Multi-node runs: whose results come back. "0": rank 0's, into the project;
+    # "all": rank 0's there and every other rank's into nodes/RANK/.
+    download_from: str = setting("0", check="download_from")
     # Ask before the first upload of a folder with neither vp.toml nor .git when it is
     # bigger than this (0: never ask).
     confirm_files: int = non_negative(10000)
@@ -197,8 +204,7 @@ SECRET_VALUE_PREFIX = re.compile(
 
 # Cloud users end up in cloud-init (`useradd NAME`) and ssh argv: the portable useradd form only.
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# Cloud users end up in cloud-init (`useradd NAME`) and ssh argv: the portable useradd form only.
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
     "VP_PLATFORM": ("host", "platform"),
@@ -352,10 +358,15 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
     if rule == "ssh_target":
         from vp.ssh import parse_target
 
-        try:
-            parse_target(value)
-        except UsageError as exc:
-            raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+        for one in value if isinstance(value, list) else [value]:
+            try:
+                parse_target(one)
+            except UsageError as exc:
+                raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if rule == "download_from" and value not in ("0", "all"):
+        raise ConfigError(
+            f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
+        )
     if rule == "endpoint":
         check_endpoint(value, where)
     if rule == "secret_names":

@@ -16,7 +16,7 @@ from vp.platforms import clouds, declaration, get_platform
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host, HostSpec, Platform
 from vp.platforms.cloud import CloudPlatform, adopt, owned, unhonoured
 from vp.platforms.common import discard_key
-from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, known_hosts_file
+from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, is_pinned
 from vp.state import State
 from vp.transport import LocalTransport, Transport
 from vp.ui import UI, Status
@@ -42,16 +42,6 @@ def platform_for(cfg: Config, name: str | None = None) -> Platform:
     name = name or cfg.platform
     check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
     return get_platform(name, cfg.section(name))
-
-
-def is_pinned(alias: str) -> bool:
-    """Has vp already recorded this host's key? Then a mismatch must be refused, not accepted."""
-    prefix = (alias + " ").encode()
-    try:
-        with open(known_hosts_file(), "rb") as fh:
-            return any(line.startswith(prefix) for line in fh)
-    except FileNotFoundError:
-        return False
 
 
 def transport_for(host: Host, cfg: Config) -> Transport:
@@ -241,13 +231,15 @@ class _StateRecorder:
         self.state.forget_host(host.key)
 
 
-def create_host(cfg: Config, state: State, ui: UI, platform: Platform) -> tuple[Host, Transport]:
+def create_host(
+    cfg: Config, state: State, ui: UI, platform: Platform, name: str | None = None
+) -> tuple[Host, Transport]:
     """Create, wait for ssh, pin the host key. Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which."""
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
     spec = spec_from_config(cfg)
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
-    name = cfg.host.name or f"vp-{cfg.project}"
+    name = name or cfg.host.name or f"vp-{cfg.project}"
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")

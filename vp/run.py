@@ -46,6 +46,8 @@ class RunOptions:
     yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
     setup_only: bool = False  # `vp setup`: run the project's setup (if needed) and nothing else
     force_setup: bool = False  # `vp setup --force`: even when the host's record is current
+    nodes: int | None = None  # `vp --nodes N`; None: [host] nodes (vp/nodes.py)
+    all_logs: bool = False  # multi-node: show every rank's output, prefixed [nodeR]
 
 
 def command_text(argv: list[str]) -> str:
@@ -70,9 +72,12 @@ class Workspace:
         return self.cfg.project_root
 
     def rules(self) -> IgnoreRules:
+        extra = list(self.cfg.sync.extra_ignore)
+        if self.cfg.sync.download_from == "all":
+            extra.append("/nodes/")  # the other ranks' results (vp/nodes.py) stay here
         return IgnoreRules.for_project(
             self.root,
-            extra=self.cfg.sync.extra_ignore,
+            extra=extra,
             use_gitignore=self.cfg.sync.use_gitignore,
         )
 
@@ -90,6 +95,18 @@ class Workspace:
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+
+
+@dataclass
+class NodeResults(Workspace):
+    """Where another rank's results land (`[sync] download_from = "all"`): `dest`, not the
+    project root."""
+
+    dest: Path = Path()
+
+    @property
+    def root(self) -> Path:
+        return self.dest
 
 
 def control_files(cfg: Config) -> set[str]:
@@ -131,8 +148,13 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
 
 
-def sync_down(ws: Workspace, ui: UI, changes: bytes) -> None:
+def sync_down(ws: Workspace, ui: UI, changes: bytes, dest: Path | None = None) -> None:
+    """Fetch what the run changed into the project (or into `dest`: another rank's results,
+    with a manifest of their own so the project's upload manifest stays the project's)."""
     rules = ws.rules()
+    if dest is not None:
+        dest.mkdir(parents=True, exist_ok=True)
+        ws = NodeResults(ws.cfg, ws.state, ws.host, ws.transport, ws.workdir, dest)
     manifest = ws.manifest()
     remote_changes = parse_changes(changes)
     # What an earlier download could not fetch (local disk full) comes first, unless this
@@ -184,6 +206,13 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     from vp import secretstore
 
     state = state or State()
+    from vp.nodes import node_count
+
+    n = node_count(cfg, opts.nodes)
+    if n > 1:
+        from vp import nodes
+
+        return nodes.execute(cfg, opts, ui, state, n)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
     setup_cmd = cfg.setup.run or None

@@ -28,6 +28,7 @@ Check = Literal[
     "ssh_target",
     "secret_names",
     "app_ports",
+    "download_from",
 ]
 
 

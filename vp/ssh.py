@@ -9,6 +9,7 @@ user database, which containers and test harnesses relocate.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -123,14 +124,56 @@ class HostKeyMismatch(VpError):
     """The host answered with a key other than the one pinned for it."""
 
 
-def forget_pin(alias: str) -> None:
-    """Remove the key pinned under `alias` (a host that no longer exists)."""
+def _keygen(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh-keygen", *args],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+        timeout=30,
+    )
+
+
+# known_hosts is read and written only through ssh-keygen (-F find, -R remove, -l list), never
+# parsed here: hashed files (HashKnownHosts yes), markers and comments are its business.
+
+
+def pinned_lines(name: str, files: list[Path] | None = None) -> list[str]:
+    """The known_hosts lines pinning `name` (an alias or `[host]:port`), hashed or not."""
+    found: list[str] = []
+    for path in files if files is not None else [known_hosts_file()]:
+        if not path.is_file():
+            continue
+        proc = _keygen("-F", name, "-f", str(path))
+        found += [ln for ln in proc.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+    return found
+
+
+def is_pinned(name: str) -> bool:
+    """Has vp already recorded this host's key? Then a mismatch must be refused, not accepted."""
+    return bool(pinned_lines(name))
+
+
+def forget_pin(alias: str) -> bool:
+    """Remove the key pinned under `alias` (a host that no longer exists); was there one?"""
     path = known_hosts_file()
-    if path.exists():
-        subprocess.run(
-            ["ssh-keygen", "-R", alias, "-f", str(path)], capture_output=True, check=False
-        )
-        Path(str(path) + ".old").unlink(missing_ok=True)
+    if not is_pinned(alias):
+        return False
+    _keygen("-R", alias, "-f", str(path))
+    Path(str(path) + ".old").unlink(missing_ok=True)
+    return True
+
+
+def pinned_names() -> set[str]:
+    """The names pinned in vp's known_hosts that can be read (a hashed entry's cannot)."""
+    proc = _keygen("-l", "-f", str(known_hosts_file()))
+    names: set[str] = set()
+    for line in proc.stdout.splitlines():  # "BITS FINGERPRINT NAMES (TYPE)"
+        fields = line.split()
+        if len(fields) >= 3 and not fields[2].startswith("|"):
+            names.update(fields[2].split(","))
+    return names
 
 
 def _classify_failure(stderr: str, target: SshTarget) -> VpError:
@@ -217,8 +260,6 @@ class SshTransport(Transport):
             "BatchMode=yes",
             "-o",
             "LogLevel=ERROR",
-            "-o",
-            "HashKnownHosts=no",  # keep vp's pins readable: `is_pinned` looks them up
         ]
         if t.host_key_alias:
             opts += ["-o", f"HostKeyAlias={t.host_key_alias}"]
@@ -339,6 +380,46 @@ class SshTransport(Transport):
         except subprocess.TimeoutExpired:
             pass
 
+    # port forwards ------------------------------------------------------------
+    def forward(self, local: str, remote: str) -> None:
+        """Forward `local` (`ADDR:PORT` or a unix socket path here) to `remote` (`HOST:PORT`
+        or a socket path, resolved by the host's sshd) over the shared master, which has
+        already authenticated and verified the host: no new connection, no second stack."""
+        self.ensure()
+        proc = self._forward_op("forward", local, remote)
+        if proc.returncode != 0:
+            detail = (proc.stderr.strip().splitlines() or ["ssh -O forward failed"])[-1]
+            if "in use" in detail or "bind" in detail.lower():
+                raise ForwardBusy(f"{local} is not free here ({detail})")
+            raise ForwardFailed(f"cannot forward {remote} of {self.label}: {detail}")
+
+    def cancel_forward(self, local: str, remote: str) -> None:
+        """Stop a forward `forward` opened (a master already gone took it along)."""
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            self._forward_op("cancel", local, remote)
+
+    def _forward_op(self, op: str, local: str, remote: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.ssh_argv("-O", op, "-L", f"{local}:{remote}", "--", self.target.host),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        """Does the shared master answer (a forward rides on it)?"""
+        return self._check() == "up"
+
     def close(self) -> None:
         if os.path.exists(self.control_path):
             self._control("exit", timeout=10)
+
+
+class ForwardFailed(ConnectionFailed):
+    """The master refused a forward."""
+
+
+class ForwardBusy(UsageError):
+    """The local end of a forward is taken."""

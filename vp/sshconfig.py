@@ -19,7 +19,14 @@ from pathlib import Path
 
 from vp.errors import VpError
 from vp.platforms.base import Host
-from vp.ssh import SERVER_ALIVE_COUNT, SERVER_ALIVE_INTERVAL, SshTransport, known_hosts_file
+from vp.ssh import (
+    SERVER_ALIVE_COUNT,
+    SERVER_ALIVE_INTERVAL,
+    SshTransport,
+    forget_pin,
+    known_hosts_file,
+    pinned_names,
+)
 
 BEGIN = "# >>> vp {name} >>>"
 END = "# <<< vp {name} <<<"
@@ -220,21 +227,12 @@ def remove_blocks(projects: set[str], path: Path | None = None) -> list[str]:
     return [b.project for b in gone]
 
 
-def prune_known_hosts(live_aliases: set[str]) -> list[str]:
-    """Drop vp's pins (`vp-PLATFORM-ID` aliases) of hosts vp no longer knows; return them."""
-    path = known_hosts_file()
-    kept: list[str] = []
-    dropped: list[str] = []
-    for line in path.read_text().splitlines(keepends=True):
-        names = line.split(" ", 1)[0].split(",") if line.strip() else []
-        stale = bool(names) and all(n.startswith("vp-") and n not in live_aliases for n in names)
-        if stale:
-            dropped.extend(names)
-        else:
-            kept.append(line)
-    if dropped:
-        _write(path, "".join(kept))
-    return sorted(set(dropped))
+def prune_known_hosts(live_aliases: set[str], dead_aliases: set[str] = frozenset()) -> list[str]:
+    """Drop vp's pins of hosts vp no longer knows: every readable `vp-PLATFORM-ID` alias not
+    in `live_aliases`, and `dead_aliases` (found even in a hashed file). Returns those removed."""
+    stale = {n for n in pinned_names() if n.startswith("vp-") and n not in live_aliases}
+    stale |= dead_aliases - live_aliases
+    return sorted(alias for alias in stale if forget_pin(alias))
 
 
 def remove_blocks_of_host(host_key: str, path: Path | None = None) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -85,7 +86,9 @@ class RunRecord:
 class State:
     def __init__(self, path: Path | None = None):
         path = path or paths.ensure_private_dir(paths.state_dir()) / "state.db"
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        # A multi-node run (vp/nodes.py) records its hosts from one thread per node.
+        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
         self._x("PRAGMA busy_timeout=30000")
         if self._x("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             self._x("PRAGMA journal_mode=WAL")
@@ -103,7 +106,8 @@ class State:
         deadline = time.monotonic() + 30
         while True:
             try:
-                return self.db.execute(sql, args)
+                with self._lock:
+                    return self.db.execute(sql, args)
             except sqlite3.OperationalError as exc:
                 busy = "locked" in str(exc) or "busy" in str(exc)
                 if not busy or time.monotonic() > deadline:
@@ -170,9 +174,14 @@ class State:
         if not run_id or not all(c.isalnum() or c == "-" for c in run_id) or len(run_id) > 64:
             raise UsageError(f"'{run_id}' is not a run id", hint="see `vp runs` for run ids")
         cols = [f.name for f in fields(RunRecord)]
-        rows = self._x(
-            f"SELECT {','.join(cols)} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
-        ).fetchall()
+        # An exact id wins over longer ones it prefixes (a multi-node run's RUN and RUN-1).
+        rows = self._x(f"SELECT {','.join(cols)} FROM runs WHERE id=?", (run_id,)).fetchall()
+        rows = (
+            rows
+            or self._x(
+                f"SELECT {','.join(cols)} FROM runs WHERE id LIKE ? LIMIT 2", (run_id + "%",)
+            ).fetchall()
+        )
         if not rows:
             raise UsageError(f"no run '{run_id}'", hint="see `vp runs` for run ids")
         if len(rows) > 1:

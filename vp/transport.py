@@ -1,13 +1,21 @@
-"""How vp reaches a host: run a shell script there, and the rsync arguments to copy files.
+"""How vp reaches a host: run a shell script there, the rsync arguments to copy files, and
+whether a copy goes by rsync or by tar.
 
 `LocalTransport` (the `local` platform) and `vp.ssh.SshTransport` have the same surface, so
 the pipeline in `vp.run` is written once and behaves the same on both.
+
+Many container images (vast.ai, RunPod) have no rsync. Every copy path (sync up, sync down,
+`vp upload`, `vp download`) asks `Transport.copy` to choose: rsync, unless the host is known
+to lack it; the first rsync that fails for that reason is remembered under vp's state dir
+(so only the first transfer to such a host pays for it) and the copy goes by tar instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from vp import paths
@@ -91,6 +99,43 @@ class Transport:
 
     def close(self) -> None:
         """Drop the shared connection (ssh -O exit)."""
+
+    # rsync or tar ---------------------------------------------------------------
+    def _no_rsync_marker(self) -> Path:
+        digest = hashlib.sha1(self.label.encode()).hexdigest()[:16]
+        return paths.ensure_private_dir(paths.state_dir() / "no-rsync") / digest
+
+    def lacks_rsync(self) -> bool:
+        """Is this host known to have no rsync (so copies go by tar)?"""
+        return not self.is_local and self._no_rsync_marker().exists()
+
+    def copy(
+        self,
+        rsync: Callable[[], subprocess.CompletedProcess[bytes]],
+        tar: Callable[[], None],
+        *,
+        on_fallback: Callable[[], None] = lambda: None,
+    ) -> subprocess.CompletedProcess[bytes] | None:
+        """Copy with `rsync()`, or with `tar()` on a host that has no rsync. Returns rsync's
+        result for the caller to judge, or None when tar did the copy."""
+        if self.lacks_rsync():
+            tar()
+            return None
+        proc = rsync()
+        if proc.returncode == 0 or not rsync_missing(proc):
+            return proc
+        self._no_rsync_marker().touch()
+        on_fallback()
+        tar()
+        return None
+
+
+def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
+    """Did rsync fail because the host has none (rather than for any other reason)?"""
+    err = proc.stderr.decode(errors="replace")
+    return any(
+        s in err for s in ("rsync: not found", "rsync: command not found", "rsync: No such file")
+    )
 
 
 class LocalTransport(Transport):

@@ -1,14 +1,16 @@
 """Port forwards to a host (`vp tunnel 8888`, `vp run --tunnel 8888 ...`).
 
-Forwards use the `sshtunnel` library (paramiko), connected with exactly what vp's own ssh
-would use: the address, port, user and key that `ssh -G` resolves with vp's options (so
-`~/.ssh/config` aliases work), and the host key vp pinned in its known_hosts. An unknown
-or changed host key is refused; nothing is ever auto-added.
+`vp tunnel` and `run --tunnel` forward through OpenSSH: `ssh -O forward -L` on vp's shared
+ControlMaster (`SshTransport.forward`), which has already authenticated and pinned the host,
+so whatever OpenSSH resolved (aliases, ProxyJump, agent, certificates, hashed known_hosts)
+just works and a forward opens without a new connection. bench/tunnel.py measured it against
+sshtunnel (paramiko) on the same host: see bench/README.md.
 
-What paramiko cannot do the way OpenSSH does — ProxyJump/ProxyCommand hops, keys that need
-a passphrase (or only live in an agent vp may not use), certificates, a pin paramiko cannot
-read — falls back to OpenSSH itself: `ssh -O forward -L` on vp's shared ControlMaster, which
-has already authenticated and verified the host.
+`connect_in_process` keeps sshtunnel for what it serves best: forwards owned by a long-lived
+Python process (the `vp ui` app proxy) that must not depend on a master another `vp` may
+end. It uses the host key vp pinned (found through `ssh-keygen -F`); an unknown or changed
+key is refused, nothing is ever auto-added; what paramiko cannot do as OpenSSH does raises
+`NeedsOpenSSH` so the caller can use `connect` instead.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import contextlib
 import logging
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from vp.errors import ConnectionFailed, UsageError, VpError
 from vp.platforms.base import Host
@@ -136,11 +138,11 @@ class _Local(Tunnels):
         self.forwards = [Forward(f.remote, f.remote) for f in forwards]
 
 
-class _NeedsOpenSSH(Exception):
+class NeedsOpenSSH(Exception):
     """A case sshtunnel/paramiko cannot handle as OpenSSH would; the message says which."""
 
 
-class _Paramiko(Tunnels):
+class InProcess(Tunnels):
     """sshtunnel forwards on their own paramiko connection, pinned to vp's host key."""
 
     backend = "sshtunnel"
@@ -167,9 +169,9 @@ class _Paramiko(Tunnels):
 
         for key, what in (("proxyjump", "ProxyJump"), ("proxycommand", "ProxyCommand")):
             if first(key) not in (None, "none"):
-                raise _NeedsOpenSSH(f"the host is reached through {what}")
+                raise NeedsOpenSSH(f"the host is reached through {what}")
         if options.get("certificatefile"):
-            raise _NeedsOpenSSH("login uses an ssh certificate")
+            raise NeedsOpenSSH("login uses an ssh certificate")
         hostname = first("hostname") or ""
         port = int(first("port") or 22)
         user = first("user")
@@ -177,7 +179,7 @@ class _Paramiko(Tunnels):
         keys = []
         for path in identity_files(options):
             if os.path.exists(path + "-cert.pub"):
-                raise _NeedsOpenSSH("login uses an ssh certificate")
+                raise NeedsOpenSSH("login uses an ssh certificate")
             try:
                 keys.append(paramiko.PKey.from_path(path))
             except paramiko.PasswordRequiredException:
@@ -189,7 +191,7 @@ class _Paramiko(Tunnels):
             with contextlib.suppress(paramiko.SSHException, OSError):
                 keys = [*paramiko.Agent().get_keys(), *keys]
         if not keys:
-            raise _NeedsOpenSSH("no private key paramiko can read without a passphrase")
+            raise NeedsOpenSSH("no private key paramiko can read without a passphrase")
 
         logger = logging.getLogger("vp.tunnel.sshtunnel")
         logger.propagate = False
@@ -265,21 +267,22 @@ def _pinned_key(options: dict[str, list[str]], hostname: str, port: int):
     """The host key vp (or the user, for plain ssh hosts) pinned for this host."""
     import paramiko
 
+    from vp.ssh import pinned_lines
     from vp.sshconfig import expand_home
 
     alias = (options.get("hostkeyalias") or [None])[0]
     name = alias if alias and alias != "none" else hostname
     if not alias and port != 22:
         name = f"[{hostname}]:{port}"
-    known = paramiko.HostKeys()
-    for entry in options.get("userknownhostsfile", []):
-        path = expand_home(entry.strip('"'))
-        if os.path.isfile(path):
-            with contextlib.suppress(OSError, paramiko.SSHException):
-                known.load(path)
-    found = known.lookup(name)
+    files = [Path(expand_home(e.strip('"'))) for e in options.get("userknownhostsfile", [])]
+    found = {}
+    for line in pinned_lines(name, files):
+        with contextlib.suppress(paramiko.SSHException, ValueError):
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            if entry is not None:
+                found.setdefault(entry.key.get_name(), entry.key)
     if not found:
-        raise _NeedsOpenSSH(f"paramiko finds no readable pin for {name}")
+        raise NeedsOpenSSH(f"paramiko finds no readable pin for {name}")
     for kind in ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ssh-rsa"):
         if kind in found:
             return found[kind]
@@ -291,55 +294,35 @@ class _OpenSSH(Tunnels):
 
     backend = "openssh"
 
-    def __init__(self, transport, forwards: list[Forward], reason: str):
+    def __init__(self, transport, forwards: list[Forward]):
         self.transport = transport
-        self.reason = reason
         self.forwards = [Forward(f.remote, f.local or free_port()) for f in forwards]
         self._open()
 
-    def _spec(self, f: Forward) -> str:
-        return f"{LOCAL_BIND_HOST}:{f.local}:{REMOTE_BIND_HOST}:{f.remote}"
-
-    def _control(self, op: str, f: Forward) -> subprocess.CompletedProcess[str]:
-        t = self.transport
-        return subprocess.run(
-            t.ssh_argv("-O", op, "-L", self._spec(f), "--", t.target.host),
-            capture_output=True,
-            text=True,
-            timeout=30,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+    @staticmethod
+    def _ends(f: Forward) -> tuple[str, str]:
+        return f"{LOCAL_BIND_HOST}:{f.local}", f"{REMOTE_BIND_HOST}:{f.remote}"
 
     def _open(self) -> None:
-        self.transport.ensure()
+        from vp.ssh import ForwardBusy
+
         opened: list[Forward] = []
-        for f in self.forwards:
-            proc = self._control("forward", f)
-            if proc.returncode != 0:
-                for g in opened:
-                    self._control("cancel", g)
-                detail = (proc.stderr.strip().splitlines() or ["ssh -O forward failed"])[-1]
-                if "in use" in detail or "bind" in detail.lower():
-                    raise UsageError(
-                        f"local port {f.local} is not free ({detail})",
-                        hint="pick another local port: REMOTE:LOCAL, e.g. 8888:8889",
-                    )
-                raise ConnectionFailed(f"cannot forward port {f.remote}: {detail}")
-            opened.append(f)
+        try:
+            for f in self.forwards:
+                self.transport.forward(*self._ends(f))
+                opened.append(f)
+        except BaseException as exc:
+            for g in opened:
+                self.transport.cancel_forward(*self._ends(g))
+            if isinstance(exc, ForwardBusy):
+                raise UsageError(
+                    f"local port {f.local} is already in use",
+                    hint="pick another local port: REMOTE:LOCAL, e.g. 8888:8889",
+                ) from None
+            raise
 
     def alive(self) -> bool:
-        t = self.transport
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc = subprocess.run(
-                t.ssh_argv("-O", "check", "--", t.target.host),
-                capture_output=True,
-                timeout=10,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            return proc.returncode == 0
-        return False
+        return self.transport.alive()
 
     def restart(self) -> None:
         self.transport._checked_at = 0.0  # force a real check: the master may be gone
@@ -347,8 +330,7 @@ class _OpenSSH(Tunnels):
 
     def close(self) -> None:
         for f in self.forwards:
-            with contextlib.suppress(Exception):
-                self._control("cancel", f)
+            self.transport.cancel_forward(*self._ends(f))
 
 
 def connect(
@@ -356,10 +338,14 @@ def connect(
     transport: Transport,
     specs: Iterable[str | Forward],
     *,
+    in_process: bool = False,
     say=lambda _m: None,
     debug=lambda _m: None,
 ) -> Tunnels:
-    """Open forwards to `host`. The caller must `close()` the result."""
+    """Open forwards to `host` on the shared connection. The caller must `close()` them.
+
+    `in_process`: a long-lived server (`vp ui`) owns them instead (sshtunnel), unless paramiko
+    cannot reach the host as OpenSSH does; then they ride the shared connection after all."""
     forwards = [s if isinstance(s, Forward) else parse_spec(s) for s in specs]
     if not forwards:
         raise UsageError("no port to forward", hint="e.g. vp tunnel 8888")
@@ -368,18 +354,34 @@ def connect(
     for f in forwards:
         _check_free(f.local)
     from vp.ssh import SshTransport
-    from vp.sshconfig import resolved_options
 
     if not isinstance(transport, SshTransport):
         raise VpError(f"cannot forward ports to {host.name} over {type(transport).__name__}")
+    if in_process:
+        try:
+            tunnels = connect_in_process(transport, forwards)
+            debug(f"forwarding with sshtunnel (paramiko) to {transport.label}")
+            return tunnels
+        except NeedsOpenSSH as exc:
+            debug(f"sshtunnel cannot reach {transport.label} ({exc}); using OpenSSH")
+    tunnels = _OpenSSH(transport, forwards)
+    debug(f"forwarding with OpenSSH's shared connection to {transport.label}")
+    return tunnels
+
+
+def connect_in_process(transport: Transport, forwards: list[Forward]) -> Tunnels:
+    """Forwards served by this process (sshtunnel), on a connection of their own with the
+    host key vp pinned: for a long-lived server. Raises NeedsOpenSSH when paramiko cannot
+    reach the host the way OpenSSH does; `connect` can then."""
+    from vp.ssh import SshTransport
+    from vp.sshconfig import resolved_options
+
+    if not isinstance(transport, SshTransport):
+        raise VpError(f"cannot forward ports over {type(transport).__name__}")
+    for f in forwards:
+        _check_free(f.local)
     transport.ensure()  # pins the host key on first contact, like every vp connection
-    try:
-        tunnels = _Paramiko(resolved_options(transport), transport.label, forwards)
-        debug(f"forwarding with sshtunnel (paramiko) to {transport.label}")
-        return tunnels
-    except _NeedsOpenSSH as exc:
-        say(f"forwarding with OpenSSH's shared connection ({exc})")
-        return _OpenSSH(transport, forwards, str(exc))
+    return InProcess(resolved_options(transport), transport.label, forwards)
 
 
 @contextlib.contextmanager

@@ -104,10 +104,37 @@ def offers_cmd(
         columns.append("quota_vcpus")
         for row in rows:
             row["quota_vcpus"] = row["extra"].get("quota_vcpus")
-    if g.output == "text" and not rows:
-        g.ui.info("no offers match")
-        return
+    if not rows:
+        _no_offers(cfg, spec, gpu, gpus, max_price)
+        if g.output == "text":
+            g.ui.info(f"{cfg.platform} offers nothing right now")
+            return
     render(rows, "table" if g.output == "text" else g.output, columns)
+
+
+def _no_offers(cfg, spec, gpu: str | None, gpus: int | None, max_price: float | None) -> None:
+    """An explicit filter (a flag, or [host] gpu / max_price) that matched nothing is an error,
+    exit 1; one naming a GPU the platform does not offer suggests the nearest names it does."""
+    from vp.platforms.cloud import SET_GPU, CloudPlatform
+    from vp.platforms.common import describe
+
+    if not (spec.gpu or gpus or spec.max_price is not None):
+        return  # no filter at all: the platform has nothing, which is not the user's mistake
+    named = f"--gpu {gpu}" if gpu else f"[host] gpu = {spec.gpu!r}"
+    if cfg.platform != "auto" and spec.gpu:
+        platform = platform_for(cfg)
+        if isinstance(platform, CloudPlatform):
+            hint = None if gpu else "set a GPU it offers: " + SET_GPU
+            unknown = platform.unmatched_gpu(spec, named, hint)
+            if unknown is not None:
+                raise unknown
+    price = f" at or below ${spec.max_price:.2f}/h" if spec.max_price is not None else ""
+    where = "configured platform" if cfg.platform == "auto" else cfg.platform
+    if price or spec.gpus > 1:
+        hint = "raise --max-price ([host] max_price) or ask for fewer --gpus"
+    else:
+        hint = f"run `vp offers -p {cfg.platform}` to see what is available"
+    raise VpError(f"no {where} offers for {describe(spec)}{price}", hint=hint)
 
 
 @app.command("up", help="Create the project's host from [host] (or start its stopped one).")

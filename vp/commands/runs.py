@@ -47,13 +47,21 @@ def latest_run(g, state: State, *, all_projects: bool) -> RunRecord:
     )
 
 
-def _run_and_transport(g, run_id: str | None, all_projects: bool = False):
+def _run_and_transport(g, run_id: str | None, all_projects: bool = False, node: int | None = None):
     state = State()
     if run_id is None:
         record = latest_run(g, state, all_projects=all_projects)
         g.ui.info(f"run {record.id} on {record.host_name}: {record.command}")
     else:
         record = state.run(run_id)
+    if node:  # a multi-node run: rank R's own run is RUN-R (vp/nodes.py)
+        from vp.nodes import rank_run_id
+
+        base = record.id.rsplit("-", 1)[0] if "-" in record.id else record.id
+        try:
+            record = state.run(rank_run_id(base, node))
+        except UsageError:
+            raise VpError(f"run {base} has no node {node}", hint="see `vp runs`") from None
     host = state.host(record.host_key)
     if host is None:
         raise VpError(f"the host of run {record.id} ({record.host_name}) is no longer known")
@@ -62,9 +70,15 @@ def _run_and_transport(g, run_id: str | None, all_projects: bool = False):
 
 
 def show_logs(
-    g, run_id: str | None, *, follow: bool, attach: bool, all_projects: bool = False
+    g,
+    run_id: str | None,
+    *,
+    follow: bool,
+    attach: bool,
+    all_projects: bool = False,
+    node: int | None = None,
 ) -> int:
-    state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects)
+    state, record, host, transport, cfg = _run_and_transport(g, run_id, all_projects, node)
     workdir_sh = transport.workdir_sh(record.workdir)
     # Secrets masked here too, whatever the host's copy holds (vp/mask.py).
     view = LogView(sys.stdout.buffer, sys.stderr.buffer, secretstore.known_values(cfg))

@@ -16,6 +16,11 @@ def ui_cmd(
     bind: str = typer.Option("127.0.0.1", "--bind", help="Address to listen on"),
     cert: Path = typer.Option(None, "--cert", help="TLS certificate (PEM), with --key"),
     key: Path = typer.Option(None, "--key", help="TLS private key (PEM), with --cert"),
+    apps_port: int = typer.Option(
+        None,
+        "--apps-port",
+        help="Port of the apps origin, where host apps open (default: --port + 1; 0: off)",
+    ),
     insecure: bool = typer.Option(
         False, "--insecure", help="Allow plain HTTP on a non-loopback --bind"
     ),
@@ -26,4 +31,13 @@ def ui_cmd(
     g = _globals(ctx)
     g.load()  # a broken vp.toml is said now, in one line, not on the first page load
     project = Project(Path.cwd(), config=g.config, platform=g.platform)
-    serve(project, port=port, bind=bind, cert=cert, key=key, insecure=insecure, say=g.ui.info)
+    serve(
+        project,
+        port=port,
+        bind=bind,
+        cert=cert,
+        key=key,
+        insecure=insecure,
+        say=g.ui.info,
+        apps_port=apps_port,
+    )

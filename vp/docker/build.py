@@ -12,7 +12,6 @@ The Docker SDK is imported inside functions: `vp --help` must not pay for it.
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import io
@@ -20,7 +19,6 @@ import json
 import os
 import re
 import stat
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -622,71 +620,34 @@ def _server(registry: str) -> str:
     return DOCKER_HUB_AUTH_KEY if registry == DOCKER_HUB else registry
 
 
-def _docker_config_path() -> Path:
-    base = os.environ.get("DOCKER_CONFIG")
-    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-
-
 def _normalise_key(key: str) -> str:
-    key = re.sub(r"^https?://", "", key).split("/", 1)[0]
-    if key in ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"):
-        return DOCKER_HUB
-    return key
+    from docker.auth import resolve_index_name
+
+    return resolve_index_name(key)
 
 
 def _docker_config_auth(registry: str) -> dict | None:
-    path = _docker_config_path()
+    """What the user's Docker config (auths, credsStore, credHelpers) holds for `registry`,
+    resolved by docker-py exactly as the docker CLI would."""
+    import warnings
+
+    from docker import auth, errors
+
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
+        with warnings.catch_warnings():  # "docker-credential-X not installed": None below
+            warnings.simplefilter("ignore")
+            found = auth.load_config().resolve_authconfig(registry)
+    except (errors.InvalidConfigFile, ValueError, UnicodeDecodeError) as exc:
+        raise VpError(
+            f"cannot read the credentials for {registry} in your Docker config ({exc})",
+            hint=f"run `docker login {registry}` again",
+        ) from None
+    except errors.DockerException:  # a credential helper that is missing or fails
         return None
-    if not isinstance(config, dict):
-        return None
-    helper = (config.get("credHelpers") or {}).get(registry) or config.get("credsStore")
-    for key, entry in (config.get("auths") or {}).items():
-        if _normalise_key(key) != registry or not isinstance(entry, dict):
-            continue
-        if entry.get("identitytoken"):
-            return {"identitytoken": entry["identitytoken"], "serveraddress": _server(registry)}
-        user, password = entry.get("username"), entry.get("password")
-        if entry.get("auth"):
-            try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                raise VpError(
-                    f"cannot read the credentials for {registry} in {path}",
-                    hint=f"run `docker login {registry}` again",
-                ) from None
-        if user and password:
-            return {"username": user, "password": password, "serveraddress": _server(registry)}
-    if helper:
-        return _credential_helper(helper, registry)
-    return None
-
-
-def _credential_helper(helper: str, registry: str) -> dict | None:
-    """Ask a docker-credential-HELPER (the desktop keychain, pass, ecr-login…) for `registry`."""
-    for server in dict.fromkeys((_server(registry), registry, f"https://{registry}")):
-        try:
-            out = subprocess.run(
-                [f"docker-credential-{helper}", "get"],
-                input=server,
-                capture_output=True,
-                text=True,
-                timeout=20,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if out.returncode != 0:
-            continue
-        try:
-            data = json.loads(out.stdout)
-        except ValueError:
-            continue
-        user, secret = data.get("Username"), data.get("Secret")
-        if not secret:
-            continue
-        if user == "<token>":
-            return {"identitytoken": secret, "serveraddress": _server(registry)}
-        return {"username": user, "password": secret, "serveraddress": _server(registry)}
+    found = {k.lower(): v for k, v in (found or {}).items()}
+    if found.get("identitytoken"):
+        return {"identitytoken": found["identitytoken"], "serveraddress": _server(registry)}
+    user, password = found.get("username"), found.get("password")
+    if user and password:
+        return {"username": user, "password": password, "serveraddress": _server(registry)}
     return None

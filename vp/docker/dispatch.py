@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import os
 import shlex
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +27,13 @@ def image_name(cfg: Config) -> str:
     return cfg.docker.image or f"vp-{cfg.project}"
 
 
-def _has_registry(image: str) -> bool:
-    first = image.split("/", 1)[0]
-    return "/" in image and ("." in first or ":" in first or first == "localhost")
-
-
 def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
     """Build locally and push: the image ref and the pull credentials."""
     from vp.docker import ensure_image, registry_auth
+    from vp.docker.engine import names_registry
 
     image = image_name(cfg)
-    if not _has_registry(image):
+    if not names_registry(image):
         raise UsageError(
             f"[docker] image = {image!r} names no registry to push to",
             hint='set [docker] image = "registry.example.com/you/project", '
@@ -76,34 +71,22 @@ def build_unpushed(cfg: Config, ui: UI, docker_host: str | None = None) -> str:
 @contextlib.contextmanager
 def forwarded_engine(transport: SshTransport) -> Iterator[str]:
     """The host's Docker socket as a local unix socket, over the shared ssh connection."""
-    transport.ensure()
     digest = hashlib.sha1(transport.control_path.encode()).hexdigest()[:10]
     sock = str(paths.control_dir() / f"d-{digest}.sock")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(sock)
-    spec = f"{sock}:/var/run/docker.sock"
-    host = transport.target.host
-    proc = subprocess.run(
-        transport.ssh_argv("-O", "forward", "-L", spec, "--", host),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        start_new_session=True,
-    )
-    if proc.returncode != 0:
+    remote = "/var/run/docker.sock"
+    try:
+        transport.forward(sock, remote)
+    except VpError as exc:
         raise VpError(
-            f"could not forward the Docker socket of {transport.label}: {proc.stderr.strip()}",
+            f"could not forward the Docker socket of {transport.label}: {exc}",
             hint="is Docker installed there, and may the ssh user use it (docker group)?",
-        )
+        ) from None
     try:
         yield f"unix://{sock}"
     finally:
-        subprocess.run(
-            transport.ssh_argv("-O", "cancel", "-L", spec, "--", host),
-            capture_output=True,
-            timeout=30,
-            start_new_session=True,
-        )
+        transport.cancel_forward(sock, remote)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock)
 

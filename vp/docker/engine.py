@@ -114,33 +114,28 @@ def _first_line(text: str) -> str:
     return lines[-1][:200] if lines else ""
 
 
-def split_image(image: str) -> tuple[str, str]:
-    """`registry-host/path/name[:tag]` → (registry, repository path without tag), Docker's rules:
-    the first component is a registry when it has a dot or a port or is `localhost`."""
-    name = image.split("@", 1)[0]
-    first, _, rest = name.partition("/")
-    if rest and ("." in first or ":" in first or first == "localhost"):
-        registry, repo = first, rest
-    else:
-        registry, repo = DOCKER_HUB, name if rest else f"library/{name}"
-    last = repo.rsplit("/", 1)[-1]
-    if ":" in last:
-        repo = repo[: len(repo) - len(last)] + last.split(":", 1)[0]
-    return registry, repo
+def repository(image: str) -> str:
+    """`image` without its tag or digest, as `docker push` wants it (docker-py's parsing)."""
+    from docker.utils import parse_repository_tag
+
+    repo = parse_repository_tag(image)[0]  # drops a digest, or a tag
+    return parse_repository_tag(repo)[0] if "@" in image else repo  # a tag before a digest
 
 
 def registry_host(image: str) -> str:
     """The registry an image reference lives in (`docker.io` for Docker Hub)."""
-    return split_image(image)[0]
+    from docker.auth import resolve_repository_name
+
+    return resolve_repository_name(repository(image))[0]
 
 
-def repository(image: str) -> str:
-    """`image` without its tag or digest, as `docker push` wants it."""
-    name = image.split("@", 1)[0]
-    head, _, last = name.rpartition("/")
-    if ":" in last:
-        last = last.split(":", 1)[0]
-    return f"{head}/{last}" if head else last
+def names_registry(image: str) -> bool:
+    """Does `image` say which registry it lives in (`ghcr.io/me/x`, `docker.io/me/x`), rather
+    than leaving it to Docker Hub by default (`me/x`, `ubuntu`)?"""
+    from docker.auth import split_repo_name
+
+    repo = repository(image)
+    return repo.startswith(split_repo_name(repo)[0] + "/")
 
 
 def image_size(ref: str, docker_host: str | None = None) -> int | None:

@@ -166,6 +166,11 @@ DECLARATION = Declaration(
     endpoint_env="AWS_ENDPOINT_URL",
     noun="aws instance",
     provider="AWS",
+    private_network=True,
+    network=(
+        "one subnet and security group (vp-ssh): private addresses; a rule whose source is "
+        "the group itself (not yet made by vp) opens the nodes' ports to each other only"
+    ),
 )
 
 

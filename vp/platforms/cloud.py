@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, Protocol
 
 from vp import keys
+from vp.credentials import Credential
 from vp.errors import Interrupted, VpError
 from vp.platforms.base import PENDING, Host, HostSpec, Offer, Platform
 from vp.platforms.common import (
@@ -66,6 +67,9 @@ class Declaration:
     settings: type = NoSettings
     # Keys of that table holding secrets: masked when shown, refused in project files.
     secrets: tuple[str, ...] = ()
+    # The API credential, if the provider has one vp reads (vp/credentials.py resolves it in
+    # the one documented order); its `key` is one of `secrets`.
+    credential: Credential | None = None
     # The environment variable that points vp at another API endpoint (an emulator, a proxy)
     # and, if the table has one, its key for the same (`url`): the user file or environment
     # only, since the endpoint receives the API key.
@@ -79,6 +83,13 @@ class Declaration:
     can_stop: bool = True
     # HostSpec fields the provider acts on. Any other field set in [host] is warned about.
     honours: frozenset[str] = frozenset()
+    # Multi-node runs (vp/nodes.py): whether the provider's hosts of one project reach each
+    # other on a private network. True: MASTER_ADDR and VP_NODE_IPS are the addresses the
+    # nodes report for themselves (their private ones) and `network` says which rule opens
+    # their ports to each other (only to each other, never to the internet). False: the
+    # public ssh addresses, where only the ports the provider maps are reachable.
+    private_network: bool = False
+    network: str = "public addresses only: open ports between nodes are the provider's mapped ports"
     # Words for its hosts in messages ("vast instance 42") and for destroying one.
     noun: str = "instance"
     provider: str = ""
@@ -90,6 +101,11 @@ class Declaration:
             raise TypeError(f"{self.name}: honours unknown HostSpec fields {sorted(unknown)}")
         if self.kind not in ("ssh", "local") and self.ownership is None:
             raise TypeError(f"{self.name}: a provider that makes hosts must declare ownership")
+        undeclared = set(self.secrets) - {f.name for f in fields(self.settings)}
+        if undeclared:
+            raise TypeError(f"{self.name}: secrets {sorted(undeclared)} are not keys of its table")
+        if self.credential is not None and self.credential.key not in self.secrets:
+            raise TypeError(f"{self.name}: its credential key must be one of its secrets")
 
 
 # HostSpec fields with a value that asks for nothing: not worth a warning when unhonoured.
@@ -241,6 +257,21 @@ class CloudPlatform(ABC):
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
         return no_offer(spec, found, what=f"{self.declaration.provider} offer", platform=self.name)
 
+    def unmatched_gpu(self, spec: HostSpec, named: str, hint: str | None = None) -> VpError | None:
+        """When `spec.gpu` names no GPU this provider offers at all (`named` says where it was
+        asked for: "--gpu RTX4909"): an error naming the nearest offered ones, compared on the
+        normalised names `gpus.parse` makes. None when the name is offered, so the count, disk
+        or price is what left no offer."""
+        if not spec.gpu:
+            return None
+        survey = replace(spec, gpu=None, gpus=1, max_price=None)
+        return unmatched_gpu(
+            spec.gpu,
+            [o.gpu for o in self._search(survey)],
+            f"no {self.declaration.provider} offer matches {named}",
+            hint or f"run `vp offers -p {self.name}` to see what is available",
+        )
+
     def _no_capacity(self, spec: HostSpec, failures: list[VpError]) -> VpError:
         last = failures[-1].message if failures else "no offer could be rented"
         return VpError(
@@ -260,6 +291,11 @@ class CloudPlatform(ABC):
         create leaves it either destroyed or recorded with its key, never unreachable."""
         found = self._search(spec)
         fitting = [o for o in found if affordable(o, spec)]
+        if not found:
+            named = f"[host] gpu = {spec.gpu!r}"
+            unknown = self.unmatched_gpu(spec, named, "set a GPU it offers: " + SET_GPU)
+            if unknown is not None:
+                raise unknown
         if not fitting:
             raise self._no_offer(spec, found)
         attempts = self._attempts(spec, fitting)
@@ -360,6 +396,36 @@ class CloudPlatform(ABC):
             hint=self.ready_hint,
             stopped_grace=self.stopped_grace,
         )
+
+
+SET_GPU = "`vp config set host.gpu NAME`"
+
+
+def unmatched_gpu(wanted: str, offered: Sequence[str], message: str, hint: str) -> VpError | None:
+    """`message` plus the offered GPU names nearest to `wanted` (difflib over the normalised
+    models, so `RTX4909` finds `RTX 4090`), or None when `wanted` is among them."""
+    import difflib
+
+    from vp.platforms import gpus
+
+    models: dict[str, str] = {}  # normalised model -> the first (cheapest) name offered for it
+    for name in offered:
+        models.setdefault(gpus.parse(name).model, name)
+    want = gpus.parse(wanted).model
+    if want in models:
+        return None
+    score = {m: difflib.SequenceMatcher(None, want, m).ratio() for m in models}
+    best = max(score.values(), default=0.0)
+    # The clearly nearest only: `4909` is `4090`, not also `A40` and `3090`.
+    near = sorted((m for m in models if score[m] >= max(0.5, best - 0.1)), key=lambda m: -score[m])
+    near = near[:3]
+    if near:
+        tail = "; nearest offered: " + ", ".join(models[m] for m in near)
+    elif models:
+        tail = "; offered: " + ", ".join(list(models.values())[:6])
+    else:
+        tail = "; none is offered right now"
+    return VpError(message + tail, hint=hint)
 
 
 def declaration_of(platform: Platform) -> Declaration | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vp.errors import HostGone, VpError
 from vp.platforms.base import GONE, RUNNING, STOPPED, Host, HostSpec, Offer
+from vp.poll import poll
 
 
 def ssh_banner(host: str, port: int, timeout: float) -> bool:
@@ -41,8 +42,11 @@ def wait_until_ready(
     """
     started = time.monotonic()
     deadline = started + timeout
-    while True:
+    last: list[Host] = []
+
+    def ready() -> Host | None:
         host = get()
+        last[:] = [host]
         if host.status == GONE:
             raise HostGone(f"{what} is gone")
         if host.status == RUNNING and host.ssh_host:
@@ -55,15 +59,19 @@ def wait_until_ready(
                 f"{what} is stopped; it will not become ready by itself",
                 hint="start it with: vp start",
             )
-        if time.monotonic() >= deadline:
-            if status_label:
-                status = host.labels.get(status_label) or "provisioning"
-            else:
-                status = host.status if host.status != RUNNING else "running, ssh not answering"
-            raise VpError(
-                f"{what} was not ready after {timeout:.0f}s (status: {status})", hint=hint
-            )
-        time.sleep(max(0.05, min(poll_interval, deadline - time.monotonic())))
+        return None
+
+    def timed_out() -> VpError:
+        host = last[0]
+        if status_label:
+            status = host.labels.get(status_label) or "provisioning"
+        else:
+            status = host.status if host.status != RUNNING else "running, ssh not answering"
+        return VpError(f"{what} was not ready after {timeout:.0f}s (status: {status})", hint=hint)
+
+    return poll(
+        ready, timeout=timeout, interval=poll_interval, what=f"{what} to boot", timed_out=timed_out
+    )
 
 
 def discard_key(path: Path) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from vp.platforms.cloud import (
 )
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
+from vp.poll import poll
 from vp.settings import non_negative, setting
 
 NAME = "gce"
@@ -127,6 +127,11 @@ DECLARATION = Declaration(
     noun="gce instance",
     provider="GCE",
     destroy_words=("delete", "deleted"),
+    private_network=True,
+    network=(
+        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
+        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
+    ),
 )
 
 
@@ -488,8 +493,8 @@ class GcePlatform(CloudPlatform):
 
     def _wait_operation(self, op_name: str, instance_name: str, spec: HostSpec) -> None:
         """Poll the insert operation (on our endpoint, not the SDK's result()) until DONE."""
-        deadline = time.monotonic() + self.create_timeout
-        while True:
+
+        def done():
             op = self._api(
                 "zoneOperations.get",
                 self._operations.get,
@@ -497,13 +502,17 @@ class GcePlatform(CloudPlatform):
                 zone=self.zone,
                 operation=op_name,
             )
-            if op.status.name == "DONE":
-                break
-            if time.monotonic() > deadline:
-                raise VpError(
-                    f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
-                )
-            time.sleep(self.poll_interval)
+            return op if op.status.name == "DONE" else None
+
+        op = poll(
+            done,
+            timeout=self.create_timeout,
+            interval=self.poll_interval,
+            what=f"gce to finish creating {instance_name}",
+            timed_out=lambda: VpError(
+                f"gce did not finish creating {instance_name} in {self.create_timeout:.0f}s"
+            ),
+        )
         errors = list(op.error.errors) if op.error else []
         if not errors:
             return

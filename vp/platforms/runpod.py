@@ -12,12 +12,11 @@ import contextlib
 import io
 import os
 import re
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from vp import keys
+from vp import credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, UsageError, VpError
 from vp.idle import from_pid1
 from vp.platforms import gpus
@@ -46,7 +45,6 @@ STATUS: dict[str, str] = {
 }
 
 DEFAULT_IMAGE = "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04"
-KEY_HINT = "set RUNPOD_API_KEY, or put api_key under [runpod] in ~/.config/vp/config.toml"
 EXTRA_HINT = "pip install 'vp-runner[runpod]'"
 CAPACITY_ERRORS = ("no longer any instances", "not enough free gpus", "no instances available")
 NOT_FOUND_ERRORS = ("not found", "could not find", "does not exist")
@@ -85,6 +83,12 @@ DECLARATION = Declaration(
     ownership=Ownership.LABEL,  # pod name `vp-PROJECT`
     settings=RunPodSettings,
     secrets=("api_key",),
+    # `runpod config` (the SDK's CLI) keeps it in ~/.runpod/config.toml.
+    credential=Credential(
+        key="api_key",
+        env="RUNPOD_API_KEY",
+        files=(CredentialFile("~/.runpod/config.toml", ("default", "api_key")),),
+    ),
     # The scoped key RunPod injects into the pod may stop it.
     idle_stop=from_pid1("RUNPOD_POD_ID", "RUNPOD_API_KEY") + 'runpodctl stop pod "$RUNPOD_POD_ID"',
     # No spot (interruptible) pods, no region or memory choice through the SDK's create_pod.
@@ -109,6 +113,7 @@ class RunPodPlatform(CloudPlatform):
     def __init__(self, settings: RunPodSettings | dict[str, Any] | None = None):
         super().__init__(settings)
         self._sdk_module: Any = None
+        self._key: Resolved | None = None
 
     # -- the provider calls ------------------------------------------------------------------
 
@@ -265,7 +270,7 @@ class RunPodPlatform(CloudPlatform):
 
     def _sdk(self) -> Any:
         if self._sdk_module is None:
-            key = self._api_key()
+            key = credentials.resolve(DECLARATION, self.settings)
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
                     import runpod
@@ -275,18 +280,10 @@ class RunPodPlatform(CloudPlatform):
                 ) from None
             self._sdk_module = runpod
             self._key = key
-        self._sdk_module.api_key = self._key  # module-global in the SDK: set before every call
+        assert self._key is not None
+        # Module-global in the SDK: set before every call.
+        self._sdk_module.api_key = self._key.value
         return self._sdk_module
-
-    def _api_key(self) -> str:
-        key = self.settings.api_key or os.environ.get("RUNPOD_API_KEY")
-        if not key:  # the SDK's own credentials file, as `runpod config` writes it
-            with contextlib.suppress(OSError, ValueError):
-                data = tomllib.loads((Path.home() / ".runpod" / "config.toml").read_text())
-                key = (data.get("default") or {}).get("api_key")
-        if not key:
-            raise VpError("no RunPod API key found", hint=KEY_HINT)
-        return str(key)
 
     def _call(self, what: str, fn: Any) -> Any:
         """Run one SDK call with its stdout captured; turn its errors into one-line VpErrors."""
@@ -299,7 +296,8 @@ class RunPodPlatform(CloudPlatform):
             with contextlib.redirect_stdout(io.StringIO()):
                 return fn(rp)
         except rp_error.AuthenticationError:
-            raise VpError("RunPod rejected the API key (RUNPOD_API_KEY)", hint=KEY_HINT) from None
+            assert self._key is not None
+            raise credentials.rejected(DECLARATION, self._key) from None
         except rp_error.QueryError as exc:
             message = _one_line(str(exc.message or exc))
             lowered = message.lower()

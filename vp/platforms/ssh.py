@@ -17,6 +17,8 @@ DECLARATION = Declaration(
     kind="ssh",
     ownership=None,  # the user's own machine: vp never creates, stops or destroys it
     honours=frozenset({"image"}),
+    private_network=True,
+    network=("your machines: each reports its own address; their network is yours to open"),
 )
 
 

@@ -52,14 +52,14 @@ import json
 import os
 import re
 import secrets
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from vp import __version__, keys
+from vp import __version__, credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, VpError
 from vp.platforms import gpus
 from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
@@ -73,6 +73,7 @@ from vp.platforms.cloud import (
     settle_failed_create,
 )
 from vp.platforms.common import discard_key
+from vp.poll import poll
 from vp.settings import positive, setting
 
 # Thunder's instance statuses -> vp state.
@@ -94,7 +95,6 @@ STATUS: dict[str, str] = {
 
 DEFAULT_URL = "https://api.thundercompute.com:8443/v1"
 DEFAULT_TEMPLATE = "base"
-TOKEN_HINT = "set TNR_API_TOKEN, or put the token in ~/.thunder/token"
 # `h100_x1` (today) or `h100_x1_prototyping` (before the mode split was removed).
 CONFIG_KEY = re.compile(r"^(?P<gpu>[a-z0-9]+)_x(?P<count>\d+)(?:_(?P<mode>[a-z]+))?$")
 NO_STOP = "Thunder Compute has no stop or start: an instance runs, and bills, until deleted"
@@ -127,6 +127,16 @@ DECLARATION = Declaration(
     ownership=Ownership.STATE,
     settings=ThunderSettings,
     secrets=("token",),
+    # Where Thunder's CLIs keep it: `~/.thunder/token`, or the Go CLI's `tnr login` file.
+    credential=Credential(
+        key="token",
+        env="TNR_API_TOKEN",
+        what="API token",
+        files=(
+            CredentialFile("~/.thunder/token"),
+            CredentialFile("~/.thunder/cli_config.json", ("token",)),
+        ),
+    ),
     # No idle stop: Thunder has no stop (module docstring), its instances are containers without
     # systemd, so a guest `shutdown` stops no billing, and its API tokens are account-wide, so
     # none may be sent to the host for it to delete itself. vp warns on every run instead.
@@ -157,7 +167,7 @@ class ThunderPlatform(CloudPlatform):
         self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.url)
         # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
         self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
-        self._token: str | None = None
+        self._token: Resolved | None = None
         self._pool: Any = None
         self._catalogue_base: str | None = None  # "/v2", or "/v1" for an API without /v2
         # instance id -> (server-made private key or None, $/h) from the create's answer.
@@ -422,22 +432,27 @@ class ThunderPlatform(CloudPlatform):
 
     def _wait_snapshot(self, name: str) -> dict:
         timeout = float(self.settings.snapshot_timeout)
-        deadline = time.monotonic() + timeout
-        status = "not listed yet"
-        while True:
+        status = ["not listed yet"]
+
+        def ready() -> dict | None:
             snap = next((s for s in self._snapshots() if s.get("name") == name), None)
-            if snap is not None:
-                status = str(snap.get("status") or "").upper()
-                if status == "READY":
-                    return snap
-                if status in SNAPSHOT_FAILED:
-                    raise VpError(f"Thunder Compute could not snapshot the instance ({status})")
-            if time.monotonic() >= deadline:
-                raise VpError(
-                    f"snapshot {name} was not ready after {timeout:.0f}s (status: {status})",
-                    hint="raise [thunder] snapshot_timeout",
-                )
-            time.sleep(max(0.05, min(self.poll_interval, deadline - time.monotonic())))
+            if snap is None:
+                return None
+            status[0] = str(snap.get("status") or "").upper()
+            if status[0] in SNAPSHOT_FAILED:
+                raise VpError(f"Thunder Compute could not snapshot the instance ({status[0]})")
+            return snap if status[0] == "READY" else None
+
+        return poll(
+            ready,
+            timeout=timeout,
+            interval=self.poll_interval,
+            what=f"snapshot {name}",
+            timed_out=lambda: VpError(
+                f"snapshot {name} was not ready after {timeout:.0f}s (status: {status[0]})",
+                hint="raise [thunder] snapshot_timeout",
+            ),
+        )
 
     def _delete_snapshot(self, name: str) -> None:
         """Delete the snapshot called `name`, if there is one; never raises."""
@@ -555,20 +570,9 @@ class ThunderPlatform(CloudPlatform):
             created_at=_timestamp(item.get("createdAt")),
         )
 
-    def _api_token(self) -> str:
-        if self._token:
-            return self._token
-        token = self.settings.token or os.environ.get("TNR_API_TOKEN")
-        thunder_dir = Path.home() / ".thunder"
-        if not token:
-            with contextlib.suppress(OSError):
-                token = (thunder_dir / "token").read_text().strip()
-        if not token:  # what Thunder's Go CLI writes on `tnr login`
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                token = json.loads((thunder_dir / "cli_config.json").read_text()).get("token")
-        if not token:
-            raise VpError("no Thunder Compute API token found", hint=TOKEN_HINT)
-        self._token = str(token)
+    def _api_token(self) -> Resolved:
+        if self._token is None:
+            self._token = credentials.resolve(DECLARATION, self.settings)
         return self._token
 
     def _http(self) -> Any:
@@ -613,7 +617,7 @@ class ThunderPlatform(CloudPlatform):
                 url,
                 body=json.dumps(body).encode() if body is not None else None,
                 headers={
-                    "Authorization": f"Bearer {token}",
+                    "Authorization": f"Bearer {token.value}",
                     "Content-Type": "application/json",
                     "Accept": "application/json",
                     "User-Agent": f"vp/{__version__}",
@@ -627,7 +631,7 @@ class ThunderPlatform(CloudPlatform):
             ) from None
         raw = response.data or b""
         if response.status >= 400:
-            raise _http_error(what, response.status, raw)
+            raise _http_error(what, response.status, raw, token)
         if not raw.strip():
             return None
         try:
@@ -640,7 +644,7 @@ class _ServerError(VpError):
     """A 5xx from the API."""
 
 
-def _http_error(what: str, status: int, raw: bytes) -> VpError:
+def _http_error(what: str, status: int, raw: bytes, token: Resolved) -> VpError:
     message = ""
     code = ""
     with contextlib.suppress(ValueError, AttributeError):
@@ -651,9 +655,13 @@ def _http_error(what: str, status: int, raw: bytes) -> VpError:
         message = raw.decode(errors="replace")[:200]
     message = " ".join(message.split())
     if status == 401:
-        return VpError("Thunder Compute rejected the API token (TNR_API_TOKEN)", hint=TOKEN_HINT)
-    if status == 403:
-        return VpError(f"Thunder Compute refused to {what}: {message}", hint=TOKEN_HINT)
+        return credentials.rejected(DECLARATION, token)
+    if status == 403:  # the token is good but may not do this (Thunder: "forbidden")
+        refused = credentials.rejected(DECLARATION, token)
+        return VpError(
+            f"Thunder Compute refused to {what} with {token.source}: {message}",
+            hint=refused.hint,
+        )
     if any(marker in f"{code} {message}".lower() for marker in CAPACITY_ERRORS):
         return Capacity(message)
     if status == 404:

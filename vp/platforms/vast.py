@@ -12,10 +12,10 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from vp import keys
+from vp import credentials, keys
+from vp.credentials import Credential, CredentialFile, Resolved
 from vp.errors import HostGone, UsageError, VpError
 from vp.idle import from_pid1
 from vp.platforms import gpus
@@ -50,7 +50,6 @@ STATUS: dict[str | None, str] = {
 
 DEFAULT_URL = "https://console.vast.ai"
 DEFAULT_IMAGE = "vastai/base-image:@vastai-automatic-tag"
-KEY_HINT = "set VAST_API_KEY, or put the key in ~/.config/vastai/vast_api_key"
 EXTRA_HINT = "pip install 'vp-runner[vast]'"
 # Env var carrying the create's own token: a create cut off by Ctrl-C finds what it made.
 LAUNCH_ENV = "VP_LAUNCH"
@@ -73,6 +72,15 @@ DECLARATION = Declaration(
     ownership=Ownership.LABEL,  # label `vp-PROJECT`
     settings=VastSettings,
     secrets=("api_key",),
+    # Where the vastai CLI keeps it (`vastai set api-key`), newer and older versions.
+    credential=Credential(
+        key="api_key",
+        env="VAST_API_KEY",
+        files=(
+            CredentialFile("$XDG_CONFIG_HOME/vastai/vast_api_key"),
+            CredentialFile("~/.vast_api_key"),
+        ),
+    ),
     # The scoped key vast injects into the container may stop its own instance.
     idle_stop=from_pid1("CONTAINER_ID", "CONTAINER_API_KEY")
     + 'curl -fsS -X PUT -H "Authorization: Bearer $CONTAINER_API_KEY"'
@@ -102,6 +110,7 @@ class VastPlatform(CloudPlatform):
         super().__init__(settings)
         self.url = (os.environ.get("VAST_URL") or self.settings.url or DEFAULT_URL).rstrip("/")
         self._client: Any = None
+        self._key: Resolved | None = None
 
     # -- the provider calls ------------------------------------------------------------------
 
@@ -263,7 +272,7 @@ class VastPlatform(CloudPlatform):
 
     def _sdk(self) -> Any:
         if self._client is None:
-            key = self._api_key()
+            self._key = key = credentials.resolve(DECLARATION, self.settings)
             try:
                 from vastai.sdk import VastAI
             except ImportError:
@@ -271,21 +280,8 @@ class VastPlatform(CloudPlatform):
                     "the vast platform needs the vastai package", hint=EXTRA_HINT
                 ) from None
             with contextlib.redirect_stdout(io.StringIO()):
-                self._client = VastAI(api_key=key, server_url=self.url, retry=3)
+                self._client = VastAI(api_key=key.value, server_url=self.url, retry=3)
         return self._client
-
-    def _api_key(self) -> str:
-        key = self.settings.api_key or os.environ.get("VAST_API_KEY")
-        if not key:
-            config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-            for path in (Path(config) / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
-                with contextlib.suppress(OSError):
-                    key = path.read_text().strip()
-                if key:
-                    break
-        if not key:
-            raise VpError("no vast.ai API key found", hint=KEY_HINT)
-        return key
 
     def _call(self, what: str, fn: Any) -> Any:
         """Run one SDK call with its stdout captured; turn its errors into one-line VpErrors."""
@@ -296,7 +292,7 @@ class VastPlatform(CloudPlatform):
             with contextlib.redirect_stdout(io.StringIO()):
                 return fn(client)
         except requests.HTTPError as exc:
-            raise _http_error(what, exc.response) from None
+            raise _http_error(what, exc.response, self._key) from None
         except requests.RequestException as exc:
             raise VpError(
                 f"cannot reach vast.ai at {self.url} to {what}: {type(exc).__name__}",
@@ -304,7 +300,7 @@ class VastPlatform(CloudPlatform):
             ) from None
 
 
-def _http_error(what: str, response: Any) -> VpError:
+def _http_error(what: str, response: Any, key: Resolved | None) -> VpError:
     status = getattr(response, "status_code", 0)
     try:
         body = response.json()
@@ -316,12 +312,8 @@ def _http_error(what: str, response: Any) -> VpError:
         str(body.get("msg") or body.get("error") or getattr(response, "reason", "") or "").split()
     )
     code = str(body.get("error") or "")
-    if status in (401, 403):
-        return VpError(
-            "vast.ai rejected the API key (VAST_API_KEY)"
-            + (f": {msg}" if status == 403 and msg else ""),
-            hint=KEY_HINT,
-        )
+    if status in (401, 403) and key is not None:
+        return credentials.rejected(DECLARATION, key, msg if status == 403 else "")
     text = f"{code} {msg}".lower()
     if any(marker in text for marker in CAPACITY_ERRORS):
         return Capacity(msg or code)

@@ -1,5 +1,8 @@
 """`vp upload` / `vp download`: single files or folders outside the sync rules, over the
-shared connection, with the download conflict rule (never clobber a local file)."""
+shared connection, with the download conflict rule (never clobber a local file).
+
+Both go by rsync or, on a host without it, by tar (`Transport.copy` chooses, as for sync); a
+download lands in staging either way and is placed by the same rules."""
 
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vp.errors import UsageError, VpError
+from vp.sync import tarpipe
 from vp.sync.place import DirWalker, Unsafe, lstat_at, same_at, sanitize_staged
 from vp.sync.transfer import REMOTE_SUFFIX, SAFE_FETCH, rsync_error
 from vp.transport import Transport
@@ -37,19 +42,63 @@ def _remote_sh(transport: Transport, workdir: str, rel: str) -> str:
     return transport.workdir_sh(workdir) + "/" + shlex.quote(rel)
 
 
-def _rsync(transport: Transport, argv: list[str], what: str) -> None:
+def _copy(transport: Transport, argv: list[str], what: str, tar: Callable[[], None]) -> None:
     transport.ensure()
-    proc = subprocess.run(
-        [*transport.rsync_argv(), *argv],
-        capture_output=True,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    if proc.returncode not in (0, 24):
+
+    def rsync() -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*transport.rsync_argv(), *argv],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    proc = transport.copy(rsync, tar)
+    if proc is not None and proc.returncode not in (0, 24):
         err = proc.stderr.decode(errors="replace")
         if what == "download" and proc.returncode == 23 and "No such file or directory" in err:
             raise VpError(f"nothing at {argv[-2].split(':', 1)[-1]} on {transport.label}")
         raise rsync_error(proc, transport.label, what)
+
+
+def _tar_up(transport: Transport, source: Path, arcname: str, dest_sh: str) -> None:
+    """`source` (a file or a folder's contents: arcname ".") into the host's `dest_sh`."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            transport.exec_argv(f"mkdir -p {dest_sh} && cd {dest_sh} && tar -x -p -f -"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        assert proc.stdin is not None
+        try:
+            with tarfile.open(fileobj=proc.stdin, mode="w|") as archive:
+                archive.add(source, arcname=arcname)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        proc.wait()
+        err.seek(0)
+        detail = err.read().decode(errors="replace").strip()
+    if proc.returncode != 0:
+        last = detail.splitlines()[-1] if detail else f"exit {proc.returncode}"
+        raise VpError(f"upload to {transport.label} (tar) failed: {last}")
+
+
+def _tar_down(transport: Transport, workdir: str, rel: str, staging: Path) -> None:
+    """`rel` (as `vp download` reads it) into `staging`, unpacked by tarpipe's safe rules."""
+    if rel.startswith("/") or rel == "~" or rel.startswith("~/"):
+        parent = posixpath.dirname(rel) or "/"
+    else:
+        parent = posixpath.join(workdir, posixpath.dirname(rel)).rstrip("/") or workdir
+    try:
+        tarpipe.download(transport, parent, [posixpath.basename(rel)], staging)
+    except VpError:
+        probe = transport.run(f"test -e {_remote_sh(transport, workdir, rel)}", timeout=60)
+        if probe.returncode == 1:  # tar had nothing to read: say so, as rsync's path does
+            raise VpError(f"nothing at {rel} on {transport.label}") from None
+        raise
 
 
 def copy_up(
@@ -78,10 +127,11 @@ def copy_up(
         rel = dst.rstrip("/") or dst
     target_dir = rel if is_dir else (posixpath.dirname(rel) or ".")
     argv = ["-a", "--protect-args"]
+    dest_sh = _remote_sh(transport, workdir, target_dir)
     if transport.is_local:
         Path(_remote_rsync_path(transport, workdir, target_dir)).mkdir(parents=True, exist_ok=True)
     else:
-        mkdir = f"mkdir -p {_remote_sh(transport, workdir, target_dir)} && rsync"
+        mkdir = f"mkdir -p {dest_sh} && rsync"
         argv.append(f"--rsync-path={mkdir}")
     remote = _remote_rsync_path(transport, workdir, rel)
     if is_dir:
@@ -90,7 +140,8 @@ def copy_up(
     else:
         argv += [str(absolute), transport.remote_path(remote)]
         size = absolute.lstat().st_size
-    _rsync(transport, argv, "upload")
+    arcname = "." if is_dir else posixpath.basename(rel)
+    _copy(transport, argv, "upload", lambda: _tar_up(transport, absolute, arcname, dest_sh))
     return rel, size
 
 
@@ -237,16 +288,11 @@ def copy_down(
     staging = Path(tempfile.mkdtemp(prefix=".vp-dl-", dir=dst.parent))
     try:
         remote = _remote_rsync_path(transport, workdir, rel)
-        _rsync(
+        _copy(
             transport,
-            [
-                "-a",
-                *SAFE_FETCH,
-                "--protect-args",
-                transport.remote_path(remote),
-                str(staging) + "/",
-            ],
+            ["-a", *SAFE_FETCH, "--protect-args", transport.remote_path(remote), f"{staging}/"],
             "download",
+            lambda: _tar_down(transport, workdir, rel, staging),
         )
         fetched = staging / posixpath.basename(remote.rstrip("/"))
         if not os.path.lexists(fetched):

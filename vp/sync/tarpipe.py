@@ -1,15 +1,12 @@
 """The fallback when a host has no rsync (common on vast.ai and RunPod container images):
 the same NUL-separated file lists, carried by `tar` over one ssh session each way.
-
-Which hosts lack rsync is remembered under vp's state dir, so only the first transfer to such
-a host pays for the failed rsync attempt.
+`Transport.copy` decides when.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import posixpath
 import subprocess
@@ -17,32 +14,10 @@ import tarfile
 import threading
 from pathlib import Path
 
-from vp import paths
 from vp.errors import ConnectionFailed, VpError
 from vp.sync.place import DirWalker, Unsafe, link_contained, lstat_at
 from vp.sync.rsync import files_from
 from vp.transport import Transport
-
-
-def _marker(transport: Transport) -> Path:
-    digest = hashlib.sha1(transport.label.encode()).hexdigest()[:16]
-    return paths.ensure_private_dir(paths.state_dir() / "no-rsync") / digest
-
-
-def host_lacks_rsync(transport: Transport) -> bool:
-    return not transport.is_local and _marker(transport).exists()
-
-
-def remember_no_rsync(transport: Transport) -> None:
-    _marker(transport).touch()
-
-
-def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
-    """Did rsync fail because the host has none (rather than for any other reason)?"""
-    err = proc.stderr.decode(errors="replace")
-    return any(
-        s in err for s in ("rsync: not found", "rsync: command not found", "rsync: No such file")
-    )
 
 
 def _payload(names: list[str]) -> bytes:

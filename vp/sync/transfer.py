@@ -189,18 +189,20 @@ def upload(
         argv.append(f"--rsync-path={mk}")
     argv += [str(root) + "/", transport.remote_path(transport.rsync_workdir(workdir))]
     transport.ensure()
-    if not tarpipe.host_lacks_rsync(transport):
-        payload = files_from(names)
+
+    def rsync() -> subprocess.CompletedProcess[bytes]:
         with (progress or _no_progress)("upload", total) as bar:
-            proc = run_rsync(argv, payload, bar.callback if bar else None)
-        if proc.returncode not in (0, 24):  # 24: a file vanished while we were copying it
-            if not tarpipe.rsync_missing(proc):
-                raise rsync_error(proc, transport.label, "upload")
-            tarpipe.remember_no_rsync(transport)
-            say(f"rsync is not installed on {transport.label}: copying with tar over ssh")
-            tarpipe.upload(transport, root, workdir, send, deleted)
-    else:
-        tarpipe.upload(transport, root, workdir, send, deleted)
+            return run_rsync(argv, files_from(names), bar.callback if bar else None)
+
+    proc = transport.copy(
+        rsync,
+        lambda: tarpipe.upload(transport, root, workdir, send, deleted),
+        on_fallback=lambda: say(
+            f"rsync is not installed on {transport.label}: copying with tar over ssh"
+        ),
+    )
+    if proc is not None and proc.returncode not in (0, 24):  # 24: a file vanished meanwhile
+        raise rsync_error(proc, transport.label, "upload")
     return (
         UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
         previous.after_upload(current),
@@ -410,24 +412,20 @@ def _fetch(
         str(staging) + "/",
     ]
     transport.ensure()
-    try:
-        if tarpipe.host_lacks_rsync(transport):
-            tarpipe.download(transport, workdir, names, staging)
-            return False
-        payload = files_from(names)
+
+    def rsync() -> subprocess.CompletedProcess[bytes]:
         with (progress or _no_progress)("download", total_bytes) as bar:
-            proc = run_rsync(argv, payload, bar.callback if bar else None)
-        if proc.returncode in (0, 23, 24):
-            return False
-        if b"No space left on device" in proc.stderr or b"Disk quota exceeded" in proc.stderr:
-            return True
-        if not tarpipe.rsync_missing(proc):
-            raise rsync_error(proc, transport.label, "download")
-        tarpipe.remember_no_rsync(transport)
-        tarpipe.download(transport, workdir, names, staging)
+            return run_rsync(argv, files_from(names), bar.callback if bar else None)
+
+    try:
+        proc = transport.copy(rsync, lambda: tarpipe.download(transport, workdir, names, staging))
     except tarpipe.LocalDiskFull:
         return True
-    return False
+    if proc is None or proc.returncode in (0, 23, 24):
+        return False
+    if b"No space left on device" in proc.stderr or b"Disk quota exceeded" in proc.stderr:
+        return True
+    raise rsync_error(proc, transport.label, "download")
 
 
 def _place(

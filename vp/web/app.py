@@ -10,7 +10,14 @@ Routes (README "vp ui" documents the API):
   GET  /api/runs/{id}/log                     the log; ?follow=1: Server-Sent Events
   POST /api/keepalive                         mark the project's host busy (idle stop)
   GET  /api/apps                              `[ui] apps` with their proxied URLs
-  *    /apps/NAME/...                         HTTP and WebSocket to the app on the host
+  *    /apps/NAME/...                         API clients (bearer): HTTP and WebSocket to the
+                                              app on the host; a browser is sent to the apps
+                                              origin below with a one-minute ticket
+
+The apps origin (`create_apps_app`, its own port) serves only /apps/NAME/... A host is run by
+a stranger, so its app's JavaScript must never run on the control page's origin: there it
+could read the page's CSRF token and start, stop or destroy hosts. On its own origin the
+browser's same-origin rule keeps it away from the page and the API.
 """
 
 from __future__ import annotations
@@ -39,7 +46,15 @@ from starlette.websockets import WebSocket
 
 from vp.errors import VpError
 from vp.web import core, proxy
-from vp.web.auth import COOKIE, CSRF_HEADER, Keys, LoginLimiter, Session
+from vp.web.auth import (
+    APP_COOKIE,
+    COOKIE,
+    CSRF_HEADER,
+    TICKET_SECONDS,
+    Keys,
+    LoginLimiter,
+    Session,
+)
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PAGE_HEADERS = {
@@ -67,9 +82,19 @@ def _client(request) -> str:
     return request.client.host if request.client else "?"
 
 
-def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> Starlette:
+def create_app(
+    project: core.Project,
+    keys: Keys,
+    *,
+    secure: bool = False,
+    apps_port: int | None = None,
+    forwards: proxy.AppForwards | None = None,
+) -> Starlette:
+    """The control page and its API. Browsers reach host apps on `apps_port` (see the module
+    docstring); without it only API clients can use the app proxy."""
     limiter = LoginLimiter()
-    forwards = proxy.AppForwards(project)
+    forwards = forwards or proxy.AppForwards(project)
+    tickets = keys.for_purpose(b"ticket", TICKET_SECONDS)
 
     def who(conn) -> Who | None:
         auth = conn.headers.get("authorization", "")
@@ -78,19 +103,12 @@ def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> St
         session = keys.session(conn.cookies.get(COOKIE))
         return Who(False, session) if session else None
 
-    def same_origin(conn) -> bool:
-        origin = conn.headers.get("origin")
-        if origin is None:
-            return conn.headers.get("sec-fetch-site", "same-origin") == "same-origin"
-        scheme = "https" if secure else "http"
-        return origin == f"{scheme}://{conn.headers.get('host', '')}"
-
     def api_error(exc: VpError) -> JSONResponse:
         return JSONResponse(
             {"error": exc.message, "hint": exc.hint}, status_code=getattr(exc, "status", 400)
         )
 
-    def guard(*, page: bool = False, csrf: bool = True):
+    def guard(*, page: bool = False):
         """Authenticate; a browser's state-changing request must carry the CSRF token."""
 
         def wrap(handler):
@@ -104,7 +122,7 @@ def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> St
                 if not caller.bearer and request.method not in SAFE_METHODS:
                     assert caller.session is not None
                     token_ok = keys.csrf_ok(caller.session, request.headers.get(CSRF_HEADER))
-                    if not (token_ok if csrf else same_origin(request)):
+                    if not token_ok:
                         return JSONResponse({"error": "missing CSRF token"}, status_code=403)
                 try:
                     return await handler(request, caller)
@@ -243,34 +261,35 @@ def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> St
         )
 
     # ------------------------------------------------------------------ app proxy
-    def touch() -> None:
-        """An app request keeps the host awake too (keepalive throttles the ssh calls)."""
+    touch, touch_loop = _keepers(project)
 
-        def run() -> None:
-            with contextlib.suppress(Exception):
-                core.keepalive(project)
-
-        asyncio.get_running_loop().run_in_executor(None, run)
-
-    async def touch_loop() -> None:
-        while True:
-            try:
-                state = await run_in_threadpool(core.keepalive, project)
-            except Exception:  # noqa: BLE001 - keep relaying; the next try may work
-                state = {}
-            limit = state.get("idle_stop_s") or 120
-            await asyncio.sleep(max(1.0, min(30.0, limit / 3)))
-
-    @guard(page=True, csrf=False)
-    async def app_http(request: Request, caller: Who):
-        name = request.path_params["name"]
-        return await proxy.http(request, forwards, name, request.path_params["path"], touch)
+    async def app_http(request: Request):
+        caller = who(request)
+        name, path = request.path_params["name"], request.path_params["path"]
+        if caller is None:
+            target = quote(request.url.path, safe="/")
+            return RedirectResponse(f"/login?next={target}", status_code=303)
+        if caller.bearer:
+            return await proxy.http(request, forwards, name, path, touch)
+        # A browser: the app runs on its own origin, never on this one.
+        if request.method not in ("GET", "HEAD") or apps_port is None:
+            return JSONResponse({"error": "apps open on their own origin"}, status_code=403)
+        host = request.url.hostname or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if secure else "http"
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        ticket = tickets.new_session()
+        return RedirectResponse(
+            f"{scheme}://{host}:{apps_port}{ENTER}?ticket={quote(ticket)}&next={quote(target)}",
+            status_code=303,
+        )
 
     async def app_root(request: Request):
         return RedirectResponse(f"{proxy.prefix(request.path_params['name'])}/", status_code=307)
 
     async def app_ws(ws: WebSocket):
-        if who(ws) is None or not same_origin(ws):
+        caller = who(ws)
+        if caller is None or not caller.bearer:  # browsers use the apps origin
             await ws.close(code=1008)
             return
         await proxy.websocket(
@@ -298,6 +317,45 @@ def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> St
         WebSocketRoute("/apps/{name}/{path:path}", app_ws),
     ]
 
+    return Starlette(routes=routes, lifespan=_lifespan(forwards))
+
+
+ENTER = "/vp-enter"
+
+
+def _same_origin(conn, secure: bool) -> bool:
+    """The request comes from a page of this origin (an app's own form or script)."""
+    origin = conn.headers.get("origin")
+    if origin is None:
+        return conn.headers.get("sec-fetch-site", "same-origin") == "same-origin"
+    scheme = "https" if secure else "http"
+    return origin == f"{scheme}://{conn.headers.get('host', '')}"
+
+
+def _keepers(project: core.Project):
+    """`touch()`: an app request keeps the host awake (keepalive throttles the ssh calls);
+    `touch_loop()`: the same for as long as an app's WebSocket is open."""
+
+    def touch() -> None:
+        def run() -> None:
+            with contextlib.suppress(Exception):
+                core.keepalive(project)
+
+        asyncio.get_running_loop().run_in_executor(None, run)
+
+    async def touch_loop() -> None:
+        while True:
+            try:
+                state = await run_in_threadpool(core.keepalive, project)
+            except Exception:  # noqa: BLE001 - keep relaying; the next try may work
+                state = {}
+            limit = state.get("idle_stop_s") or 120
+            await asyncio.sleep(max(1.0, min(30.0, limit / 3)))
+
+    return touch, touch_loop
+
+
+def _lifespan(forwards: proxy.AppForwards):
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         import httpx
@@ -309,4 +367,70 @@ def create_app(project: core.Project, keys: Keys, *, secure: bool = False) -> St
             await app.state.http.aclose()
             await run_in_threadpool(forwards.close)
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    return lifespan
+
+
+def create_apps_app(
+    project: core.Project, keys: Keys, forwards: proxy.AppForwards, *, secure: bool = False
+) -> Starlette:
+    """The apps origin: /apps/NAME/... only, for a browser that came from the control page with
+    a ticket (it gets this origin's own cookie), or an API client with the bearer token."""
+    tickets = keys.for_purpose(b"ticket", TICKET_SECONDS)
+    app_keys = keys.for_purpose(b"app", keys.lifetime)
+    touch, touch_loop = _keepers(project)
+
+    def allowed(conn) -> bool:
+        auth = conn.headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            return keys.token_ok(auth[7:].strip())
+        return app_keys.session(conn.cookies.get(APP_COOKIE)) is not None
+
+    denied = PlainTextResponse(
+        "open this app through its link on the control page", status_code=401
+    )
+
+    async def enter(request: Request):
+        target = request.query_params.get("next") or "/"
+        if tickets.session(request.query_params.get("ticket")) is None or not (
+            target.startswith("/apps/") and "\\" not in target and "//" not in target
+        ):
+            return denied
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(
+            APP_COOKIE,
+            app_keys.new_session(),
+            max_age=int(app_keys.lifetime),
+            httponly=True,
+            samesite="strict",
+            secure=secure,
+            path="/apps/",
+        )
+        return response
+
+    async def app_http(request: Request):
+        if not allowed(request):
+            return denied
+        if request.method not in SAFE_METHODS and not _same_origin(request, secure):
+            return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+        name, path = request.path_params["name"], request.path_params["path"]
+        return await proxy.http(request, forwards, name, path, touch)
+
+    async def app_root(request: Request):
+        return RedirectResponse(f"{proxy.prefix(request.path_params['name'])}/", status_code=307)
+
+    async def app_ws(ws: WebSocket):
+        if not allowed(ws) or not _same_origin(ws, secure):
+            await ws.close(code=1008)
+            return
+        await proxy.websocket(
+            ws, forwards, ws.path_params["name"], ws.path_params["path"], touch_loop
+        )
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    routes = [
+        Route(ENTER, enter, methods=["GET"]),
+        Route("/apps/{name}", app_root, methods=methods),
+        Route("/apps/{name}/{path:path}", app_http, methods=methods),
+        WebSocketRoute("/apps/{name}/{path:path}", app_ws),
+    ]
+    return Starlette(routes=routes, lifespan=_lifespan(forwards))

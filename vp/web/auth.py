@@ -25,6 +25,10 @@ from vp import paths
 
 TOKEN_ENV = "VP_UI_TOKEN"
 COOKIE = "vp_session"
+# The apps origin's own session (vp ui --apps-port): a page cookie never opens an app there,
+# and an app cookie never opens the control page.
+APP_COOKIE = "vp_app"
+TICKET_SECONDS = 60.0
 CSRF_HEADER = "x-csrf-token"
 SESSION_SECONDS = 12 * 3600
 
@@ -72,10 +76,15 @@ class Session:
 class Keys:
     """Checks the token and signs/verifies session cookies and CSRF tokens."""
 
-    def __init__(self, token: str, lifetime: float = SESSION_SECONDS):
+    def __init__(self, token: str, lifetime: float = SESSION_SECONDS, purpose: bytes = b"session"):
         self._token = token.encode()
-        self._key = hmac.new(self._token, b"vp-ui session v1", hashlib.sha256).digest()
+        # One key per purpose: a value signed for one (a page session, an app session, a
+        # one-minute ticket to the apps origin) is never accepted as another.
+        self._key = hmac.new(self._token, b"vp-ui " + purpose + b" v1", hashlib.sha256).digest()
         self.lifetime = lifetime
+
+    def for_purpose(self, purpose: bytes, lifetime: float) -> Keys:
+        return Keys(self._token.decode(), lifetime, purpose)
 
     def token_ok(self, candidate: str | None) -> bool:
         return bool(candidate) and hmac.compare_digest(candidate.encode(), self._token)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from vp.tunnel import Forward, Tunnels, connect
 from vp.web import core
-from vp.web.auth import COOKIE, CSRF_HEADER
+from vp.web.auth import APP_COOKIE, COOKIE, CSRF_HEADER
 
 HOP_HEADERS = {
     "connection",
@@ -78,7 +78,7 @@ class AppForwards:
                 return tunnels.forwards[0].local
             if tunnels is not None:
                 tunnels.close()
-            tunnels = connect(host, transport, [Forward(remote, 0)])
+            tunnels = connect(host, transport, [Forward(remote, 0)], in_process=True)
             self._open[key] = tunnels
             return tunnels.forwards[0].local
 
@@ -91,7 +91,7 @@ class AppForwards:
 
 
 def _without_our_cookie(value: str) -> str:
-    parts = [p for p in value.split(";") if p.strip().split("=", 1)[0] != COOKIE]
+    parts = [p for p in value.split(";") if p.strip().split("=", 1)[0] not in (COOKIE, APP_COOKIE)]
     return ";".join(parts).strip()
 
 
@@ -123,7 +123,7 @@ def rewrite_location(value: str, name: str, upstream: str) -> str:
 
 def rewrite_cookie(value: str, name: str) -> str | None:
     """Scope an app's cookie to its prefix; refuse one that would replace vp's session."""
-    if value.split("=", 1)[0].strip() == COOKIE:
+    if value.split("=", 1)[0].strip() in (COOKIE, APP_COOKIE):
         return None
     out = re.sub(r"(?i)(;\s*path=)/", lambda m: m.group(1) + prefix(name) + "/", value)
     if not re.search(r"(?i);\s*path=", out):

@@ -1,0 +1,143 @@
+"""API key precedence (issue #12 item 2), through the real CLI against each provider's emulator:
+the environment wins over the user file, which wins over the provider CLI's own file; a
+rejected key is named by where it came from (never by its value), and the missing-key hint is
+a command that works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VpEnv
+from tests.emulators.runpod import runpod_emulator  # noqa: F401
+from tests.emulators.thunder import thunder_emulator  # noqa: F401
+from tests.emulators.vast import vast_emulator  # noqa: F401
+
+pytestmark = pytest.mark.timeout(120)
+
+WRONG = "wrong-secret-1234"
+
+# name: (emulator fixture, endpoint env, url suffix, key env, user-file key, provider words,
+#        the provider CLI's own file under HOME)
+CLOUDS = {
+    "vast": (
+        "vast_emulator",
+        "VAST_URL",
+        "",
+        "VAST_API_KEY",
+        "api_key",
+        "vast.ai",
+        ".config/vastai/vast_api_key",
+    ),
+    "runpod": (
+        "runpod_emulator",
+        "RUNPOD_API_BASE_URL",
+        "",
+        "RUNPOD_API_KEY",
+        "api_key",
+        "RunPod",
+        None,
+    ),
+    "thunder": (
+        "thunder_emulator",
+        "TNR_API_URL",
+        "/v1",
+        "TNR_API_TOKEN",
+        "token",
+        "Thunder Compute",
+        ".thunder/token",
+    ),
+}
+
+
+def _project(name: str, request, vp_env: VpEnv) -> tuple[VpEnv, str]:
+    """A project on cloud `name` (its emulator), with no key anywhere yet. (env, right key)"""
+    fixture, url_env, suffix, *_ = CLOUDS[name]
+    emulator = request.getfixturevalue(fixture)
+    vp_env.env[url_env] = emulator.url + suffix
+    vp_env.write_config(f'[project]\nname = "proj"\n[host]\nplatform = "{name}"\n')
+    return vp_env, emulator.api_key
+
+
+def _user_file(env: VpEnv, name: str, key: str, value: str) -> Path:
+    path = env.home / ".config" / "vp" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[{name}]\n{key} = "{value}"\n')
+    path.chmod(0o600)
+    return path
+
+
+def _error(stderr: str) -> tuple[str, str]:
+    assert "Traceback" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("vp: error:")]
+    hints = [ln for ln in stderr.splitlines() if ln.startswith("vp: hint:")]
+    assert len(errors) == 1 and len(hints) == 1, stderr
+    return errors[0], hints[0]
+
+
+@pytest.mark.parametrize("name", sorted(CLOUDS))
+def test_wrong_key_in_the_environment_wins_over_a_right_user_file(
+    name: str, request, vp_env: VpEnv
+) -> None:
+    env, right = _project(name, request, vp_env)
+    _, _, _, key_env, key, provider, _ = CLOUDS[name]
+    _user_file(env, name, key, right)
+    assert env.run("ls").returncode == 0  # the user file alone is a working key
+
+    r = env.run("ls", extra_env={key_env: WRONG})
+    assert r.returncode == 1, r.stderr
+    error, hint = _error(r.stderr)
+    assert error == f"vp: error: {key_env} from the environment was rejected by {provider}"
+    assert key_env in hint and f"vp config set --user {name}.{key} -" in hint
+    assert WRONG not in r.stderr + r.stdout and right not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("name", sorted(CLOUDS))
+def test_right_key_in_the_environment_wins_over_a_wrong_user_file(
+    name: str, request, vp_env: VpEnv
+) -> None:
+    env, right = _project(name, request, vp_env)
+    _, _, _, key_env, key, provider, _ = CLOUDS[name]
+    _user_file(env, name, key, WRONG)
+    r = env.run("ls")
+    assert r.returncode == 1
+    error, hint = _error(r.stderr)
+    assert error == (
+        f"vp: error: [{name}] {key} in ~/.config/vp/config.toml was rejected by {provider}"
+    )
+    assert f"vp config set --user {name}.{key} -" in hint
+
+    r = env.run("ls", extra_env={key_env: right})
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("name", [n for n, row in CLOUDS.items() if row[6]])
+def test_user_file_wins_over_the_provider_clis_file(name: str, request, vp_env: VpEnv) -> None:
+    env, right = _project(name, request, vp_env)
+    _, _, _, _, key, provider, cli_file = CLOUDS[name]
+    own = env.home / cli_file
+    own.parent.mkdir(parents=True, exist_ok=True)
+    own.write_text(WRONG + "\n")
+    r = env.run("ls")
+    error, _hint = _error(r.stderr)
+    assert error == f"vp: error: ~/{cli_file} was rejected by {provider}"
+
+    _user_file(env, name, key, right)
+    assert env.run("ls").returncode == 0
+
+
+@pytest.mark.parametrize("name", sorted(CLOUDS))
+def test_the_missing_key_hint_is_a_command_that_works(name: str, request, vp_env: VpEnv) -> None:
+    env, right = _project(name, request, vp_env)
+    _, _, _, key_env, key, _provider, _ = CLOUDS[name]
+    r = env.run("ls")
+    assert r.returncode == 1
+    _error_line, hint = _error(r.stderr)
+    command = f"vp config set --user {name}.{key} -"
+    assert f"`{command}`" in hint and key_env in hint, hint
+
+    stored = env.run(*command.split()[1:], input=right + "\n")  # what the hint says, verbatim
+    assert stored.returncode == 0, stored.stderr
+    r = env.run("ls")
+    assert r.returncode == 0, r.stderr

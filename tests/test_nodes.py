@@ -1,0 +1,297 @@
+"""`vp --nodes N`: one command on N hosts at once (vp/nodes.py), end to end.
+
+The nodes are real sshd hosts, each in its own network namespace with its own copy of the
+workdir (a bind mount only its sessions see), linked to each other by veth pairs: a real
+network between nodes, as on one cloud subnet. What each rank sees, a TCP rendezvous at
+MASTER_ADDR:MASTER_PORT, the exit status and stopping of the others, Ctrl-C, and (vast
+emulator) a create that fails for one node destroying the one that succeeded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VpEnv
+from tests.requires import require_module
+from tests.sshhost import SshHost, link_hosts
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class Cluster:
+    def __init__(self, vp_env: VpEnv, hosts: list[SshHost], workdir: Path) -> None:
+        self.vp_env, self.hosts, self.workdir = vp_env, hosts, workdir
+
+    def files(self, rank: int) -> Path:
+        """Node `rank`'s workdir, as seen from this machine."""
+        return self.hosts[rank].private_dirs[self.workdir]
+
+    def run_ids(self) -> list[str]:
+        proc = self.vp_env.run("runs", "-o", "json")
+        assert proc.returncode == 0, proc.stderr
+        return [r["id"] for r in json.loads(proc.stdout)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+@pytest.fixture
+def cluster(vp_env: VpEnv, make_ssh_host, tmp_path: Path) -> Cluster:
+    workdir = tmp_path / "remote-workspace"
+    hosts = [make_ssh_host(netns=True, private_dirs=[workdir]) for _ in range(3)]
+    link_hosts(*hosts)
+    ssh_dir = vp_env.home / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    (ssh_dir / "config").write_text(
+        "".join(h.ssh_config(f"node{i}") + "\n" for i, h in enumerate(hosts))
+    )
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "multi"
+
+        [host]
+        platform = "ssh"
+
+        [ssh]
+        hosts = ["node0", "node1", "node2"]
+        reconnect_timeout = 60
+
+        [sync]
+        workdir = "{workdir}"
+        """
+    )
+    return Cluster(vp_env, hosts, workdir)
+
+
+def test_each_rank_sees_its_rank_the_addresses_and_the_master(cluster: Cluster, vp_env: VpEnv):
+    (vp_env.project / "env.py").write_text(
+        textwrap.dedent(
+            """
+            import json, os
+            names = ["VP_NODE_RANK", "VP_NUM_NODES", "VP_NODE_IPS", "VP_GPUS_PER_NODE",
+                     "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "NNODES"]
+            json.dump({n: os.environ.get(n) for n in names}, open("env.json", "w"))
+            """
+        )
+    )
+    proc = vp_env.run("--nodes", "3", "--all-logs", "sh", "-c", "python3 env.py && echo ok")
+    assert proc.returncode == 0, proc.stderr
+    addresses = [h.address for h in cluster.hosts]
+    for rank in range(3):
+        seen = json.loads((cluster.files(rank) / "env.json").read_text())
+        assert seen == {
+            "VP_NODE_RANK": str(rank),
+            "VP_NUM_NODES": "3",
+            "VP_NODE_IPS": "\n".join(addresses),
+            "VP_GPUS_PER_NODE": "0",
+            "MASTER_ADDR": addresses[0],
+            "MASTER_PORT": "29500",
+            "NODE_RANK": str(rank),
+            "NNODES": "3",
+        }
+    # Rank 0's results come back (by default only its); the others' output is prefixed.
+    assert json.loads((vp_env.project / "env.json").read_text())["NODE_RANK"] == "0"
+    assert not (vp_env.project / "nodes").exists()
+    lines = proc.stdout.splitlines()
+    assert lines.count("ok") == 1 and "[node1] ok" in lines and "[node2] ok" in lines
+
+
+def test_vp_expands_the_torchrun_variables_in_a_command_of_several_words(
+    cluster: Cluster, vp_env: VpEnv
+):
+    # Written the way the README says: single quotes keep them from the local shell.
+    proc = vp_env.run(
+        "--nodes", "2", "echo", "--nnodes=$NNODES", "--node_rank=${NODE_RANK}",
+        "--master=$MASTER_ADDR:$MASTER_PORT", "$HOME",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    master = cluster.hosts[0].address
+    # Rank 1 kept quiet (no --all-logs): its output is in its log.
+    assert proc.stdout == f"--nnodes=2 --node_rank=0 --master={master}:29500 $HOME\n"
+    run_id = cluster.run_ids()[-1]
+    logs = vp_env.run("logs", run_id, "--node", "1")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout == f"--nnodes=2 --node_rank=1 --master={master}:29500 $HOME\n"
+    assert vp_env.run("logs", run_id, "--node", "5").returncode != 0
+
+
+RENDEZVOUS = """
+import os, socket, sys, time
+addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+rank = os.environ["NODE_RANK"]
+if rank == "0":
+    srv = socket.create_server((addr, port))
+    conn, peer = srv.accept()
+    got = conn.recv(100).decode()
+    conn.sendall(b"welcome " + got.encode())
+    print("rank 0 got:", got, "from", peer[0])
+else:
+    for _ in range(600):
+        try:
+            s = socket.create_connection((addr, port), timeout=5)
+            break
+        except OSError:
+            time.sleep(0.05)
+    s.sendall(("hello from " + rank).encode())
+    print("rank", rank, "got:", s.recv(100).decode())
+"""
+
+
+def test_rank_1_meets_rank_0_at_master_addr_and_port(cluster: Cluster, vp_env: VpEnv):
+    (vp_env.project / "meet.py").write_text(RENDEZVOUS)
+    proc = vp_env.run("--nodes", "2", "--all-logs", "python3", "meet.py")
+    assert proc.returncode == 0, proc.stderr
+    assert f"rank 0 got: hello from 1 from {cluster.hosts[1].address}" in proc.stdout
+    assert "[node1] rank 1 got: welcome hello from 1" in proc.stdout
+
+
+def test_master_port_is_one_that_is_free_on_rank_0(cluster: Cluster, vp_env: VpEnv):
+    # Something already listens on 29500 on rank 0: the next port is chosen.
+    busy = cluster.hosts[0]
+    holder = __import__("subprocess").Popen(
+        ["ip", "netns", "exec", busy.netns, sys.executable, "-c",
+         "import socket,time; s=socket.create_server(('0.0.0.0',29500)); print('up',flush=True);"
+         " time.sleep(600)"],
+        stdout=__import__("subprocess").PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == b"up\n"
+        proc = vp_env.run("--nodes", "2", "echo", "$MASTER_PORT")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "29501\n"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+TORCH = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print("sum", int(t.item()))
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason="torch is not installed in the test venv (too big to install for this test)",
+)
+def test_a_two_node_torchrun_gloo_all_reduce(cluster: Cluster, vp_env: VpEnv):
+    (vp_env.project / "allreduce.py").write_text(TORCH)
+    proc = vp_env.run(
+        "--nodes", "2", sys.executable, "-m", "torch.distributed.run", "--nnodes=$NNODES",
+        "--node_rank=$NODE_RANK", "--master_addr=$MASTER_ADDR", "--master_port=$MASTER_PORT",
+        "--nproc_per_node=1", "allreduce.py", timeout=200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "sum 3" in proc.stdout
+
+
+def test_one_rank_exiting_3_makes_vp_exit_3_and_stops_the_others(cluster: Cluster, vp_env: VpEnv):
+    proc = vp_env.run(
+        "--nodes",
+        "3",
+        'if [ "$NODE_RANK" = 1 ]; then exit 3; fi; echo $$ > pid; exec sleep 300',
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "node 1 exited 3" in proc.stderr
+    for rank in (0, 2):
+        pid = int((cluster.files(rank) / "pid").read_text())
+        assert not _alive(pid), f"rank {rank}'s command still runs"
+    assert "vp logs" in proc.stderr and "--node 1" in proc.stderr
+
+
+def test_ctrl_c_interrupts_every_rank(cluster: Cluster, vp_env: VpEnv):
+    proc = vp_env.popen("--nodes", "3", "echo $$ > pid; exec sleep 300")
+    pidfiles = [cluster.files(rank) / "pid" for rank in range(3)]
+    wait_for(lambda: all(p.exists() and p.read_text().strip() for p in pidfiles), timeout=60)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert b"interrupting the command on all 3 nodes" in err
+    for rank, p in enumerate(pidfiles):
+        assert not _alive(int(p.read_text())), f"rank {rank}'s command still runs"
+
+
+def test_download_from_all_brings_each_rank_results_into_nodes_rank(
+    cluster: Cluster, vp_env: VpEnv
+):
+    config = vp_env.project / "vp.toml"
+    config.write_text(config.read_text() + 'download_from = "all"\n')
+    proc = vp_env.run("--nodes", "3", "echo rank $NODE_RANK > out.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (vp_env.project / "out.txt").read_text() == "rank 0\n"
+    for rank in (1, 2):
+        assert (vp_env.project / "nodes" / str(rank) / "out.txt").read_text() == f"rank {rank}\n"
+    # The next run does not upload them.
+    again = vp_env.run("--nodes", "2", "test ! -e nodes")
+    assert again.returncode == 0, again.stderr
+
+
+def test_more_nodes_than_ssh_hosts_is_a_usage_error(cluster: Cluster, vp_env: VpEnv):
+    proc = vp_env.run("--nodes", "4", "true")
+    assert proc.returncode == 2
+    assert "needs 4 machines; [ssh] hosts lists 3" in proc.stderr
+    assert "vp: hint:" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- cloud
+
+
+require_module("vastai")
+from tests.emulators.vast import vast_emulator  # noqa: E402, F401
+
+
+def test_a_failed_create_of_one_node_destroys_the_others(vast_emulator, vp_env: VpEnv, tmp_path):  # noqa: F811
+    vp_env.env["VAST_URL"] = vast_emulator.url
+    vp_env.env["VAST_API_KEY"] = vast_emulator.api_key
+    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+    user_cfg.parent.mkdir(parents=True, exist_ok=True)
+    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "multi"
+
+        [host]
+        platform = "vast"
+        gpu = "4090"
+        max_price = 5.0
+        ready_timeout = 60
+
+        [sync]
+        workdir = "{tmp_path / "remote-workspace"}"
+        """
+    )
+    # Exactly one 4090 is for rent: the first node gets it, the second finds no capacity.
+    fours = [o for o in vast_emulator.offers.values() if "4090" in o["gpu_name"]]
+    assert fours
+    for offer in fours[1:]:
+        offer["rented"] = True
+        offer["rentable"] = False
+    proc = vp_env.run("--nodes", "2", "true")
+    assert proc.returncode != 0
+    assert "destroying the 1 this run created" in proc.stderr, proc.stderr
+    assert vast_emulator.errors == []
+    live = [i for i in vast_emulator.instances.values() if i.get("cur_state") != "destroyed"]
+    assert live == [], live
+    listed = vp_env.run("ls", "-o", "json")
+    assert json.loads(listed.stdout or "[]") == [], listed.stdout
+    assert os.listdir(vp_env.home / ".config" / "vp") is not None
