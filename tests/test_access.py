@@ -512,7 +512,7 @@ def test_cleanup_finds_orphans_on_a_provider_and_destroys_them_with_yes(
         assert report["known_hosts_removed"] == ["vp-vast-31337"]
         assert "vp-proj" not in (vp_env.home / ".ssh/config").read_text()
 
-        destroyed = vp_env.run("-p", "vast", "-o", "json", "cleanup", "--yes")
+        destroyed = vp_env.run("-p", "vast", "-o", "json", "cleanup", "--orphans", "--yes")
         assert destroyed.returncode == 0, destroyed.stderr
         assert json.loads(destroyed.stdout)["destroyed"] == [f"vast:{orphan.id}"]
         assert get_platform("vast", {}).list(None) == []

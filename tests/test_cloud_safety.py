@@ -138,9 +138,9 @@ def test_cleanup_lists_a_host_a_failed_create_left_recorded_and_destroys_it_with
     r = vp_env.run("cleanup")
     assert "1 orphaned host(s) may be billing" in r.stderr and iid in r.stdout
 
-    r = vp_env.run("-o", "json", "cleanup", "--yes")
+    r = vp_env.run("-o", "json", "cleanup", "--orphans", "--yes")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["destroyed"] == [f"vast:{iid}"]
+    assert json.loads(r.stdout)["destroyed"] == [f"vast:{iid}"], (r.stdout, r.stderr)
     assert wait_for(lambda: iid not in cloud.instances)
     assert recorded(vp_env) == [] and not key.exists()
     assert json.loads(vp_env.run("-o", "json", "cleanup").stdout)["orphans"] == []

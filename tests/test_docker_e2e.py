@@ -128,6 +128,7 @@ def test_container_platform_boots_from_the_image_and_flags_a_stale_one(
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         [sync]
         workdir = "{remote_workdir}"
         [docker]

@@ -34,6 +34,7 @@ def vast_project(vp_env: VpEnv, vast_emulator, remote_workdir: Path) -> VpEnv:  
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         ready_timeout = 60
 
         [sync]

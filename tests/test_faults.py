@@ -294,6 +294,7 @@ def test_cloud_host_destroyed_mid_run_is_reported_at_once(
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         ready_timeout = 60
         [vast]
         poll_interval = 0.1
@@ -527,6 +528,7 @@ def test_ctrl_c_during_create_leaves_no_instance(
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         ready_timeout = 90
         [vast]
         poll_interval = 0.1

@@ -39,6 +39,9 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp python train.py": (["python3", "-c", "pass"], "local"),
     "vp cleanup": (["cleanup"], "vast"),
     "vp cleanup --yes": (["cleanup", "--yes"], "vast"),
+    "vp cleanup --orphans": (["cleanup", "--orphans"], "vast"),
+    "vp cleanup --orphans --yes": (["cleanup", "--orphans", "--yes"], "vast"),
+    "vp stop": (["stop"], "vast"),
     "vp ssh": (["ssh", "--", "true"], "local"),  # a bare `vp ssh` would wait for a person
     "vp config set --user {dotted} VALUE": (
         ["config", "set", "--user", "vast.api_key", "-"],

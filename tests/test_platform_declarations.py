@@ -90,6 +90,7 @@ def test_a_thunder_instance_made_outside_vp_is_never_used_or_destroyed(
         [host]
         platform = "thunder"
         gpu = "A100"
+        max_price = 5.0
         ready_timeout = 60
 
         [sync]

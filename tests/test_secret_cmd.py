@@ -107,6 +107,7 @@ def test_missing_required_secret_creates_no_cloud_host(
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         [sync]
         workdir = "{remote_workdir}"
         [secrets]

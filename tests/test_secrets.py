@@ -97,6 +97,7 @@ def cloud_project(vp_env: VpEnv, vast_emulator, remote_workdir: Path):  # noqa: 
         [host]
         platform = "vast"
         gpu = "4090"
+        max_price = 5.0
         ready_timeout = 60
         [vast]
         poll_interval = 0.1

@@ -117,7 +117,7 @@ def test_auth_rules(vp_env: VpEnv) -> None:
     with vp_ui(vp_env) as server:
         anon = server.client()
         # unauthenticated: the API says 401, pages send you to the login page
-        for path in ("/api/hosts", "/api/runs", "/api/runs/abc/log", "/api/apps"):
+        for path in ("/api/hosts", "/api/spend", "/api/runs", "/api/runs/abc/log", "/api/apps"):
             assert anon.get(path).status_code == 401, path
         assert anon.post("/api/keepalive").status_code == 401
         assert anon.post("/api/runs", json={"command": "touch /tmp/x"}).status_code == 401
@@ -135,6 +135,9 @@ def test_auth_rules(vp_env: VpEnv) -> None:
         hosts = server.api().get("/api/hosts")
         assert hosts.status_code == 200, hosts.text
         assert json.loads(vp_env.run("-o", "json", "ls").stdout) == hosts.json()
+        spent = server.api().get("/api/spend").json()  # the `vp spend` numbers
+        spend_cli = json.loads(vp_env.run("-o", "json", "spend").stdout)
+        assert spent == {k: spend_cli[k] for k in ("today", "month", "per_hour")}
 
         # a browser session: HttpOnly, SameSite=Strict, expiring cookie
         browser = server.client()

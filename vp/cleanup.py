@@ -40,7 +40,10 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
 
     report = CleanupReport()
     known = {h.key: h for h in state.hosts()}
-    platforms = {h.platform for h in known.values()} | {cfg.platform}
+    from vp.orphans import configured_clouds
+
+    # Every provider with credentials here, so a new laptop finds what vp made elsewhere.
+    platforms = {h.platform for h in known.values()} | {cfg.platform} | set(configured_clouds(cfg))
     gone: set[str] = set()
     for name in sorted(p for p in platforms if p in clouds()):
         try:

@@ -45,13 +45,14 @@ VALUE_OPTIONS = {
     "--output",
     "--config",
     "--tunnel",
+    "--timeout",
     "--nodes",
 }
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
 # --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
 HOISTED_VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
-HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet"}
+HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet", "--over-budget"}
 FLAG_OPTIONS = {
     "--no-sync",
     "--sync-only",
@@ -61,6 +62,7 @@ FLAG_OPTIONS = {
     "--detach",
     "--all-logs",
     "--yes",
+    "--over-budget",
     "-v",
     "--verbose",
     "-q",
@@ -88,6 +90,8 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    over_budget: bool = False
+    timeout: str | None = None
     nodes: int | None = None
     all_logs: bool = False
 
@@ -103,7 +107,21 @@ class Globals:
             overrides.setdefault("host", {})["platform"] = self.platform
         if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
             overrides.setdefault("ssh", {})["host"] = self.host
-        return config.load(config_path=self.config, overrides=overrides)
+        if self.timeout is not None:
+            from vp.clock import parse_duration
+
+            parse_duration(self.timeout, "--timeout")
+            overrides.setdefault("run", {})["timeout"] = self.timeout
+        cfg = config.load(
+            config_path=self.config,
+            overrides=overrides,
+            yes=self.yes,
+            over_budget=self.over_budget,
+        )
+        from vp.guard import sweep_stopped
+
+        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
+        return cfg
 
 
 def _globals(ctx: typer.Context) -> Globals:
@@ -143,7 +161,14 @@ def main_options(
     yes: bool = typer.Option(
         False,
         "--yes",
-        help="Upload a big folder with no vp.toml and no .git without asking",
+        help="Don't ask: upload a big folder with no vp.toml and no .git, create a host "
+        "with no max_price",
+    ),
+    over_budget: bool = typer.Option(
+        False, "--over-budget", help="Go past the [budget] caps this once"
+    ),
+    timeout: str = typer.Option(
+        None, "--timeout", metavar="DURATION", help="End the run after 90s, 30m, 2h, 1d (exit 124)"
     ),
     nodes: int = typer.Option(
         None,
@@ -176,6 +201,8 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        over_budget=over_budget,
+        timeout=timeout,
         nodes=nodes,
         all_logs=all_logs,
     )
@@ -360,7 +387,7 @@ SUBCOMMANDS = frozenset(
     | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
     | {"status", "gpu", "modify", "clone"}
     | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
-    | {"secret", "setup", "ui"}
+    | {"secret", "setup", "spend", "ui"}
 )
 
 

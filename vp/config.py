@@ -56,6 +56,27 @@ class HostTable:
     ready_timeout: float = non_negative(600)
     # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
     nodes: int = positive(1)
+    # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
+    destroy_after_stopped: str | None = setting(check="duration")
+
+
+@dataclass(frozen=True)
+class RunTable:
+    """[run]"""
+
+    # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
+    timeout: str | None = setting(check="duration")
+
+
+@dataclass(frozen=True)
+class BudgetTable:
+    """[budget]: spend caps in USD for all of this machine's hosts (vp/spend.py). For a cap,
+    the lowest value of any layer counts, not the last one: a project file may tighten the
+    user's budget but never loosen it."""
+
+    daily: float | None = setting(check="non_negative", merge="lowest")
+    monthly: float | None = setting(check="non_negative", merge="lowest")
+    min_minutes: float = non_negative(5)
 
 
 @dataclass(frozen=True)
@@ -131,6 +152,8 @@ class UiTable:
 CORE_TABLES: dict[str, type] = {
     "project": ProjectTable,
     "host": HostTable,
+    "run": RunTable,
+    "budget": BudgetTable,
     "ssh": SshTable,
     "sync": SyncTable,
     "docker": DockerTable,
@@ -226,6 +249,8 @@ class Config:
     project_file: Path | None = None
     sources: tuple[Path, ...] = ()
     host: HostTable = HostTable()
+    run: RunTable = RunTable()
+    budget: BudgetTable = BudgetTable()
     ssh: SshTable = SshTable()
     sync: SyncTable = SyncTable()
     docker: DockerTable = DockerTable()
@@ -235,6 +260,9 @@ class Config:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every table by name, the providers' included (`section("vast").api_key`).
     tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
+    yes: bool = False
+    over_budget: bool = False
 
     def section(self, name: str) -> Any:
         """A table by name: `section("vast")` is the [vast] settings. A provider without
@@ -269,7 +297,7 @@ class Config:
 
 # The tables Config has as attributes (`cfg.host`); [project] is `section("project")`, since
 # `cfg.project` is the project's name as vp uses it.
-_TYPED = ("host", "ssh", "sync", "docker", "setup", "secrets", "ui")
+_TYPED = ("host", "run", "budget", "ssh", "sync", "docker", "setup", "secrets", "ui")
 
 
 def _build(data: dict[str, dict[str, Any]], **where: Any) -> Config:
@@ -350,6 +378,10 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
         raise ConfigError(f"{where} must be greater than 0, got {value!r}")
     if rule == "non_negative" and value < 0:
         raise ConfigError(f"{where} must be 0 or more, got {value!r}")
+    if rule == "duration":
+        from vp.clock import parse_duration
+
+        parse_duration(value, where)
     if rule == "user_name" and not USER_NAME.match(value):
         raise ConfigError(
             f"{where} {value!r} is not a valid user name",
@@ -568,6 +600,9 @@ def load(
     config_path: Path | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     environ: dict[str, str] | None = None,
+    *,
+    yes: bool = False,
+    over_budget: bool = False,
 ) -> Config:
     """Build the merged config for a project found from `cwd` (or the explicit `config_path`)."""
     environ = dict(os.environ if environ is None else environ)
@@ -575,9 +610,11 @@ def load(
     data: dict[str, dict[str, Any]] = {}
     sources: list[Path] = []
 
+    layers: list[dict[str, dict[str, Any]]] = []
     user_file = paths.user_config_file()
     if user_file.is_file():
-        merge(data, validate(read_toml(user_file), str(user_file)))
+        layers.append(validate(read_toml(user_file), str(user_file)))
+        merge(data, layers[-1])
         sources.append(user_file)
 
     if config_path is not None:
@@ -588,14 +625,31 @@ def load(
     else:
         project_file, root = find_project_file(cwd)
     if project_file is not None:
-        merge(data, _load_project(project_file))
+        layers.append(_load_project(project_file))
+        merge(data, layers[-1])
         sources.append(project_file)
 
-    merge(data, _from_env(environ))
+    layers.append(_from_env(environ))
+    merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
+    for section in tables():
+        for key, spec in table_keys(section).items():
+            if spec.merge == "lowest":
+                found = [
+                    v for layer in layers if (v := layer.get(section, {}).get(key)) is not None
+                ]
+                if found:
+                    data[section][key] = min(found)
 
-    cfg = _build(data, project_root=root, project_file=project_file, sources=tuple(sources))
+    cfg = _build(
+        data,
+        project_root=root,
+        project_file=project_file,
+        sources=tuple(sources),
+        yes=yes,
+        over_budget=over_budget,
+    )
     check(cfg)
     return cfg
 

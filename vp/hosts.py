@@ -150,6 +150,9 @@ def _resolve_cloud(
             host = with_local_facts(platform.wait_ready(host.id, timeout), state)
     elif stopped:
         host = stopped[0]
+        from vp import spend
+
+        spend.check(cfg, state, what=f"start {host.name}", host_key=host.key, price=host.price)
         ui.info(f"starting stopped host {host.name} on {name}")
         platform.start(host.id)
         host = with_local_facts(platform.wait_ready(host.id, timeout), state)
@@ -221,11 +224,11 @@ def forget(state: State, host: Host) -> None:
 class _StateRecorder:
     """Writes a new host into vp's state the moment the provider accepted it."""
 
-    def __init__(self, state: State, project: str | None):
-        self.state, self.project = state, project
+    def __init__(self, state: State, project: str | None, disk_gb: float | None = None):
+        self.state, self.project, self.disk_gb = state, project, disk_gb
 
     def save(self, host: Host) -> None:
-        self.state.save_host(host, self.project)
+        self.state.save_host(host, self.project, disk_gb=self.disk_gb)
 
     def forget(self, host: Host) -> None:
         self.state.forget_host(host.key)
@@ -240,15 +243,34 @@ def create_host(
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
     name = name or cfg.host.name or f"vp-{cfg.project}"
+    _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
-    recorder = _StateRecorder(state, cfg.project)
+    recorder = _StateRecorder(state, cfg.project, spec.disk_gb)
     if isinstance(platform, CloudPlatform):
         host = platform.create(spec, name, recorder)
     else:
         host = platform.create(spec, name)
     return adopt_new_host(cfg, state, ui, platform, host, "create")
+
+
+def _money_checks(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str
+) -> None:
+    """Before a create: the budget caps at the price it would rent at, and no uncapped
+    create by accident (vp/guard.py). Searching offers rents nothing."""
+    from vp import guard, spend
+
+    capped = spend.Budget.of(cfg).capped
+    spend.check(cfg, state, what=f"create {name}", price=None)  # a cap already reached
+    if not capped and (spec.max_price is not None or cfg.yes):
+        return
+    offers = platform.offers(spec)
+    offer = offers[0] if offers else None
+    price = offer.price if offer is not None else spec.max_price
+    spend.check(cfg, state, what=f"create {name}", price=price)
+    guard.confirm_create(cfg, ui, spec, offer, name)
 
 
 def adopt_new_host(
@@ -266,7 +288,7 @@ def adopt_new_host(
         platform,
         host,
         timeout=float(cfg.host.ready_timeout),
-        recorder=_StateRecorder(state, cfg.project),
+        recorder=_StateRecorder(state, cfg.project, spec_from_config(cfg).disk_gb),
         pin=pin,
         waiting=lambda h: Status(ui, f"waiting for {h.name} ({h.id}) to boot and answer ssh"),
     )

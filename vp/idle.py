@@ -59,15 +59,30 @@ def unavailable(platform: str) -> str:
     )
 
 
-def watchdog_snippet(runs_dir_sh: str, minutes: float, command: str) -> str:
-    """Shell text for the launch script: record activity, (re)configure and start the watchdog."""
-    seconds = max(1, int(minutes * 60))
-    interval = max(1, min(30, seconds // 4))
+def watchdog_snippet(
+    runs_dir_sh: str, minutes: float | None, command: str, budget_seconds: float | None = None
+) -> str:
+    """Shell text for the launch script: record activity, (re)configure and start the watchdog.
+
+    `minutes`: idle stop after that long with no run (None: no idle stop). `budget_seconds`:
+    stop the host that many seconds from now whatever runs, because the spend cap would be
+    reached then (vp/spend.py); the deadline is set on the host's clock, so it holds with
+    the laptop closed. Each run start rewrites both."""
+    seconds = max(1, int(minutes * 60)) if minutes else 0
+    budget = max(1, int(budget_seconds)) if budget_seconds is not None else 0
+    interval = max(1, min(30, min(s for s in (seconds, budget, 120) if s) // 4))
+    limit = seconds or 10**9  # no idle stop: a limit no host reaches
     base = f"{runs_dir_sh}/../watchdog"
     body = f"""echo $$ > "$W.pid"
 while :; do
   . "$W.conf"
   sleep "$vp_interval"
+  if [ "${{vp_deadline:-0}}" -gt 0 ] && [ "$(date +%s)" -ge "$vp_deadline" ]; then
+    echo "$(date) the spend cap would be reached: stopping" >> "$W.log"
+    rm -f "$W.pid"
+    sh "$W.stop" >> "$W.log" 2>&1
+    exit 0
+  fi
   vp_busy=0
   for vp_d in {runs_dir_sh}/*/; do
     [ -e "$vp_d/exit" ] && continue
@@ -85,12 +100,17 @@ done
 """
     return f"""W={base}
 touch "$W.activity"
-printf 'vp_limit=%s\\nvp_interval=%s\\n' {seconds} {interval} > "$W.conf"
+vp_dl=0; [ {budget} -gt 0 ] && vp_dl=$(( $(date +%s) + {budget} ))
+printf 'vp_limit=%s\\nvp_interval=%s\\nvp_deadline=%s\\n' {limit} {interval} "$vp_dl" > "$W.conf"
 printf '%s\\n' {shlex.quote(command)} > "$W.stop"
-if ! {{ [ -s "$W.pid" ] && kill -0 "$(cat "$W.pid")" 2>/dev/null; }}; then
-cat > "$W.sh" <<'VP_WATCHDOG_EOF'
+cat > "$W.sh.new" <<'VP_WATCHDOG_EOF'
 W={base}
 {body}VP_WATCHDOG_EOF
-setsid -f /bin/sh "$W.sh" < /dev/null > /dev/null 2>&1
+if [ -s "$W.pid" ] && kill -0 "$(cat "$W.pid")" 2>/dev/null && cmp -s "$W.sh.new" "$W.sh"; then
+  rm -f "$W.sh.new"
+else  # none running, or one from another vp version: start this one
+  [ -s "$W.pid" ] && kill "$(cat "$W.pid")" 2>/dev/null
+  mv "$W.sh.new" "$W.sh"
+  setsid -f /bin/sh "$W.sh" < /dev/null > /dev/null 2>&1
 fi
 """

@@ -29,8 +29,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# Column headers that are not just the key in capitals.
+HEADERS = {"per_hour": "$/H", "cost": "COST $"}
+
+
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    cells = [[c.upper() for c in columns]] + [[_cell(r.get(c)) for c in columns] for r in rows]
+    cells = [[HEADERS.get(c, c.upper()) for c in columns]] + [
+        [_cell(r.get(c)) for c in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()

@@ -167,6 +167,33 @@ def _mask_files(mask: Sequence[str]) -> str:
     return out + ship_env('"$R/mask"', values)
 
 
+TIMEOUT_EXIT = 124  # as timeout(1)
+KILL_GRACE = 10  # seconds from SIGTERM to SIGKILL at the time limit
+
+
+def _timer(seconds: float | None) -> str:
+    """Shell text for run.sh: enforce the run's time limit on the host, detached from the run
+    (its own session, so it is outside the group it signals and outlives a lost connection).
+    At the limit: mark `timedout`, SIGTERM the run's process group, SIGKILL it
+    KILL_GRACE s later if it is still there (then the timer writes the exit code itself).
+    The wrapper turns any exit after the mark into 124."""
+    if not seconds:
+        return ""
+    limit = max(1, int(round(seconds)))
+    timer = f"""R=$1; D=$(( $(date +%s) + {limit} ))
+while [ ! -e "$R/exit" ] && [ "$(date +%s)" -lt "$D" ]; do sleep 1; done
+[ -e "$R/exit" ] && exit 0
+: > "$R/timedout"
+G=$(cat "$R/pgid" 2>/dev/null) || exit 0
+kill -TERM -"$G" 2>/dev/null
+i=0; while [ ! -e "$R/exit" ] && [ $i -lt {KILL_GRACE * 10} ]; do sleep 0.1; i=$((i+1)); done
+[ -e "$R/exit" ] && exit 0
+echo {TIMEOUT_EXIT} > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"
+kill -KILL -"$G" 2>/dev/null
+"""
+    return f'setsid -f /bin/sh -c {shlex.quote(timer)} vp-timer "$R" < /dev/null > /dev/null 2>&1\n'
+
+
 def launch_script(
     runs_dir_sh: str,
     run_id: str,
@@ -179,8 +206,11 @@ def launch_script(
     pre_start: str = "",
     setup: SetupStep | None = None,
     mask: Sequence[str] = (),
+    timeout: float | None = None,
 ) -> str:
     """Create the run, start it detached, and (unless `follow` is false) stream it.
+
+    `timeout` (seconds) limits the run on the host: exit 124 as timeout(1) (see `_timer`).
 
     `pre_start` is shell text run just before the command starts (the idle watchdog).
     `setup`, when its digest differs from the host's record, runs first in the same wrapper
@@ -193,8 +223,8 @@ def launch_script(
 vp_umask=${{1:-022}}
 {take_env('"$R/env"')}{take_env('"$R/mask"', "vp_mask") if masking else ""}trap 'vp_interrupted=1' INT TERM
 echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
-vp_finish() {{ echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
-cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
+vp_finish() {{ [ -e "$R/timedout" ] && set -- {TIMEOUT_EXIT}; echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
+{_timer(timeout)}cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {_user_shell()}
 {_exec_function(masking)}{_setup_step(setup)}vp_exec {shlex.quote(command)}
 vp_finish $?

@@ -232,6 +232,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         image, _auth = build_and_push(cfg, ui)
         cfg = cfg.replace("host", image=image)  # the host boots from the image just pushed
     ws = open_workspace(cfg, state, ui, opts.host_name)
+    budget_seconds = _budget(cfg, state, ui, ws.host)
     running_image = ws.host.labels.get("image")
     if container_host and running_image and running_image != cfg.host.image:
         # A container host is its image: a new image needs a new host.
@@ -274,6 +275,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         price=ws.host.price,
     )
     state.add_run(record)
+    timeout = _timeout(cfg)
     t = ws.transport
     workdir_sh = _workdir_sh(ws)
     script = remote.launch_script(
@@ -284,9 +286,10 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         env,
         follow=not opts.detach,
         changes=not opts.setup_only,
-        pre_start=_idle_watchdog(cfg, ws, ui),
+        pre_start=_idle_watchdog(cfg, ws, ui, budget_seconds),
         setup=_setup_step(ws, setup_cmd, setup_text, image, opts.force_setup),
         mask=secretstore.mask_values(secret_values.values()),
+        timeout=timeout,
     )
     view = LogView(
         sys.stdout.buffer,
@@ -307,6 +310,7 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         state.set_run_status(run_id, "detached")
         ui.note(f"run {run_id} started on {ws.host.name}; follow it with: vp logs -f {run_id}")
         print(run_id)
+        still_billing(cfg, ws.host, ui, budget_seconds)
         return 0
 
     ui.debug(f"run {run_id} on {ws.host.name} in {ws.workdir}")
@@ -348,7 +352,11 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         )
         return EXIT_INTERRUPTED
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
+    if timeout and result.exit_code == remote.TIMEOUT_EXIT and not result.interrupted:
+        status = "timed out"
+        ui.warn(f"run {run_id} timed out after {cfg.run.timeout} (exit 124)")
     state.finish_run(run_id, result.exit_code, status)
+    still_billing(cfg, ws.host, ui, budget_seconds)
     if result.interrupted and result.changes is None and not result.lost:
         # Ctrl-C twice, but the run had already ended: say so, not "keeps going".
         ui.note(
@@ -405,19 +413,68 @@ def _setup_step(
     )
 
 
-def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI) -> str:
-    """Shell text that (re)arms the host's idle-stop watchdog, or "" when not configured."""
+def _timeout(cfg: Config) -> float | None:
+    """`[run] timeout` / `--timeout`, in seconds."""
+    from vp.clock import parse_duration
+
+    limit = cfg.run.timeout
+    return parse_duration(limit, "[run] timeout") if limit else None
+
+
+def billed(host: Host) -> bool:
+    """Does this host cost money by the hour (a rented host with a price)?"""
+    return host.price is not None and kind(host.platform) in ("vm", "container")
+
+
+def _budget(cfg: Config, state: State, ui: UI, host: Host) -> float | None:
+    """Before a run on a billed host: refuse when a cap is (nearly) reached; else say how long
+    the budget allows and return that in seconds, for the host's watchdog. None: no cap (or
+    --over-budget)."""
+    if not billed(host):
+        return None
+    from vp import spend
+
+    found = spend.check(cfg, state, what=f"run on {host.name}", host_key=host.key, price=host.price)
+    if found is None or cfg.over_budget or found.hours == float("inf"):
+        return None
+    ui.info(
+        f"budget allows {found.hours:.1f} h on this host "
+        f"(${found.left:.2f} left {found.period} at ${found.burn:.2f}/h)"
+    )
+    return found.hours * 3600
+
+
+def still_billing(cfg: Config, host: Host, ui: UI, budget_seconds: float | None) -> None:
+    """The line every run on a billed host ends with: it is still running, and costing."""
+    if not billed(host):
+        return
     minutes = cfg.host.idle_stop_minutes
-    if not minutes:
+    idle = f"after {minutes:g} min" if minutes else "off"
+    stops = f"idle stop: {idle}"
+    if budget_seconds is not None:
+        from vp.clock import format_duration
+
+        stops += f", budget stop in {format_duration(budget_seconds)}"
+    ui.note(f"{host.name} is still running at ${host.price:.2f}/h ({stops}) — vp stop")
+
+
+def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI, budget_seconds: float | None = None) -> str:
+    """Shell text that (re)arms the host's watchdog (idle stop, budget stop), or "" when
+    neither is configured."""
+    minutes = cfg.host.idle_stop_minutes
+    if not minutes and budget_seconds is None:
         return ""
     from vp import idle
 
     command = idle.stop_command(ws.host.platform, cfg.host.idle_stop_command)
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
-        ui.warn(idle.unavailable(ws.host.platform))
+        why = idle.unavailable(ws.host.platform)
+        ui.warn(why if minutes else why.replace("idle_stop_minutes", "the [budget] stop", 1))
         return ""
-    return idle.watchdog_snippet(ws.transport.runs_dir_sh, float(minutes), command)
+    return idle.watchdog_snippet(
+        ws.transport.runs_dir_sh, float(minutes) if minutes else None, command, budget_seconds
+    )
 
 
 def _workdir_sh(ws: Workspace) -> str:

@@ -29,14 +29,18 @@ Check = Literal[
     "secret_names",
     "app_ports",
     "download_from",
+    "duration",
 ]
+# How layers combine for a key: the last one set wins, or the lowest value of any layer (a
+# cap a project file may tighten but never loosen).
+Merge = Literal["last", "lowest"]
 
 
-def setting(default: Any = None, check: Check | None = None) -> Any:
+def setting(default: Any = None, check: Check | None = None, merge: Merge = "last") -> Any:
     """A field with a rule beyond its type (`poll_interval: float | None = setting(check=...)`)."""
     if isinstance(default, list | dict):
         raise TypeError("a list or dict default is mutable: use a tuple or a MappingProxyType")
-    metadata = {"check": check} if check else {}
+    metadata = {"check": check, "merge": merge}
     if isinstance(default, Mapping):  # a table of its own ([ui] apps): read-only, one per use
         frozen = dict(default)
         return dataclasses.field(
@@ -61,6 +65,7 @@ class Key(NamedTuple):
     expected: type | tuple[type, ...]  # what isinstance must accept; `list` for a string list
     default: Any
     check: Check | None
+    merge: Merge = "last"
 
 
 @functools.cache
@@ -68,7 +73,12 @@ def keys(table: type) -> dict[str, Key]:
     """The keys of a table class, in declaration order."""
     hints = typing.get_type_hints(table)
     return {
-        f.name: Key(_expected(hints[f.name]), _default(f), f.metadata.get("check"))
+        f.name: Key(
+            _expected(hints[f.name]),
+            _default(f),
+            f.metadata.get("check"),
+            f.metadata.get("merge", "last"),
+        )
         for f in dataclasses.fields(table)
     }
 

@@ -1,4 +1,10 @@
-"""Local state in SQLite (WAL): known hosts, run history, and sync manifests.
+"""Local state in SQLite (WAL): known hosts, run history, sync manifests and the spend ledger.
+
+The ledger holds each cloud host's billable intervals: `compute` from create/start to
+stop/destroy at its $/h, `storage` while it is stopped at its disk's $/h. Every host record
+vp writes passes through `save_host` / `forget_host`, so a transition is recorded wherever it
+happens: a create, start, stop or destroy by vp, or a change vp only observes (`vp ls` finds a
+host its watchdog stopped). Times come from `vp.clock.now()`.
 
 Several `vp` processes may run at once against one project, so every write is a short
 transaction and the database runs in WAL mode with a busy timeout.
@@ -14,11 +20,11 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from vp import paths
+from vp import clock, paths
 from vp.errors import UsageError
-from vp.platforms.base import Host
+from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, Host
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ledger table
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
     key TEXT PRIMARY KEY,
@@ -48,7 +54,43 @@ CREATE TABLE IF NOT EXISTS manifests (
     data TEXT NOT NULL,
     PRIMARY KEY (host_key, root, workdir)
 );
+CREATE TABLE IF NOT EXISTS ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    host_key TEXT NOT NULL,
+    project TEXT,
+    platform TEXT NOT NULL,
+    host_name TEXT,
+    kind TEXT NOT NULL,
+    rate REAL,
+    disk_gb REAL,
+    start REAL NOT NULL,
+    end REAL
+);
+CREATE INDEX IF NOT EXISTS ledger_open ON ledger(host_key, end);
+CREATE INDEX IF NOT EXISTS ledger_end ON ledger(end);
 """
+
+COMPUTE, STORAGE = "compute", "storage"
+
+
+@dataclass
+class Interval:
+    """One billable stretch of one host: `rate` $/h from `start` to `end` (None: still open)."""
+
+    host_key: str
+    project: str | None
+    platform: str
+    host_name: str | None
+    kind: str  # compute | storage
+    rate: float | None
+    disk_gb: float | None
+    start: float
+    end: float | None = None
+
+    def cost(self, since: float, until: float) -> float:
+        """What it billed between `since` and `until` (an open interval runs to `until`)."""
+        lo, hi = max(self.start, since), min(self.end if self.end is not None else until, until)
+        return max(0.0, hi - lo) / 3600 * (self.rate or 0.0)
 
 
 @dataclass
@@ -115,11 +157,14 @@ class State:
                 time.sleep(0.02)
 
     # hosts -----------------------------------------------------------------
-    def save_host(self, host: Host, project: str | None) -> None:
+    def save_host(self, host: Host, project: str | None, disk_gb: float | None = None) -> None:
+        """Record `host` as vp knows it now; a change in what it bills goes into the ledger.
+        `disk_gb` (known at create) prices its disk while it is stopped."""
         self._x(
             "INSERT OR REPLACE INTO hosts(key, project, data, updated) VALUES (?,?,?,?)",
             (host.key, project, json.dumps(host.to_dict()), time.time()),
         )
+        self.bill(host, project, disk_gb=disk_gb)
 
     def hosts(self, project: str | None = None, platform: str | None = None) -> list[Host]:
         rows = self._x("SELECT data, project FROM hosts ORDER BY updated DESC").fetchall()
@@ -133,13 +178,102 @@ class State:
             out.append(host)
         return out
 
+    def host_projects(self) -> dict[str, str | None]:
+        """Host key -> the project vp recorded it for."""
+        return dict(self._x("SELECT key, project FROM hosts").fetchall())
+
     def host(self, key: str) -> Host | None:
         row = self._x("SELECT data FROM hosts WHERE key=?", (key,)).fetchone()
         return Host(**json.loads(row[0])) if row else None
 
     def forget_host(self, key: str) -> None:
+        """The host is gone (destroyed, or found gone): its billing ends now."""
         self._x("DELETE FROM hosts WHERE key=?", (key,))
         self._x("DELETE FROM manifests WHERE host_key=?", (key,))
+        self._x("UPDATE ledger SET end=? WHERE host_key=? AND end IS NULL", (clock.now(), key))
+
+    # ledger ----------------------------------------------------------------
+    def bill(
+        self,
+        host: Host,
+        project: str | None,
+        *,
+        disk_gb: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Bring the ledger in line with `host.status`: running or pending bills compute at
+        its $/h, stopped bills its disk, gone bills nothing. Unchanged: nothing is written."""
+        from vp.platforms import PROVIDERS, declaration
+
+        if host.platform not in PROVIDERS:
+            return
+        decl = declaration(host.platform)
+        if decl.kind not in ("vm", "container"):
+            return
+        billed = {RUNNING: COMPUTE, PENDING: COMPUTE, STOPPED: STORAGE, GONE: None}
+        kind = billed.get(host.status, "")
+        if kind == "":
+            return  # unknown: no evidence of a change
+        at = clock.now() if at is None else at
+        self._x("BEGIN IMMEDIATE")
+        try:
+            row = self._x(
+                "SELECT id, kind, rate, disk_gb FROM ledger WHERE host_key=? AND end IS NULL"
+                " ORDER BY start DESC LIMIT 1",
+                (host.key,),
+            ).fetchone()
+            if disk_gb is None:
+                last = self._x(
+                    "SELECT disk_gb FROM ledger WHERE host_key=? AND disk_gb IS NOT NULL"
+                    " ORDER BY start DESC LIMIT 1",
+                    (host.key,),
+                ).fetchone()
+                disk_gb = last[0] if last else None
+            if kind == COMPUTE:
+                rate = host.price
+            elif decl.storage_price is not None and disk_gb:
+                rate = round(decl.storage_price * disk_gb / 730, 6)  # 730 h in a month
+            else:
+                rate = None
+            if row is not None and row[1] == kind:
+                if row[2] is None and rate is not None:  # the price arrived after the create
+                    self._x(
+                        "UPDATE ledger SET rate=?, disk_gb=? WHERE id=?", (rate, disk_gb, row[0])
+                    )
+                elif row[3] is None and disk_gb is not None:
+                    self._x("UPDATE ledger SET disk_gb=? WHERE id=?", (disk_gb, row[0]))
+            else:
+                if row is not None:
+                    self._x("UPDATE ledger SET end=? WHERE id=?", (at, row[0]))
+                if kind is not None:
+                    self._x(
+                        "INSERT INTO ledger(host_key, project, platform, host_name, kind, rate,"
+                        " disk_gb, start) VALUES (?,?,?,?,?,?,?,?)",
+                        (host.key, project, host.platform, host.name, kind, rate, disk_gb, at),
+                    )
+            self._x("COMMIT")
+        except BaseException:
+            self._x("ROLLBACK")
+            raise
+
+    def intervals(self, since: float | None = None) -> list[Interval]:
+        """Every interval that was open at or after `since` (all of them without it)."""
+        cols = [f.name for f in fields(Interval)]
+        query = f"SELECT {','.join(cols)} FROM ledger"
+        args: list[Any] = []
+        if since is not None:
+            query += " WHERE end IS NULL OR end >= ?"
+            args.append(since)
+        return [Interval(*row) for row in self._x(query + " ORDER BY start", args).fetchall()]
+
+    def open_interval(self, key: str) -> Interval | None:
+        cols = [f.name for f in fields(Interval)]
+        row = self._x(
+            f"SELECT {','.join(cols)} FROM ledger WHERE host_key=? AND end IS NULL"
+            " ORDER BY start DESC LIMIT 1",
+            (key,),
+        ).fetchone()
+        return Interval(*row) if row else None
 
     # runs ------------------------------------------------------------------
     def add_run(self, run: RunRecord) -> None:

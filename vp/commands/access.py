@@ -185,29 +185,55 @@ def ssh_config_cmd(
 @app.command(
     "cleanup",
     help=(
-        "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, and list "
-        "orphaned instances: hosts labelled for vp that this machine's state doesn't know "
-        "(they may belong to vp on another machine), and hosts a failed create left recorded. "
-        "--yes destroys the orphans."
+        "Remove ~/.ssh/config aliases and known_hosts pins of hosts that are gone, destroy "
+        "hosts stopped longer than [host] destroy_after_stopped, and list orphaned instances: "
+        "vp's hosts on any provider with credentials here that this machine doesn't know "
+        "(made on another machine, or forgotten), and hosts a failed create left recorded. "
+        "--orphans destroys them, after asking."
     ),
 )
 def cleanup_cmd(
     ctx: typer.Context,
-    yes: bool = typer.Option(False, "-y", "--yes", help="Destroy orphaned instances"),
+    orphans: bool = typer.Option(
+        False, "--orphans", help="Destroy the orphaned instances (asks first; --yes: don't)"
+    ),
+    yes: bool = typer.Option(False, "-y", "--yes", help="Don't ask"),
 ) -> None:
+    from vp.guard import sweep_stopped
+
     g = _globals(ctx)
-    report = cleanup(g.load(), State(), g.ui, destroy_orphans=yes)
-    if g.output != "text":
+    cfg = g.load()
+    state = State()
+    sweep_stopped(cfg, g.ui, state, all_projects=True)
+    report = cleanup(cfg, state, g.ui, destroy_orphans=False)
+    text = g.output == "text"
+    if text:
+        for alias in report.ssh_config:
+            g.ui.info(f"removed Host {alias} from ~/.ssh/config")
+        for alias in report.known_hosts:
+            g.ui.info(f"removed the host key pin of {alias}")
+        if report.orphans:
+            g.ui.warn(
+                f"{len(report.orphans)} orphaned host(s) may be billing"
+                + ("" if orphans else "; `vp cleanup --orphans` destroys them")
+            )
+            render(report.orphans, "table", ["platform", "id", "name", "status", "gpu"])
+    if orphans and report.orphans:
+        if not (yes or g.yes):
+            if not sys.stdin.isatty():
+                raise UsageError(
+                    f"refusing to destroy {len(report.orphans)} orphaned host(s) without "
+                    "confirmation",
+                    hint="pass --yes (vp cleanup --orphans --yes)",
+                )
+            if not typer.confirm(f"Destroy these {len(report.orphans)} host(s) and their disks?"):
+                g.ui.note("nothing destroyed")
+                raise typer.Exit(1)
+        # the same sweep again, destroying: a recorded orphan's state and key go with it
+        report = cleanup(cfg, state, g.ui, destroy_orphans=True)
+    if not text:
         render(report.to_dict(), g.output)
-        return
-    for alias in report.ssh_config:
-        g.ui.info(f"removed Host {alias} from ~/.ssh/config")
-    for alias in report.known_hosts:
-        g.ui.info(f"removed the host key pin of {alias}")
-    if report.orphans and not yes:
-        g.ui.warn(f"{len(report.orphans)} orphaned host(s) may be billing; `vp cleanup --yes`")
-        render(report.orphans, "table", ["platform", "id", "name", "status", "gpu"])
-    if not (report.ssh_config or report.known_hosts or report.orphans):
+    elif not (report.ssh_config or report.known_hosts or report.orphans):
         g.ui.info("nothing to clean up")
 
 

@@ -23,7 +23,8 @@ from vp.platforms.base import STOPPED, Host
 from vp.state import State
 
 STOP_TIMEOUT = 300.0
-HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "price", "ssh"]
+HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "per_hour", "cost", "ssh"]
+ALL_COLUMNS = ["platform", "name", "project", "status", "per_hour", "age", "known"]
 
 
 def _row(host: Host) -> dict:
@@ -48,14 +49,23 @@ def _find(cfg, state: State, ident: str | None, ui) -> tuple[Host, object]:
     return matches[0], platform
 
 
-@app.command("ls", help="List the project's hosts (--all: every vp host on the platform).")
+@app.command(
+    "ls",
+    help="List the project's hosts with $/h and cost so far (--all: every vp host on every "
+    "provider with credentials here, known to this machine or not).",
+)
 def ls_cmd(
     ctx: typer.Context,
-    all_projects: bool = typer.Option(False, "--all", help="All projects"),
+    all_projects: bool = typer.Option(
+        False, "--all", help="Every project, on every configured provider"
+    ),
 ) -> None:
     g = _globals(ctx)
     cfg = g.load()
     state = State()
+    if all_projects:
+        _ls_everywhere(g, cfg, state)
+        return
     platform = platform_for(cfg)
     if kind(cfg.platform) in ("vm", "container"):
         hosts = project_hosts(platform, state, None if all_projects else cfg.project)
@@ -64,15 +74,64 @@ def ls_cmd(
                 state.save_host(host, cfg.project)
     else:
         hosts = platform.list(None if all_projects else cfg.project)
-    rows = [_row(h) for h in hosts]
+    from vp.spend import host_costs
+
+    costs = host_costs(state)
+    rows = []
+    for h in hosts:
+        row = _row(h)
+        known = costs.get(h.key, {})
+        # what it bills now: its price running, its disk stopped (the ledger knows which)
+        row["per_hour"] = known.get("per_hour", h.price if h.status == "running" else None)
+        row["cost"] = round(known["cost"], 4) if known.get("cost") is not None else None
+        rows.append(row)
     if g.output == "text":
         if not rows:
             scope = "" if all_projects else f" for project {cfg.project}"
             g.ui.info(f"no hosts on {cfg.platform}{scope}")
             return
         render(rows, "table", HOST_COLUMNS)
+        _total(rows)
     else:
         render(rows, g.output, HOST_COLUMNS)
+
+
+def _total(rows: list[dict]) -> None:
+    cost = sum(r.get("cost") or 0 for r in rows)
+    rate = sum(r.get("per_hour") or 0 for r in rows)
+    print(f"total: ${cost:.2f} so far, ${rate:.2f}/h now")
+
+
+def _ls_everywhere(g, cfg, state: State) -> None:
+    """`vp ls --all`: ask every configured provider (vp/orphans.py)."""
+    from vp.orphans import sweep
+    from vp.spend import host_costs
+
+    found = sweep(cfg, state, g.ui)
+    now = time.time()  # ages are from the provider's creation time: the real clock
+    costs = host_costs(state)
+    rows = []
+    for f in found.found:
+        row = f.row(now)
+        row["cost"] = round(costs[f.host.key]["cost"] or 0, 4) if f.host.key in costs else None
+        rows.append(row)
+    if g.output != "text":
+        render(rows, g.output, ALL_COLUMNS)
+        return
+    for note in found.notes:
+        g.ui.note(note)
+    if not rows:
+        asked = ", ".join(found.asked) or "no provider (none has credentials here)"
+        g.ui.info(f"no vp hosts on {asked}")
+        return
+    render(rows, "table", ALL_COLUMNS)
+    _total(rows)
+    orphans = len(found.orphans)
+    if orphans:
+        g.ui.note(
+            f"{orphans} host(s) this machine does not know (known: no); "
+            "`vp cleanup --orphans` destroys them"
+        )
 
 
 app.command("list-instances", help="Alias of `vp ls`.", hidden=True)(ls_cmd)
@@ -155,6 +214,9 @@ def start_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id
     cfg = g.load()
     state = State()
     target, platform = _find(cfg, state, host or g.host, g.ui)
+    from vp import spend
+
+    spend.check(cfg, state, what=f"start {target.name}", host_key=target.key, price=target.price)
     g.ui.info(f"starting {target.name} on {cfg.platform}")
     platform.start(target.id)
     ready = platform.wait_ready(target.id, float(cfg.host.ready_timeout))
@@ -255,6 +317,14 @@ def status_cmd(ctx: typer.Context) -> None:
         row["uptime_h"] = round(uptime / 3600, 2)
         if host.price:
             row["cost_so_far"] = round(uptime / 3600 * host.price, 2)
+    from vp import spend
+
+    ledger = spend.host_costs(state).get(host.key)
+    if ledger is not None:  # what vp recorded it billing, stops and disk included
+        row["cost_so_far"] = round(ledger["cost"] or 0, 2)
+    totals = spend.totals(state)
+    row["spend_today"] = round(totals["today"], 2)
+    row["spend_month"] = round(totals["month"], 2)
     render(row, g.output)
 
 

@@ -160,6 +160,16 @@ DECLARATION = Declaration(
     name=NAME,
     kind="vm",
     ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT
+    # A stopped instance's EBS gp3 volume: $0.08/GB/month in us-east-1 (aws.amazon.com/ebs/
+    # pricing, 2026-12).
+    storage_price=0.08,
+    credentials=(
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "~/.aws/credentials",
+        "~/.aws/config",
+    ),
     settings=AwsSettings,
     idle_stop=VM_SHUTDOWN,  # EC2 turns a guest shutdown into a stop
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),

@@ -77,6 +77,14 @@ class Declaration:
     endpoint_key: str | None = None
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
+    # Where the provider's credentials may be found: environment variables and files (`~` and
+    # `$VARS` expanded). Any present, or a secret of its table set, means "configured":
+    # `vp ls --all` and `vp cleanup` ask it. Empty: vp cannot tell, so it asks anyway.
+    credentials: tuple[str, ...] = ()
+    # What the provider bills, $/GB/month, for the disk of a STOPPED host (None: nothing or
+    # unknown). The spend ledger charges it while a host is stopped; running, the host's own
+    # $/h (`Host.price`) is the whole bill. List prices; the comment at each value dates it.
+    storage_price: float | None = None
     # Whether the provider can stop a host and start it again with its disk (`vp stop` /
     # `vp start`, a stopped host started on use). False: a host runs, and bills, until it is
     # destroyed; `stop`/`start` refuse in one line.
@@ -116,6 +124,24 @@ _NEUTRAL: dict[str, Any] = {
     "idle_stop_minutes": None,
     "max_price": None,
 }
+
+
+def configured(decl: Declaration, settings: dict[str, Any]) -> bool:
+    """Does this machine hold credentials for `decl`'s provider (as far as its declaration
+    says where to look)? A provider that declares none counts as configured."""
+    import os
+
+    if not decl.credentials or any(settings.get(key) for key in decl.secrets):
+        return True
+    for where in decl.credentials:
+        if where.isupper() and where.replace("_", "").isalnum():
+            if os.environ.get(where):
+                return True
+            continue
+        path = os.path.expanduser(os.path.expandvars(where))
+        if "$" not in path and os.path.isfile(path):
+            return True
+    return False
 
 
 def unhonoured(decl: Declaration, spec: HostSpec) -> list[str]:

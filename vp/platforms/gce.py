@@ -120,6 +120,13 @@ DECLARATION = Declaration(
     name=NAME,
     kind="vm",
     ownership=Ownership.LABEL,  # labels vp-managed=true and vp-project=PROJECT
+    # A stopped VM's balanced persistent disk: $0.10/GB/month in us-central1
+    # (cloud.google.com/compute/disks-image-pricing, 2026-12).
+    storage_price=0.10,
+    credentials=(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "~/.config/gcloud/application_default_credentials.json",
+    ),
     settings=GceSettings,
     idle_stop=VM_SHUTDOWN,  # GCE turns a guest shutdown into a stop
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),

@@ -6,6 +6,7 @@ Routes (README "vp ui" documents the API):
   GET  /                                      the control page
   GET  /api/hosts                             `vp ls -o json` rows of every platform in use
   POST /api/hosts/{name}/start|stop|down      `vp start|stop|down NAME` (?platform=P)
+  GET  /api/spend                             today's and this month's spend, $/h now
   GET  /api/runs, POST /api/runs              `vp runs -o json`; `vp --detach COMMAND`
   GET  /api/runs/{id}/log                     the log; ?follow=1: Server-Sent Events
   POST /api/keepalive                         mark the project's host busy (idle stop)
@@ -197,6 +198,10 @@ def create_app(
     async def hosts(request: Request, caller: Who):
         return JSONResponse(await run_in_threadpool(core.list_hosts, project))
 
+    @guard()
+    async def spend(request: Request, caller: Who):
+        return JSONResponse(await run_in_threadpool(core.spend))
+
     def host_action(action: str):
         @guard()
         async def endpoint(request: Request, caller: Who):
@@ -304,6 +309,7 @@ def create_app(
         Route("/static/{name}", static, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/api/hosts", hosts, methods=["GET"]),
+        Route("/api/spend", spend, methods=["GET"]),
         *(
             Route(f"/api/hosts/{{name}}/{a}", host_action(a), methods=["POST"])
             for a in core.HOST_ACTIONS

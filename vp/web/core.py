@@ -128,6 +128,14 @@ def list_hosts(project: Project) -> list[dict]:
         return [row for rows in pool.map(one, names) for row in rows]
 
 
+def spend() -> dict:
+    """Today's and this month's spend and what bills now (vp/spend.py: the `vp status` and
+    `vp spend` numbers, from the ledger)."""
+    from vp.spend import totals
+
+    return totals(State())
+
+
 HOST_ACTIONS = {"start": ("start",), "stop": ("stop",), "down": ("down", "--yes")}
 
 

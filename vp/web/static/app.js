@@ -105,7 +105,15 @@ function hostRow(h) {
     actions);
 }
 
+async function loadSpend() {
+  try {
+    const s = await api("GET", "/api/spend");
+    $("#spend").textContent = `spent today ${money(s.today)}, this month ${money(s.month)}; billing now ${money(s.per_hour)}/h`;
+  } catch (e) { say(e.message, true); }
+}
+
 async function loadHosts() {
+  loadSpend();
   try {
     const hosts = await api("GET", "/api/hosts");
     const body = $("#hosts tbody");
