@@ -126,12 +126,13 @@ _NEUTRAL: dict[str, Any] = {
 }
 
 
-def configured(decl: Declaration, settings: dict[str, Any]) -> bool:
+def configured(decl: Declaration, settings: Any) -> bool:
     """Does this machine hold credentials for `decl`'s provider (as far as its declaration
-    says where to look)? A provider that declares none counts as configured."""
+    says where to look)? `settings` is its config table. A provider that declares none counts
+    as configured."""
     import os
 
-    if not decl.credentials or any(settings.get(key) for key in decl.secrets):
+    if not decl.credentials or any(getattr(settings, key) for key in decl.secrets):
         return True
     for where in decl.credentials:
         if where.isupper() and where.replace("_", "").isalnum():
