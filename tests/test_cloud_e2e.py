@@ -228,3 +228,56 @@ def test_create_shows_a_live_status_on_a_terminal(request, vp_env: VpEnv, remote
     assert b"waiting for vp-mnist" in seen
     assert b"0:00:0" in seen  # rich's elapsed-time column, redrawn while it waits
     assert vp_env.run("down", "--yes").returncode == 0
+
+
+@pytest.mark.parametrize("vm_cloud", ["aws"], indirect=True)
+def test_vp_nodes_on_aws_puts_the_nodes_in_one_subnet_open_to_each_other(
+    vm_cloud, vp_env: VpEnv
+) -> None:
+    _name, emulator = vm_cloud
+    r = vp_env.run("--nodes", "2", "sh", "-c", 'echo "rank $NODE_RANK"')
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "rank 0\n"
+    insts = emulator.live_instances()
+    assert len(insts) == 2
+    assert len({i.subnet_id for i in insts}) == 1  # EC2 alone would pick two AZs
+    import boto3
+
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=emulator.endpoint,
+        region_name=emulator.region,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    (group,) = ec2.describe_security_groups(GroupNames=["vp-ssh"])["SecurityGroups"]
+    sg = group["GroupId"]
+    assert {g.id for i in insts for g in i.security_groups} == {sg}
+    perms = group["IpPermissions"]
+    members = [(p["IpProtocol"], [u["GroupId"] for u in p["UserIdGroupPairs"]]) for p in perms]
+    assert ("-1", [sg]) in members
+    assert all(groups in ([], [sg]) for _proto, groups in members)
+    world = [p for p in perms if any(r["CidrIp"] == "0.0.0.0/0" for r in p["IpRanges"])]
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in world] == [("tcp", 22, 22)]
+    # A second run reuses both nodes: each is labelled with the project, not a project of its own.
+    r = vp_env.run("--nodes", "2", "true")
+    assert r.returncode == 0, r.stderr
+    assert "creating" not in r.stderr and len(emulator.live_instances()) == 2
+    for node in ("vp-mnist", "vp-mnist-1"):
+        r = vp_env.run("down", "--yes", node)
+        assert r.returncode == 0, r.stderr
+    assert emulator.live_instances() == []
+
+
+@pytest.mark.parametrize("vm_cloud", ["gce"], indirect=True)
+def test_vp_nodes_on_gce_stops_before_any_vm_when_the_nodes_rule_cannot_be_made(
+    vm_cloud, vp_env: VpEnv
+) -> None:
+    _name, emulator = vm_cloud
+    emulator.firewalls_denied = True
+    r = vp_env.run("--nodes", "2", "true")
+    assert r.returncode != 0
+    assert "vp: error: gce: creating firewall rule vp-nodes failed: permission denied" in r.stderr
+    assert "--source-tags=vp-ssh --target-tags=vp-ssh" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert emulator.inserts == []

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -202,6 +203,72 @@ def test_on_demand_host_and_data_volume(emulator, aws):
     aws.wait_ready(host.id, timeout=20)
     aws.destroy(host.id)
     assert emulator.instance(host.id)._state.name == "terminated"
+
+
+# ------------------------------------------------------------------------------ nodes
+
+
+def world_open(group: dict) -> list[dict]:
+    """The group's ingress permissions that let in any address on the internet."""
+    return [
+        p
+        for p in group["IpPermissions"]
+        if any(r.get("CidrIp") == "0.0.0.0/0" for r in p.get("IpRanges", []))
+        or any(r.get("CidrIpv6") == "::/0" for r in p.get("Ipv6Ranges", []))
+    ]
+
+
+def vp_group(aws) -> dict:
+    groups = aws.ec2.describe_security_groups(GroupNames=["vp-ssh"])["SecurityGroups"]
+    assert len(groups) == 1
+    return groups[0]
+
+
+def test_nodes_reach_each_other_through_the_group_and_the_internet_only_port_22(aws, emulator):
+    # A vp-ssh group made before vp opened the nodes' ports (or by hand) gets the rule too.
+    with suppress(Exception):
+        group = vp_group(aws)
+        members = [p for p in group["IpPermissions"] if p.get("UserIdGroupPairs")]
+        if members:
+            aws.ec2.revoke_security_group_ingress(GroupId=group["GroupId"], IpPermissions=members)
+
+    aws.expect_nodes("vp-net")
+    hosts = [aws.create(HostSpec(gpu="T4"), name) for name in ("vp-net", "vp-net-1")]
+    group = vp_group(aws)
+    sg = group["GroupId"]
+    members = [
+        p
+        for p in group["IpPermissions"]
+        if p["IpProtocol"] == "-1" and [u["GroupId"] for u in p["UserIdGroupPairs"]] == [sg]
+    ]
+    assert len(members) == 1  # all traffic, from the group's own members only
+    assert all(
+        pair["GroupId"] == sg for p in group["IpPermissions"] for pair in p["UserIdGroupPairs"]
+    )
+    opened = world_open(group)
+    assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in opened] == [("tcp", 22, 22)]
+
+    # Both nodes are in the group, in one subnet (one AZ), though EC2 picks a subnet per launch.
+    insts = [emulator.instance(h.id) for h in hosts]
+    assert {g.id for i in insts for g in i.security_groups} == {sg}
+    assert len({i.subnet_id for i in insts}) == 1
+
+    # A later run that adds a node finds rank 0's subnet, and the rule already there is no error.
+    again = create_platform({"user": "root", "poll_interval": 0.05})
+    again.expect_nodes("vp-net")
+    third = again.create(HostSpec(gpu="T4"), "vp-net-2")
+    assert emulator.instance(third.id).subnet_id == insts[0].subnet_id
+    assert vp_group(aws)["IpPermissions"] == group["IpPermissions"]
+    for host in (*hosts, third):
+        aws.destroy(host.id)
+
+
+def test_a_single_host_is_not_pinned_to_a_subnet(aws, emulator):
+    hosts = [aws.create(HostSpec(gpu="T4"), f"vp-solo{i}") for i in range(2)]
+    assert len({emulator.instance(h.id).subnet_id for h in hosts}) == 2  # EC2's choice
+    assert emulator.launches[-1]["subnet_id"] is None
+    for host in hosts:
+        aws.destroy(host.id)
 
 
 # ------------------------------------------------------------------------------ faults

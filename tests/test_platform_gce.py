@@ -195,6 +195,59 @@ def test_spot_host_is_stoppable_and_gpu_machine_types_need_no_accelerator(gce, e
     assert eventually(lambda: emulator.instance(host.id) is None)
 
 
+# ------------------------------------------------------------------------------ nodes
+
+
+def test_tagged_vms_reach_each_other_and_the_internet_only_port_22(gce, emulator):
+    # The ssh rule alone (a project vp used before it opened the nodes' ports): vp adds the
+    # nodes' rule next to it.
+    emulator.firewalls.pop("vp-nodes", None)
+    gce.create(HostSpec(gpu="T4"), "vp-ssh-first")  # makes vp-ssh if an earlier test did not
+    emulator.firewalls.pop("vp-nodes", None)
+
+    gce = create_platform({"user": "root", "poll_interval": 0.05})
+    gce.expect_nodes("vp-net")
+    hosts = [gce.create(HostSpec(gpu="T4"), name) for name in ("vp-net", "vp-net-1")]
+    rule = emulator.firewalls["vp-nodes"]
+    assert rule["direction"] == "INGRESS" and rule["network"].endswith("/networks/default")
+    assert rule["sourceTags"] == ["vp-ssh"] and rule["targetTags"] == ["vp-ssh"]
+    assert "sourceRanges" not in rule
+    assert sorted(a["IPProtocol"] for a in rule["allowed"]) == ["icmp", "tcp", "udp"]
+    assert all("ports" not in a for a in rule["allowed"])  # every port
+    assert all(body["tags"]["items"] == ["vp-ssh"] for body in emulator.inserts[-2:])
+    world = {
+        n: r for n, r in emulator.firewalls.items() if "0.0.0.0/0" in r.get("sourceRanges", [])
+    }
+    assert list(world) == ["vp-ssh"]
+    assert world["vp-ssh"]["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+
+    again = create_platform({"user": "root", "poll_interval": 0.05})
+    again.expect_nodes("vp-net")
+    hosts.append(again.create(HostSpec(gpu="T4"), "vp-net-2"))  # the rule there: no error
+    assert emulator.firewalls["vp-nodes"] == rule
+    for host in hosts:
+        gce.destroy(host.id)
+
+
+def test_without_the_right_to_open_the_nodes_ports_a_node_is_refused_a_host_is_not(
+    gce, emulator, tmp_path
+):
+    emulator.firewalls.pop("vp-nodes", None)
+    emulator.firewalls_denied = True
+    host = gce.create(HostSpec(gpu="T4"), "vp-alone")  # one host needs no rule between hosts
+    gce.destroy(host.id)
+
+    node = create_platform({"user": "root", "poll_interval": 0.05})
+    node.expect_nodes("vp-denied")
+    inserts = len(emulator.inserts)
+    with pytest.raises(VpError, match="vp-nodes") as err:
+        node.create(HostSpec(gpu="T4"), "vp-denied")
+    assert "permission" in err.value.message and "\n" not in err.value.message
+    assert "--source-tags=vp-ssh" in err.value.hint
+    assert len(emulator.inserts) == inserts  # refused before any VM was made
+    assert key_files(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------ faults
 
 

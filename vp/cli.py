@@ -60,6 +60,7 @@ FLAG_OPTIONS = {
     "--docker",
     "--no-docker",
     "--detach",
+    "--recover",
     "--all-logs",
     "--yes",
     "--over-budget",
@@ -90,6 +91,7 @@ class Globals:
     config: Path | None = None
     tunnel: list[str] = field(default_factory=list)
     yes: bool = False
+    recover: bool = False
     over_budget: bool = False
     timeout: str | None = None
     nodes: int | None = None
@@ -179,6 +181,12 @@ def main_options(
     all_logs: bool = typer.Option(
         False, "--all-logs", help="With --nodes: show every node's output, prefixed [nodeR]"
     ),
+    recover: bool = typer.Option(
+        False,
+        "--recover",
+        help="If the provider preempts or destroys the host, run again on a new one "
+        "([run] recover, max_attempts)",
+    ),
     version: bool = typer.Option(
         None, "--version", callback=_version, is_eager=True, help="Print the version"
     ),
@@ -201,6 +209,7 @@ def main_options(
         config=config,
         tunnel=list(tunnel or []),
         yes=yes,
+        recover=recover,
         over_budget=over_budget,
         timeout=timeout,
         nodes=nodes,
@@ -233,6 +242,7 @@ def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
         host_name=g.host if kind(cfg.platform) != "ssh" else None,
         tunnels=g.tunnel,
         yes=g.yes,
+        recover=True if g.recover else None,
         nodes=g.nodes,
         all_logs=g.all_logs,
     )

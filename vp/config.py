@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from vp import paths, settings
 from vp.errors import ConfigError, UsageError
-from vp.settings import Key, non_negative, positive, setting
+from vp.settings import STR_OR_LIST, Key, non_negative, positive, setting
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,11 @@ class ProjectTable:
 class HostTable:
     """[host]: which platform, and what to create there."""
 
-    platform: str = "local"
+    # One platform, or a fallback list tried in order (vp/capacity.py).
+    platform: str | tuple[str, ...] = setting("local", check="fallback_list")
     name: str | None = None
-    gpu: str | None = None
+    # One GPU, or a fallback list tried in order on each platform.
+    gpu: str | tuple[str, ...] | None = setting(check="fallback_list")
     gpus: int = non_negative(1)
     max_price: float | None = non_negative()
     disk_gb: int = positive(50)
@@ -56,6 +58,8 @@ class HostTable:
     ready_timeout: float = non_negative(600)
     # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
     nodes: int = positive(1)
+    # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
+    wait_for_capacity: str | None = setting(check="duration")
     # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
     destroy_after_stopped: str | None = setting(check="duration")
 
@@ -66,6 +70,9 @@ class RunTable:
 
     # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
     timeout: str | None = setting(check="duration")
+    # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
+    recover: bool = False
+    max_attempts: int = 3
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,10 @@ class SyncTable:
     # bigger than this (0: never ask).
     confirm_files: int = non_negative(10000)
     confirm_gb: float = non_negative(1)
+    # A folder the run writes checkpoints to: pulled down during the run, at most every
+    # checkpoint_interval, and uploaded again before a resumed attempt (vp/checkpoints.py).
+    checkpoint_dir: str | None = setting(check="checkpoint_dir")
+    checkpoint_interval: str = setting("60s", check="duration")
 
 
 @dataclass(frozen=True)
@@ -292,7 +303,20 @@ class Config:
 
     @property
     def platform(self) -> str:
-        return self.host.platform
+        """The platform (the first of a fallback list: what `vp ls`, `stop`, `down` ask)."""
+        return self.platforms[0]
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """`[host] platform` as a list: one name, or the fallback list in order."""
+        value = self.host.platform or "local"
+        return value if isinstance(value, tuple) else (value,)
+
+    @property
+    def gpus_wanted(self) -> tuple[str | None, ...]:
+        """`[host] gpu` as a list: one name (or None: any GPU), or the fallback list."""
+        value = self.host.gpu
+        return value if isinstance(value, tuple) else (value,)
 
 
 # The tables Config has as attributes (`cfg.host`); [project] is `section("project")`, since
@@ -320,6 +344,8 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
     names[list] = "a list"
     names[dict] = "a table"
+    if t == STR_OR_LIST:
+        return "a string or a list of strings"
     if isinstance(t, tuple):
         return "a number"
     return names.get(t, t.__name__)
@@ -358,7 +384,7 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 raise ConfigError(
                     f"{source}: [{section}] {key} must be {_type_name(expected)}, got {value!r}"
                 )
-            if expected is list and not all(isinstance(v, str) for v in value):
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{source}: [{section}] {key} must be a list of strings")
             check_value(section, key, value, source)
             out[section][key] = value
@@ -387,6 +413,16 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
             f"{where} {value!r} is not a valid user name",
             hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
         )
+    if rule == "fallback_list" and isinstance(value, list):
+        if not value or len(set(value)) != len(value) or not all(v.strip() for v in value):
+            raise ConfigError(
+                f"{where} must be a non-empty list of different names, got {value!r}",
+                hint='e.g. gpu = ["H100", "A100-80GB"], platform = ["runpod", "vast"]',
+            )
+    if rule == "checkpoint_dir":
+        from vp.checkpoints import check_dir
+
+        check_dir(value, where)
     if rule == "ssh_target":
         from vp.ssh import parse_target
 
@@ -560,6 +596,9 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
             return int(raw)
         except ValueError:
             raise UsageError(f"{name}={raw!r}: expected an integer") from None
+    if expected == STR_OR_LIST:  # "vast" or "runpod,vast"
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        return parts if len(parts) > 1 else raw.strip()
     if isinstance(expected, tuple):
         try:
             return float(raw)
@@ -658,11 +697,20 @@ def check(cfg: Config) -> None:
     """Cross-key rules that a per-key type check cannot express."""
     from vp.platforms import NAMES
 
-    platform = cfg.platform
-    if platform not in NAMES:
-        near = _nearest(platform, list(NAMES))
-        hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
-        raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    for platform in cfg.platforms:
+        if platform not in NAMES:
+            near = _nearest(platform, list(NAMES))
+            hint = f"did you mean '{near}'?" if near else f"choose one of: {', '.join(NAMES)}"
+            raise UsageError(f"unknown platform '{platform}'", hint=hint)
+    if len(cfg.platforms) > 1:
+        from vp.platforms import clouds
+
+        others = [p for p in cfg.platforms if p not in clouds()]
+        if others:
+            raise ConfigError(
+                f"[host] platform: a fallback list holds only cloud platforms, not {others[0]}",
+                hint=f"choose among: {', '.join(clouds())}",
+            )
     if cfg.docker.build_on not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
     if cfg.sync.results:
@@ -703,6 +751,8 @@ def _placeholder(section: str, key: str) -> Any:
     if section in FREE_SECTIONS or section not in tables() or key not in table_keys(section):
         return ""
     expected = table_keys(section)[key].expected
+    if expected == STR_OR_LIST:
+        return ""
     return {bool: False, int: 1, list: []}.get(expected, 1.0 if isinstance(expected, tuple) else "")
 
 

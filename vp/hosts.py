@@ -25,7 +25,7 @@ from vp.ui import UI, Status
 def spec_from_config(cfg: Config) -> HostSpec:
     h = cfg.host
     return HostSpec(
-        gpu=h.gpu,
+        gpu=cfg.gpus_wanted[0],  # a fallback list is walked by vp/capacity.py
         gpus=h.gpus,
         max_price=h.max_price,
         disk_gb=h.disk_gb,
@@ -78,6 +78,10 @@ def resolve(
     create: bool = True,
 ) -> tuple[Host, Transport]:
     """The host this project runs on, connected and ready."""
+    if len(cfg.platforms) > 1:
+        from vp.capacity import resolve_fallback
+
+        return resolve_fallback(cfg, state, ui, host_name=host_name, create=create)
     name = cfg.platform
     if name == "auto":
         return _resolve_auto(cfg, state, ui, host_name=host_name, create=create)
@@ -101,7 +105,7 @@ def resolve(
         transport.ensure()
         state.save_host(host, cfg.project)
         return host, transport
-    return _resolve_cloud(cfg, state, ui, name, host_name=host_name, create=create)
+    return resolve_on(cfg, state, ui, name, host_name=host_name, create=create)
 
 
 def _matches(host: Host, wanted: str | None) -> bool:
@@ -122,13 +126,12 @@ def with_local_facts(host: Host, state: State) -> Host:
     )
 
 
-def _resolve_cloud(
-    cfg: Config, state: State, ui: UI, name: str, *, host_name: str | None, create: bool
-) -> tuple[Host, Transport]:
-    project = cfg.project
-    platform = platform_for(cfg, name)
-    # Warm path: a host we know and can reach needs no provider API call.
-    for host in state.hosts(project, name):
+def warm_host(
+    cfg: Config, state: State, ui: UI, name: str, host_name: str | None
+) -> tuple[Host, Transport] | None:
+    """Warm path: a running host vp knows on `name` and reaches over ssh (no API call)."""
+    platform: Platform | None = None
+    for host in state.hosts(cfg.project, name):
         if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
             transport = transport_for(host, cfg)
             try:
@@ -137,7 +140,20 @@ def _resolve_cloud(
             except ConnectionFailed as exc:
                 ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
             except HostKeyMismatch as exc:
+                platform = platform or platform_for(cfg, name)
                 _mismatch(cfg, state, ui, platform, host, exc)  # returns only if it is gone
+    return None
+
+
+def resolve_on(
+    cfg: Config, state: State, ui: UI, name: str, *, host_name: str | None, create: bool
+) -> tuple[Host, Transport]:
+    """The project's host on platform `name`: running > stopped (started) > created."""
+    project = cfg.project
+    found = warm_host(cfg, state, ui, name, host_name)
+    if found is not None:
+        return found
+    platform = platform_for(cfg, name)
     hosts = project_hosts(platform, state, project)
     hosts = [h for h in hosts if _matches(h, host_name)]
     timeout = float(cfg.host.ready_timeout)
@@ -235,11 +251,26 @@ class _StateRecorder:
 
 
 def create_host(
-    cfg: Config, state: State, ui: UI, platform: Platform, name: str | None = None
+    cfg: Config,
+    state: State,
+    ui: UI,
+    platform: Platform,
+    name: str | None = None,
+    nodes_of: str | None = None,
 ) -> tuple[Host, Transport]:
-    """Create, wait for ssh, pin the host key. Any failure destroys what was made (or, if that
-    fails too, leaves it recorded with its key) and says which. `name`: a node's own name."""
-    spec = spec_from_config(cfg)
+    """Create, wait for ssh, pin the host key, through the GPU fallback list (and, with
+    `wait_for_capacity`, waiting for one). Any failure destroys what was made (or, if that
+    fails too, leaves it recorded with its key) and says which. `name`: a node's own name;
+    `nodes_of`: rank 0's name when it is a node (CloudPlatform.expect_nodes)."""
+    from vp.capacity import create_with_fallback
+
+    return create_with_fallback(cfg, state, ui, (platform.name,), name=name, nodes_of=nodes_of)
+
+
+def create_request(
+    cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str | None = None
+) -> Host:
+    """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
     name = name or cfg.host.name or f"vp-{cfg.project}"
@@ -249,10 +280,8 @@ def create_host(
     ui.info(f"creating {what} on {platform.name}{price} as {name}")
     recorder = _StateRecorder(state, cfg.project, spec.disk_gb)
     if isinstance(platform, CloudPlatform):
-        host = platform.create(spec, name, recorder)
-    else:
-        host = platform.create(spec, name)
-    return adopt_new_host(cfg, state, ui, platform, host, "create")
+        return platform.create(spec, name, recorder)
+    return platform.create(spec, name)
 
 
 def _money_checks(
@@ -336,4 +365,4 @@ def _resolve_auto(
         f"cheapest offer: {offer.gpus}x {offer.gpu} on {offer.platform} at ${offer.price:.2f}/h"
     )
     cfg = cfg.replace("host", platform=offer.platform)
-    return _resolve_cloud(cfg, state, ui, offer.platform, host_name=host_name, create=create)
+    return resolve_on(cfg, state, ui, offer.platform, host_name=host_name, create=create)

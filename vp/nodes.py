@@ -140,7 +140,7 @@ def node_name(cfg: Config, rank: int) -> str:
 
 
 def _cloud_hosts(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, Transport]]:
-    from vp.hosts import _resolve_cloud, create_host, forget, platform_for, project_hosts
+    from vp.hosts import create_host, forget, platform_for, project_hosts, resolve_on
 
     platform = platform_for(cfg)
     known = {h.name for h in project_hosts(platform, state, cfg.project)}
@@ -150,8 +150,10 @@ def _cloud_hosts(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, 
     def one(rank: int) -> tuple[Host, Transport]:
         name = node_name(cfg, rank)
         if name in known:
-            return _resolve_cloud(cfg, state, ui, platform.name, host_name=name, create=False)
-        host, transport = create_host(cfg, state, ui, platform, name=name)
+            return resolve_on(cfg, state, ui, platform.name, host_name=name, create=False)
+        host, transport = create_host(
+            cfg, state, ui, platform, name=name, nodes_of=node_name(cfg, 0)
+        )
         with lock:
             created.append(host)
         return host, transport

@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vp import remote
+from vp import checkpoints, remote
 from vp.config import Config
-from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
+from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow
 from vp.hosts import host_gone, resolve
 from vp.mask import LogView
@@ -46,6 +46,7 @@ class RunOptions:
     yes: bool = False  # upload a big unconfigured folder without asking (vp --yes)
     setup_only: bool = False  # `vp setup`: run the project's setup (if needed) and nothing else
     force_setup: bool = False  # `vp setup --force`: even when the host's record is current
+    recover: bool | None = None  # None: [run] recover (vp --recover)
     nodes: int | None = None  # `vp --nodes N`; None: [host] nodes (vp/nodes.py)
     all_logs: bool = False  # multi-node: show every rank's output, prefixed [nodeR]
 
@@ -201,8 +202,46 @@ def sync_down(ws: Workspace, ui: UI, changes: bytes, dest: Path | None = None) -
         raise error
 
 
-def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -> int:
-    """Run one command through the pipeline; return the exit status vp should exit with."""
+def execute(
+    cfg: Config,
+    opts: RunOptions,
+    ui: UI,
+    state: State | None = None,
+    *,
+    attempt: int = 1,
+    parent: str | None = None,
+) -> int:
+    """Run one command through the pipeline; return the exit status vp should exit with.
+
+    With recovery on (`--recover`, `[run] recover`), a run whose host the provider preempted
+    or destroyed runs again on a new host (vp/recover.py), up to `[run] max_attempts`."""
+    state = state or State()
+    recover = cfg.run.recover if opts.recover is None else opts.recover
+    attempts = max(1, int(cfg.run.max_attempts or 1)) if recover else 1
+    while True:
+        try:
+            return _execute_once(cfg, opts, ui, state, attempt=attempt, parent=parent)
+        except Preempted as exc:
+            if not recover:
+                raise
+            from vp.recover import next_attempt
+
+            parent = next_attempt(cfg, state, ui, exc, attempt, attempts)
+            attempt += 1
+
+
+class Preempted(HostGone):
+    """The provider says the run's host is gone or stopped: the run on it is lost."""
+
+    def __init__(self, error: HostGone, run_id: str, host: Host):
+        super().__init__(error.message, hint=error.hint)
+        self.run_id, self.host = run_id, host
+
+
+def _execute_once(
+    cfg: Config, opts: RunOptions, ui: UI, state: State, *, attempt: int, parent: str | None
+) -> int:
+    """One attempt: resolve a host, sync up, run, follow, sync back."""
     from vp import secretstore
 
     state = state or State()
@@ -245,6 +284,9 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
     env = dict(cfg.env)
     env.update(secret_values)
     env.setdefault("VP_RUN_ID", run_id)
+    env["VP_ATTEMPT"] = str(attempt)  # 1, then 2, 3 on a new host after a preemption
+    if attempt > 1:
+        env["VP_RESUMED"] = "1"
     setup_text, image = setup_cmd, ""
     if use_docker and not container_host:
         from vp.docker.dispatch import prepare
@@ -273,6 +315,8 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
         workdir=ws.workdir,
         started=time.time(),
         price=ws.host.price,
+        attempt=attempt,
+        parent=parent,
     )
     state.add_run(record)
     timeout = _timeout(cfg)
@@ -330,6 +374,8 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 )
                 for f in forwards:
                     ui.note(f"tunnel: {f.url} -> {ws.host.name}:{f.remote}")
+            if not opts.setup_only:
+                tunnels.enter_context(checkpoints.puller(ws, ui))
             result = follow(
                 t,
                 run_id,
@@ -341,9 +387,23 @@ def execute(cfg: Config, opts: RunOptions, ui: UI, state: State | None = None) -
                 view=view,
                 changes=not opts.setup_only,
             )
+    except HostGone as exc:
+        state.finish_run(run_id, None, "preempted")
+        raise Preempted(exc, run_id, ws.host) from None
     except BaseException:
         state.finish_run(run_id, None, "failed")
         raise
+    if result.lost and not result.interrupted:
+        # The last follow session may see the run's processes die before its own connection
+        # does: ask the provider whether the host went with them.
+        try:
+            why = host_gone(cfg, state, ws.host)
+        except VpError:
+            why = None
+        if why:
+            state.finish_run(run_id, None, "preempted")
+            lost = HostGone(f"{why}; run {run_id} on it is lost")
+            raise Preempted(lost, run_id, ws.host)
     if result.detached:
         state.set_run_status(run_id, "detached")
         ui.note(

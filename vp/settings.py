@@ -30,7 +30,11 @@ Check = Literal[
     "app_ports",
     "download_from",
     "duration",
+    "fallback_list",
+    "checkpoint_dir",
 ]
+# What a key holding one name or a fallback list of names accepts (`gpu = ["H100", "A100"]`).
+STR_OR_LIST = (str, list)
 # How layers combine for a key: the last one set wins, or the lowest value of any layer (a
 # cap a project file may tighten but never loosen).
 Merge = Literal["last", "lowest"]
@@ -94,6 +98,8 @@ def _expected(hint: Any) -> type | tuple[type, ...]:
     `Mapping[str, int]` -> dict (an inline table)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 2 and str in args and any(typing.get_origin(a) is tuple for a in args):
+            return STR_OR_LIST  # `str | tuple[str, ...]`: one name or a list of them
         if len(args) != 1:
             raise TypeError(f"a config key has one type besides None, not {hint}")
         hint = args[0]

@@ -105,8 +105,12 @@ class RunRecord:
     started: float
     ended: float | None = None
     exit_code: int | None = None
-    status: str = "running"  # running | done | failed | detached | interrupted
+    status: str = "running"  # running | done | failed | detached | interrupted | preempted
     price: float | None = None
+    # Recovery (vp/recover.py): which attempt this is, and the run it re-runs after a
+    # preemption (None for a first attempt).
+    attempt: int = 1
+    parent: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -137,6 +141,19 @@ class State:
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self._x(statement)
             self._x(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._add_columns("runs", {"attempt": "INTEGER DEFAULT 1", "parent": "TEXT"})
+
+    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
+        """Columns added after a table was first made, added to an older database in place
+        (independent of user_version, which other additions bump)."""
+        have = {row[1] for row in self._x(f"PRAGMA table_info({table})").fetchall()}
+        for name, decl in columns.items():
+            if name not in have:
+                try:
+                    self._x(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+                except sqlite3.OperationalError as exc:  # another vp added it just now
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _x(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
         """Execute, riding out the moments another vp holds the lock.

@@ -10,6 +10,10 @@ moto speaks the EC2 query/XML wire format boto3 sends, but boots nothing. This m
 - EC2 behaviour moto lacks: `run_instances` with `InstanceMarketOptions` spot creates a spot
   instance request (`SpotInstanceRequestId` on the instance), a one-time spot instance cannot
   be stopped, cancelled requests stay visible as `cancelled`, no public IP before `running`;
+  a launch without `SubnetId` lands in the default subnet of each AZ in turn (moto always
+  picks the region's first AZ; EC2 "chooses a default subnet from your default VPC for you",
+  docs.aws.amazon.com/AWSEC2/latest/APIReference/API_RunInstances.html, SubnetId), so
+  "every node in one subnet" is something vp must ask for;
 - a Deep Learning AMI with the real name pattern, owned by amazon (and an older one, so
   "newest CreationDate" is tested);
 - fault injection: capacity errors for spot and/or on-demand launches;
@@ -79,6 +83,7 @@ class AwsEmulator:
         self.quotas: dict[str, float] = {code: v for code, (_n, v) in EC2_QUOTAS.items()}
         self.quotas_denied = False
         self.quota_requests = 0
+        self._launch_count = 0  # launches without a subnet go to the default AZs in turn
 
     # ---------------------------------------------------------------- public surface
 
@@ -290,6 +295,7 @@ class AwsEmulator:
                 "max_price": resp_self._get_param("InstanceMarketOptions.SpotOptions.MaxPrice"),
                 "instance_type": resp_self._get_param("InstanceType"),
                 "key_name": resp_self._get_param("KeyName"),
+                "subnet_id": resp_self._get_param("SubnetId"),
             }
             code = emu.capacity_faults.get(market)
             if code:
@@ -316,6 +322,11 @@ class AwsEmulator:
                 return _backend_run(backend_self, *args, **kwargs)
 
         def _backend_run(backend_self, *args, **kwargs):
+            if not kwargs.get("subnet_id") and not kwargs.get("placement"):
+                # EC2 picks a default subnet for the caller, not always the same AZ's.
+                zones = sorted(backend_self.get_default_subnets())
+                kwargs["placement"] = zones[emu._launch_count % len(zones)]
+            emu._launch_count += 1
             reservation = orig_backend_run(backend_self, *args, **kwargs)
             opts = getattr(_local, "opts", None) or {}
             for inst in reservation.instances:

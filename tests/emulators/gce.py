@@ -5,6 +5,16 @@ token endpoint, and real sshd hosts in network namespaces as VMs.
   `GET/DELETE .../instances/NAME`, `POST .../instances/NAME/start|stop`,
   `GET .../operations/OP`; errors in Google's JSON error shape; operations as
   `compute#operation` resources that go RUNNING -> DONE (with `error.errors[]` on failure).
+- `GET .../global/firewalls/NAME` and `POST .../global/firewalls` (firewalls.get / insert:
+  the URIs in google-cloud-compute's `services/firewalls/transports/rest_base.py`, the body is
+  the `Firewall` message of `types/compute.py`, camelCase on the wire: `allowed[].IPProtocol`,
+  `sourceRanges`, `sourceTags`, `targetTags`; REST reference
+  cloud.google.com/compute/docs/reference/rest/v1/firewalls). An INGRESS rule that names no
+  source (no sourceRanges, sourceTags or sourceServiceAccounts) is stored as applying to every
+  address, `sourceRanges: ["0.0.0.0/0"]` (what `gcloud compute firewall-rules create` documents
+  for a rule without --source-ranges/--source-tags; the conservative reading, so a rule whose
+  tags were forgotten shows up as world-open in the tests). An existing name
+  is 409 alreadyExists; `firewalls_denied` makes inserts 403 (no compute.firewalls.create).
 - Auth: a service-account JSON (`service_account_file`) whose `token_uri` is this server.
   google-auth either signs its own JWT with that key (what the compute client does) or trades
   a signed assertion for an access token at `/token` (the JWT-bearer flow); every API call's
@@ -83,6 +93,7 @@ class GceEmulator:
         self.fail_auth = False
         self.boot_delay = 0.0
         self.insert_delay = 0.0  # seconds an insert operation stays RUNNING
+        self.firewalls_denied = False
         self._lock = threading.RLock()
         self._workers: list[threading.Thread] = []
         self._closing = threading.Event()
@@ -112,6 +123,7 @@ class GceEmulator:
     def clear_faults(self) -> None:
         self.exhausted_zones.clear()
         self.quota_exceeded = self.never_ready = self.fail_auth = False
+        self.firewalls_denied = False
         self.boot_delay = self.insert_delay = 0.0
 
     def instance(self, name: str, zone: str = "us-central1-a") -> dict | None:
@@ -552,6 +564,16 @@ class GceEmulator:
     def insert_firewall(self, project: str, body: dict) -> dict:
         self._check_scope(project, "us-central1-a")
         name = body.get("name", "")
+        if self.firewalls_denied:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"Required 'compute.firewalls.create' permission for "
+                f"'projects/{project}/global/firewalls/{name}'",
+            )
+        sources = ("sourceRanges", "sourceTags", "sourceServiceAccounts")
+        if body.get("direction", "INGRESS") == "INGRESS" and not any(body.get(k) for k in sources):
+            body = {**body, "sourceRanges": ["0.0.0.0/0"]}
         with self._lock:
             if name in self.firewalls:
                 raise ApiError(

@@ -11,7 +11,11 @@ variables) and nested selections, and answers with exactly the fields asked for.
 Pods: podFindAndDeployOnDemand -> desiredStatus RUNNING with `runtime: null` while the image is
 pulled, then `runtime.ports` lists sshd (privatePort 22, isIpPublic, publicPort) when the pod was
 created with ports "22/tcp" and supportPublicIp. The PUBLIC_KEY env var is what RunPod images'
-start script appends to authorized_keys. podStop -> EXITED (runtime null once stopped),
+start script appends to authorized_keys. podRentInterruptable (the same input plus
+`bidPerGpu`, refused below `lowestPrice.minimumBidPrice`) -> a pod with podType
+INTERRUPTABLE: the mutation and its PodRentInterruptableInput as https://graphql-spec.runpod.io/#definition-PodRentInterruptableInput
+describes it and SkyPilot sends it (sky/provision/runpod/api/pods.py; runpod 1.11's SDK has no
+call for it). podStop -> EXITED (runtime null once stopped),
 podResume -> RUNNING again, podTerminate -> gone.
 """
 
@@ -284,6 +288,7 @@ class RunPodEmulator(Emulator):
     def _mutation(self) -> dict:
         return {
             "podFindAndDeployOnDemand": lambda args: self.deploy(args.get("input") or {}),
+            "podRentInterruptable": lambda args: self.deploy(args.get("input") or {}, spot=True),
             "podStop": lambda args: self.stop((args.get("input") or {}).get("podId")),
             "podResume": lambda args: self.resume(args.get("input") or {}),
             "podTerminate": lambda args: self.terminate((args.get("input") or {}).get("podId")),
@@ -337,7 +342,7 @@ class RunPodEmulator(Emulator):
         view["runtime"] = json.loads(json.dumps(pod["runtime"])) if pod["runtime"] else None
         return view
 
-    def deploy(self, spec: dict) -> dict:
+    def deploy(self, spec: dict, spot: bool = False) -> dict:
         for required in ("name", "imageName", "gpuTypeId", "cloudType"):
             if spec.get(required) in (None, ""):
                 raise GraphQLError(f"{required} is required")
@@ -349,6 +354,13 @@ class RunPodEmulator(Emulator):
         count = int(spec.get("gpuCount") or 1)
         if self.capacity_error or count > gpu["maxGpuCount"]:
             raise GraphQLError(NO_CAPACITY)
+        bid = spec.get("bidPerGpu")
+        if spot:
+            if bid is None:
+                raise GraphQLError("bidPerGpu is required")
+            low = self._lowest_price(gpu, {"gpuCount": count})["minimumBidPrice"]
+            if float(bid) < low:
+                raise GraphQLError(f"Your bid of ${bid} is below the minimum bid of ${low}.")
         env = spec.get("env") or []
         env_pairs = [(e.get("key"), e.get("value")) for e in env if isinstance(e, dict)]
         secure = spec["cloudType"] == "SECURE"
@@ -363,14 +375,14 @@ class RunPodEmulator(Emulator):
             "machine": {"podHostId": f"{pod_id}-64411b2e", "gpuDisplayName": gpu["displayName"]},
             "desiredStatus": "RUNNING",
             "lastStatusChange": f"Rented by User: {time.strftime('%a %b %d %Y %H:%M:%S')}",
-            "costPerHr": self.billed_price or round(price * count, 3),
+            "costPerHr": self.billed_price or round((float(bid) if spot else price) * count, 3),
             "gpuCount": count,
             "containerDiskInGb": spec.get("containerDiskInGb"),
             "volumeInGb": spec.get("volumeInGb") or 0,
             "volumeMountPath": spec.get("volumeMountPath") or "/workspace",
             "memoryInGb": 62,
             "vcpuCount": 16,
-            "podType": "RESERVED",
+            "podType": "INTERRUPTABLE" if spot else "RESERVED",
             "port": None,
             "ports": spec.get("ports") or "",
             "dockerArgs": spec.get("dockerArgs") or "",

@@ -7,6 +7,9 @@ listed 25 at a time from GET /api/v1/instances/ (JSON-encoded query args, `next_
 one instance is GET /api/v0/instances/{id}/?owner=me -> {"instances": row-or-null}, state changes
 are PUT /api/v0/instances/{id}/ {"state": "running"|"stopped"}, destroy is DELETE on the same
 path, and per-instance keys are POST /api/v0/instances/{id}/ssh/ {"ssh_key": ...}.
+Interruptible rentals: `search_offers(type="bid")` sends {"type": "bid"} and reads `min_bid`;
+`create_instance(price=BID)` puts the bid in the body's `price`; when outbid the instance moves
+to stopped, not destroyed (vastai 1.9.1 SKILL.md, "Interruptible (spot) instances"): `preempt`.
 Errors are non-2xx with {"success": false, "error": CODE, "msg": TEXT}; a bad key is 401
 "Invalid user key".
 """
@@ -93,6 +96,11 @@ class VastEmulator(Emulator):
         # (ssh_host:ssh_port), with no "22/tcp" in `ports`.
         self.direct_ports = True
         self._key_ids = itertools.count(501)
+        # Faults: offers of these GPUs (a word of gpu_name) are rented away the moment they are
+        # asked for; the next `refuse_creates` create requests find no capacity at all.
+        self.unavailable_gpus: set[str] = set()
+        self.refuse_creates = 0
+        self.creates = 0  # create requests seen
 
     @staticmethod
     def _offer(spec: dict) -> dict:
@@ -198,8 +206,15 @@ class VastEmulator(Emulator):
     def create(self, ask_id: int, body: dict) -> Response:
         with self.lock:
             offer = self.offers.get(ask_id)
-            if self.capacity_error or offer is None or offer["rented"]:
+            self.creates += 1
+            refused = self.refuse_creates > 0
+            self.refuse_creates = max(0, self.refuse_creates - 1)
+            gone = offer is not None and self.unavailable_gpus & set(offer["gpu_name"].split())
+            if self.capacity_error or offer is None or offer["rented"] or refused or gone:
                 return _error(400, "no_such_ask", f"Instance type by id {ask_id} is not available.")
+            bid = body.get("price")
+            if bid is not None and float(bid) < offer["min_bid"]:
+                return _error(400, "bid_too_low", f"Bid {bid} is below min_bid {offer['min_bid']}.")
             if not body.get("image") and not body.get("template_hash_id"):
                 return _error(400, "invalid_args", "image or template_hash_id is required")
             iid = str(next(self._ids))
@@ -230,6 +245,11 @@ class VastEmulator(Emulator):
                 "cpu_ram": offer["cpu_ram"],
                 "disk_space": storage,
                 "dph_base": offer["dph_base"],
+                # An interruptible (spot) rental: `price` is the bid (vastai 1.9.1
+                # api/instances.py create_instance puts bid_price there; SKILL.md: without it
+                # the rental is on-demand). Refused below the offer's min_bid.
+                "is_bid": body.get("price") is not None,
+                "bid_price": body.get("price"),
                 "dph_total": round(offer["dph_base"] + offer["storage_cost"] * storage / 720, 6),
                 "storage_cost": offer["storage_cost"],
                 "public_ipaddr": None,
@@ -327,6 +347,22 @@ class VastEmulator(Emulator):
                 inst["actual_status"] = "stopped"
                 inst["status_msg"] = "stopped"
                 inst["ports"] = {}
+
+    def preempt(self, iid: str, wipe=None) -> None:
+        """Reclaim an interruptible instance, as vast does when a higher bid wins the machine:
+        its container is killed (sshd and every process in it) and the instance reads as
+        stopped (`intended_status` stays running, `actual_status` exited, no ports), all under
+        the lock, so no API answer shows it half-preempted. `wipe()` runs in between (the
+        disk a new machine will not have)."""
+        with self.lock:
+            inst = self.instances[iid]
+            self.sshd_down(iid)
+            if wipe is not None:
+                wipe()
+            inst["actual_status"] = "exited"
+            inst["cur_state"] = "stopped"
+            inst["status_msg"] = "Instance was outbid and stopped"
+            inst["ports"] = {}
 
     def destroy(self, iid: str) -> Response:
         with self.lock:

@@ -23,12 +23,24 @@ from vp.platforms.base import STOPPED, Host
 from vp.state import State
 
 STOP_TIMEOUT = 300.0
-HOST_COLUMNS = ["name", "id", "platform", "status", "gpu", "gpus", "per_hour", "cost", "ssh"]
+HOST_COLUMNS = [
+    "name",
+    "id",
+    "platform",
+    "status",
+    "gpu",
+    "gpus",
+    "per_hour",
+    "cost",
+    "spot",
+    "ssh",
+]
 ALL_COLUMNS = ["platform", "name", "project", "status", "per_hour", "age", "known"]
 
 
 def _row(host: Host) -> dict:
     d = host.to_dict()
+    d["spot"] = host.labels.get("market") == "spot"  # interruptible: may be preempted
     if host.ssh_host:
         d["ssh"] = f"{host.ssh_user or 'root'}@{host.ssh_host}:{host.ssh_port or 22}"
     d.pop("key_path", None)
@@ -68,7 +80,11 @@ def ls_cmd(
         return
     platform = platform_for(cfg)
     if kind(cfg.platform) in ("vm", "container"):
-        hosts = project_hosts(platform, state, None if all_projects else cfg.project)
+        hosts = []
+        for name in cfg.platforms:  # every platform of a fallback list
+            hosts += project_hosts(
+                platform_for(cfg, name), state, None if all_projects else cfg.project
+            )
         for host in hosts:  # refresh what vp knows (address, status) for the warm path
             if not all_projects and state.host(host.key) is not None:
                 state.save_host(host, cfg.project)

@@ -6,9 +6,9 @@ import sys
 import time
 
 from vp import remote, secretstore
-from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
+from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow as follow_run
-from vp.hosts import transport_for
+from vp.hosts import host_gone, transport_for
 from vp.mask import LogView
 from vp.state import RunRecord, State
 
@@ -26,7 +26,17 @@ def list_runs(g, *, all_projects: bool, limit: int) -> None:
         d["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
         d["duration"] = None if r.duration is None else round(r.duration, 1)
         rows.append(d)
-    columns = ["id", "command", "host_name", "started", "duration", "exit_code", "status", "cost"]
+    columns = [
+        "id",
+        "command",
+        "host_name",
+        "started",
+        "duration",
+        "exit_code",
+        "status",
+        "attempt",
+        "cost",
+    ]
     if g.output == "text" and not rows:
         g.ui.info("no runs yet")
         return
@@ -90,18 +100,22 @@ def show_logs(
         view.close()
         return 0
     script = remote.follow_script(transport.runs_dir_sh, record.id, 0, workdir_sh, changes=attach)
-    result = follow_run(
-        transport,
-        record.id,
-        workdir_sh,
-        script,
-        g.ui,
-        reconnect_timeout=float(cfg.ssh.reconnect_timeout),
-        changes=attach,
-        launched=True,
-        interruptible=attach,
-        view=view,
-    )
+    try:
+        result = follow_run(
+            transport,
+            record.id,
+            workdir_sh,
+            script,
+            g.ui,
+            reconnect_timeout=float(cfg.ssh.reconnect_timeout),
+            changes=attach,
+            launched=True,
+            interruptible=attach,
+            view=view,
+            host_gone=lambda: host_gone(cfg, state, host),
+        )
+    except HostGone as exc:
+        return _recover_detached(g, cfg, state, record, host, exc)
     if result.detached or (result.interrupted and not attach):
         return EXIT_INTERRUPTED
     if record.status in ("running", "detached"):
@@ -116,6 +130,24 @@ def show_logs(
     if result.lost:
         raise VpError(f"run {record.id} ended without an exit status (killed, or host rebooted)")
     return result.exit_code if result.exit_code is not None else 1
+
+
+def _recover_detached(g, cfg, state: State, record: RunRecord, host, exc: HostGone) -> int:
+    """A followed detached run whose host the provider preempted: with recovery on, the next
+    attempt runs in the foreground here (vp/recover.py); without, the error as before."""
+    from vp.run import Preempted, RunOptions, execute
+
+    state.finish_run(record.id, None, "preempted")
+    recover = g.recover or cfg.run.recover
+    if not recover or record.command == "vp setup":
+        raise exc
+    from vp.recover import next_attempt
+
+    attempts = max(1, int(cfg.run.max_attempts or 1))
+    lost = Preempted(exc, record.id, host)
+    parent = next_attempt(cfg, state, g.ui, lost, record.attempt, attempts)
+    opts = RunOptions(argv=[record.command], recover=True)
+    return execute(cfg, opts, g.ui, state, attempt=record.attempt + 1, parent=parent)
 
 
 def kill_run(g, run_id: str) -> None:

@@ -13,7 +13,10 @@ profile, SSO, instance role), so vp has no AWS-specific switches. Facts EC2 impo
   on-demand price is within `max_price`, and no host ever costs more than that;
 - GPU instances count against per-family vCPU quotas (Service Quotas, service code `ec2`), which
   are 0 on many new accounts: offers show the quota, and create stops before launching anything
-  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?".
+  when the instance type's vCPUs exceed it. A quota vp may not read is shown as "?";
+- the nodes of a multi-node run share vp-ssh, whose rule from itself opens their ports to
+  each other, and one subnet (one AZ). No cluster placement group: it is all-or-nothing on
+  capacity per AZ, and moto (the test emulator) has no placement groups to test it against.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import re
 import secrets
 import shlex
+import threading
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +42,7 @@ from vp.platforms.cloud import (
     CloudSettings,
     Declaration,
     Ownership,
+    Unavailable,
     reraise_after_cleanup,
 )
 from vp.platforms.common import discard_key
@@ -79,6 +84,7 @@ QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
 
 DLAMI_NAME = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"
 SECURITY_GROUP = "vp-ssh"
+NODES_RULE = "vp: nodes to each other"  # the description of vp-ssh's rule from itself
 DEFAULT_REGION = "us-east-1"
 DEFAULT_USER = "ubuntu"
 DATA_DEVICE = "/dev/sdf"
@@ -178,8 +184,8 @@ DECLARATION = Declaration(
     provider="AWS",
     private_network=True,
     network=(
-        "one subnet and security group (vp-ssh): private addresses; a rule whose source is "
-        "the group itself (not yet made by vp) opens the nodes' ports to each other only"
+        "one subnet (rank 0's) and security group (vp-ssh): private addresses; vp-ssh's rule "
+        "whose source is the group itself opens every port between the nodes, to them only"
     ),
 )
 
@@ -200,7 +206,9 @@ class AwsPlatform(CloudPlatform):
         self.user = self.settings.user or DEFAULT_USER
         self.poll_interval = float(self.settings.poll_interval or 2.0)
         self._launched: dict[str, dict] = {}  # instance id -> RunInstances' answer
-        self._prepared: tuple[dict, str] | None = None  # (image, security group) for launches
+        # (image, security group, subnet or None: EC2's choice) for launches
+        self._prepared: tuple[dict, str, str | None] | None = None
+        self._prepare_lock = threading.Lock()  # the nodes of one run are created in parallel
         self._client = None
         self._quota_client = None
         self._quotas: dict[str, float | None] = {}  # quota code -> vCPUs (None: unreadable)
@@ -344,7 +352,7 @@ class AwsPlatform(CloudPlatform):
         offer, market, vcpus, quota = refused[0]
         _code, quota_name = QUOTAS[offer.id[:1]]["spot" if market else "on-demand"]
         more = f" (and {len(refused) - 1} more refused)" if len(refused) > 1 else ""
-        raise VpError(
+        raise Unavailable(
             f"aws: {offer.id} needs {vcpus} vCPUs but the account's quota "
             f"'{quota_name}' in {self.region} is {quota:g}{more}",
             hint="request an increase in the Service Quotas console (AWS services > Amazon EC2)",
@@ -448,12 +456,16 @@ class AwsPlatform(CloudPlatform):
         return images[-1]
 
     def _security_group(self) -> str:
+        """vp-ssh: tcp/22 from anywhere, and all traffic between its own members (the nodes
+        of a multi-node run); nothing else is open to the internet."""
         ce = self._client_error()
         resp = self._call(
             "describe_security_groups", Filters=[{"Name": "group-name", "Values": [SECURITY_GROUP]}]
         )
         if resp.get("SecurityGroups"):
-            return resp["SecurityGroups"][0]["GroupId"]
+            group = resp["SecurityGroups"][0]
+            self._open_to_members(group["GroupId"], group.get("IpPermissions", []))
+            return group["GroupId"]
         try:
             group_id = self._call(
                 "create_security_group",
@@ -483,13 +495,71 @@ class AwsPlatform(CloudPlatform):
                     }
                 ],
             )
+        self._open_to_members(group_id, [])
         return group_id
+
+    def _open_to_members(self, group_id: str, permissions: list[dict]) -> None:
+        """A rule whose source is the group itself: its members (and no one else) reach each
+        other on every port, so torchrun/Ray find rank 0 at its private address. A group from
+        an older vp gets it on the next create; a rule already there is not an error. Without
+        the right to add it, a single host carries on; a node's create fails."""
+        for perm in permissions:
+            pairs = perm.get("UserIdGroupPairs", [])
+            if perm.get("IpProtocol") == "-1" and any(p.get("GroupId") == group_id for p in pairs):
+                return
+        rule = {
+            "IpProtocol": "-1",
+            "UserIdGroupPairs": [{"GroupId": group_id, "Description": NODES_RULE}],
+        }
+        try:
+            self._call("authorize_security_group_ingress", GroupId=group_id, IpPermissions=[rule])
+        except self._client_error() as e:
+            if self._code(e) == "InvalidPermission.Duplicate" or self.nodes_of is None:
+                return
+            err = self._fail("opening the nodes' ports to each other", e)
+            err.hint = (
+                f"allow ec2:AuthorizeSecurityGroupIngress, or add to security group "
+                f"{SECURITY_GROUP} an inbound rule for all traffic from {SECURITY_GROUP} itself"
+            )
+            raise err from e
+
+    def _node_subnet(self) -> str | None:
+        """The subnet every node of `nodes_of` launches in: rank 0's (or the lowest rank's
+        that exists), else the default subnet of the region's first availability zone. One
+        subnet is one AZ: private addresses, no cross-AZ traffic charges."""
+        group = self.nodes_of
+        assert group is not None
+        rank_of = re.compile(re.escape(group) + r"(?:-(\d+))?")
+        resp = self._call(
+            "describe_instances",
+            Filters=[
+                {"Name": "tag:vp:managed", "Values": ["true"]},
+                {"Name": "tag:Name", "Values": [group, f"{group}-*"]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ],
+        )
+        ranked = []
+        for res in resp.get("Reservations", []):
+            for inst in res.get("Instances", []):
+                m = rank_of.fullmatch(_tags(inst).get("Name", ""))
+                if m and inst.get("SubnetId"):
+                    ranked.append((int(m.group(1) or 0), inst["SubnetId"]))
+        if ranked:
+            return min(ranked)[1]
+        subnets = self._call(
+            "describe_subnets", Filters=[{"Name": "default-for-az", "Values": ["true"]}]
+        ).get("Subnets", [])
+        subnets.sort(key=lambda s: s.get("AvailabilityZone", ""))
+        return subnets[0]["SubnetId"] if subnets else None  # no default VPC: EC2 decides
 
     def _launch_args(
         self, image: dict, spec: HostSpec, name: str, sg: str, key_name: str, key_file: str
     ) -> dict:
         _login_name(self.user)
-        project = name[3:] if name.startswith("vp-") else name
+        project = self.project_of(name)
         tags = [
             {"Key": "Name", "Value": name},
             {"Key": "vp:project", "Value": project},
@@ -604,13 +674,16 @@ class AwsPlatform(CloudPlatform):
         )
 
     def _attempts(self, spec: HostSpec, fitting: list[Offer]) -> list[tuple[Offer, bool]]:
-        """Every type within quota, spot first when asked; the AMI and security group found
-        (or made) once for all of them."""
+        """Every type within quota, spot first when asked; the AMI, security group and (for the
+        nodes of one run) subnet found (or made) once for all of them."""
         tries = self._within_quota(fitting, bool(spec.spot))
-        try:
-            self._prepared = (self._image(), self._security_group())
-        except self._client_error() as e:
-            raise self._fail("preparing the launch", e) from e
+        with self._prepare_lock:
+            if self._prepared is None:
+                try:
+                    subnet = self._node_subnet() if self.nodes_of else None
+                    self._prepared = (self._image(), self._security_group(), subnet)
+                except self._client_error() as e:
+                    raise self._fail("preparing the launch", e) from e
         return tries
 
     def _key_name(self, name: str) -> str:
@@ -637,9 +710,11 @@ class AwsPlatform(CloudPlatform):
     ) -> str:
         offer, spot = attempt
         assert self._prepared is not None
-        image, sg = self._prepared
+        image, sg, subnet = self._prepared
         name_of_key = key.private_path.name
         args = self._launch_args(image, spec, name, sg, name_of_key, name_of_key)
+        if subnet:
+            args["SubnetId"] = subnet
         try:
             inst = self._run(args, offer.id, spot)
         except self._client_error() as e:

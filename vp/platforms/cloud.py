@@ -187,8 +187,21 @@ class Recorder(Protocol):
     def forget(self, host: Host) -> None: ...
 
 
-class Capacity(VpError):
+class Unavailable(VpError):
+    """The provider cannot rent what was asked right now: no offer in stock, no capacity,
+    quota exceeded. A fallback list (vp/capacity.py) moves on to its next GPU or platform;
+    any other VpError (rejected key, bad setting) stops it at once."""
+
+
+class Capacity(Unavailable):
     """This offer cannot be had right now (rented away, no room): try the next one."""
+
+
+def unavailable(exc: VpError) -> Unavailable:
+    """`exc` (a provider's "nothing fits" or "no capacity" message) as an Unavailable."""
+    if isinstance(exc, Unavailable):
+        return exc
+    return Unavailable(exc.message, hint=exc.hint)
 
 
 class NotFound(VpError):
@@ -216,6 +229,20 @@ class CloudPlatform(ABC):
         self.settings = of_table(self.declaration.settings, settings)
         self.poll_interval = float(self.settings.poll_interval or 3.0)
         self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
+        self.nodes_of: str | None = None  # set by expect_nodes
+
+    def expect_nodes(self, group: str) -> None:
+        """The hosts created from now on are nodes of one multi-node run whose rank 0 is named
+        `group`. A provider whose nodes share a network places them together and opens their
+        ports to each other (never to the internet); a node's create fails if it cannot,
+        where a single host's would carry on without."""
+        self.nodes_of = group
+
+    def project_of(self, name: str) -> str:
+        """The project a new host named `name` is labelled with: a node's is its rank 0's,
+        so `list(project)` finds every node (later runs reuse them, `vp down` finds them)."""
+        base = self.nodes_of or name
+        return base[3:] if base.startswith("vp-") else base
 
     @property
     def name(self) -> str:
@@ -324,7 +351,7 @@ class CloudPlatform(ABC):
             if unknown is not None:
                 raise unknown
         if not fitting:
-            raise self._no_offer(spec, found)
+            raise unavailable(self._no_offer(spec, found))
         attempts = self._attempts(spec, fitting)
         pair = keys.new_keypair(self._key_name(name))
         host_id: str | None = None
@@ -344,7 +371,7 @@ class CloudPlatform(ABC):
                     cut = exc
                     break
             if host_id is None and cut is None:
-                raise self._no_capacity(spec, failures)
+                raise unavailable(self._no_capacity(spec, failures))
         except BaseException:
             self._unregister_key(pair)
             discard_key(pair.private_path)

@@ -35,6 +35,7 @@ from vp.platforms.cloud import (
     CloudSettings,
     Declaration,
     Ownership,
+    Unavailable,
     reraise_after_cleanup,
 )
 from vp.platforms.common import discard_key
@@ -73,6 +74,7 @@ DEFAULT_IMAGE = (
     "common-cu128-ubuntu-2204-nvidia-570"
 )
 FIREWALL = "vp-ssh"  # ingress tcp/22 to VMs with this network tag
+NODES_FIREWALL = "vp-nodes"  # ingress on every port from VMs with that tag to them
 SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # Insert-operation error codes that mean "not in this zone right now".
 CAPACITY_ERRORS = {
@@ -136,8 +138,8 @@ DECLARATION = Declaration(
     destroy_words=("delete", "deleted"),
     private_network=True,
     network=(
-        "one VPC (the default network): private addresses; a firewall rule from tag vp-ssh "
-        "to tag vp-ssh (not yet made by vp) opens the nodes' ports to each other only"
+        "one VPC (the default network): private addresses; firewall rule vp-nodes, from tag "
+        "vp-ssh to tag vp-ssh, opens every tcp/udp port between the nodes, to them only"
     ),
 )
 
@@ -407,32 +409,62 @@ class GcePlatform(CloudPlatform):
         return body
 
     def _ensure_firewall(self) -> None:
-        """A firewall rule opening tcp/22 to VMs tagged `vp-ssh` on the default network (the
-        counterpart of the AWS security group). Without the right to create it, carry on: the
-        network may already let ssh in (the auto-mode default network's default-allow-ssh)."""
-        from google.api_core import exceptions as gexc
+        """Two rules on the default network, the counterpart of the AWS security group:
+        `vp-ssh` opens tcp/22 to VMs tagged `vp-ssh`; `vp-nodes` opens every tcp/udp port (and
+        ping) between VMs tagged `vp-ssh` and to no one else, so the nodes of a multi-node run
+        reach rank 0 at its private address. Without the right to create them, a single host
+        carries on (the auto-mode default network's default-allow-ssh may let ssh in); a
+        node's create fails, as its run could not rendezvous."""
         from google.cloud import compute_v1
+
+        self._ensure_rule(
+            compute_v1.Firewall(
+                name=FIREWALL,
+                network="global/networks/default",
+                direction="INGRESS",
+                allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
+                source_ranges=["0.0.0.0/0"],
+                target_tags=[FIREWALL],
+                description="vp: ssh access to GPU hosts",
+            ),
+            required=False,
+        )
+        self._ensure_rule(
+            compute_v1.Firewall(
+                name=NODES_FIREWALL,
+                network="global/networks/default",
+                direction="INGRESS",
+                allowed=[compute_v1.Allowed(I_p_protocol=p) for p in ("tcp", "udp", "icmp")],
+                source_tags=[FIREWALL],  # the VMs' own (internal) addresses, never the internet
+                target_tags=[FIREWALL],
+                description="vp: the nodes of a multi-node run to each other",
+            ),
+            required=self.nodes_of is not None,
+        )
+
+    def _ensure_rule(self, rule: Any, required: bool) -> None:
+        from google.api_core import exceptions as gexc
 
         try:
             self._api(
-                "firewalls.get", self._firewalls.get, project=self._project, firewall=FIREWALL
+                "firewalls.get", self._firewalls.get, project=self._project, firewall=rule.name
             )
             return
         except gexc.NotFound:
             pass
-        rule = compute_v1.Firewall(
-            name=FIREWALL,
-            network="global/networks/default",
-            direction="INGRESS",
-            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=["22"])],
-            source_ranges=["0.0.0.0/0"],
-            target_tags=[FIREWALL],
-            description="vp: ssh access to GPU hosts",
-        )
         try:
             self._firewalls.insert_unary(project=self._project, firewall_resource=rule)
-        except (gexc.Conflict, gexc.Forbidden):
-            pass  # made concurrently, or not ours to make
+        except gexc.Conflict:
+            pass  # made concurrently
+        except gexc.Forbidden as exc:
+            if required:
+                raise VpError(
+                    f"gce: creating firewall rule {rule.name} failed: permission denied "
+                    f"({_message(exc)})",
+                    hint="the credentials need compute.firewalls.create, or create it: gcloud "
+                    f"compute firewall-rules create {rule.name} --network=default "
+                    f"--allow=tcp,udp,icmp --source-tags={FIREWALL} --target-tags={FIREWALL}",
+                ) from exc
         except gexc.NotFound as exc:
             raise VpError(
                 f"gce: project {self._project} not found ({_message(exc)})",
@@ -440,7 +472,7 @@ class GcePlatform(CloudPlatform):
             ) from exc
         except gexc.GoogleAPICallError as exc:
             raise VpError(
-                f"gce: creating firewall rule {FIREWALL} failed: {_message(exc)}"
+                f"gce: creating firewall rule {rule.name} failed: {_message(exc)}"
             ) from exc
 
     def _no_offer(self, spec: HostSpec, found: list[Offer]) -> VpError:
@@ -459,7 +491,7 @@ class GcePlatform(CloudPlatform):
         return f"gce-{_label(name)}-{secrets.token_hex(3)}"
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
-        project = name[3:] if name.startswith("vp-") else name
+        project = self.project_of(name)
         instance_name = f"{_label(name).strip('-_') or 'vp'}"[:55].rstrip("-_")
         instance_name = f"{instance_name}-{secrets.token_hex(3)}"
         if not instance_name[0].isalpha():
@@ -528,7 +560,7 @@ class GcePlatform(CloudPlatform):
             code = next(c for c in codes if c in CAPACITY_ERRORS)
             what = f"{spec.gpus}x {spec.gpu or 'GPU'}"
             reason = "GPU quota exceeded" if code == "QUOTA_EXCEEDED" else "no capacity"
-            raise VpError(
+            raise Unavailable(
                 f"gce zone {self.zone} cannot create {what} now: {reason} ({code})",
                 hint=f"try another zone: set [gce] zone (e.g. {_other_zone(self.zone)})"
                 + (" or request more GPU quota" if code == "QUOTA_EXCEEDED" else ""),

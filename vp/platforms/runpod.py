@@ -94,8 +94,8 @@ DECLARATION = Declaration(
     ),
     # The scoped key RunPod injects into the pod may stop it.
     idle_stop=from_pid1("RUNPOD_POD_ID", "RUNPOD_API_KEY") + 'runpodctl stop pod "$RUNPOD_POD_ID"',
-    # No spot (interruptible) pods, no region or memory choice through the SDK's create_pod.
-    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "image"}),
+    # Spot: interruptible pods (podRentInterruptable). No region or memory choice.
+    honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "image", "spot"}),
     endpoint_env="RUNPOD_API_BASE_URL",
     noun="RunPod pod",
     provider="RunPod",
@@ -138,6 +138,8 @@ class RunPodPlatform(CloudPlatform):
         _check_literal("pod name", name)
         _check_literal("image", image)
         _check_literal("public key", key.public_key)
+        if spec.spot:
+            return self._rent_interruptible(offer, spec, name, image, key)
         result = self._call(
             "create a pod",
             lambda rp: rp.create_pod(
@@ -156,6 +158,33 @@ class RunPodPlatform(CloudPlatform):
             ),
         )
         return str(result["id"])
+
+    def _rent_interruptible(
+        self, offer: Offer, spec: HostSpec, name: str, image: str, key: keys.KeyPair
+    ) -> str:
+        """A spot pod at the offer's bid: the SDK has no call for it, so vp sends the
+        podRentInterruptable mutation itself (fields of PodRentInterruptableInput)."""
+        bid = round(offer.price / max(1, spec.gpus), 4)
+        fields = ", ".join(
+            [
+                f'name: "{name}"',
+                f'imageName: "{image}"',
+                f'gpuTypeId: "{offer.id}"',
+                f"bidPerGpu: {bid}",
+                f"cloudType: {self.settings.cloud_type}",
+                f"gpuCount: {int(spec.gpus)}",
+                f"volumeInGb: {int(spec.disk_gb)}",
+                f"containerDiskInGb: {self.settings.container_disk_gb}",
+                'volumeMountPath: "/workspace"',
+                'ports: "22/tcp"',
+                "startSsh: true",
+                "supportPublicIp: true",
+                f'env: [{{ key: "PUBLIC_KEY", value: "{key.public_key}" }}]',
+            ]
+        )
+        query = f"mutation {{ podRentInterruptable(input: {{ {fields} }}) {{ id desiredStatus }} }}"
+        result = self._call("rent a spot pod", lambda rp: _graphql(rp, query))
+        return str(result["data"]["podRentInterruptable"]["id"])
 
     def _launched(self, name: str, key: keys.KeyPair) -> list[str]:
         # The pod's PUBLIC_KEY is the key made for this create alone.
@@ -205,7 +234,7 @@ class RunPodPlatform(CloudPlatform):
             if gpu.get("maxGpuCount") and spec.gpus > gpu["maxGpuCount"]:
                 continue
             lowest = gpu.get("lowestPrice") or {}
-            per_gpu = lowest.get("uninterruptablePrice")
+            per_gpu = lowest.get("minimumBidPrice" if spec.spot else "uninterruptablePrice")
             if not per_gpu:
                 continue  # not in stock for this count
             found.append(
@@ -215,6 +244,7 @@ class RunPodPlatform(CloudPlatform):
                     gpu=str(gpu.get("displayName") or gpu["id"]),
                     gpus=int(spec.gpus),
                     price=round(float(per_gpu) * spec.gpus, 4),
+                    spot=bool(spec.spot),
                     extra={
                         "gpu_ram_gb": gpu.get("memoryInGb"),
                         "stock": lowest.get("stockStatus"),
@@ -250,7 +280,10 @@ class RunPodPlatform(CloudPlatform):
             if ssh_host is None:
                 status = PENDING  # no public ssh port (yet)
         name = str(pod.get("name") or f"runpod-{pod_id}")
-        labels = {"runpod_status": desired or "unknown"}
+        labels = {
+            "runpod_status": desired or "unknown",
+            "market": "spot" if pod.get("podType") == "INTERRUPTABLE" else "on-demand",
+        }
         if pod.get("imageName"):
             labels["image"] = str(pod["imageName"])
         if name.startswith("vp-"):

@@ -246,7 +246,10 @@ class VastPlatform(CloudPlatform):
             status = PENDING  # stopping
         ssh_host, ssh_port = _endpoint(row) if status == RUNNING else (None, None)
         label = row.get("label") or ""
-        labels = {"vast_status": str(actual or "provisioning")}
+        labels = {
+            "vast_status": str(actual or "provisioning"),
+            "market": "spot" if row.get("is_bid") else "on-demand",
+        }
         if row.get("image_uuid"):
             labels["image"] = str(row["image_uuid"])
         if label.startswith("vp-"):
