@@ -119,7 +119,7 @@ def test_create_with_a_gpu_nobody_offers_rents_nothing_and_says_how_to_fix_it(
     request, vp_env: VpEnv
 ) -> None:
     env, emulator = _project("vast", request, vp_env, gpu="RTX4909")
-    r = env.run("up")
+    r = env.run("--yes", "up")  # past the no-max_price question: the GPU name is what fails
     assert r.returncode == 1, r.stderr
     error, hint = _error(r.stderr)
     assert error == (

@@ -318,6 +318,8 @@ class CloudPlatform(ABC):
         or price is what left no offer."""
         if not spec.gpu:
             return None
+        if self._search(replace(spec, gpus=1, max_price=None)):
+            return None  # offered (some providers only in larger machines, e.g. AWS's 8x A100)
         survey = replace(spec, gpu=None, gpus=1, max_price=None)
         return unmatched_gpu(
             spec.gpu,
