@@ -69,7 +69,6 @@ DECLARATION = Declaration(
     ownership=Ownership.LABEL,  # pod name `vp-PROJECT`
     # A stopped pod's volume disk: $0.20/GB/month (runpod.io/pricing, "idle volume", 2026-12).
     storage_price=0.20,
-    credentials=("RUNPOD_API_KEY", "~/.runpod/config.toml"),
     settings={
         "api_key": (str, None),
         "image": (str, None),
