@@ -316,8 +316,10 @@ class SshHost:
         netns: bool = False,
         user: str = "root",
         authorized_keys: Iterable[str] = (),
+        max_sessions: int = 50,
         private_dirs: Iterable[Path] = (),
     ) -> None:
+        self.max_sessions = max_sessions  # sshd's MaxSessions (OpenSSH's default is 10)
         self.root = Path(root)
         # path seen by the host's sessions -> the directory on this machine holding its files
         self.private_dirs: dict[Path, Path] = {}
@@ -474,7 +476,7 @@ class SshHost:
             "Subsystem sftp internal-sftp",
             "AllowTcpForwarding yes",
             "AllowStreamLocalForwarding yes",
-            "MaxSessions 50",
+            f"MaxSessions {self.max_sessions}",
             "MaxStartups 100",
             "ClientAliveInterval 0",
             "LogLevel VERBOSE",

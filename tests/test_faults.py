@@ -469,7 +469,9 @@ def test_ctrl_c_during_upload(slow_project: VpEnv, remote_workdir: Path) -> None
     before = tree_digest(p)
     run = start(slow_project, "python3", "main.py")
     run.wait_err("syncing")
-    run.wait_for(lambda: partial_bytes(remote_workdir), 30, "big.bin arriving on the host")
+    # rsync writes a .big.bin.XXXXXX temp file; a first upload's tar stream writes big.bin
+    arriving = lambda: partial_bytes(remote_workdir) or (remote_workdir / "big.bin").exists()  # noqa: E731
+    run.wait_for(arriving, 30, "big.bin arriving on the host")
     t0 = time.monotonic()
     run.proc.send_signal(signal.SIGINT)
     code = run.finish(timeout=30)

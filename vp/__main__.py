@@ -1,3 +1,3 @@
-from vp.cli import main
+from vp.fastpath import main
 
 main()

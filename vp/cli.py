@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
-from vp.platforms import NAMES, PROVIDERS, kind
+from vp.fastpath import SUBCOMMANDS, Globals, near_subcommand, run_command  # noqa: F401
+from vp.platforms import NAMES
 from vp.ui import UI
 
 app = typer.Typer(
@@ -74,56 +74,6 @@ FLAG_OPTIONS = {
     "--install-completion",
     "--show-completion",
 }
-
-
-@dataclass
-class Globals:
-    platform: str | None = None
-    host: str | None = None
-    no_sync: bool = False
-    sync_only: bool = False
-    no_download: bool = False
-    docker: bool | None = None
-    detach: bool = False
-    output: str = "text"
-    verbose: bool = False
-    quiet: bool = False
-    config: Path | None = None
-    tunnel: list[str] = field(default_factory=list)
-    yes: bool = False
-    recover: bool = False
-    over_budget: bool = False
-    timeout: str | None = None
-    nodes: int | None = None
-    all_logs: bool = False
-
-    @property
-    def ui(self) -> UI:
-        return UI(quiet=self.quiet, verbose=self.verbose, output=self.output)
-
-    def load(self):
-        from vp import config
-
-        overrides: dict = {}
-        if self.platform:
-            overrides.setdefault("host", {})["platform"] = self.platform
-        if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
-            overrides.setdefault("ssh", {})["host"] = self.host
-        if self.timeout is not None:
-            from vp.clock import parse_duration
-
-            parse_duration(self.timeout, "--timeout")
-            overrides.setdefault("run", {})["timeout"] = self.timeout
-        cfg = config.load(
-            config_path=self.config,
-            overrides=overrides,
-            yes=self.yes,
-            over_budget=self.over_budget,
-        )
-        from vp.guard import sweep_stopped
-
-        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
-        return cfg
 
 
 def _globals(ctx: typer.Context) -> Globals:
@@ -225,47 +175,11 @@ def main_options(
     epilog="Examples: vp run -- python train.py   |   vp --detach python train.py",
 )
 def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
-    from vp.run import RunOptions, execute
-
     g = _globals(ctx)
     argv = list(command or []) + list(ctx.args)
     if not argv and not g.sync_only:
         raise UsageError("no command given", hint="e.g. vp python train.py")
-    cfg = g.load()
-    opts = RunOptions(
-        argv=argv,
-        sync=not g.no_sync,
-        sync_only=g.sync_only,
-        download=False if g.no_download else None,
-        detach=g.detach,
-        docker=g.docker,
-        host_name=g.host if kind(cfg.platform) != "ssh" else None,
-        tunnels=g.tunnel,
-        yes=g.yes,
-        recover=True if g.recover else None,
-        nodes=g.nodes,
-        all_logs=g.all_logs,
-    )
-    code = execute(cfg, opts, g.ui)
-    if code == 127:  # not found on the host: perhaps a vp subcommand with a typo (`vp stauts`)
-        suggestion = near_subcommand(argv[0])
-        if suggestion:
-            g.ui.hint(f"did you mean vp {suggestion}?")
-    raise typer.Exit(code)
-
-
-def near_subcommand(word: str) -> str | None:
-    """The visible subcommand `word` is a likely typo of, if any. A name that is a command on
-    this machine (`sh`, close to `ssh`) was meant as itself: no guess then."""
-    import difflib
-    import shutil
-
-    name = (word.split() or [""])[0]
-    if not name.replace("-", "_").isidentifier() or shutil.which(name):
-        return None
-    visible = sorted(SUBCOMMANDS - {"list-instances", "create", "destroy"})
-    close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
-    return close[0] if close and close[0] != name else None
+    raise typer.Exit(run_command(g, argv))
 
 
 @app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
@@ -392,13 +306,6 @@ def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id"
 
 # Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
 # the command modules (the run path skips them). tests/test_local.py keeps this list honest.
-SUBCOMMANDS = frozenset(
-    {"run", "init", "config", "runs", "logs", "attach", "kill"}
-    | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
-    | {"status", "gpu", "modify", "clone"}
-    | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
-    | {"secret", "setup", "spend", "ui"}
-)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:

@@ -19,8 +19,8 @@ exports in the command's process only (so `[env] PATH` or `R` cannot break the w
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +43,7 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def _heredoc_token(body: str) -> str:
     while True:
-        token = "VP_EOF_" + secrets.token_hex(8)
+        token = "VP_EOF_" + os.urandom(8).hex()
         if token not in body:  # never emit an ambiguous here-document
             return token
 
@@ -74,7 +74,7 @@ def take_env(path_sh: str, var: str = "vp_env") -> str:
 
 def new_run_id() -> str:
     alphabet = "abcdefghijkmnopqrstuvwxyz23456789"
-    return "".join(secrets.choice(alphabet) for _ in range(8))
+    return "".join(alphabet[b % len(alphabet)] for b in os.urandom(8))  # ids, not keys
 
 
 def _run_dir(runs_dir_sh: str, run_id: str) -> str:

@@ -67,6 +67,9 @@ class Workspace:
     host: Host
     transport: Transport
     workdir: str
+    # False once this call has read a manifest with no results left to fetch: a run that
+    # changed nothing then needs no second manifest read or write.
+    maybe_pending: bool = field(default=True, init=False, repr=False)
 
     @property
     def root(self) -> Path:
@@ -131,15 +134,18 @@ def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = No
 
 
 def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
+    previous = ws.manifest()
+    ws.maybe_pending = bool(previous.pending)
     result, manifest = upload(
         ws.transport,
         ws.root,
         ws.workdir,
         ws.rules(),
-        ws.manifest(),
+        previous,
         say=ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
+        walk_cache=walk_cache_file(ws.root),
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
@@ -149,15 +155,27 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
 
 
+def walk_cache_file(root: Path) -> Path:
+    """Where the project's walk is remembered between calls (vp/sync/walkcache.py)."""
+    import hashlib
+
+    from vp import paths
+
+    digest = hashlib.sha1(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return paths.state_dir() / "walks" / digest
+
+
 def sync_down(ws: Workspace, ui: UI, changes: bytes, dest: Path | None = None) -> None:
     """Fetch what the run changed into the project (or into `dest`: another rank's results,
     with a manifest of their own so the project's upload manifest stays the project's)."""
+    remote_changes = parse_changes(changes)
+    if not remote_changes and not ws.maybe_pending and dest is None:
+        return  # the run changed nothing and nothing is owed: the manifest stands as is
     rules = ws.rules()
     if dest is not None:
         dest.mkdir(parents=True, exist_ok=True)
         ws = NodeResults(ws.cfg, ws.state, ws.host, ws.transport, ws.workdir, dest)
     manifest = ws.manifest()
-    remote_changes = parse_changes(changes)
     # What an earlier download could not fetch (local disk full) comes first, unless this
     # run changed it again.
     seen = {c.path for c in remote_changes}

@@ -78,8 +78,10 @@ class Declaration:
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
     # Where the provider's credentials may be found: environment variables and files (`~` and
-    # `$VARS` expanded). Any present, or a secret of its table set, means "configured":
-    # `vp ls --all` and `vp cleanup` ask it. Empty: vp cannot tell, so it asks anyway.
+    # `$VARS` expanded), for providers whose SDK finds its own credentials (AWS, GCE); one
+    # with an API key (`credential` below) is configured when the key resolves. Any present,
+    # or a secret of its table set, means "configured": `vp ls --all` and `vp cleanup` ask
+    # it. Neither declared: vp cannot tell, so it asks anyway.
     credentials: tuple[str, ...] = ()
     # What the provider bills, $/GB/month, for the disk of a STOPPED host (None: nothing or
     # unknown). The spend ledger charges it while a host is stopped; running, the host's own
@@ -132,6 +134,14 @@ def configured(decl: Declaration, settings: Any) -> bool:
     as configured."""
     import os
 
+    if decl.credential is not None:  # an API key: the resolver's own order and files
+        from vp.credentials import resolve
+
+        try:
+            resolve(decl, settings)
+        except VpError:
+            return False
+        return True
     if not decl.credentials or any(getattr(settings, key) for key in decl.secrets):
         return True
     for where in decl.credentials:

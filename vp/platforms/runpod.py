@@ -83,7 +83,6 @@ DECLARATION = Declaration(
     ownership=Ownership.LABEL,  # pod name `vp-PROJECT`
     # A stopped pod's volume disk: $0.20/GB/month (runpod.io/pricing, "idle volume", 2026-12).
     storage_price=0.20,
-    credentials=("RUNPOD_API_KEY", "~/.runpod/config.toml"),
     settings=RunPodSettings,
     secrets=("api_key",),
     # `runpod config` (the SDK's CLI) keeps it in ~/.runpod/config.toml.

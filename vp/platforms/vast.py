@@ -73,12 +73,6 @@ DECLARATION = Declaration(
     # vast bills a stopped instance's disk at the machine's own storage_cost; $0.15/GB/month
     # is a typical offer's (console.vast.ai search, 2026-12).
     storage_price=0.15,
-    credentials=(
-        "VAST_API_KEY",
-        "$XDG_CONFIG_HOME/vastai/vast_api_key",
-        "~/.config/vastai/vast_api_key",
-        "~/.vast_api_key",
-    ),
     settings=VastSettings,
     secrets=("api_key",),
     # Where the vastai CLI keeps it (`vastai set api-key`), newer and older versions.

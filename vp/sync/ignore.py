@@ -14,8 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pathspec
-
 from vp.errors import ConfigError
 
 # What no one wants shipped to a GPU box: VCS metadata, environments, caches, and secrets.
@@ -84,43 +82,89 @@ class Entry:
     size: int
     mtime_ns: int
     is_link: bool
+    # The inode change time: an in-place edit that restores the mtime (os.utime, `touch -r`,
+    # some editors and archivers) still moves it, and nothing but the kernel can set it.
+    ctime_ns: int = 0
 
     def as_list(self) -> list:
-        return [self.size, self.mtime_ns, int(self.is_link)]
+        return [self.size, self.mtime_ns, int(self.is_link), self.ctime_ns]
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Entry:
+        return cls(st.st_size, st.st_mtime_ns, stat.S_ISLNK(st.st_mode), st.st_ctime_ns)
 
 
 class IgnoreRules:
-    def __init__(self, lines: Iterable[str], source: str = "ignore rules"):
+    """An ordered gitignore spec. pathspec is imported and the spec compiled on first use:
+    a warm call whose walk comes from the cache (vp/sync/walkcache.py) never needs them."""
+
+    def __init__(
+        self,
+        lines: Iterable[str],
+        source: str = "ignore rules",
+        sources: list[tuple[list[str], str]] | None = None,
+    ):
         self.lines = [line for line in lines]
-        try:
-            self.spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
-        except Exception:  # noqa: BLE001 - pathspec raises ValueError or re.error
-            raise _bad_line(self.lines, source) from None
-        self._prefilter = _prefilter(self.spec)
+        self._sources = sources or [(self.lines, source)]
+        self._spec = None
+        self._pre: re.Pattern[str] | None = None
+        if sources is None:
+            self.spec  # noqa: B018 - a bad pattern is reported where the rules are made
+
+    @property
+    def spec(self):
+        if self._spec is None:
+            import pathspec
+
+            try:
+                spec = pathspec.GitIgnoreSpec.from_lines(self.lines)
+            except Exception:  # noqa: BLE001 - pathspec raises ValueError or re.error
+                for lines, source in self._sources:
+                    err = _bad_line(lines, source)
+                    if err.message != f"{source}: invalid patterns":
+                        raise err from None
+                raise _bad_line(self.lines, self._sources[-1][1]) from None
+            self._pre = _prefilter(spec)
+            self._spec = spec
+        return self._spec
+
+    @property
+    def _prefilter(self) -> re.Pattern[str] | None:
+        self.spec  # noqa: B018 - compiled together
+        return self._pre
 
     def _match(self, path: str) -> bool:
         """`spec.match_file`, behind a one-regex prefilter: a path no excluding pattern
         matches cannot be ignored, and that is most paths (10k files: 96 -> 51 ms). Without
         a prefilter every path goes to pathspec: slower, never wrong."""
-        if self._prefilter is not None and self._prefilter.match(path) is None:
+        spec = self.spec
+        if self._pre is not None and self._pre.match(path) is None:
             return False
-        return bool(self.spec.match_file(path))
+        return bool(spec.match_file(path))
 
     @classmethod
     def for_project(
         cls, root: Path, extra: Iterable[str] = (), use_gitignore: bool = False
     ) -> IgnoreRules:
         lines = list(DEFAULT_RULES)
-        sources = [".gitignore"] if use_gitignore else []
-        sources.append(".vpignore")
-        for name in sources:
+        sources: list[tuple[list[str], str]] = []
+        names = [".gitignore"] if use_gitignore else []
+        names.append(".vpignore")
+        for name in names:
             path = root / name
             if path.is_file():
                 rules = read_rules(path)
-                cls(rules, str(path))  # name the file and line of a bad pattern
+                sources.append((rules, str(path)))  # names the file and line of a bad pattern
                 lines += rules
-        lines += cls(extra, "[sync] extra_ignore").lines
-        return cls(lines + _own_dirs(root))
+        extra = list(extra)
+        sources.append((extra, "[sync] extra_ignore"))
+        return cls(lines + extra + _own_dirs(root), sources=sources)
+
+    def digest(self) -> str:
+        """Names these exact rules: a walk cached under other rules is not reused."""
+        import hashlib
+
+        return hashlib.sha1("\n".join(self.lines).encode("utf-8", "surrogateescape")).hexdigest()
 
     def ignored(self, relpath: str, is_dir: bool = False) -> bool:
         """Is `relpath` (posix, relative to the root) excluded, itself or through a parent dir?"""
@@ -130,36 +174,66 @@ class IgnoreRules:
                 return True
         return self._match(relpath + ("/" if is_dir else ""))
 
-    def walk(self, root: Path) -> dict[str, Entry]:
-        """Every synced file and symlink under `root`, pruning ignored directories."""
+    def walk(self, root: Path, cache: Path | None = None) -> dict[str, Entry]:
+        """Every synced file and symlink under `root`, pruning ignored directories.
+
+        With `cache` (a file vp owns), directories unchanged since the last walk are not
+        listed or matched again (vp/sync/walkcache.py); every file is still stat'ed."""
+        if cache is not None:
+            from vp.sync.walkcache import cached_walk
+
+            return cached_walk(self, root, cache)
         out: dict[str, Entry] = {}
-        stack = [""]
+        self.scan(root, out)
+        return out
+
+    def scan(self, root: Path, out: dict[str, Entry], dirs: dict | None = None) -> None:
+        """The walk itself. With `dirs`, also record every directory walked (`list_dir`)."""
         try:
             root_dev = os.stat(root).st_dev
         except OSError:
-            return out
+            return
+        stack = [""]
         while stack:
             rel_dir = stack.pop()
-            directory = os.path.join(root, rel_dir) if rel_dir else str(root)
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:  # unreadable, gone, or not a directory any more
+            record = self.list_dir(str(root), rel_dir, root_dev, out)
+            if record is None:
                 continue
-            for entry in entries:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if stat.S_ISDIR(st.st_mode):
-                    if st.st_dev != root_dev and is_pseudo_fs(entry.path):
-                        continue  # /proc, /sys, /dev mounted inside: endless or unreadable
-                    if not self._match(rel + "/"):
-                        stack.append(rel)
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    if not self._match(rel):
-                        out[rel] = Entry(st.st_size, st.st_mtime_ns, stat.S_ISLNK(st.st_mode))
-        return out
+            if dirs is not None:
+                dirs[rel_dir] = record
+            prefix = f"{rel_dir}/" if rel_dir else ""
+            stack.extend(prefix + name for name in record[4])
+
+    def list_dir(
+        self, root: str, rel_dir: str, root_dev: int, out: dict[str, Entry]
+    ) -> tuple | None:
+        """Add the synced files of one directory to `out`; return its record
+        (mtime_ns, ino, dev, [synced file names], [subdir names to walk]), or None when it
+        cannot be read."""
+        directory = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            dst = os.lstat(directory) if rel_dir else os.stat(directory)
+            entries = list(os.scandir(directory))
+        except OSError:  # unreadable, gone, or not a directory any more
+            return None
+        files: list[str] = []
+        subdirs: list[str] = []
+        for entry in entries:
+            rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_dev != root_dev and is_pseudo_fs(entry.path):
+                    continue  # /proc, /sys, /dev mounted inside: endless or unreadable
+                if not self._match(rel + "/"):
+                    subdirs.append(entry.name)
+            elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                if not self._match(rel):
+                    out[rel] = Entry.of(st)
+                    files.append(entry.name)
+        return (dst.st_mtime_ns, dst.st_ino, dst.st_dev, files, subdirs)
 
 
 # Kernel and virtual filesystems: their files are not data, and reading some never ends.
@@ -215,6 +289,8 @@ def is_pseudo_fs(path: str) -> bool:
 
 
 def _bad_line(lines: list[str], source: str) -> ConfigError:
+    import pathspec
+
     for number, line in enumerate(lines, 1):
         try:
             pathspec.GitIgnoreSpec.from_lines([line])
@@ -254,7 +330,7 @@ def _pattern_regex(pattern: object) -> object:
     return getattr(pattern, "regex", None)
 
 
-def _prefilter(spec: pathspec.GitIgnoreSpec) -> re.Pattern[str] | None:
+def _prefilter(spec) -> re.Pattern[str] | None:
     """One regex matching whatever any excluding (non-`!`) pattern matches, or None (no
     shortcut: ask pathspec for every path) if any pattern's regex cannot be read. It must
     fail closed: a prefilter that misses one pattern would upload `.env`."""

@@ -10,14 +10,18 @@ import errno
 import os
 import posixpath
 import subprocess
-import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vp.errors import ConnectionFailed, VpError
 from vp.sync.place import DirWalker, Unsafe, link_contained, lstat_at
 from vp.sync.rsync import files_from
 from vp.transport import Transport
+
+if TYPE_CHECKING:
+    import tarfile
 
 
 def _payload(names: list[str]) -> bytes:
@@ -53,9 +57,19 @@ def _check(proc: subprocess.CompletedProcess[bytes], transport: Transport, what:
 
 
 def upload(
-    transport: Transport, root: Path, workdir: str, send: list[str], deleted: list[str]
-) -> None:
-    """tar `send` (paths under `root`) into the workdir; remove `deleted` there."""
+    transport: Transport,
+    root: Path,
+    workdir: str,
+    send: list[str],
+    deleted: list[str],
+    *,
+    on_bytes: Callable[[int], None] | None = None,
+) -> bool:
+    """tar `send` (paths under `root`) into the workdir; remove `deleted` there. False when
+    the host has no tar (nothing was written: the caller falls back to rsync).
+
+    Each file's parent directories travel too (before their contents), so they arrive
+    with their own modes and times, as rsync's implied directories do."""
     wd = transport.workdir_sh(workdir)
     transport.ensure()
     if send:
@@ -67,24 +81,38 @@ def upload(
             start_new_session=True,
         )
         assert local.stdin and local.stdout
-        remote = subprocess.Popen(
-            transport.exec_argv(f"mkdir -p {wd} && cd {wd} && tar -x -p -f -"),
-            stdin=local.stdout,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        local.stdout.close()  # the remote side owns it now
+        script = f"mkdir -p {wd} && cd {wd} && exec tar -x -p -f -"
+        if on_bytes is None:
+            remote = subprocess.Popen(
+                transport.exec_argv(script),
+                stdin=local.stdout,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            local.stdout.close()  # the remote side owns it now
+        else:
+            remote = subprocess.Popen(
+                transport.exec_argv(script),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            stdin, remote.stdin = remote.stdin, None  # the pump owns it, not communicate()
+            _pump(local.stdout, stdin, on_bytes)
         local_err: list[bytes] = []
         drain = threading.Thread(
             target=lambda: local_err.append(local.stderr.read()),  # type: ignore[union-attr]
             daemon=True,
         )
         drain.start()
-        _feed(local.stdin, _payload(send))
+        _feed(local.stdin, _payload(with_parents(send)))
         out, err = remote.communicate()
         local.wait()
         drain.join(timeout=5)
+        if remote.returncode == 127 and b"tar" in err:
+            return False  # `exec tar` failed: no tar on the host
         _check(subprocess.CompletedProcess([], remote.returncode, out, err), transport, "upload")
         # tar skips a file it cannot read and goes on: fail rather than record it as sent.
         # Exit 1 (changed while read) and files deleted since the walk are rsync's exit 24.
@@ -101,6 +129,43 @@ def upload(
             start_new_session=True,
         )
         _check(proc, transport, "upload")
+    return True
+
+
+def with_parents(names: list[str]) -> list[str]:
+    """`names` with every parent directory listed once, before the first name under it."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for name in names:
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in seen:
+                seen.add(parent)
+                out.append(parent)
+        out.append(name)
+    return out
+
+
+def _pump(src, dst, on_bytes: Callable[[int], None]) -> None:
+    """Copy local tar's output to the ssh session from a thread, counting bytes for a
+    progress bar."""
+
+    def copy() -> None:
+        done = 0
+        try:
+            while chunk := src.read1(1 << 16):
+                dst.write(chunk)
+                done += len(chunk)
+                on_bytes(done)
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+        finally:
+            for stream in (dst, src):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+
+    threading.Thread(target=copy, daemon=True).start()
 
 
 def download(transport: Transport, workdir: str, names: list[str], staging: Path) -> None:
@@ -110,6 +175,8 @@ def download(transport: Transport, workdir: str, names: list[str], staging: Path
     (permission bits only, sparse regions kept as holes), contained links and directories
     are written, nothing is followed, no owner comes from the host. A full local disk
     raises `LocalDiskFull` after keeping every member written whole so far."""
+    import tarfile  # only downloads from a host without rsync need it
+
     wd = transport.workdir_sh(workdir)
     transport.ensure()
     remote = subprocess.Popen(
@@ -151,6 +218,8 @@ class LocalDiskFull(Exception):
 
 def unpack(stream, staging: Path) -> None:
     """Unpack a tar stream into `staging` with the rules in `download`."""
+    import tarfile
+
     with tarfile.open(fileobj=stream, mode="r|*") as archive, DirWalker(staging) as dirs:
         for member in archive:
             name = posixpath.normpath(member.name.lstrip("/")) if member.name else ""
