@@ -23,39 +23,37 @@ from vp.ui import UI, Status
 
 
 def spec_from_config(cfg: Config) -> HostSpec:
-    h = cfg.section("host")
+    h = cfg.host
     return HostSpec(
         gpu=cfg.gpus_wanted[0],  # a fallback list is walked by vp/capacity.py
-        gpus=h.get("gpus") or 1,
-        max_price=h.get("max_price"),
-        disk_gb=h.get("disk_gb") or 50,
-        image=h.get("image"),
-        spot=bool(h.get("spot")),
-        cpus=h.get("cpus"),
-        memory_gb=h.get("memory_gb"),
-        region=h.get("region"),
-        idle_stop_minutes=h.get("idle_stop_minutes"),
+        gpus=h.gpus,
+        max_price=h.max_price,
+        disk_gb=h.disk_gb,
+        image=h.image,
+        spot=h.spot,
+        cpus=h.cpus,
+        memory_gb=h.memory_gb,
+        region=h.region,
+        idle_stop_minutes=h.idle_stop_minutes,
     )
 
 
 def platform_for(cfg: Config, name: str | None = None) -> Platform:
     name = name or cfg.platform
-    # Unset keys are absent, not None, so a platform's own defaults apply.
-    settings = {k: v for k, v in cfg.section(name).items() if v is not None}
     check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
-    return get_platform(name, settings)
+    return get_platform(name, cfg.section(name))
 
 
 def transport_for(host: Host, cfg: Config) -> Transport:
     kind = declaration(host.platform).kind
     if kind == "local":
         return LocalTransport()
-    connect_timeout = int(cfg.get("ssh", "connect_timeout") or 10)
+    connect_timeout = cfg.ssh.connect_timeout
     if kind == "ssh":
         from vp.ssh import parse_target
 
         target = parse_target(host.id)
-        target.identity_file = cfg.get("ssh", "identity_file")
+        target.identity_file = cfg.ssh.identity_file
         return SshTransport(target, connect_timeout)
     if not host.ssh_host:
         raise VpError(f"host {host.name} ({host.platform}) has no ssh address yet")
@@ -94,7 +92,7 @@ def resolve(
         state.save_host(LOCAL_HOST, cfg.project)
         return LOCAL_HOST, LocalTransport()
     if kind == "ssh":
-        spec = host_name or cfg.get("ssh", "host")
+        spec = host_name or cfg.ssh.host
         if not spec:
             raise UsageError(
                 "the ssh platform needs a host",
@@ -158,7 +156,7 @@ def resolve_on(
     platform = platform_for(cfg, name)
     hosts = project_hosts(platform, state, project)
     hosts = [h for h in hosts if _matches(h, host_name)]
-    timeout = float(cfg.get("host", "ready_timeout") or 600)
+    timeout = float(cfg.host.ready_timeout)
     running = [h for h in hosts if h.status in (RUNNING, PENDING)]
     stopped = [h for h in hosts if h.status == STOPPED]
     if running:
@@ -275,7 +273,7 @@ def create_request(
     """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
-    name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
+    name = name or cfg.host.name or f"vp-{cfg.project}"
     _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
@@ -318,7 +316,7 @@ def adopt_new_host(
     host, transport = adopt(
         platform,
         host,
-        timeout=float(cfg.get("host", "ready_timeout") or 600),
+        timeout=float(cfg.host.ready_timeout),
         recorder=_StateRecorder(state, cfg.project, spec_from_config(cfg).disk_gb),
         pin=pin,
         waiting=lambda h: Status(ui, f"waiting for {h.name} ({h.id}) to boot and answer ssh"),
@@ -366,5 +364,5 @@ def _resolve_auto(
     ui.info(
         f"cheapest offer: {offer.gpus}x {offer.gpu} on {offer.platform} at ${offer.price:.2f}/h"
     )
-    cfg.data["host"]["platform"] = offer.platform
+    cfg = cfg.replace("host", platform=offer.platform)
     return resolve_on(cfg, state, ui, offer.platform, host_name=host_name, create=create)

@@ -46,7 +46,7 @@ class _DashDashCommand(typer.core.TyperCommand):
 def _workdir(cfg, transport: Transport) -> str:
     if isinstance(transport, LocalTransport):
         return transport.workdir_for(cfg.project, cfg.project_root)
-    return cfg.get("sync", "workdir")
+    return cfg.sync.workdir
 
 
 def _connect(ctx: typer.Context, host_arg: str | None = None):
@@ -355,11 +355,11 @@ def _known_host(cfg, state: State, host_name: str | None) -> tuple[Host | None, 
         from vp.platforms.local import LOCAL_HOST
 
         return LOCAL_HOST, LocalTransport().workdir_for(cfg.project, cfg.project_root)
-    workdir = cfg.get("sync", "workdir")
+    workdir = cfg.sync.workdir
     if kind(cfg.platform) == "ssh":
         from vp.platforms.ssh import host_for
 
-        spec = host_name or cfg.get("ssh", "host")
+        spec = host_name or cfg.ssh.host
         return (host_for(spec) if spec else None), workdir
     for h in state.hosts(cfg.project, None if cfg.platform == "auto" else cfg.platform):
         if host_name is None or host_name in (h.id, h.name):
@@ -407,8 +407,8 @@ def _rules(cfg):
 
     return IgnoreRules.for_project(
         cfg.project_root,
-        extra=cfg.get("sync", "extra_ignore") or [],
-        use_gitignore=bool(cfg.get("sync", "use_gitignore")),
+        extra=cfg.sync.extra_ignore,
+        use_gitignore=cfg.sync.use_gitignore,
     )
 
 

@@ -235,7 +235,7 @@ def start_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id
     spend.check(cfg, state, what=f"start {target.name}", host_key=target.key, price=target.price)
     g.ui.info(f"starting {target.name} on {cfg.platform}")
     platform.start(target.id)
-    ready = platform.wait_ready(target.id, float(cfg.get("host", "ready_timeout") or 600))
+    ready = platform.wait_ready(target.id, float(cfg.host.ready_timeout))
     known = state.host(ready.key)
     if known:
         ready.key_path, ready.host_key_alias = known.key_path, known.host_key_alias

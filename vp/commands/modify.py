@@ -20,7 +20,7 @@ from vp.state import State
 
 
 def _ready_timeout(cfg) -> float:
-    return float(cfg.get("host", "ready_timeout") or 600)
+    return float(cfg.host.ready_timeout)
 
 
 @app.command("modify", help="Change a host's GPU, GPU count, vCPUs or disk in place.")
