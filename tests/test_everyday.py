@@ -73,7 +73,7 @@ def _down_answering(env: VpEnv, answer: bytes) -> tuple[int, bytes]:
 def test_down_declined_destroys_nothing_and_down_removes_the_ssh_alias(vast_project: VpEnv):
     env = vast_project
     none = env.run("ls", "--all")
-    assert none.returncode == 0 and none.stderr == "vp: no hosts on vast\n", none.stderr
+    assert none.returncode == 0 and none.stderr == "vp: no vp hosts on vast\n", none.stderr
     assert "for project proj" in env.run("ls").stderr  # without --all it is about this one
     up = env.run("up")
     assert up.returncode == 0, up.stderr

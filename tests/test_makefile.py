@@ -76,10 +76,10 @@ def test_init_make_twice_leaves_one_train_target_and_no_warnings(vp_env: VpEnv) 
     made = subprocess.run(["make", "-n", "train"], cwd=own, capture_output=True, text=True)
     assert made.stdout == "echo mine\n" and "overriding" not in made.stderr, made.stderr
     # the disk_gb shown in the template is the real default
-    from vp.config import SCHEMA
+    from vp.config import HostTable
 
     toml = (vp_env.project / "vp.toml").read_text()
-    assert f"# disk_gb = {SCHEMA['host']['disk_gb'][1]}\n" in toml
+    assert f"# disk_gb = {HostTable.disk_gb}\n" in toml
     assert vp_env.run("config", "get", "host.disk_gb").stdout.strip() == "50"
     # asked for explicitly, an existing file is still worth a warning
     assert "exists; left as is" in vp_env.run("init").stderr

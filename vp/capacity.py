@@ -103,7 +103,7 @@ def _next(pairs: list[Attempt], i: int, wait: float) -> str:
 
 
 def _wait_seconds(cfg: Config) -> float:
-    value = cfg.get("host", "wait_for_capacity")
+    value = cfg.host.wait_for_capacity
     if not value:
         return 0.0
     from vp.clock import parse_duration

@@ -41,13 +41,13 @@ def check_dir(value: str, where: str) -> None:
 
 def puller(ws: Workspace, ui: UI) -> contextlib.AbstractContextManager:
     """While the context is open, pull `[sync] checkpoint_dir` down whenever it changed."""
-    folder = ws.cfg.get("sync", "checkpoint_dir")
+    folder = ws.cfg.sync.checkpoint_dir
     if not folder:
         return contextlib.nullcontext()
     from vp.clock import parse_duration
 
     interval = parse_duration(
-        ws.cfg.get("sync", "checkpoint_interval") or "60s", "[sync] checkpoint_interval"
+        ws.cfg.sync.checkpoint_interval or "60s", "[sync] checkpoint_interval"
     )
     rules = ws.rules()
     if rules.ignored(folder.strip("/"), is_dir=True):

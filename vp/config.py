@@ -1,140 +1,232 @@
 """Layered configuration: defaults < user file < project file < environment < flags.
 
-Every key is declared in SCHEMA, so a typo in any file is caught with the file, the key and the
-nearest valid key instead of being silently ignored.
+Every table is a frozen dataclass (vp's own below, each provider's in its module, see
+vp/settings.py): its fields are the keys, types, defaults and range rules, written once. A typo
+in any file is caught with the file, the key and the nearest valid key instead of being
+silently ignored, and the loaded `Config` cannot be changed: a result is returned, never
+written back into the config.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
+import functools
 import ipaddress
 import math
 import os
 import re
 import tomllib
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from vp import paths
+from vp import paths, settings
 from vp.errors import ConfigError, UsageError
-from vp.platforms import declarations
+from vp.settings import STR_OR_LIST, Key, non_negative, positive, setting
 
-STR_OR_LIST = (str, list)  # one name, or a fallback list of names
 
-# section -> key -> (type, default). `dict` sections ([env]) accept any identifier key.
-SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Any]]] = {
-    "project": {"name": (str, None)},
-    "host": {
-        # One platform, or a fallback list tried in order (vp/capacity.py).
-        "platform": (STR_OR_LIST, "local"),
-        "name": (str, None),
-        # One GPU, or a fallback list tried in order on each platform.
-        "gpu": (STR_OR_LIST, None),
-        "gpus": (int, 1),
-        "max_price": ((int, float), None),
-        "disk_gb": (int, 50),
-        "image": (str, None),
-        "spot": (bool, False),
-        "cpus": (int, None),
-        "memory_gb": (int, None),
-        "region": (str, None),
-        "idle_stop_minutes": ((int, float), None),
-        "idle_stop_command": (str, None),
-        "ready_timeout": ((int, float), 600),
-        # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
-        "wait_for_capacity": (str, None),
-        # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
-        "nodes": (int, 1),
-        # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
-        "destroy_after_stopped": (str, None),
-    },
+@dataclass(frozen=True)
+class ProjectTable:
+    """[project]"""
+
+    name: str | None = None  # labels the project's hosts; default: the folder's name
+
+
+@dataclass(frozen=True)
+class HostTable:
+    """[host]: which platform, and what to create there."""
+
+    # One platform, or a fallback list tried in order (vp/capacity.py).
+    platform: str | tuple[str, ...] = setting("local", check="fallback_list")
+    name: str | None = None
+    # One GPU, or a fallback list tried in order on each platform.
+    gpu: str | tuple[str, ...] | None = setting(check="fallback_list")
+    gpus: int = non_negative(1)
+    max_price: float | None = non_negative()
+    disk_gb: int = positive(50)
+    image: str | None = None
+    spot: bool = False
+    cpus: int | None = positive()
+    memory_gb: int | None = positive()
+    region: str | None = None
+    idle_stop_minutes: float | None = non_negative()
+    idle_stop_command: str | None = None
+    ready_timeout: float = non_negative(600)
+    # Hosts of this spec a run uses at once (vp/nodes.py; `vp --nodes N`).
+    nodes: int = positive(1)
+    # Retry the whole fallback list with backoff for this long ("30m") when nothing fits.
+    wait_for_capacity: str | None = setting(check="duration")
+    # A project host stopped longer than this is destroyed ("7d"; vp/guard.py).
+    destroy_after_stopped: str | None = setting(check="duration")
+
+
+@dataclass(frozen=True)
+class RunTable:
+    """[run]"""
+
     # A limit on every run's time, enforced on the host ("2h"; `vp --timeout` for one run).
-    "run": {
-        "timeout": (str, None),
-        # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
-        "recover": (bool, False),
-        "max_attempts": (int, 3),
-    },
-    # Spend caps in USD for all of this machine's hosts: the lower of the user file's and the
-    # project file's value counts (vp/spend.py).
-    "budget": {
-        "daily": ((int, float), None),
-        "monthly": ((int, float), None),
-        "min_minutes": ((int, float), 5),
-    },
-    "ssh": {
-        "host": (str, None),
-        # The machines a multi-node run uses, rank 0 first (`vp --nodes N` takes the first N).
-        "hosts": (list, []),
-        "identity_file": (str, None),
-        "reconnect_timeout": ((int, float), 300),
-        "connect_timeout": (int, 10),
-    },
-    "sync": {
-        "workdir": (str, "/workspace"),
-        "download": (bool, True),
-        "use_gitignore": (bool, False),
-        "extra_ignore": (list, []),
-        "include": (list, []),
-        "results": (list, []),
-        # Multi-node runs: whose results come back. "0": rank 0's, into the project;
-        # "all": rank 0's there and every other rank's into nodes/RANK/.
-        "download_from": (str, "0"),
-        # Ask before the first upload of a folder with neither vp.toml nor .git when it is
-        # bigger than this (0: never ask).
-        "confirm_files": (int, 10000),
-        "confirm_gb": ((int, float), 1),
-        # A folder the run writes checkpoints to: pulled down during the run, at most every
-        # checkpoint_interval, and uploaded again before a resumed attempt (vp/checkpoints.py).
-        "checkpoint_dir": (str, None),
-        "checkpoint_interval": (str, "60s"),
-    },
-    "docker": {
-        "enabled": (bool, False),
-        "dockerfile": (str, "Dockerfile"),
-        "image": (str, None),
-        "build_on": (str, "local"),
-        "gpus": (bool, None),
-        "registry": (str, None),
-        "username": (str, None),
-        "password": (str, None),
-    },
-    "env": {},
-    # Installs the project's dependencies on a host, once per change (vp/setup.py).
-    "setup": {"run": (str, None), "inputs": (list, None)},
-    # Names only: the values come from the environment or `vp secret set` (vp/secretstore.py).
-    "secrets": {"required": (list, []), "optional": (list, [])},
-    # `vp ui`: apps on the host the page proxies at /apps/NAME/ (name -> port on the host).
-    "ui": {"apps": (dict, {})},
-    # One table per provider, as each declares it (vp/platforms/<name>.py).
-    **{d.name: d.settings for d in declarations() if d.settings},
-}
+    timeout: str | None = setting(check="duration")
+    # A run whose host is preempted or destroyed starts again on a new host (vp/recover.py).
+    recover: bool = False
+    max_attempts: int = 3
 
+
+@dataclass(frozen=True)
+class BudgetTable:
+    """[budget]: spend caps in USD for all of this machine's hosts (vp/spend.py). For a cap,
+    the lowest value of any layer counts, not the last one: a project file may tighten the
+    user's budget but never loosen it."""
+
+    daily: float | None = setting(check="non_negative", merge="lowest")
+    monthly: float | None = setting(check="non_negative", merge="lowest")
+    min_minutes: float = non_negative(5)
+
+
+@dataclass(frozen=True)
+class SshTable:
+    """[ssh]: the `ssh` platform's host and how long to wait for any host."""
+
+    host: str | None = setting(check="ssh_target")
+    # The machines a multi-node run uses, rank 0 first (`vp --nodes N` takes the first N).
+    hosts: tuple[str, ...] = setting((), check="ssh_target")
+    identity_file: str | None = None
+    reconnect_timeout: float = non_negative(300)
+    connect_timeout: int = positive(10)
+
+
+@dataclass(frozen=True)
+class SyncTable:
+    """[sync]"""
+
+    workdir: str = "/workspace"
+    download: bool = True
+    use_gitignore: bool = False
+    extra_ignore: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+    # Multi-node runs: whose results come back. "0": rank 0's, into the project;
+    # "all": rank 0's there and every other rank's into nodes/RANK/.
+    download_from: str = setting("0", check="download_from")
+    # Ask before the first upload of a folder with neither vp.toml nor .git when it is
+    # bigger than this (0: never ask).
+    confirm_files: int = non_negative(10000)
+    confirm_gb: float = non_negative(1)
+    # A folder the run writes checkpoints to: pulled down during the run, at most every
+    # checkpoint_interval, and uploaded again before a resumed attempt (vp/checkpoints.py).
+    checkpoint_dir: str | None = setting(check="checkpoint_dir")
+    checkpoint_interval: str = setting("60s", check="duration")
+
+
+@dataclass(frozen=True)
+class DockerTable:
+    """[docker]"""
+
+    enabled: bool = False
+    dockerfile: str = "Dockerfile"
+    image: str | None = None
+    build_on: str = "local"
+    gpus: bool | None = None
+    registry: str | None = setting(check="registry")
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class SetupTable:
+    """[setup]: installs the project's dependencies on a host, once per change (vp/setup.py)."""
+
+    run: str | None = None
+    inputs: tuple[str, ...] | None = None  # unset: vp/setup.py's own list
+
+
+@dataclass(frozen=True)
+class SecretsTable:
+    """[secrets]: names only; the values come from the environment or `vp secret set`
+    (vp/secretstore.py)."""
+
+    required: tuple[str, ...] = setting((), check="secret_names")
+    optional: tuple[str, ...] = setting((), check="secret_names")
+
+
+@dataclass(frozen=True)
+class UiTable:
+    """[ui]: `vp ui`'s apps on the host, proxied at /apps/NAME/ (name -> port on the host)."""
+
+    apps: Mapping[str, int] = setting(MappingProxyType({}), check="app_ports")
+
+
+# vp's own tables; each provider adds its own (`Declaration.settings`), see `tables()`.
+CORE_TABLES: dict[str, type] = {
+    "project": ProjectTable,
+    "host": HostTable,
+    "run": RunTable,
+    "budget": BudgetTable,
+    "ssh": SshTable,
+    "sync": SyncTable,
+    "docker": DockerTable,
+    "setup": SetupTable,
+    "secrets": SecretsTable,
+    "ui": UiTable,
+}
 # Sections whose keys name free-form variables.
 FREE_SECTIONS = {"env"}
-# Keys whose values are secrets: masked by `vp config show`, refused in project files.
-SECRET_KEYS = {
-    ("docker", "password"),
-    *((d.name, key) for d in declarations() for key in d.secrets),
-}
 
-# Keys that decide where the user's credentials are sent: an API endpoint receives the API key,
-# a registry the registry login. A project file is someone else's text (a cloned repo), so only
-# the user file or the environment may set them. key -> the environment variable that also does.
-# A provider's endpoint key (`url`) is one of them, as its declaration says.
-USER_ONLY_KEYS = {
-    **{(d.name, d.endpoint_key): d.endpoint_env for d in declarations() if d.endpoint_key},
-    ("docker", "registry"): "VP_REGISTRY",
-    ("docker", "username"): "VP_REGISTRY_USER",
-}
 
-# API endpoints the environment can set per platform (ARCHITECTURE.md §3: how tests point vp
-# at emulators).
-ENDPOINT_ENV = {d.name: d.endpoint_env for d in declarations() if d.endpoint_env}
+@functools.cache
+def tables() -> dict[str, type]:
+    """Every table a config file may hold, by name. Imports the provider modules (not their
+    SDKs), so it is asked when a config is loaded, not when vp starts."""
+    from vp.platforms import declarations
+
+    providers = {d.name: d.settings for d in declarations() if settings.keys(d.settings)}
+    return {**CORE_TABLES, **providers}
+
+
+def table_keys(section: str) -> dict[str, Key]:
+    """The keys of a table (none for a free section such as [env])."""
+    return {} if section in FREE_SECTIONS else settings.keys(tables()[section])
+
+
+def section_names() -> list[str]:
+    return [*CORE_TABLES, *FREE_SECTIONS, *(n for n in tables() if n not in CORE_TABLES)]
+
+
+@functools.cache
+def _declared() -> tuple[set, dict, dict]:
+    """What the providers' declarations add: secrets, endpoint keys, endpoint variables."""
+    from vp.platforms import declarations
+
+    decls = declarations()
+    secret = {("docker", "password"), *((d.name, key) for d in decls for key in d.secrets)}
+    user_only = {
+        **{(d.name, d.endpoint_key): d.endpoint_env for d in decls if d.endpoint_key},
+        ("docker", "registry"): "VP_REGISTRY",
+        ("docker", "username"): "VP_REGISTRY_USER",
+    }
+    endpoint_env = {d.name: d.endpoint_env for d in decls if d.endpoint_env}
+    return secret, user_only, endpoint_env
+
+
+def __getattr__(name: str) -> Any:
+    """The tables that depend on the providers' declarations, computed on first use so that
+    importing vp.config (every command does) imports no provider module.
+
+    SECRET_KEYS: keys whose values are secrets: masked by `vp config show`, refused in project
+    files. USER_ONLY_KEYS: keys that decide where the user's credentials are sent (an API
+    endpoint receives the API key, a registry the registry login); a project file is someone
+    else's text (a cloned repo), so only the user file or the environment may set them;
+    key -> the environment variable that also does. ENDPOINT_ENV: API endpoints the environment
+    can set per platform (ARCHITECTURE.md §3: how tests point vp at emulators).
+    """
+    which = ("SECRET_KEYS", "USER_ONLY_KEYS", "ENDPOINT_ENV")
+    if name in which:
+        return _declared()[which.index(name)]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # [env] variables whose values `masked` hides too (HF_TOKEN, WANDB_API_KEY, DB_PASSWORD, ...).
 SECRET_ENV_NAME = re.compile(r"(?i)key|token|secret|passw|pwd|credential|auth|private")
@@ -146,41 +238,6 @@ SECRET_VALUE_PREFIX = re.compile(
 
 # Cloud users end up in cloud-init (`useradd NAME`) and ssh argv: the portable useradd form only.
 USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-# Numbers that must be > 0 (intervals, sizes) or >= 0 (durations where 0 means "now"/"off").
-POSITIVE = {
-    ("host", "disk_gb"),
-    ("host", "cpus"),
-    ("host", "memory_gb"),
-    ("host", "nodes"),
-    ("ssh", "connect_timeout"),
-    ("runpod", "container_disk_gb"),
-    ("aws", "data_volume_gb"),
-    *((d.name, "poll_interval") for d in declarations() if "poll_interval" in d.settings),
-}
-NON_NEGATIVE = {
-    ("host", "gpus"),
-    ("host", "max_price"),
-    ("host", "idle_stop_minutes"),
-    ("host", "ready_timeout"),
-    ("ssh", "reconnect_timeout"),
-    ("aws", "api_timeout"),
-    ("gce", "create_timeout"),
-    ("sync", "confirm_files"),
-    ("sync", "confirm_gb"),
-    ("budget", "daily"),
-    ("budget", "monthly"),
-    ("budget", "min_minutes"),
-}
-# Durations ("90s", "30m", "2h", "1d"; vp/clock.py parses them).
-DURATIONS = {
-    ("run", "timeout"),
-    ("host", "destroy_after_stopped"),
-    ("host", "wait_for_capacity"),
-    ("sync", "checkpoint_interval"),
-}
-# Caps where the lowest value of any layer counts, not the last one: a project file may
-# tighten the user's budget but never loosen it.
-LOWEST_WINS = {("budget", "daily"), ("budget", "monthly")}
 
 # Environment variables that map onto config keys (VP_<SECTION>_<KEY> also works for every key).
 ENV_ALIASES = {
@@ -194,27 +251,54 @@ PROJECT_FILE = "vp.toml"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
-    """The merged configuration plus where it came from."""
+    """The merged configuration, typed per table, plus where it came from. Read-only: a
+    result is returned to whoever needs it, never written back here."""
 
-    data: dict[str, dict[str, Any]]
     project_root: Path  # directory that is synced (where vp.toml / pyproject.toml lives, else cwd)
     project_file: Path | None = None
-    sources: list[Path] = field(default_factory=list)
+    sources: tuple[Path, ...] = ()
+    host: HostTable = HostTable()
+    run: RunTable = RunTable()
+    budget: BudgetTable = BudgetTable()
+    ssh: SshTable = SshTable()
+    sync: SyncTable = SyncTable()
+    docker: DockerTable = DockerTable()
+    setup: SetupTable = SetupTable()
+    secrets: SecretsTable = SecretsTable()
+    ui: UiTable = field(default_factory=UiTable)
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # Every table by name, the providers' included (`section("vast").api_key`).
+    tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
     yes: bool = False
     over_budget: bool = False
 
-    def get(self, section: str, key: str) -> Any:
-        return self.data.get(section, {}).get(key)
+    def section(self, name: str) -> Any:
+        """A table by name: `section("vast")` is the [vast] settings. A provider without
+        settings (`local`) gets an empty table."""
+        found = self.tables.get(name)
+        if found is None:
+            found = CORE_TABLES.get(name, settings.NoSettings)()
+        return found
 
-    def section(self, name: str) -> dict[str, Any]:
-        return dict(self.data.get(name, {}))
+    def replace(self, section: str, **changes: Any) -> Config:
+        """A new Config with some keys of one table changed; this one stays as it was."""
+        table = replace(self.section(section), **changes)
+        tables = MappingProxyType({**self.tables, section: table})
+        typed = {section: table} if section in _TYPED else {}
+        return replace(self, tables=tables, **typed)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain data, every table and [env] (`vp config show`)."""
+        out = {name: settings.as_dict(self.section(name)) for name in tables()}
+        out["env"] = dict(self.env)
+        return out
 
     @property
     def project(self) -> str:
-        name = self.get("project", "name") or self.project_root.name or "project"
+        name = self.section("project").name or self.project_root.name or "project"
         return re.sub(r"[^a-z0-9-]", "-", name.lower()).strip("-") or "project"
 
     @property
@@ -225,21 +309,30 @@ class Config:
     @property
     def platforms(self) -> tuple[str, ...]:
         """`[host] platform` as a list: one name, or the fallback list in order."""
-        value = self.get("host", "platform") or "local"
-        return tuple(value) if isinstance(value, list) else (value,)
+        value = self.host.platform or "local"
+        return value if isinstance(value, tuple) else (value,)
 
     @property
     def gpus_wanted(self) -> tuple[str | None, ...]:
         """`[host] gpu` as a list: one name (or None: any GPU), or the fallback list."""
-        value = self.get("host", "gpu")
-        return tuple(value) if isinstance(value, list) else (value,)
+        value = self.host.gpu
+        return value if isinstance(value, tuple) else (value,)
 
 
-def defaults() -> dict[str, dict[str, Any]]:
-    return {
-        section: {k: copy.deepcopy(v[1]) for k, v in keys.items()}
-        for section, keys in SCHEMA.items()
-    }
+# The tables Config has as attributes (`cfg.host`); [project] is `section("project")`, since
+# `cfg.project` is the project's name as vp uses it.
+_TYPED = ("host", "run", "budget", "ssh", "sync", "docker", "setup", "secrets", "ui")
+
+
+def _build(data: dict[str, dict[str, Any]], **where: Any) -> Config:
+    """The read-only Config from merged, validated values (absent keys keep their default)."""
+    built = {name: settings.build(table, data.get(name, {})) for name, table in tables().items()}
+    return Config(
+        **where,
+        **{name: built[name] for name in _TYPED},
+        env=MappingProxyType(dict(data.get("env", {}))),
+        tables=MappingProxyType(built),
+    )
 
 
 def _nearest(word: str, choices: list[str]) -> str | None:
@@ -259,12 +352,13 @@ def _type_name(t: type | tuple[type, ...]) -> str:
 
 
 def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
-    """Check a parsed file against SCHEMA; return it. Errors name the file, key and fix."""
+    """Check a parsed file against the tables; return it. Errors name the file, key and fix."""
     out: dict[str, dict[str, Any]] = {}
+    sections = section_names()
     for section, table in raw.items():
-        if section not in SCHEMA:
-            near = _nearest(section, list(SCHEMA))
-            hint = f"did you mean [{near}]?" if near else f"valid sections: {', '.join(SCHEMA)}"
+        if section not in sections:
+            near = _nearest(section, sections)
+            hint = f"did you mean [{near}]?" if near else f"valid sections: {', '.join(sections)}"
             raise ConfigError(f"{source}: unknown section [{section}]", hint=hint)
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: '{section}' must be a table, like [{section}]")
@@ -279,12 +373,12 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                     raise ConfigError(f"{source}: [{section}] {key} must be a string or number")
                 out[section][key] = str(value).lower() if isinstance(value, bool) else str(value)
                 continue
-            keys = SCHEMA[section]
+            keys = table_keys(section)
             if key not in keys:
                 near = _nearest(key, list(keys))
                 hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(keys)}"
                 raise ConfigError(f"{source}: unknown key '{key}' in [{section}]", hint=hint)
-            expected = keys[key][0]
+            expected = keys[key].expected
             bad_bool = isinstance(value, bool) and expected is not bool
             if bad_bool or not isinstance(value, expected):
                 raise ConfigError(
@@ -305,50 +399,49 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
         return  # unset: the platform's own default applies
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{where} must be a finite number, got {value!r}")
-    if (section, key) in POSITIVE and value <= 0:
+    rule = table_keys(section)[key].check if section not in FREE_SECTIONS else None
+    if rule == "positive" and value <= 0:
         raise ConfigError(f"{where} must be greater than 0, got {value!r}")
-    if (section, key) in NON_NEGATIVE and value < 0:
+    if rule == "non_negative" and value < 0:
         raise ConfigError(f"{where} must be 0 or more, got {value!r}")
-    if (section, key) in DURATIONS:
+    if rule == "duration":
         from vp.clock import parse_duration
 
         parse_duration(value, where)
-    if key == "user" and section != "ssh" and not USER_NAME.match(value):
+    if rule == "user_name" and not USER_NAME.match(value):
         raise ConfigError(
             f"{where} {value!r} is not a valid user name",
             hint="lower-case letters, digits, '_' and '-', starting with a letter or '_'",
         )
-    if (section, key) in (("host", "platform"), ("host", "gpu")) and isinstance(value, list):
+    if rule == "fallback_list" and isinstance(value, list):
         if not value or len(set(value)) != len(value) or not all(v.strip() for v in value):
             raise ConfigError(
                 f"{where} must be a non-empty list of different names, got {value!r}",
                 hint='e.g. gpu = ["H100", "A100-80GB"], platform = ["runpod", "vast"]',
             )
-    if (section, key) == ("sync", "checkpoint_dir"):
+    if rule == "checkpoint_dir":
         from vp.checkpoints import check_dir
 
         check_dir(value, where)
-    if (section, key) in (("ssh", "host"), ("ssh", "hosts")):
+    if rule == "ssh_target":
         from vp.ssh import parse_target
 
         for one in value if isinstance(value, list) else [value]:
-            if not isinstance(one, str):
-                raise ConfigError(f"{where}: {one!r} is not a host", hint='e.g. ["gpu1", "gpu2"]')
             try:
                 parse_target(one)
             except UsageError as exc:
                 raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
-    if (section, key) == ("sync", "download_from") and value not in ("0", "all"):
+    if rule == "download_from" and value not in ("0", "all"):
         raise ConfigError(
             f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
         )
-    if key == "url":
+    if rule == "endpoint":
         check_endpoint(value, where)
-    if section == "secrets":
+    if rule == "secret_names":
         from vp.secretstore import check_names
 
         check_names(value, where)
-    if (section, key) == ("ui", "apps"):
+    if rule == "app_ports":
         for name, port in value.items():
             if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
                 raise ConfigError(
@@ -359,7 +452,7 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
                     f"{where}: {name} = {port!r} is not a port",
                     hint="a port on the host from 1 to 65535, e.g. apps = { jupyter = 8888 }",
                 )
-    if (section, key) == ("docker", "registry"):
+    if rule == "registry":
         if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d{1,5})?", value):
             raise ConfigError(
                 f"{where} must be a registry host such as ghcr.io or 127.0.0.1:5000, got {value!r}"
@@ -395,7 +488,7 @@ def check_endpoint(url: str, where: str) -> None:
 
 def check_platform_endpoint(platform: str, environ: dict[str, str] | None = None) -> None:
     """The environment's endpoint override for `platform`, held to the same rule as a file's."""
-    name = ENDPOINT_ENV.get(platform)
+    name = _declared()[2].get(platform)
     value = (os.environ if environ is None else environ).get(name or "")
     if name and value:
         check_endpoint(value, name)
@@ -419,7 +512,7 @@ def looks_secret(value: str) -> bool:
 
 def is_secret(section: str, key: str, value: Any) -> bool:
     """Is this value a secret that must stay out of project files, logs and the terminal?"""
-    if (section, key) in SECRET_KEYS:
+    if (section, key) in _declared()[0]:
         return True
     if section not in FREE_SECTIONS or not isinstance(value, str):
         return False
@@ -472,14 +565,15 @@ def _load_project(path: Path) -> dict[str, Any]:
     else:
         source = str(path)
     data = validate(raw, source)
-    for section, key in SECRET_KEYS:
+    secret_keys, user_only_keys, _ = _declared()
+    for section, key in secret_keys:
         if key in data.get(section, {}):
             raise ConfigError(
                 f"{source}: [{section}] {key} is a secret and must not live in the project "
                 "(it would be synced and committed)",
                 hint=f"move it to {paths.user_config_file()} or the environment",
             )
-    for (section, key), env_name in USER_ONLY_KEYS.items():
+    for (section, key), env_name in user_only_keys.items():
         if key in data.get(section, {}):
             raise ConfigError(
                 f"{source}: [{section}] {key} decides where your credentials are sent, so a "
@@ -520,14 +614,14 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
 
 def _from_env(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
-        for key, (expected, _) in keys.items():
+    for section in tables():
+        for key, spec in table_keys(section).items():
             name = f"VP_{section.upper()}_{key.upper()}"
             if name in environ:
-                out.setdefault(section, {})[key] = _coerce(environ[name], expected, name)
+                out.setdefault(section, {})[key] = _coerce(environ[name], spec.expected, name)
     for name, (section, key) in ENV_ALIASES.items():
         if name in environ:
-            expected = SCHEMA[section][key][0]
+            expected = table_keys(section)[key].expected
             out.setdefault(section, {})[key] = _coerce(environ[name], expected, name)
     for section, table in out.items():
         for key, value in table.items():
@@ -552,7 +646,7 @@ def load(
     """Build the merged config for a project found from `cwd` (or the explicit `config_path`)."""
     environ = dict(os.environ if environ is None else environ)
     cwd = (cwd or Path.cwd()).resolve()
-    data = defaults()
+    data: dict[str, dict[str, Any]] = {}
     sources: list[Path] = []
 
     layers: list[dict[str, dict[str, Any]]] = []
@@ -578,15 +672,20 @@ def load(
     merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
-    for section, key in LOWEST_WINS:
-        values = [v for layer in layers if (v := layer.get(section, {}).get(key)) is not None]
-        data[section][key] = min(values) if values else None
+    for section in tables():
+        for key, spec in table_keys(section).items():
+            if spec.merge == "lowest":
+                found = [
+                    v for layer in layers if (v := layer.get(section, {}).get(key)) is not None
+                ]
+                if found:
+                    data[section][key] = min(found)
 
-    cfg = Config(
-        data=data,
+    cfg = _build(
+        data,
         project_root=root,
         project_file=project_file,
-        sources=sources,
+        sources=tuple(sources),
         yes=yes,
         over_budget=over_budget,
     )
@@ -612,27 +711,25 @@ def check(cfg: Config) -> None:
                 f"[host] platform: a fallback list holds only cloud platforms, not {others[0]}",
                 hint=f"choose among: {', '.join(clouds())}",
             )
-    if cfg.get("docker", "build_on") not in ("local", "remote"):
+    if cfg.docker.build_on not in ("local", "remote"):
         raise ConfigError('[docker] build_on must be "local" or "remote"')
-    results = cfg.get("sync", "results") or []
-    if results:
+    if cfg.sync.results:
         from vp.sync.ignore import IgnoreRules
 
-        IgnoreRules(results, "[sync] results")  # a bad pattern names the key and its line
-    inputs = cfg.get("setup", "inputs")
-    if inputs:
+        IgnoreRules(list(cfg.sync.results), "[sync] results")  # a bad pattern names its line
+    if cfg.setup.inputs:
         from vp.sync.ignore import IgnoreRules
 
-        IgnoreRules(inputs, "[setup] inputs")
-    workdir = cfg.get("sync", "workdir")
+        IgnoreRules(list(cfg.setup.inputs), "[setup] inputs")
+    workdir = cfg.sync.workdir
     if not workdir or "\0" in workdir or "\n" in workdir:
         raise ConfigError("[sync] workdir must be a non-empty path")
 
 
-def masked(data: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A copy safe to print: secrets replaced by a short marker."""
-    out = copy.deepcopy(data)
-    for section, key in SECRET_KEYS:
+def masked(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The config as plain data, safe to print: secrets replaced by a short marker."""
+    out = cfg.as_dict()
+    for section, key in _declared()[0]:
         if out.get(section, {}).get(key):
             out[section][key] = "****"
     for name, value in out.get("env", {}).items():
@@ -642,7 +739,7 @@ def masked(data: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def parse_key(dotted: str) -> tuple[str, str]:
-    """'host.gpu' -> ('host', 'gpu'), validated against SCHEMA."""
+    """'host.gpu' -> ('host', 'gpu'), validated against the tables."""
     if "." not in dotted:
         raise UsageError(f"'{dotted}' is not a config key", hint="use SECTION.KEY, e.g. host.gpu")
     section, key = dotted.split(".", 1)
@@ -651,9 +748,9 @@ def parse_key(dotted: str) -> tuple[str, str]:
 
 
 def _placeholder(section: str, key: str) -> Any:
-    if section in FREE_SECTIONS or section not in SCHEMA or key not in SCHEMA[section]:
+    if section in FREE_SECTIONS or section not in tables() or key not in table_keys(section):
         return ""
-    expected = SCHEMA[section][key][0]
+    expected = table_keys(section)[key].expected
     if expected == STR_OR_LIST:
         return ""
     return {bool: False, int: 1, list: []}.get(expected, 1.0 if isinstance(expected, tuple) else "")
@@ -662,7 +759,7 @@ def _placeholder(section: str, key: str) -> Any:
 def coerce_value(section: str, key: str, raw: str) -> Any:
     if section in FREE_SECTIONS:
         return raw
-    return _coerce(raw, SCHEMA[section][key][0], f"{section}.{key}")
+    return _coerce(raw, table_keys(section)[key].expected, f"{section}.{key}")
 
 
 def write_toml(path: Path, data: dict[str, Any], private: bool = False) -> None:

@@ -82,11 +82,9 @@ def store_command(provider: str, cred: Credential) -> str:
     return f"vp config set --user {provider}.{cred.key} -"
 
 
-def resolve(
-    decl: Declaration, settings: Mapping[str, Any], environ: Mapping[str, str] | None = None
-) -> Resolved:
-    """`decl`'s credential in the documented order (`settings`: its config table), or a
-    one-line error saying how to set it."""
+def resolve(decl: Declaration, settings: Any, environ: Mapping[str, str] | None = None) -> Resolved:
+    """`decl`'s credential in the documented order (`settings`: its config table, an instance
+    of `decl.settings`), or a one-line error saying how to set it."""
     cred, provider = _credential(decl), decl.name
     environ = os.environ if environ is None else environ
     vp_env = f"VP_{provider.upper()}_{cred.key.upper()}"
@@ -95,9 +93,10 @@ def resolve(
             return Resolved(environ[name].strip(), f"{name} from the environment")
     # The config layer put VP_<PROVIDER>_<KEY> into settings too; it was handled above, so a
     # value here is the user file's (project files may not hold secrets).
-    if settings.get(cred.key):
+    stored = getattr(settings, cred.key)
+    if stored:
         where = _tilde(paths.user_config_file())
-        return Resolved(str(settings[cred.key]), f"[{provider}] {cred.key} in {where}")
+        return Resolved(str(stored), f"[{provider}] {cred.key} in {where}")
     for f in cred.files:
         value = f.read()
         if value:

@@ -45,7 +45,7 @@ def sweep_stopped(cfg, ui: UI, state=None, *, all_projects: bool = False) -> lis
     """Destroy the project's hosts (`all_projects`: every project's, for `vp cleanup`)
     stopped longer than `[host] destroy_after_stopped`; return their keys. Asks a provider
     only when the ledger says such a host exists."""
-    limit = cfg.get("host", "destroy_after_stopped")
+    limit = cfg.host.destroy_after_stopped
     if not limit:
         return []
     from vp.state import STORAGE, State

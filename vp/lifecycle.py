@@ -49,19 +49,19 @@ STOP_TIMEOUT = 300.0
 
 
 def ready_timeout(cfg: Config) -> float:
-    return float(cfg.get("host", "ready_timeout") or 600)
+    return float(cfg.host.ready_timeout)
 
 
 def transport_for(host: Host, cfg: Config) -> Transport:
     kind = declaration(host.platform).kind
     if kind == "local":
         return LocalTransport()
-    connect_timeout = int(cfg.get("ssh", "connect_timeout") or 10)
+    connect_timeout = cfg.ssh.connect_timeout
     if kind == "ssh":
         from vp.ssh import parse_target
 
         target = parse_target(host.id)
-        target.identity_file = cfg.get("ssh", "identity_file")
+        target.identity_file = cfg.ssh.identity_file
         return SshTransport(target, connect_timeout)
     if not host.ssh_host:
         raise VpError(f"host {host.name} ({host.platform}) has no ssh address yet")
@@ -100,7 +100,7 @@ def resolve(
         state.save_host(LOCAL_HOST, cfg.project)
         return LOCAL_HOST, LocalTransport()
     if kind == "ssh":
-        spec = host_name or cfg.get("ssh", "host")
+        spec = host_name or cfg.ssh.host
         if not spec:
             raise UsageError(
                 "the ssh platform needs a host",
@@ -333,7 +333,7 @@ def create_request(
     """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
-    name = name or cfg.get("host", "name") or f"vp-{cfg.project}"
+    name = name or cfg.host.name or f"vp-{cfg.project}"
     _money_checks(cfg, state, ui, platform, spec, name)
     what = f"{spec.gpus}x {spec.gpu}" if spec.gpu else "a host"
     price = f" at most ${spec.max_price}/h" if spec.max_price is not None else ""
@@ -487,7 +487,7 @@ def last_known(cfg: Config, state: State, host_name: str | None = None) -> Host 
     if kind == "ssh":
         from vp.platforms.ssh import host_for
 
-        spec = host_name or cfg.get("ssh", "host")
+        spec = host_name or cfg.ssh.host
         return host_for(spec) if spec else None
     for h in state.hosts(cfg.project, None if cfg.platform == "auto" else cfg.platform):
         if _matches(h, host_name):

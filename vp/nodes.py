@@ -63,7 +63,7 @@ class NodeFacts:
 
 
 def node_count(cfg: Config, requested: int | None) -> int:
-    n = requested if requested is not None else int(cfg.get("host", "nodes") or 1)
+    n = requested if requested is not None else cfg.host.nodes
     if n < 1:
         raise UsageError(f"--nodes {n}: a run needs at least one node", hint="e.g. vp --nodes 2 …")
     return n
@@ -111,7 +111,7 @@ def _ssh_hosts(cfg: Config, state: State, n: int) -> list[tuple[Host, Transport]
     from vp.lifecycle import transport_for
     from vp.platforms.ssh import host_for
 
-    listed = list(cfg.get("ssh", "hosts") or [])
+    listed = list(cfg.ssh.hosts)
     if len(listed) < n:
         raise UsageError(
             f"--nodes {n} on the ssh platform needs {n} machines; [ssh] hosts lists {len(listed)}",
@@ -135,7 +135,7 @@ def _ssh_hosts(cfg: Config, state: State, n: int) -> list[tuple[Host, Transport]
 
 def node_name(cfg: Config, rank: int) -> str:
     """Rank 0 is the project's usual host; rank R is `NAME-R` next to it."""
-    base = cfg.get("host", "name") or f"vp-{cfg.project}"
+    base = cfg.host.name or f"vp-{cfg.project}"
     return base if rank == 0 else f"{base}-{rank}"
 
 
@@ -492,7 +492,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     from vp.run import Workspace, _idle_watchdog, _setup_step, command_text, sync_down, sync_up
     from vp.sync.guard import check_root
 
-    use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
+    use_docker = cfg.docker.enabled if opts.docker is None else opts.docker
     if use_docker:
         raise UsageError(
             "--nodes does not run inside Docker yet",
@@ -504,12 +504,12 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
             hint="drop --nodes (or set [host] nodes = 1) for them",
         )
     secret_values = secretstore.for_project(cfg)
-    setup_cmd = cfg.get("setup", "run") or None
+    setup_cmd = cfg.setup.run or None
     if opts.sync:
         check_root(cfg)
     ui.info(f"{n} nodes on {cfg.platform}")
     pairs = acquire(cfg, state, ui, n)
-    workdir = cfg.get("sync", "workdir")
+    workdir = cfg.sync.workdir
     spaces = [Workspace(cfg, state, h, t, workdir) for h, t in pairs]
     if opts.sync:
         uploads = [lambda w=w: sync_up(w, ui, yes=opts.yes) for w in spaces]
@@ -519,7 +519,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     if opts.sync_only:
         return 0
     want_download = opts.sync and bool(
-        cfg.get("sync", "download") if opts.download is None else opts.download
+        cfg.sync.download if opts.download is None else opts.download
     )
 
     hosts = [h for h, _t in pairs]
@@ -538,7 +538,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     ui.debug(f"nodes: {', '.join(addresses)}; MASTER_ADDR={addresses[0]} MASTER_PORT={port}")
 
     run_id = remote.new_run_id()
-    base_env = {k: str(v) for k, v in cfg.section("env").items()}
+    base_env = dict(cfg.env)
     base_env.update(secret_values)
     base_env.setdefault("VP_RUN_ID", run_id)
     ranks: list[Rank] = []
@@ -607,7 +607,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
             ranks,
             ui,
             views,
-            reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+            reconnect_timeout=float(cfg.ssh.reconnect_timeout),
             host_gone=lambda h: host_gone(cfg, state, h),
         )
     except BaseException:
@@ -629,7 +629,7 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     if outcome.detached:
         return EXIT_INTERRUPTED
     if want_download:
-        everyone = cfg.get("sync", "download_from") == "all"
+        everyone = cfg.sync.download_from == "all"
         for r, ws in zip(ranks, spaces, strict=True):
             result = outcome.results.get(r.rank)
             if result is None or result.changes is None or (r.rank and not everyone):

@@ -17,27 +17,25 @@ from vp.ui import UI
 
 
 def spec_from_config(cfg: Config) -> HostSpec:
-    h = cfg.section("host")
+    h = cfg.host
     return HostSpec(
         gpu=cfg.gpus_wanted[0],  # a fallback list is walked by vp/capacity.py
-        gpus=h.get("gpus") or 1,
-        max_price=h.get("max_price"),
-        disk_gb=h.get("disk_gb") or 50,
-        image=h.get("image"),
-        spot=bool(h.get("spot")),
-        cpus=h.get("cpus"),
-        memory_gb=h.get("memory_gb"),
-        region=h.get("region"),
-        idle_stop_minutes=h.get("idle_stop_minutes"),
+        gpus=h.gpus,
+        max_price=h.max_price,
+        disk_gb=h.disk_gb,
+        image=h.image,
+        spot=h.spot,
+        cpus=h.cpus,
+        memory_gb=h.memory_gb,
+        region=h.region,
+        idle_stop_minutes=h.idle_stop_minutes,
     )
 
 
 def platform_for(cfg: Config, name: str | None = None) -> Platform:
     name = name or cfg.platform
-    # Unset keys are absent, not None, so a platform's own defaults apply.
-    settings = {k: v for k, v in cfg.section(name).items() if v is not None}
     check_platform_endpoint(name)  # VAST_URL & co. get the same https rule as a file's url
-    return get_platform(name, settings)
+    return get_platform(name, cfg.section(name))
 
 
 def all_offers(cfg: Config, spec: HostSpec, ui: UI) -> list[Offer]:

@@ -82,7 +82,7 @@ class Workspace:
 
     def results(self) -> IgnoreRules | None:
         """`[sync] results`: when set, only paths matching these patterns come back."""
-        patterns = self.cfg.get("sync", "results") or []
+        patterns = self.cfg.sync.results
         return IgnoreRules(patterns, "[sync] results") if patterns else None
 
     def protected(self) -> set[str]:
@@ -99,13 +99,13 @@ class Workspace:
 def ignore_rules(cfg: Config) -> IgnoreRules:
     """What the project never uploads: .vpignore, [sync] extra_ignore, .gitignore if asked,
     and with `[sync] download_from = "all"` the other ranks' results (vp/nodes.py)."""
-    extra = list(cfg.get("sync", "extra_ignore") or [])
-    if cfg.get("sync", "download_from") == "all":
+    extra = list(cfg.sync.extra_ignore or [])
+    if cfg.sync.download_from == "all":
         extra.append("/nodes/")
     return IgnoreRules.for_project(
         cfg.project_root,
         extra=extra,
-        use_gitignore=bool(cfg.get("sync", "use_gitignore")),
+        use_gitignore=bool(cfg.sync.use_gitignore),
     )
 
 
@@ -124,7 +124,7 @@ class NodeResults(Workspace):
 def control_files(cfg: Config) -> set[str]:
     """Paths (relative to the project root) of the files that steer vp itself."""
     names = {"vp.toml", ".vpignore", "pyproject.toml"}
-    if cfg.get("sync", "use_gitignore"):
+    if cfg.sync.use_gitignore:
         names.add(".gitignore")
     if cfg.project_file is not None:
         with contextlib.suppress(ValueError):
@@ -136,7 +136,7 @@ def workdir_for(cfg: Config, transport: Transport | None) -> str:
     """Where the project lives on the host: [sync] workdir, or a per-project folder locally."""
     if isinstance(transport, LocalTransport):
         return transport.workdir_for(cfg.project, cfg.project_root)
-    return cfg.get("sync", "workdir")
+    return cfg.sync.workdir
 
 
 def open_workspace(
@@ -259,8 +259,8 @@ def execute(
     With recovery on (`--recover`, `[run] recover`), a run whose host the provider preempted
     or destroyed runs again on a new host (vp/recover.py), up to `[run] max_attempts`."""
     state = state or State()
-    recover = cfg.get("run", "recover") if opts.recover is None else opts.recover
-    attempts = max(1, int(cfg.get("run", "max_attempts") or 1)) if recover else 1
+    recover = cfg.run.recover if opts.recover is None else opts.recover
+    attempts = max(1, int(cfg.run.max_attempts or 1)) if recover else 1
     while True:
         try:
             return _execute_once(cfg, opts, ui, state, attempt=attempt, parent=parent)
@@ -297,7 +297,7 @@ def _execute_once(
         return nodes.execute(cfg, opts, ui, state, n)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
-    setup_cmd = cfg.get("setup", "run") or None
+    setup_cmd = cfg.setup.run or None
     if opts.setup_only and not setup_cmd:
         raise UsageError(
             "this project has no setup to run",
@@ -305,7 +305,7 @@ def _execute_once(
         )
     if opts.sync:
         check_root(cfg)  # before a host is created or an image built for nothing
-    use_docker = cfg.get("docker", "enabled") if opts.docker is None else opts.docker
+    use_docker = cfg.docker.enabled if opts.docker is None else opts.docker
     container_host = use_docker and kind(cfg.platform) == "container"
     boot_image = None
     if container_host:
@@ -324,7 +324,7 @@ def _execute_once(
         )
     command = ":" if opts.setup_only else command_text(opts.argv)
     run_id = remote.new_run_id()
-    env = {k: str(v) for k, v in cfg.section("env").items()}
+    env = dict(cfg.env)
     env.update(secret_values)
     env.setdefault("VP_RUN_ID", run_id)
     env["VP_ATTEMPT"] = str(attempt)  # 1, then 2, 3 on a new host after a preemption
@@ -345,7 +345,7 @@ def _execute_once(
         return 0
     # --no-sync skips both directions; --no-download only the way back.
     want_download = opts.sync and bool(
-        cfg.get("sync", "download") if opts.download is None else opts.download
+        cfg.sync.download if opts.download is None else opts.download
     )
 
     record = RunRecord(
@@ -425,7 +425,7 @@ def _execute_once(
                 workdir_sh,
                 script,
                 ui,
-                reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+                reconnect_timeout=float(cfg.ssh.reconnect_timeout),
                 host_gone=lambda: host_gone(cfg, state, ws.host),
                 view=view,
                 changes=not opts.setup_only,
@@ -457,7 +457,7 @@ def _execute_once(
     status = "interrupted" if result.interrupted else ("lost" if result.lost else "done")
     if timeout and result.exit_code == remote.TIMEOUT_EXIT and not result.interrupted:
         status = "timed out"
-        ui.warn(f"run {run_id} timed out after {cfg.get('run', 'timeout')} (exit 124)")
+        ui.warn(f"run {run_id} timed out after {cfg.run.timeout} (exit 124)")
     state.finish_run(run_id, result.exit_code, status)
     still_billing(cfg, ws.host, ui, budget_seconds)
     if result.interrupted and result.changes is None and not result.lost:
@@ -520,7 +520,7 @@ def _timeout(cfg: Config) -> float | None:
     """`[run] timeout` / `--timeout`, in seconds."""
     from vp.clock import parse_duration
 
-    limit = cfg.get("run", "timeout")
+    limit = cfg.run.timeout
     return parse_duration(limit, "[run] timeout") if limit else None
 
 
@@ -551,7 +551,7 @@ def still_billing(cfg: Config, host: Host, ui: UI, budget_seconds: float | None)
     """The line every run on a billed host ends with: it is still running, and costing."""
     if not billed(host):
         return
-    minutes = cfg.get("host", "idle_stop_minutes")
+    minutes = cfg.host.idle_stop_minutes
     idle = f"after {minutes:g} min" if minutes else "off"
     stops = f"idle stop: {idle}"
     if budget_seconds is not None:
@@ -564,12 +564,12 @@ def still_billing(cfg: Config, host: Host, ui: UI, budget_seconds: float | None)
 def _idle_watchdog(cfg: Config, ws: Workspace, ui: UI, budget_seconds: float | None = None) -> str:
     """Shell text that (re)arms the host's watchdog (idle stop, budget stop), or "" when
     neither is configured."""
-    minutes = cfg.get("host", "idle_stop_minutes")
+    minutes = cfg.host.idle_stop_minutes
     if not minutes and budget_seconds is None:
         return ""
     from vp import idle
 
-    command = idle.stop_command(ws.host.platform, cfg.get("host", "idle_stop_command"))
+    command = idle.stop_command(ws.host.platform, cfg.host.idle_stop_command)
     if command is None:
         # Said on every run on purpose: a silently ignored autostop costs money.
         why = idle.unavailable(ws.host.platform)

@@ -213,8 +213,8 @@ def remove(name: str) -> bool:
 
 def project_names(cfg) -> tuple[list[str], list[str]]:
     """(required, optional) secret names of the project, validated."""
-    required = list(dict.fromkeys(cfg.get("secrets", "required") or []))
-    optional = [n for n in dict.fromkeys(cfg.get("secrets", "optional") or []) if n not in required]
+    required = list(dict.fromkeys(cfg.secrets.required))
+    optional = [n for n in dict.fromkeys(cfg.secrets.optional) if n not in required]
     check_names(required, "[secrets] required")
     check_names(optional, "[secrets] optional")
     return required, optional

@@ -42,7 +42,7 @@ DEFAULT_INPUTS = [
 
 
 def inputs(cfg) -> list[str]:
-    configured = cfg.get("setup", "inputs")
+    configured = cfg.setup.inputs
     return list(DEFAULT_INPUTS if configured is None else configured)
 
 

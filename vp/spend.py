@@ -126,9 +126,9 @@ class Budget:
     @classmethod
     def of(cls, cfg) -> Budget:
         return cls(
-            daily=cfg.get("budget", "daily"),
-            monthly=cfg.get("budget", "monthly"),
-            min_minutes=float(cfg.get("budget", "min_minutes") or 0),
+            daily=cfg.budget.daily,
+            monthly=cfg.budget.monthly,
+            min_minutes=float(cfg.budget.min_minutes),
         )
 
     @property

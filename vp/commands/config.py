@@ -95,7 +95,7 @@ def config_show(ctx: typer.Context) -> None:
 
     g = globals_of(ctx)
     cfg = g.load()
-    data = cfgmod.masked(cfg.data)
+    data = cfgmod.masked(cfg)
     if g.output == "text":
         import tomli_w
 
@@ -115,7 +115,7 @@ def config_get(ctx: typer.Context, key: str) -> None:
     g = globals_of(ctx)
     section, name = cfgmod.parse_key(key)
     cfg = g.load()
-    value = cfgmod.masked(cfg.data).get(section, {}).get(name)
+    value = cfgmod.masked(cfg).get(section, {}).get(name)
     if value is None:
         raise typer.Exit(1)
     typer.echo(str(value).lower() if isinstance(value, bool) else str(value))

@@ -34,13 +34,13 @@ def init_project(
         raise UsageError(f"--platform {platform!r}: choose one of {', '.join(NAMES)}")
     name = re.sub(r"[^a-z0-9-]", "-", root.name.lower()).strip("-") or "project"
     written: list[Path] = []
-    from vp.config import SCHEMA
+    from vp.config import HostTable
 
     files = {
         "vp.toml": template("vp.toml")
         .replace("{name}", name)
         .replace("{platform}", platform or "local")
-        .replace("{disk_gb}", str(SCHEMA["host"]["disk_gb"][1])),  # the default, shown as is
+        .replace("{disk_gb}", str(HostTable.disk_gb)),  # the default, shown as is
         ".vpignore": template("vpignore"),
     }
     # Warn about an existing file only when this call asked for it: `vp init --make` on an

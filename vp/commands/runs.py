@@ -94,7 +94,7 @@ def show_logs(
             workdir_sh,
             script,
             g.ui,
-            reconnect_timeout=float(cfg.get("ssh", "reconnect_timeout") or 300),
+            reconnect_timeout=float(cfg.ssh.reconnect_timeout),
             changes=attach,
             launched=True,
             interruptible=attach,
@@ -125,12 +125,12 @@ def _recover_detached(g, cfg, state: State, record: RunRecord, host, exc: HostGo
     from vp.run import Preempted, RunOptions, execute
 
     state.finish_run(record.id, None, "preempted")
-    recover = g.recover or cfg.get("run", "recover")
+    recover = g.recover or cfg.run.recover
     if not recover or record.command == "vp setup":
         raise exc
     from vp.recover import next_attempt
 
-    attempts = max(1, int(cfg.get("run", "max_attempts") or 1))
+    attempts = max(1, int(cfg.run.max_attempts or 1))
     lost = Preempted(exc, record.id, host)
     parent = next_attempt(cfg, state, g.ui, lost, record.attempt, attempts)
     opts = RunOptions(argv=[record.command], recover=True)

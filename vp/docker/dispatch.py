@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vp import paths
+from vp import paths, settings
 from vp.config import Config
 from vp.errors import UsageError, VpError
 from vp.ssh import SshTransport
@@ -24,7 +24,7 @@ from vp.ui import UI, Status
 
 
 def image_name(cfg: Config) -> str:
-    return cfg.get("docker", "image") or f"vp-{cfg.project}"
+    return cfg.docker.image or f"vp-{cfg.project}"
 
 
 def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
@@ -39,11 +39,11 @@ def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
             hint='set [docker] image = "registry.example.com/you/project", '
             'or build_on = "remote" to build on the host itself',
         )
-    auth = registry_auth(image, cfg.section("docker"))
+    auth = registry_auth(image, settings.as_dict(cfg.docker))
     with Status(ui, f"image {image}") as status:
         ref = ensure_image(
             cfg.project_root,
-            dockerfile=cfg.get("docker", "dockerfile"),
+            dockerfile=cfg.docker.dockerfile,
             image=image,
             push=True,
             auth=auth,
@@ -59,7 +59,7 @@ def build_unpushed(cfg: Config, ui: UI, docker_host: str | None = None) -> str:
     with Status(ui, f"image {image_name(cfg)}") as status:
         return ensure_image(
             cfg.project_root,
-            dockerfile=cfg.get("docker", "dockerfile"),
+            dockerfile=cfg.docker.dockerfile,
             image=image_name(cfg),
             push=False,
             auth=None,
@@ -151,7 +151,7 @@ def prepare(
     """`prepare_command`, plus the project's `setup` wrapped to run inside the same image."""
     from vp.docker.run import pull_env, wrap_command
 
-    dockerfile = cfg.project_root / cfg.get("docker", "dockerfile")
+    dockerfile = cfg.project_root / cfg.docker.dockerfile
     if not Path(dockerfile).is_file():
         raise UsageError(
             f"Dockerfile not found: {dockerfile}",
@@ -160,7 +160,7 @@ def prepare(
     pull_auth = None
     if transport.is_local:
         ref = build_unpushed(cfg, ui)
-    elif cfg.get("docker", "build_on") == "remote":
+    elif cfg.docker.build_on == "remote":
         if not isinstance(transport, SshTransport):
             raise UsageError('build_on = "remote" needs an ssh host')
         with forwarded_engine(transport) as docker_host:
@@ -176,7 +176,7 @@ def prepare(
             image=ref,
             workdir=workdir,
             env=env.keys(),
-            gpus=cfg.get("docker", "gpus"),
+            gpus=cfg.docker.gpus,
             name=name,
             pull_auth=pull_auth,
         )

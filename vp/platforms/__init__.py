@@ -13,6 +13,7 @@ from typing import Any
 from vp.errors import UsageError
 from vp.platforms.base import Platform
 from vp.platforms.cloud import Declaration
+from vp.settings import of_table
 
 # Modules of this package that are shared machinery, not providers.
 _MACHINERY = {"base", "cloud", "common", "gpus"}
@@ -73,10 +74,14 @@ def _module(name: str) -> Any:
         raise
 
 
-def get_platform(name: str, settings: dict[str, Any] | None = None) -> Platform:
+def get_platform(name: str, settings: Any = None) -> Platform:
+    """Provider `name`, set up from its config table (`Config.section(name)`; a dict of the
+    keys to set also does, for tests and scripts)."""
     if name not in PROVIDERS:
         _unknown(name)
-    return _module(name).create_platform(settings or {})
+    decl = declaration(name)
+    table = settings if decl.kind == "ssh" else of_table(decl.settings, settings)
+    return _module(name).create_platform(table)
 
 
 def __getattr__(attr: str) -> Any:

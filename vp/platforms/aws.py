@@ -27,6 +27,7 @@ import secrets
 import shlex
 import threading
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -38,6 +39,7 @@ from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, Ho
 from vp.platforms.cloud import (
     Capacity,
     CloudPlatform,
+    CloudSettings,
     Declaration,
     Ownership,
     Unavailable,
@@ -45,6 +47,7 @@ from vp.platforms.cloud import (
 )
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
+from vp.settings import non_negative, positive, setting
 
 NAME = "aws"
 
@@ -105,7 +108,7 @@ STOPPED_GRACE = 30.0
 HINT_INSTALL = "pip install 'vp-runner[aws]'"
 
 
-def create_platform(settings: dict) -> AwsPlatform:
+def create_platform(settings: AwsSettings | dict | None) -> AwsPlatform:
     return AwsPlatform(settings)
 
 
@@ -146,6 +149,19 @@ done
 """
 
 
+@dataclass(frozen=True)
+class AwsSettings(CloudSettings):
+    """[aws]"""
+
+    region: str | None = None
+    profile: str | None = None
+    user: str | None = setting(check="user_name")
+    data_volume_gb: int | None = positive()
+    keep_data_volume: bool = False
+    ami: str | None = None
+    api_timeout: float | None = non_negative()
+
+
 DECLARATION = Declaration(
     name=NAME,
     kind="vm",
@@ -160,16 +176,7 @@ DECLARATION = Declaration(
         "~/.aws/credentials",
         "~/.aws/config",
     ),
-    settings={
-        "region": (str, None),
-        "profile": (str, None),
-        "user": (str, None),
-        "data_volume_gb": (int, None),
-        "keep_data_volume": (bool, False),
-        "ami": (str, None),
-        "poll_interval": ((int, float), None),
-        "api_timeout": ((int, float), None),
-    },
+    settings=AwsSettings,
     idle_stop=VM_SHUTDOWN,  # EC2 turns a guest shutdown into a stop
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
     endpoint_env="AWS_ENDPOINT_URL",
@@ -188,16 +195,16 @@ class AwsPlatform(CloudPlatform):
     ready_hint = "raise [host] ready_timeout, or vp down the host and try again"
     stopped_grace = STOPPED_GRACE
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: AwsSettings | dict | None = None):
         super().__init__(settings)
         self.region = (
-            self.settings.get("region")
+            self.settings.region
             or os.environ.get("AWS_REGION")
             or os.environ.get("AWS_DEFAULT_REGION")
             or DEFAULT_REGION
         )
-        self.user = self.settings.get("user") or DEFAULT_USER
-        self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
+        self.user = self.settings.user or DEFAULT_USER
+        self.poll_interval = float(self.settings.poll_interval or 2.0)
         self._launched: dict[str, dict] = {}  # instance id -> RunInstances' answer
         # (image, security group, subnet or None: EC2's choice) for launches
         self._prepared: tuple[dict, str, str | None] | None = None
@@ -222,7 +229,7 @@ class AwsPlatform(CloudPlatform):
         from botocore.config import Config
 
         session = boto3.session.Session(
-            profile_name=self.settings.get("profile") or None, region_name=self.region
+            profile_name=self.settings.profile or None, region_name=self.region
         )
         config = Config(connect_timeout=min(timeout, 10), read_timeout=timeout, retries=retries)
         return session.client(service, config=config)
@@ -230,7 +237,7 @@ class AwsPlatform(CloudPlatform):
     @property
     def ec2(self):
         if self._client is None:
-            timeout = float(self.settings.get("api_timeout") or 60)
+            timeout = float(self.settings.api_timeout or 60)
             self._client = self._new_client("ec2", timeout, {"mode": "standard"})
         return self._client
 
@@ -430,8 +437,8 @@ class AwsPlatform(CloudPlatform):
     # ---------------------------------------------------------------- create
 
     def _image(self) -> dict:
-        if self.settings.get("ami"):
-            resp = self._call("describe_images", ImageIds=[self.settings["ami"]])
+        if self.settings.ami:
+            resp = self._call("describe_images", ImageIds=[self.settings.ami])
         else:
             resp = self._call(
                 "describe_images",
@@ -588,7 +595,7 @@ class AwsPlatform(CloudPlatform):
                 {"ResourceType": "volume", "Tags": tags[:3]},
             ],
         }
-        data_gb = self.settings.get("data_volume_gb")
+        data_gb = self.settings.data_volume_gb
         if data_gb:
             mappings.append(
                 {
@@ -596,7 +603,7 @@ class AwsPlatform(CloudPlatform):
                     "Ebs": {
                         "VolumeSize": int(data_gb),
                         "VolumeType": "gp3",
-                        "DeleteOnTermination": not self.settings.get("keep_data_volume"),
+                        "DeleteOnTermination": not self.settings.keep_data_volume,
                     },
                 }
             )

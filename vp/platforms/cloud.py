@@ -19,7 +19,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn, Protocol
 
@@ -34,6 +34,7 @@ from vp.platforms.common import (
     no_offer,
     wait_until_ready,
 )
+from vp.settings import NoSettings, of_table, positive
 
 Kind = Literal["vm", "container", "ssh", "local"]
 
@@ -46,6 +47,13 @@ class Ownership(enum.Enum):
 
 
 @dataclass(frozen=True)
+class CloudSettings:
+    """The keys every cloud provider's table has; each provider's table extends this one."""
+
+    poll_interval: float | None = positive()  # seconds between API polls (provider default)
+
+
+@dataclass(frozen=True)
 class Declaration:
     """Everything the rest of vp may know about a provider, in one place."""
 
@@ -54,8 +62,9 @@ class Declaration:
     # Required: which hosts on the account are the project's. Nothing else is ever adopted,
     # stopped or destroyed.
     ownership: Ownership | None
-    # The provider's config table (`[vast]`): key -> (type, default), as config.SCHEMA.
-    settings: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # The provider's config table (`[vast]`): a frozen dataclass whose fields are its keys,
+    # types, defaults and range rules (vp/settings.py). The platform gets an instance.
+    settings: type = NoSettings
     # Keys of that table holding secrets: masked when shown, refused in project files.
     secrets: tuple[str, ...] = ()
     # The API credential, if the provider has one vp reads (vp/credentials.py resolves it in
@@ -69,8 +78,10 @@ class Declaration:
     # Shell command that stops the host from inside (idle stop), or None.
     idle_stop: str | None = None
     # Where the provider's credentials may be found: environment variables and files (`~` and
-    # `$VARS` expanded). Any present, or a secret of its table set, means "configured":
-    # `vp ls --all` and `vp cleanup` ask it. Empty: vp cannot tell, so it asks anyway.
+    # `$VARS` expanded), for providers whose SDK finds its own credentials (AWS, GCE); one
+    # with an API key (`credential` below) is configured when the key resolves. Any present,
+    # or a secret of its table set, means "configured": `vp ls --all` and `vp cleanup` ask
+    # it. Neither declared: vp cannot tell, so it asks anyway.
     credentials: tuple[str, ...] = ()
     # What the provider bills, $/GB/month, for the disk of a STOPPED host (None: nothing or
     # unknown). The spend ledger charges it while a host is stopped; running, the host's own
@@ -100,6 +111,9 @@ class Declaration:
             raise TypeError(f"{self.name}: honours unknown HostSpec fields {sorted(unknown)}")
         if self.kind not in ("ssh", "local") and self.ownership is None:
             raise TypeError(f"{self.name}: a provider that makes hosts must declare ownership")
+        undeclared = set(self.secrets) - {f.name for f in fields(self.settings)}
+        if undeclared:
+            raise TypeError(f"{self.name}: secrets {sorted(undeclared)} are not keys of its table")
         if self.credential is not None and self.credential.key not in self.secrets:
             raise TypeError(f"{self.name}: its credential key must be one of its secrets")
 
@@ -114,12 +128,21 @@ _NEUTRAL: dict[str, Any] = {
 }
 
 
-def configured(decl: Declaration, settings: dict[str, Any]) -> bool:
+def configured(decl: Declaration, settings: Any) -> bool:
     """Does this machine hold credentials for `decl`'s provider (as far as its declaration
-    says where to look)? A provider that declares none counts as configured."""
+    says where to look)? `settings` is its config table. A provider that declares none counts
+    as configured."""
     import os
 
-    if not decl.credentials or any(settings.get(key) for key in decl.secrets):
+    if decl.credential is not None:  # an API key: the resolver's own order and files
+        from vp.credentials import resolve
+
+        try:
+            resolve(decl, settings)
+        except VpError:
+            return False
+        return True
+    if not decl.credentials or any(getattr(settings, key) for key in decl.secrets):
         return True
     for where in decl.credentials:
         if where.isupper() and where.replace("_", "").isalnum():
@@ -209,10 +232,12 @@ class CloudPlatform(ABC):
         super().__init_subclass__(**kwargs)
         if not isinstance(cls.__dict__.get("declaration"), Declaration):
             raise TypeError(f"{cls.__name__} must declare `declaration = Declaration(...)`")
+        if not issubclass(cls.declaration.settings, CloudSettings):
+            raise TypeError(f"{cls.__name__}: its settings table must extend CloudSettings")
 
-    def __init__(self, settings: dict[str, Any]):
-        self.settings = dict(settings or {})
-        self.poll_interval = float(self.settings.get("poll_interval") or 3.0)
+    def __init__(self, settings: Any = None):
+        self.settings = of_table(self.declaration.settings, settings)
+        self.poll_interval = float(self.settings.poll_interval or 3.0)
         self._key_paths: dict[str, str] = {}  # instance id -> key made for it in this process
         self.nodes_of: str | None = None  # set by expect_nodes
 

@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,6 +32,7 @@ from vp.platforms import gpus
 from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec, Offer
 from vp.platforms.cloud import (
     CloudPlatform,
+    CloudSettings,
     Declaration,
     Ownership,
     Unavailable,
@@ -39,6 +41,7 @@ from vp.platforms.cloud import (
 from vp.platforms.common import discard_key
 from vp.platforms.gpus import catalog
 from vp.poll import poll
+from vp.settings import non_negative, setting
 
 NAME = "gce"
 
@@ -87,7 +90,7 @@ STOPPED_GRACE = 30.0
 HINT_INSTALL = "pip install 'vp-runner[gce]'"
 
 
-def create_platform(settings: dict) -> GcePlatform:
+def create_platform(settings: GceSettings | dict | None) -> GcePlatform:
     return GcePlatform(settings)
 
 
@@ -104,6 +107,17 @@ def _last(url: str | None) -> str:
     return (url or "").rstrip("/").rsplit("/", 1)[-1]
 
 
+@dataclass(frozen=True)
+class GceSettings(CloudSettings):
+    """[gce]"""
+
+    project: str | None = None
+    zone: str | None = None
+    user: str | None = setting(check="user_name")
+    image: str | None = None
+    create_timeout: float | None = non_negative()
+
+
 DECLARATION = Declaration(
     name=NAME,
     kind="vm",
@@ -115,14 +129,7 @@ DECLARATION = Declaration(
         "GOOGLE_APPLICATION_CREDENTIALS",
         "~/.config/gcloud/application_default_credentials.json",
     ),
-    settings={
-        "project": (str, None),
-        "zone": (str, None),
-        "user": (str, None),
-        "image": (str, None),
-        "poll_interval": ((int, float), None),
-        "create_timeout": ((int, float), None),
-    },
+    settings=GceSettings,
     idle_stop=VM_SHUTDOWN,  # GCE turns a guest shutdown into a stop
     honours=frozenset({"gpu", "gpus", "max_price", "disk_gb", "spot"}),
     endpoint_env="VP_GCE_API_URL",
@@ -143,12 +150,12 @@ class GcePlatform(CloudPlatform):
     ready_hint = "raise [host] ready_timeout, or vp down the host and try again"
     stopped_grace = STOPPED_GRACE
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: GceSettings | dict | None = None):
         super().__init__(settings)
-        self.zone = self.settings.get("zone") or DEFAULT_ZONE
-        self.user = self.settings.get("user") or DEFAULT_USER
-        self.poll_interval = float(self.settings.get("poll_interval") or 2.0)
-        self.create_timeout = float(self.settings.get("create_timeout") or 600)
+        self.zone = self.settings.zone or DEFAULT_ZONE
+        self.user = self.settings.user or DEFAULT_USER
+        self.poll_interval = float(self.settings.poll_interval or 2.0)
+        self.create_timeout = float(self.settings.create_timeout or 600)
         self._instances = None
         self._operations = None
         self._firewalls = None
@@ -175,7 +182,7 @@ class GcePlatform(CloudPlatform):
                 "or run: gcloud auth application-default login",
             ) from exc
         self._project = (
-            self.settings.get("project")
+            self.settings.project
             or os.environ.get("GOOGLE_CLOUD_PROJECT")
             or os.environ.get("CLOUDSDK_CORE_PROJECT")
             or cred_project
@@ -365,7 +372,7 @@ class GcePlatform(CloudPlatform):
                     boot=True,
                     auto_delete=True,
                     initialize_params=compute_v1.AttachedDiskInitializeParams(
-                        source_image=self.settings.get("image") or DEFAULT_IMAGE,
+                        source_image=self.settings.image or DEFAULT_IMAGE,
                         disk_size_gb=max(int(spec.disk_gb or 0), 50),
                     ),
                 )

@@ -45,5 +45,5 @@ class LocalPlatform:
         return LOCAL_HOST
 
 
-def create_platform(settings: dict) -> LocalPlatform:
+def create_platform(settings: object) -> LocalPlatform:
     return LocalPlatform()

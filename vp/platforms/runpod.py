@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from vp import credentials, keys
@@ -23,12 +24,14 @@ from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, Ho
 from vp.platforms.cloud import (
     Capacity,
     CloudPlatform,
+    CloudSettings,
     Declaration,
     NotFound,
     Ownership,
     labelled,
 )
 from vp.platforms.common import describe, no_offer
+from vp.settings import positive, setting
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
 STATUS: dict[str, str] = {
@@ -63,21 +66,24 @@ query GpuTypes {
 """
 
 
+@dataclass(frozen=True)
+class RunPodSettings(CloudSettings):
+    """[runpod]"""
+
+    api_key: str | None = None
+    image: str | None = None
+    cloud_type: str = "ALL"  # ALL, SECURE or COMMUNITY
+    container_disk_gb: int = positive(20)
+    user: str | None = setting(check="user_name")
+
+
 DECLARATION = Declaration(
     name="runpod",
     kind="container",
     ownership=Ownership.LABEL,  # pod name `vp-PROJECT`
     # A stopped pod's volume disk: $0.20/GB/month (runpod.io/pricing, "idle volume", 2026-12).
     storage_price=0.20,
-    credentials=("RUNPOD_API_KEY", "~/.runpod/config.toml"),
-    settings={
-        "api_key": (str, None),
-        "image": (str, None),
-        "cloud_type": (str, None),
-        "container_disk_gb": (int, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
+    settings=RunPodSettings,
     secrets=("api_key",),
     # `runpod config` (the SDK's CLI) keeps it in ~/.runpod/config.toml.
     credential=Credential(
@@ -95,7 +101,7 @@ DECLARATION = Declaration(
 )
 
 
-def create_platform(settings: dict[str, Any]) -> RunPodPlatform:
+def create_platform(settings: RunPodSettings | dict[str, Any] | None) -> RunPodPlatform:
     return RunPodPlatform(settings)
 
 
@@ -106,7 +112,7 @@ class RunPodPlatform(CloudPlatform):
     status_label = "runpod_status"
     ready_hint = "raise [host] ready_timeout, or try another gpu"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: RunPodSettings | dict[str, Any] | None = None):
         super().__init__(settings)
         self._sdk_module: Any = None
         self._key: Resolved | None = None
@@ -127,7 +133,7 @@ class RunPodPlatform(CloudPlatform):
         )
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
-        image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
+        image = spec.image or self.settings.image or DEFAULT_IMAGE
         _check_literal("pod name", name)
         _check_literal("image", image)
         _check_literal("public key", key.public_key)
@@ -139,11 +145,11 @@ class RunPodPlatform(CloudPlatform):
                 name=name,
                 image_name=image,
                 gpu_type_id=offer.id,
-                cloud_type=self.settings.get("cloud_type", "ALL"),
+                cloud_type=self.settings.cloud_type,
                 support_public_ip=True,
                 start_ssh=True,
                 gpu_count=int(spec.gpus),
-                container_disk_in_gb=int(self.settings.get("container_disk_gb", 20)),
+                container_disk_in_gb=self.settings.container_disk_gb,
                 volume_in_gb=int(spec.disk_gb),
                 volume_mount_path="/workspace",
                 ports="22/tcp",
@@ -164,10 +170,10 @@ class RunPodPlatform(CloudPlatform):
                 f'imageName: "{image}"',
                 f'gpuTypeId: "{offer.id}"',
                 f"bidPerGpu: {bid}",
-                f"cloudType: {self.settings.get('cloud_type', 'ALL')}",
+                f"cloudType: {self.settings.cloud_type}",
                 f"gpuCount: {int(spec.gpus)}",
                 f"volumeInGb: {int(spec.disk_gb)}",
-                f"containerDiskInGb: {int(self.settings.get('container_disk_gb', 20))}",
+                f"containerDiskInGb: {self.settings.container_disk_gb}",
                 'volumeMountPath: "/workspace"',
                 'ports: "22/tcp"',
                 "startSsh: true",
@@ -289,7 +295,7 @@ class RunPodPlatform(CloudPlatform):
             gpu=(pod.get("machine") or {}).get("gpuDisplayName"),
             gpus=int(pod.get("gpuCount") or 0),
             price=pod.get("costPerHr"),
-            ssh_user=self.settings.get("user") or "root",
+            ssh_user=self.settings.user or "root",
             ssh_host=ssh_host,
             ssh_port=ssh_port,
             labels=labels,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vp.errors import UsageError
 from vp.platforms.base import RUNNING, Host, HostSpec, Offer
 from vp.platforms.cloud import Declaration
 from vp.ssh import parse_target
+
+if TYPE_CHECKING:
+    from vp.config import SshTable
 
 DECLARATION = Declaration(
     name="ssh",
@@ -63,5 +68,6 @@ class SshPlatform:
         return host_for(host_id)
 
 
-def create_platform(settings: dict) -> SshPlatform:
-    return SshPlatform(settings.get("host"))
+def create_platform(settings: SshTable | None) -> SshPlatform:
+    """From vp's own [ssh] table (`Config.ssh`): this provider has no table of its own."""
+    return SshPlatform(settings.host if settings else None)

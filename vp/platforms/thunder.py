@@ -52,7 +52,7 @@ import json
 import os
 import re
 import secrets
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ from vp.platforms.base import GONE, PENDING, RUNNING, STOPPED, UNKNOWN, Host, Ho
 from vp.platforms.cloud import (
     Capacity,
     CloudPlatform,
+    CloudSettings,
     Declaration,
     NotFound,
     Ownership,
@@ -73,6 +74,7 @@ from vp.platforms.cloud import (
 )
 from vp.platforms.common import discard_key
 from vp.poll import poll
+from vp.settings import positive, setting
 
 # Thunder's instance statuses -> vp state.
 STATUS: dict[str, str] = {
@@ -105,21 +107,25 @@ CAPACITY_ERRORS = ("unavailable", "capacity", "no available", "out of stock")
 SNAPSHOT_FAILED = ("FAILED", "ERROR", "DELETING", "DELETED")
 
 
+@dataclass(frozen=True)
+class ThunderSettings(CloudSettings):
+    """[thunder]"""
+
+    token: str | None = None
+    url: str | None = setting(check="endpoint")  # user file or TNR_API_URL only
+    template: str | None = None
+    mode: str | None = None
+    user: str | None = setting(check="user_name")
+    snapshot_timeout: float = positive(1800)  # seconds a `vp clone` waits for its snapshot
+
+
 DECLARATION = Declaration(
     name="thunder",
     kind="vm",
     # No labels on Thunder (the server names instances; a create has no name field): a host
     # is the project's only if vp's state recorded creating it, with the same uuid.
     ownership=Ownership.STATE,
-    settings={
-        "token": (str, None),
-        "url": (str, None),
-        "template": (str, None),
-        "mode": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-        "snapshot_timeout": ((int, float), None),
-    },
+    settings=ThunderSettings,
     secrets=("token",),
     # Where Thunder's CLIs keep it: `~/.thunder/token`, or the Go CLI's `tnr login` file.
     credential=Credential(
@@ -145,7 +151,7 @@ DECLARATION = Declaration(
 )
 
 
-def create_platform(settings: dict[str, Any]) -> ThunderPlatform:
+def create_platform(settings: ThunderSettings | dict[str, Any] | None) -> ThunderPlatform:
     return ThunderPlatform(settings)
 
 
@@ -156,9 +162,9 @@ class ThunderPlatform(CloudPlatform):
     status_label = "thunder_status"
     ready_hint = "raise [host] ready_timeout, or try another gpu"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: ThunderSettings | dict[str, Any] | None = None):
         super().__init__(settings)
-        self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.get("url"))
+        self.url = _base_url(os.environ.get("TNR_API_URL") or self.settings.url)
         # The catalogue lives under /v2 on the same origin the /v1 instance API hangs from.
         self.origin = self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
         self._token: Resolved | None = None
@@ -189,7 +195,7 @@ class ThunderPlatform(CloudPlatform):
             "gpu_type": offer.extra["gpu_type"],
             "num_gpus": offer.gpus,
             **({"mode": mode} if mode else {}),  # a mode-free catalogue takes no mode
-            "template": self.settings.get("template") or DEFAULT_TEMPLATE,
+            "template": self.settings.template or DEFAULT_TEMPLATE,
             "disk_size_gb": max(int(spec.disk_gb), offer.extra.get("min_disk_gb") or 0),
         }
         return self._post_create(body, key, offer.price)
@@ -425,7 +431,7 @@ class ThunderPlatform(CloudPlatform):
         return [s for s in listing if isinstance(s, dict)]
 
     def _wait_snapshot(self, name: str) -> dict:
-        timeout = float(self.settings.get("snapshot_timeout") or 1800)
+        timeout = float(self.settings.snapshot_timeout)
         status = ["not listed yet"]
 
         def ready() -> dict | None:
@@ -482,7 +488,7 @@ class ThunderPlatform(CloudPlatform):
 
     def _search(self, spec: HostSpec) -> list[Offer]:
         pricing, specs, availability = self._catalogue()
-        wanted_mode = self.settings.get("mode")
+        wanted_mode = self.settings.mode
         found = []
         for key, rate in pricing.items():
             m = CONFIG_KEY.match(key)
@@ -551,7 +557,7 @@ class ThunderPlatform(CloudPlatform):
             status=status,
             gpu=item.get("gpuType"),
             gpus=int(item.get("numGpus") or 0),
-            ssh_user=self.settings.get("user") or "ubuntu",
+            ssh_user=self.settings.user or "ubuntu",
             ssh_host=str(ip) if status == RUNNING else None,
             ssh_port=int(port) if status == RUNNING else None,
             labels={

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from vp import credentials, keys
@@ -22,6 +23,7 @@ from vp.platforms.base import PENDING, RUNNING, STOPPED, UNKNOWN, Host, HostSpec
 from vp.platforms.cloud import (
     Capacity,
     CloudPlatform,
+    CloudSettings,
     Declaration,
     NotFound,
     Ownership,
@@ -29,6 +31,7 @@ from vp.platforms.cloud import (
     launch_token,
 )
 from vp.platforms.common import describe, no_offer
+from vp.settings import setting
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
 STATUS: dict[str | None, str] = {
@@ -53,6 +56,16 @@ LAUNCH_ENV = "VP_LAUNCH"
 CAPACITY_ERRORS = ("no_such_ask", "not available", "unavailable", "no longer")
 
 
+@dataclass(frozen=True)
+class VastSettings(CloudSettings):
+    """[vast]"""
+
+    api_key: str | None = None
+    url: str | None = setting(check="endpoint")  # user file or VAST_URL only
+    image: str | None = None
+    user: str | None = setting(check="user_name")
+
+
 DECLARATION = Declaration(
     name="vast",
     kind="container",
@@ -60,19 +73,7 @@ DECLARATION = Declaration(
     # vast bills a stopped instance's disk at the machine's own storage_cost; $0.15/GB/month
     # is a typical offer's (console.vast.ai search, 2026-12).
     storage_price=0.15,
-    credentials=(
-        "VAST_API_KEY",
-        "$XDG_CONFIG_HOME/vastai/vast_api_key",
-        "~/.config/vastai/vast_api_key",
-        "~/.vast_api_key",
-    ),
-    settings={
-        "api_key": (str, None),
-        "url": (str, None),
-        "image": (str, None),
-        "user": (str, None),
-        "poll_interval": ((int, float), None),
-    },
+    settings=VastSettings,
     secrets=("api_key",),
     # Where the vastai CLI keeps it (`vastai set api-key`), newer and older versions.
     credential=Credential(
@@ -98,7 +99,7 @@ DECLARATION = Declaration(
 )
 
 
-def create_platform(settings: dict[str, Any]) -> VastPlatform:
+def create_platform(settings: VastSettings | dict[str, Any] | None) -> VastPlatform:
     return VastPlatform(settings)
 
 
@@ -108,11 +109,9 @@ class VastPlatform(CloudPlatform):
     declaration = DECLARATION
     status_label = "vast_status"
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: VastSettings | dict[str, Any] | None = None):
         super().__init__(settings)
-        self.url = (os.environ.get("VAST_URL") or self.settings.get("url") or DEFAULT_URL).rstrip(
-            "/"
-        )
+        self.url = (os.environ.get("VAST_URL") or self.settings.url or DEFAULT_URL).rstrip("/")
         self._client: Any = None
         self._key: Resolved | None = None
 
@@ -132,7 +131,7 @@ class VastPlatform(CloudPlatform):
         )
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
-        image = spec.image or self.settings.get("image") or DEFAULT_IMAGE
+        image = spec.image or self.settings.image or DEFAULT_IMAGE
         result = self._call(
             "create an instance",
             lambda c: c.create_instance(
@@ -257,7 +256,7 @@ class VastPlatform(CloudPlatform):
             gpu=row.get("gpu_name"),
             gpus=int(row.get("num_gpus") or 0),
             price=row.get("dph_total"),
-            ssh_user=self.settings.get("user") or "root",
+            ssh_user=self.settings.user or "root",
             ssh_host=ssh_host,
             ssh_port=ssh_port,
             labels=labels,
@@ -273,7 +272,7 @@ class VastPlatform(CloudPlatform):
             name=name,
             platform="vast",
             status=PENDING,
-            ssh_user=self.settings.get("user") or "root",
+            ssh_user=self.settings.user or "root",
             key_path=self._key_paths.get(iid),
             host_key_alias=f"vp-vast-{iid}",
         )

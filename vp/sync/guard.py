@@ -54,8 +54,8 @@ def confirm_first_upload(cfg: Config, files: int, nbytes: int, *, assume_yes: bo
     terminal to ask, refuse and name the command that says yes."""
     if assume_yes or cfg.project_file is not None:
         return
-    max_files = cfg.get("sync", "confirm_files") or 0
-    max_gb = cfg.get("sync", "confirm_gb") or 0
+    max_files = cfg.sync.confirm_files
+    max_gb = cfg.sync.confirm_gb
     big = (max_files and files > max_files) or (max_gb and nbytes > max_gb * 1e9)
     root = cfg.project_root.resolve()
     if not big or _is_checkout(root):

@@ -163,17 +163,7 @@ def create_app(
         if not keys.token_ok(str(form.get("token") or "").strip()):
             limiter.failed(client)
             return login_page("That is not the token printed at start.", next_url, 403)
-        response = RedirectResponse(next_url, status_code=303)
-        response.set_cookie(
-            COOKIE,
-            keys.new_session(),
-            max_age=int(keys.lifetime),
-            httponly=True,
-            samesite="strict",
-            secure=secure,
-            path="/",
-        )
-        return response
+        return _with_session(next_url, COOKIE, keys, secure, "/")
 
     @guard()
     async def logout(request: Request, caller: Who):
@@ -329,6 +319,22 @@ def create_app(
 ENTER = "/vp-enter"
 
 
+def _with_session(target: str, cookie: str, keys: Keys, secure: bool, path: str) -> Response:
+    """A redirect to `target` that sets a new signed session: HttpOnly, SameSite=Strict,
+    expiring, sent only over TLS when the server has it."""
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        cookie,
+        keys.new_session(),
+        max_age=int(keys.lifetime),
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+        path=path,
+    )
+    return response
+
+
 def _same_origin(conn, secure: bool) -> bool:
     """The request comes from a page of this origin (an app's own form or script)."""
     origin = conn.headers.get("origin")
@@ -401,17 +407,7 @@ def create_apps_app(
             target.startswith("/apps/") and "\\" not in target and "//" not in target
         ):
             return denied
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(
-            APP_COOKIE,
-            app_keys.new_session(),
-            max_age=int(app_keys.lifetime),
-            httponly=True,
-            samesite="strict",
-            secure=secure,
-            path="/apps/",
-        )
-        return response
+        return _with_session(target, APP_COOKIE, app_keys, secure, "/apps/")
 
     async def app_http(request: Request):
         if not allowed(request):

@@ -267,10 +267,10 @@ def project_host(project: Project) -> tuple[Host, Transport]:
 
 def idle_limit(cfg: Config, host: Host) -> tuple[float, str] | None:
     """(seconds, stop command) when this host stops itself when idle, else None."""
-    minutes = cfg.get("host", "idle_stop_minutes")
+    minutes = cfg.host.idle_stop_minutes
     if not minutes:
         return None
-    command = idle.stop_command(host.platform, cfg.get("host", "idle_stop_command"))
+    command = idle.stop_command(host.platform, cfg.host.idle_stop_command)
     return (float(minutes) * 60, command) if command else None
 
 
@@ -308,4 +308,4 @@ def keepalive(project: Project) -> dict:
 
 def apps(cfg: Config) -> dict[str, int]:
     """`[ui] apps`: name -> port on the host."""
-    return dict(cfg.get("ui", "apps") or {})
+    return dict(cfg.ui.apps)
