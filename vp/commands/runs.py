@@ -103,6 +103,17 @@ def show_logs(
         )
     except HostGone as exc:
         return _recover_detached(g, cfg, state, record, host, exc)
+    if result.lost and not result.interrupted:
+        # As in `vp run`: the last follow session may see the run die before its own
+        # connection does, so ask the provider whether the host went with it.
+        try:
+            why = host_gone(cfg, state, host)
+        except VpError:
+            why = None
+        if why:
+            return _recover_detached(
+                g, cfg, state, record, host, HostGone(f"{why}; run {record.id} on it is lost")
+            )
     if result.detached or (result.interrupted and not attach):
         return EXIT_INTERRUPTED
     if record.status in ("running", "detached"):
