@@ -5,6 +5,7 @@ which has no stop, refuses in one line), and `vp down --yes` leaves nothing."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,10 @@ def test_create_reuse_stop_start_down(
     assert r.returncode == 0, r.stderr
     assert r.stdout == "ok\n"
     assert "creating" in r.stderr
+    # what was rented and its price, in the provider's own words
+    assert re.search(rf"rented 1x [^\n]+ at \$\d+\.\d\d/h[^\n]* on {name}\n", r.stderr), r.stderr
+    if name == "vast":
+        assert "at $0.36/h in Texas, US on vast" in r.stderr, r.stderr
     assert (vp_env.project / "out.txt").read_text() == "trained"
     assert len(emulator.instances) == 1
 
@@ -91,8 +96,8 @@ def test_create_reuse_stop_start_down(
     assert len(emulator.instances) == 1  # reused, no second create
 
     status = json.loads(vp_env.run("-o", "json", "status").stdout)
-    assert status["status"] == "running" and status["price"] > 0
-    assert status["uptime_h"] >= 0 and "cost_so_far" in status
+    assert status["status"] == "running" and status["price_per_hour"] > 0
+    assert status["uptime_s"] >= 0 and status["cost_usd"] >= 0
 
     ls = vp_env.run("-o", "json", "ls")
     assert ls.returncode == 0, ls.stderr
@@ -110,7 +115,8 @@ def test_create_reuse_stop_start_down(
 
         r = vp_env.run("echo", "back")
         assert r.returncode == 0 and r.stdout == "back\n", r.stderr
-        assert "starting stopped host" in r.stderr
+        # a restart is not silent: which host, stopped since when, on which platform
+        assert re.search(rf"starting vp-mnist \(stopped \d+ s ago\) on {name}", r.stderr), r.stderr
         assert len(emulator.instances) == 1
 
     r = vp_env.run("down", "--yes")
@@ -211,7 +217,7 @@ def test_vm_cloud_create_reuse_stop_start_down(vm_cloud, vp_env: VpEnv) -> None:
     # the VM comes back at a new address; its pinned host key still matches
     r = vp_env.run("echo", "back")
     assert r.returncode == 0 and r.stdout == "back\n", r.stderr
-    assert "starting stopped host" in r.stderr
+    assert re.search(rf"starting vp-mnist\S* \(stopped \d+ s ago\) on {name}", r.stderr), r.stderr
 
     rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
     assert [row["status"] for row in rows] == ["running"]
@@ -227,6 +233,12 @@ def test_create_shows_a_live_status_on_a_terminal(request, vp_env: VpEnv, remote
     seen = vp_env.stderr_on_a_terminal("true")
     assert b"waiting for vp-mnist" in seen
     assert b"0:00:0" in seen  # rich's elapsed-time column, redrawn while it waits
+
+    # a restart shows the same live status, saying which host and since when it was stopped
+    assert vp_env.run("stop").returncode == 0
+    seen = vp_env.stderr_on_a_terminal("true")
+    assert re.search(rb"starting vp-mnist \(stopped \d+ s ago\) on vast", seen), seen
+    assert b"0:00:0" in seen
     assert vp_env.run("down", "--yes").returncode == 0
 
 

@@ -1,5 +1,5 @@
-"""Docker (DESIGN §6): a content-tagged image is built, pushed and run against a real engine and a
-real registry; an unchanged project costs neither a build nor a push."""
+"""Docker (ARCHITECTURE.md §6): a content-tagged image is built, pushed and run against a real
+engine and a real registry; an unchanged project costs neither a build nor a push."""
 
 from __future__ import annotations
 

@@ -46,8 +46,14 @@ def test_runs_history_lists_runs(vp_env: VpEnv) -> None:
     r = vp_env.run("runs")
     assert r.returncode == 0
     header, row = r.stdout.splitlines()[:2]
-    assert header.split()[:3] == ["ID", "COMMAND", "HOST_NAME"]
+    assert header.split() == [
+        "ID", "COMMAND", "HOST", "STARTED", "DURATION", "EXIT", "STATUS", "ATTEMPT", "COST", "$"
+    ]  # fmt: skip
     assert "local" in row and " 2 " in f" {row} "
+    import re
+
+    # a local ISO time and a human duration with its unit, not epoch seconds
+    assert re.search(r" \d{4}-\d\d-\d\d \d\d:\d\d:\d\d +\d+\.\ds ", row), row
 
 
 def test_argv_normalisation() -> None:
@@ -77,6 +83,38 @@ def test_argv_normalisation() -> None:
     assert normalize_argv(["runs"]) == ["runs"]
     assert normalize_argv(["--", "ls", "-la"]) == ["run", "--", "ls", "-la"]
     assert normalize_argv(["--platform=ssh", "ls"]) == ["--platform=ssh", "ls"]
+
+
+def _modules_loaded(*argv: str) -> list[str]:
+    """The vp command modules and heavy libraries `vp ARGV` imports, run in-process."""
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.argv=['vp', *{list(argv)!r}]\n"
+        "from vp.cli import main\n"
+        "try:\n    main()\nexcept SystemExit: pass\n"
+        "print('LOADED', sorted(m for m in sys.modules if m.startswith('vp.commands.')"
+        " or m in ('typer.rich_utils', 'vp.lifecycle', 'vp.run')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("LOADED "))
+    import ast
+
+    return ast.literal_eval(line[len("LOADED ") :])
+
+
+def test_dispatch_imports_only_the_command_it_runs(vp_env: VpEnv) -> None:
+    """The registry (vp.commands.COMMANDS) lets `vp --help` list every command without
+    importing one, and `vp ls` import only the module that defines `ls`."""
+    assert _modules_loaded("--help") == ["vp.commands.context"]
+    assert _modules_loaded("ls", "--help") == [
+        "vp.commands.context",
+        "vp.commands.hosts",
+        "vp.lifecycle",
+        "vp.run",
+    ]
+    assert "vp.commands.hosts" not in _modules_loaded("--version")
 
 
 def test_help_is_fast_to_import(vp_env: VpEnv) -> None:

@@ -50,7 +50,7 @@ def test_modify_then_clone_then_run_on_both(thunder_project, vp_env: VpEnv) -> N
     row = json.loads(r.stdout)
     assert (row["id"], row["status"]) == (source, "running")
     # a6000: 8 vCPUs (4 beyond the first option), 200 GB (100 beyond the included 100)
-    assert row["price"] == pytest.approx(0.35 + 100 * 0.0003 + 4 * 0.04)
+    assert row["price_per_hour"] == pytest.approx(0.35 + 100 * 0.0003 + 4 * 0.04)
     assert (emulator.instances[source]["cpuCores"], emulator.instances[source]["storage"]) == (
         "8",
         200,

@@ -69,7 +69,7 @@ def _price(vp_env: VpEnv, t: float) -> float:
     r = vp_env.run("-o", "json", "ls", extra_env=at(t))
     assert r.returncode == 0, r.stderr
     [row] = json.loads(r.stdout)
-    return float(row["price"])
+    return float(row["price_per_hour"])
 
 
 def test_the_ledger_adds_up_across_create_stop_start_destroy(
@@ -86,12 +86,12 @@ def test_the_ledger_adds_up_across_create_stop_start_destroy(
     [row] = json.loads(vp_env.run("-o", "json", "ls", extra_env=at(T0 + 1.5 * HOUR)).stdout)
     storage = 0.15 * 40 / 730  # vast's declared $/GB/month for the 40 GB disk, per hour
     assert row["status"] == "stopped"
-    assert row["per_hour"] == pytest.approx(storage, rel=1e-3)
-    assert row["cost"] == pytest.approx(price + 0.5 * storage, rel=1e-3)
+    assert row["billing_per_hour"] == pytest.approx(storage, rel=1e-3)
+    assert row["cost_usd"] == pytest.approx(price + 0.5 * storage, rel=1e-3)
     r = vp_env.run("start", extra_env=at(T0 + 2 * HOUR))
     assert r.returncode == 0, r.stderr
     status = json.loads(vp_env.run("-o", "json", "status", extra_env=at(T0 + 2.25 * HOUR)).stdout)
-    assert status["spend_today"] == pytest.approx(1.25 * price + storage, abs=0.01)
+    assert status["spend_today_usd"] == pytest.approx(1.25 * price + storage, abs=0.01)
     assert vp_env.run("down", "--yes", extra_env=at(T0 + 2.5 * HOUR)).returncode == 0
 
     r = vp_env.run(
@@ -295,7 +295,7 @@ def test_ls_all_and_cleanup_orphans_from_a_fresh_home(
     assert len(vast_emulator.instances) == 2
 
     rows = json.loads(vp_env.run("-o", "json", "ls", "--all").stdout)
-    assert [(r["id"], r["known"], r["project"]) for r in rows] == [(made, "yes", "cash")]
+    assert [(r["id"], r["known"], r["project"]) for r in rows] == [(made, True, "cash")]
 
     # a new laptop: nothing in its state, no vp.toml, only the account's key
     home = tmp_path / "fresh-home"
@@ -322,8 +322,8 @@ def test_ls_all_and_cleanup_orphans_from_a_fresh_home(
         "vp-cash",
         "cash",
     )
-    assert row["status"] == "running" and row["per_hour"] > 0 and row["known"] == "no"
-    assert row["age"] is not None
+    assert row["status"] == "running" and row["billing_per_hour"] > 0 and row["known"] is False
+    assert row["uptime_s"] is not None
     text = fresh.run("ls", "--all")
     assert "my-own-box" not in text.stdout + text.stderr
     assert "vp cleanup --orphans" in text.stderr

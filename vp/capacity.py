@@ -10,29 +10,24 @@ holds for every attempt; every failed attempt destroys what it made (vp/platform
 
 `[host] wait_for_capacity = "30m"` tries the whole list again, with backoff, until a host is
 had or the time is up.
+
+This module owns only that order and its waiting; the host lifecycle (vp/lifecycle.py) hands
+it the one-attempt create and uses it, so it imports nothing of the lifecycle.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from vp.config import Config
-from vp.errors import HostGone, VpError
-from vp.hosts import (
-    adopt_new_host,
-    create_request,
-    platform_for,
-    project_hosts,
-    resolve_on,
-    spec_from_config,
-    warm_host,
-)
-from vp.platforms.base import PENDING, RUNNING, STOPPED, Host
-from vp.platforms.cloud import CloudPlatform, Unavailable
-from vp.state import State
-from vp.transport import Transport
+from vp.errors import HostGone
+from vp.platforms.cloud import Unavailable
 from vp.ui import UI
+
+T = TypeVar("T")
 
 BACKOFF_FIRST = 2.0  # seconds before the list is tried again; doubles up to BACKOFF_MAX
 BACKOFF_MAX = 120.0
@@ -49,47 +44,15 @@ class Attempt:
         return f"{self.platform} {self.gpu or 'any GPU'}"
 
 
-def resolve_fallback(
-    cfg: Config, state: State, ui: UI, *, host_name: str | None, create: bool
-) -> tuple[Host, Transport]:
-    """The project's host on any platform of the fallback list (running > stopped, in list
-    order), else a new one through the list."""
-    names = cfg.platforms
-    for name in names:  # warm path: a host vp knows and reaches costs no API call
-        found = warm_host(cfg, state, ui, name, host_name)
-        if found is not None:
-            return found
-    listed = {name: project_hosts(platform_for(cfg, name), state, cfg.project) for name in names}
-    for wanted in ((RUNNING, PENDING), (STOPPED,)):
-        for name in names:
-            if any(h.status in wanted and _named(h, host_name) for h in listed[name]):
-                return resolve_on(cfg, state, ui, name, host_name=host_name, create=False)
-    if host_name:
-        raise VpError(f"no host '{host_name}' on {', '.join(names)}", hint="see `vp ls`")
-    if not create:
-        raise VpError(
-            f"project {cfg.project} has no host on {', '.join(names)}",
-            hint="create one with `vp up`",
-        )
-    return create_with_fallback(cfg, state, ui, names)
-
-
-def _named(host: Host, wanted: str | None) -> bool:
-    return wanted is None or wanted in (host.id, host.name)
-
-
 def create_with_fallback(
     cfg: Config,
-    state: State,
     ui: UI,
     names: tuple[str, ...],
-    *,
-    name: str | None = None,
-    nodes_of: str | None = None,
-) -> tuple[Host, Transport]:
-    """Create a host through every (platform, GPU) pair in order, the whole list again with
-    backoff while `wait_for_capacity` lasts. One progress line per failed attempt; the final
-    error lists every attempt and why it failed."""
+    attempt_one: Callable[[str, str | None], T],
+) -> T:
+    """Call `attempt_one(platform, gpu)` for every (platform, GPU) pair in order, the whole
+    list again with backoff while `wait_for_capacity` lasts, until one returns. One progress
+    line per failed attempt; the final error lists every attempt and why it failed."""
     wait = _wait_seconds(cfg)
     deadline = time.monotonic() + wait
     delay = BACKOFF_FIRST
@@ -101,7 +64,7 @@ def create_with_fallback(
         last: Unavailable | HostGone | None = None
         for i, attempt in enumerate(pairs):
             try:
-                return _attempt(cfg, state, ui, attempt, name, nodes_of)
+                return attempt_one(attempt.platform, attempt.gpu)
             except (Unavailable, HostGone) as exc:
                 last = exc
                 attempt = replace(attempt, why=exc.message)
@@ -127,17 +90,6 @@ def create_with_fallback(
         hint="add GPUs or platforms to the lists, raise max_price, or set "
         '[host] wait_for_capacity = "30m"',
     )
-
-
-def _attempt(
-    cfg: Config, state: State, ui: UI, attempt: Attempt, name: str | None, nodes_of: str | None
-) -> tuple[Host, Transport]:
-    spec = replace(spec_from_config(cfg), gpu=attempt.gpu)
-    platform = platform_for(cfg, attempt.platform)
-    if nodes_of and isinstance(platform, CloudPlatform):
-        platform.expect_nodes(nodes_of)  # together, their ports open to each other
-    host = create_request(cfg, state, ui, platform, spec, name)
-    return adopt_new_host(cfg, state, ui, platform, host, "create")
 
 
 def _next(pairs: list[Attempt], i: int, wait: float) -> str:

@@ -34,7 +34,7 @@ def cleanup(cfg, state: State, ui: UI, *, destroy_orphans: bool) -> CleanupRepor
     """Drop ssh-config blocks and known_hosts pins of hosts that are gone; find (and with
     `destroy_orphans`, destroy) hosts labelled for vp that this machine's state doesn't know."""
     from vp import sshconfig
-    from vp.hosts import platform_for
+    from vp.offers import platform_for
     from vp.platforms import clouds, declaration
     from vp.platforms.cloud import Ownership
 

@@ -7,18 +7,53 @@ the command's own), and before or after a vp subcommand (`vp runs -o json`).
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
 
+from vp.commands import COMMANDS
+from vp.commands.context import Globals, globals_of
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
-from vp.fastpath import SUBCOMMANDS, Globals, near_subcommand, run_command  # noqa: F401
+from vp.fastpath import SUBCOMMANDS, near_subcommand, run_command  # noqa: F401
 from vp.platforms import NAMES
 from vp.ui import UI
 
+
+def load_command(name: str):
+    """The click command `name` from the module the registry names, imported now."""
+    module = importlib.import_module(COMMANDS[name].module)
+    return typer.main.get_group(module.app).commands[name]
+
+
+class LazyGroup(TyperGroup):
+    """The root command: knows every subcommand's name, module and summary from the registry
+    (vp.commands.COMMANDS) and imports a module only when one of its commands is invoked or
+    its own help is shown. `vp --help` lists the summaries without importing any of them."""
+
+    def get_command(self, ctx, cmd_name: str):
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and cmd_name in COMMANDS:
+            cmd = load_command(cmd_name)
+            self.add_command(cmd, cmd_name)
+        return cmd
+
+    def list_commands(self, ctx) -> list[str]:
+        own = super().list_commands(ctx)
+        return [*own, *(name for name in COMMANDS if name not in own)]
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = [("run", self.commands["run"].get_short_help_str(60))]
+        rows += [(name, e.summary) for name, e in COMMANDS.items() if not e.hidden]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
 app = typer.Typer(
+    cls=LazyGroup,
     add_completion=True,
     no_args_is_help=False,
     rich_markup_mode=None,
@@ -34,8 +69,6 @@ app = typer.Typer(
         "forces that)."
     ),
 )
-config_app = typer.Typer(help="Show, read and change configuration.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
 
 VALUE_OPTIONS = {
     "-p",
@@ -74,11 +107,6 @@ FLAG_OPTIONS = {
     "--install-completion",
     "--show-completion",
 }
-
-
-def _globals(ctx: typer.Context) -> Globals:
-    obj = ctx.find_root().obj
-    return obj if isinstance(obj, Globals) else Globals()
 
 
 def _version(value: bool) -> None:
@@ -175,137 +203,11 @@ def main_options(
     epilog="Examples: vp run -- python train.py   |   vp --detach python train.py",
 )
 def run(ctx: typer.Context, command: list[str] = typer.Argument(None)) -> None:
-    g = _globals(ctx)
+    g = globals_of(ctx)
     argv = list(command or []) + list(ctx.args)
     if not argv and not g.sync_only:
         raise UsageError("no command given", hint="e.g. vp python train.py")
     raise typer.Exit(run_command(g, argv))
-
-
-@app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
-def init(
-    ctx: typer.Context,
-    platform: str = typer.Option(None, "--platform", help="Platform to write into vp.toml"),
-    docker: bool = typer.Option(False, "--docker", help="Also write a GPU Dockerfile"),
-    make: bool = typer.Option(False, "--make", help="Append the vp Makefile snippet"),
-    force: bool = typer.Option(False, "--force", help="Overwrite existing files"),
-) -> None:
-    from vp.commands.init import init_project
-
-    g = _globals(ctx)
-    init_project(
-        Path.cwd(), platform=platform or g.platform, docker=docker, make=make, force=force, ui=g.ui
-    )
-
-
-@config_app.command("show", help="Print the merged configuration (secrets masked).")
-def config_show(ctx: typer.Context) -> None:
-    from vp import config as cfgmod
-    from vp.output import render
-
-    g = _globals(ctx)
-    cfg = g.load()
-    data = cfgmod.masked(cfg)
-    if g.output == "text":
-        import tomli_w
-
-        clean = {s: {k: v for k, v in t.items() if v is not None} for s, t in data.items()}
-        sources = ", ".join(str(p) for p in cfg.sources) or "defaults only"
-        sys.stdout.write(f"# project: {cfg.project} (root {cfg.project_root})\n")
-        sys.stdout.write(f"# from: {sources}\n")
-        sys.stdout.write(tomli_w.dumps({s: t for s, t in clean.items() if t}))
-    else:
-        render(data, g.output)
-
-
-@config_app.command("get", help="Print one value (SECTION.KEY: `vp config get host.gpu`).")
-def config_get(ctx: typer.Context, key: str) -> None:
-    from vp import config as cfgmod
-
-    g = _globals(ctx)
-    section, name = cfgmod.parse_key(key)
-    cfg = g.load()
-    value = cfgmod.masked(cfg).get(section, {}).get(name)
-    if value is None:
-        raise typer.Exit(1)
-    typer.echo(str(value).lower() if isinstance(value, bool) else str(value))
-
-
-@config_app.command(
-    "set",
-    help="Set a value in vp.toml; --user: in the user file (API keys).",
-)
-def config_set(
-    ctx: typer.Context,
-    key: str,
-    value: str = typer.Argument(
-        ..., help="The value; - reads it from stdin (keep keys out of argv)"
-    ),
-    user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
-) -> None:
-    from vp.commands.config import read_secret, set_value
-    from vp.config import coerce_value, is_secret, parse_key
-
-    ui = _globals(ctx).ui
-    if value == "-":
-        value = read_secret(key)
-    elif is_secret(*parse_key(key), coerce_value(*parse_key(key), value)):
-        ui.warn(f"{key} given as an argument is now in your shell history; next time use: -")
-    set_value(key, value, user=user, ui=ui)
-
-
-@app.command("runs", help="Run history: id, command, host, start, duration, exit code, cost.")
-def runs_cmd(
-    ctx: typer.Context,
-    all_projects: bool = typer.Option(False, "--all", help="Every project, not just this one"),
-    limit: int = typer.Option(20, "-n", "--limit", help="How many"),
-) -> None:
-    from vp.commands.runs import list_runs
-
-    g = _globals(ctx)
-    list_runs(g, all_projects=all_projects, limit=limit)
-
-
-LATEST_HELP = "Run id or a unique prefix (default: the project's latest run; --host/--all widen)"
-
-
-@app.command("logs", help="Print a run's output; -f follows it until it ends.")
-def logs_cmd(
-    ctx: typer.Context,
-    run_id: str = typer.Argument(None, help=LATEST_HELP),
-    follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
-    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
-    node: int = typer.Option(None, "--node", metavar="R", help="A multi-node run's rank R"),
-) -> None:
-    from vp.commands.runs import show_logs
-
-    g = _globals(ctx)
-    raise typer.Exit(
-        show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects, node=node)
-    )
-
-
-@app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
-def attach_cmd(
-    ctx: typer.Context,
-    run_id: str = typer.Argument(None, help=LATEST_HELP),
-    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
-) -> None:
-    from vp.commands.runs import show_logs
-
-    g = _globals(ctx)
-    raise typer.Exit(show_logs(g, run_id, follow=True, attach=True, all_projects=all_projects))
-
-
-@app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
-def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
-    from vp.commands.runs import kill_run
-
-    kill_run(_globals(ctx), run_id)
-
-
-# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
-# the command modules (the run path skips them). tests/test_local.py keeps this list honest.
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
@@ -358,8 +260,8 @@ def hoist_globals(args: list[str], root) -> list[str]:
         i += step
     command = root
     path: list[str] = []
-    while i < len(args) and hasattr(command, "commands"):
-        sub = command.commands.get(args[i])  # type: ignore[attr-defined]
+    while i < len(args) and hasattr(command, "get_command"):
+        sub = command.get_command(None, args[i])  # type: ignore[attr-defined]
         if sub is None:
             return args
         path.append(args[i])
@@ -400,7 +302,8 @@ def hoist_globals(args: list[str], root) -> list[str]:
 
 
 def _is_run(args: list[str]) -> bool:
-    """Does `args` (normalized) invoke `run`? Then the other commands need not be loaded."""
+    """Does `args` (normalized) invoke `run`? Then what follows it is the command's own: no
+    global option is hoisted out of it."""
     i = 0
     while i < len(args):
         if args[i] in VALUE_OPTIONS:
@@ -415,8 +318,10 @@ def _is_run(args: list[str]) -> bool:
 
 
 def registered_commands() -> list[str]:
-    names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
-    names += [g.name for g in app.registered_groups if g.name]
+    """Every subcommand the command modules define (importing them all), plus `run`."""
+    names = ["run"]
+    for module in sorted({e.module for e in COMMANDS.values()}):
+        names += list(typer.main.get_group(importlib.import_module(module).app).commands)
     return names
 
 
@@ -430,9 +335,6 @@ def main(argv: list[str] | None = None) -> None:
     ui = UI(verbose="-v" in sys.argv or "--verbose" in sys.argv)
     try:
         args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
-        if not _is_run(args):
-            from vp import commands  # noqa: F401  - registers the lifecycle and access commands
-
         command = typer.main.get_command(app)
         if not _is_run(args):
             args = hoist_globals(args, command)

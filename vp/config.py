@@ -220,7 +220,7 @@ def __getattr__(name: str) -> Any:
     endpoint receives the API key, a registry the registry login); a project file is someone
     else's text (a cloned repo), so only the user file or the environment may set them;
     key -> the environment variable that also does. ENDPOINT_ENV: API endpoints the environment
-    can set per platform (DESIGN §5: how tests point vp at emulators).
+    can set per platform (ARCHITECTURE.md §3: how tests point vp at emulators).
     """
     which = ("SECRET_KEYS", "USER_ONLY_KEYS", "ENDPOINT_ENV")
     if name in which:

@@ -15,17 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vp.commands import COMMANDS
 from vp.ui import UI
 
 # Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
-# the command modules. tests/test_local.py keeps this list honest.
-SUBCOMMANDS = frozenset(
-    {"run", "init", "config", "runs", "logs", "attach", "kill"}
-    | {"ls", "list-instances", "offers", "up", "create", "start", "stop", "down", "destroy"}
-    | {"status", "gpu", "modify", "clone"}
-    | {"ssh", "ssh-config", "cleanup", "tunnel", "upload", "download", "sync"}
-    | {"secret", "setup", "spend", "ui"}
-)
+# the command modules: `run` and the registry's (vp/commands/__init__.py, a light module).
+SUBCOMMANDS = frozenset({"run", *COMMANDS})
 
 _FLAGS = {
     "--no-sync": ("no_sync", True),
@@ -148,7 +143,7 @@ def near_subcommand(word: str) -> str | None:
     name = (word.split() or [""])[0]
     if not name.replace("-", "_").isidentifier() or shutil.which(name):
         return None
-    visible = sorted(SUBCOMMANDS - {"list-instances", "create", "destroy"})
+    visible = sorted({"run"} | {n for n, e in COMMANDS.items() if not e.hidden})
     close = difflib.get_close_matches(name, visible, n=1, cutoff=0.75)
     return close[0] if close and close[0] != name else None
 

@@ -64,7 +64,8 @@ def sweep_stopped(cfg, ui: UI, state=None, *, all_projects: bool = False) -> lis
         host = state.host(interval.host_key)
         if host is None:
             continue
-        from vp.hosts import forget, platform_for
+        from vp.lifecycle import forget
+        from vp.offers import platform_for
         from vp.platforms.base import STOPPED
 
         try:

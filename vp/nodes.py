@@ -108,7 +108,7 @@ def acquire(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, Trans
 
 
 def _ssh_hosts(cfg: Config, state: State, n: int) -> list[tuple[Host, Transport]]:
-    from vp.hosts import transport_for
+    from vp.lifecycle import transport_for
     from vp.platforms.ssh import host_for
 
     listed = list(cfg.ssh.hosts)
@@ -140,7 +140,8 @@ def node_name(cfg: Config, rank: int) -> str:
 
 
 def _cloud_hosts(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, Transport]]:
-    from vp.hosts import create_host, forget, platform_for, project_hosts, resolve_on
+    from vp.lifecycle import create_host, forget, project_hosts, resolve_on
+    from vp.offers import platform_for
 
     platform = platform_for(cfg)
     known = {h.name for h in project_hosts(platform, state, cfg.project)}
@@ -487,7 +488,7 @@ def _detached(ranks: list[Rank], results: dict, ui: UI) -> Outcome:
 def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     """The pipeline of vp/run.py for N nodes: hosts, sync, launch, follow, results."""
     from vp import secretstore
-    from vp.hosts import host_gone
+    from vp.lifecycle import host_gone
     from vp.run import Workspace, _idle_watchdog, _setup_step, command_text, sync_down, sync_up
     from vp.sync.guard import check_root
 

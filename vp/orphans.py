@@ -67,7 +67,8 @@ def configured_clouds(cfg) -> list[str]:
 def sweep(cfg, state: State, ui: UI, names: list[str] | None = None) -> Sweep:
     """Ask every configured provider (or `names`) for vp's hosts; never raises for one
     provider that cannot be listed (it is named in `unchecked`)."""
-    from vp.hosts import platform_for, with_local_facts
+    from vp.lifecycle import with_local_facts
+    from vp.offers import platform_for
     from vp.platforms import declaration
     from vp.platforms.cloud import Ownership
     from vp.spend import host_costs

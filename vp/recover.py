@@ -2,7 +2,7 @@
 
 The trigger is the provider's word, never a dropped connection: `follow` reconnects through
 network trouble and raises HostGone only when the provider says the host was destroyed or
-stopped (vp/hosts.py `host_gone`). Then the lost host is retired (a stopped, preempted host
+stopped (vp/lifecycle.py `host_gone`). Then the lost host is retired (a stopped, preempted host
 is destroyed: a resumed run starts from the workspace and the checkpoints vp pulled, not from
 its disk), and the next attempt acquires a host through the same fallback lists, uploads the
 workspace (checkpoints included) and runs the command with VP_ATTEMPT=N and VP_RESUMED=1.
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from vp.config import Config
 from vp.errors import VpError
-from vp.hosts import forget, platform_for
+from vp.lifecycle import forget
+from vp.offers import platform_for
 from vp.state import State
 from vp.ui import UI
 

@@ -6,6 +6,7 @@ import contextlib
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vp import checkpoints, remote
 from vp.config import Config
 from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow
-from vp.hosts import host_gone, resolve
+from vp.lifecycle import host_gone, resolve
 from vp.mask import LogView
 from vp.platforms import kind
 from vp.platforms.base import Host
@@ -24,6 +25,7 @@ from vp.sync.transfer import (
     DownloadIncomplete,
     Manifest,
     RemoteChange,
+    UploadResult,
     download,
     parse_changes,
     plan_download,
@@ -76,14 +78,7 @@ class Workspace:
         return self.cfg.project_root
 
     def rules(self) -> IgnoreRules:
-        extra = list(self.cfg.sync.extra_ignore)
-        if self.cfg.sync.download_from == "all":
-            extra.append("/nodes/")  # the other ranks' results (vp/nodes.py) stay here
-        return IgnoreRules.for_project(
-            self.root,
-            extra=extra,
-            use_gitignore=self.cfg.sync.use_gitignore,
-        )
+        return ignore_rules(self.cfg)
 
     def results(self) -> IgnoreRules | None:
         """`[sync] results`: when set, only paths matching these patterns come back."""
@@ -99,6 +94,19 @@ class Workspace:
 
     def save_manifest(self, manifest: Manifest) -> None:
         self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+
+
+def ignore_rules(cfg: Config) -> IgnoreRules:
+    """What the project never uploads: .vpignore, [sync] extra_ignore, .gitignore if asked,
+    and with `[sync] download_from = "all"` the other ranks' results (vp/nodes.py)."""
+    extra = list(cfg.sync.extra_ignore or [])
+    if cfg.sync.download_from == "all":
+        extra.append("/nodes/")
+    return IgnoreRules.for_project(
+        cfg.project_root,
+        extra=extra,
+        use_gitignore=bool(cfg.sync.use_gitignore),
+    )
 
 
 @dataclass
@@ -124,16 +132,32 @@ def control_files(cfg: Config) -> set[str]:
     return names
 
 
-def open_workspace(cfg: Config, state: State, ui: UI, host_name: str | None = None) -> Workspace:
-    host, transport = resolve(cfg, state, ui, host_name=host_name)
+def workdir_for(cfg: Config, transport: Transport | None) -> str:
+    """Where the project lives on the host: [sync] workdir, or a per-project folder locally."""
     if isinstance(transport, LocalTransport):
-        workdir = transport.workdir_for(cfg.project, cfg.project_root)
-    else:
-        workdir = cfg.sync.workdir
-    return Workspace(cfg, state, host, transport, workdir)
+        return transport.workdir_for(cfg.project, cfg.project_root)
+    return cfg.sync.workdir
 
 
-def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
+def open_workspace(
+    cfg: Config,
+    state: State,
+    ui: UI,
+    host_name: str | None = None,
+    *,
+    create: bool = True,
+    image: str | None = None,
+) -> Workspace:
+    """The one way to reach the project's host: resolved (and with `create`, created or
+    started), connected, with its workdir. `image` is the image a new host boots."""
+    host, transport = resolve(cfg, state, ui, host_name=host_name, create=create, image=image)
+    return Workspace(cfg, state, host, transport, workdir_for(cfg, transport))
+
+
+def sync_up(
+    ws: Workspace, ui: UI, yes: bool = False, say: Callable[[str], None] | None = None
+) -> UploadResult:
+    """Upload what changed since the last upload; `say` (default `ui.info`) hears each step."""
     previous = ws.manifest()
     ws.maybe_pending = bool(previous.pending)
     result, manifest = upload(
@@ -142,7 +166,7 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
         ws.workdir,
         ws.rules(),
         previous,
-        say=ui.info,
+        say=say or ui.info,
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
         walk_cache=walk_cache_file(ws.root),
@@ -153,6 +177,7 @@ def sync_up(ws: Workspace, ui: UI, yes: bool = False) -> None:
         ws.save_manifest(manifest)
         if result.deleted:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
+    return result
 
 
 def walk_cache_file(root: Path) -> Path:
@@ -282,20 +307,20 @@ def _execute_once(
         check_root(cfg)  # before a host is created or an image built for nothing
     use_docker = cfg.docker.enabled if opts.docker is None else opts.docker
     container_host = use_docker and kind(cfg.platform) == "container"
+    boot_image = None
     if container_host:
         # Container platforms boot from the image itself: build and push before the host.
         from vp.docker.dispatch import build_and_push
 
-        image, _auth = build_and_push(cfg, ui)
-        cfg = cfg.replace("host", image=image)  # the host boots from the image just pushed
-    ws = open_workspace(cfg, state, ui, opts.host_name)
+        boot_image, _auth = build_and_push(cfg, ui)
+    ws = open_workspace(cfg, state, ui, opts.host_name, image=boot_image)
     budget_seconds = _budget(cfg, state, ui, ws.host)
     running_image = ws.host.labels.get("image")
-    if container_host and running_image and running_image != cfg.host.image:
+    if container_host and running_image and running_image != boot_image:
         # A container host is its image: a new image needs a new host.
         ui.warn(
             f"{ws.host.name} runs {running_image}, not the project's new image "
-            f"{cfg.host.image}: recreate it with `vp down --yes` and run again"
+            f"{boot_image}: recreate it with `vp down --yes` and run again"
         )
     command = ":" if opts.setup_only else command_text(opts.argv)
     run_id = remote.new_run_id()

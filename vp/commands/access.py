@@ -1,7 +1,8 @@
 """Access and everyday use: ssh, ssh-config, cleanup, tunnel, upload, download, sync.
 
 Each command parses, calls a small function (here, or in `vp.sshconfig`, `vp.tunnel`,
-`vp.watch`) and renders. Every connection is the project's shared one from `vp.hosts.resolve`.
+`vp.watch`) and renders. Every command reaches the host through `vp.run.open_workspace`, the
+project's one shared connection.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from vp.cleanup import cleanup
-from vp.cli import _globals, app
+from vp.commands.context import Globals, command_app, globals_of
 from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
-from vp.hosts import resolve
 from vp.output import human_size, render
 from vp.platforms import kind
-from vp.platforms.base import Host
+from vp.run import Workspace, ignore_rules, open_workspace, sync_up, workdir_for
 from vp.state import State
 from vp.sync.copy import copy_down, copy_up
-from vp.sync.transfer import REMOTE_SUFFIX, upload
-from vp.transport import LocalTransport, Transport
+from vp.sync.transfer import REMOTE_SUFFIX
+from vp.transport import LocalTransport
 from vp.ui import UI, one_line
 
 if TYPE_CHECKING:
@@ -43,18 +43,14 @@ class _DashDashCommand(typer.core.TyperCommand):
         return super().parse_args(ctx, args)
 
 
-def _workdir(cfg, transport: Transport) -> str:
-    if isinstance(transport, LocalTransport):
-        return transport.workdir_for(cfg.project, cfg.project_root)
-    return cfg.sync.workdir
+app = command_app()
 
 
-def _connect(ctx: typer.Context, host_arg: str | None = None):
-    g = _globals(ctx)
-    cfg = g.load()
-    state = State()
-    host, transport = resolve(cfg, state, g.ui, host_name=host_arg or g.host, create=False)
-    return g, cfg, state, host, transport
+def _connect(ctx: typer.Context, host_arg: str | None = None) -> tuple[Globals, Workspace]:
+    """The project's host as a `Workspace` (never created here: these commands need one)."""
+    g = globals_of(ctx)
+    ws = open_workspace(g.load(), State(), g.ui, host_arg or g.host, create=False)
+    return g, ws
 
 
 def _exec(argv: list[str], cwd: str | None = None) -> None:
@@ -110,8 +106,8 @@ def ssh_cmd(
     from vp.run import command_text
 
     command = ctx.meta.get("vp.command")
-    g, cfg, _state, _host, transport = _connect(ctx, host)
-    workdir = _workdir(cfg, transport)
+    g, ws = _connect(ctx, host)
+    cfg, transport, workdir = ws.cfg, ws.transport, ws.workdir
     text = command_text(command) if command else None
     if isinstance(transport, LocalTransport):
         Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -148,7 +144,7 @@ def ssh_config_cmd(
 ) -> None:
     from vp import sshconfig
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
     name = sshconfig.alias_for(cfg.project)[3:]
     if remove:
@@ -162,8 +158,8 @@ def ssh_config_cmd(
         return
     from vp.ssh import SshTransport
 
-    state = State()
-    host, transport = resolve(cfg, state, g.ui, host_name=g.host, create=False)
+    ws = open_workspace(cfg, State(), g.ui, g.host, create=False)
+    host, transport = ws.host, ws.transport
     if not isinstance(transport, SshTransport):
         raise UsageError(
             f"the {host.platform} platform has no ssh host", hint="use `vp ssh` for a local shell"
@@ -201,7 +197,7 @@ def cleanup_cmd(
 ) -> None:
     from vp.guard import sweep_stopped
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
     state = State()
     sweep_stopped(cfg, g.ui, state, all_projects=True)
@@ -254,8 +250,9 @@ def tunnel_cmd(
 ) -> None:
     from vp.tunnel import connect, serve
 
-    g, _cfg, _state, host, transport = _connect(ctx)
-    tunnels = connect(host, transport, ports, say=g.ui.info, debug=g.ui.debug)
+    g, ws = _connect(ctx)
+    host = ws.host
+    tunnels = connect(host, ws.transport, ports, say=g.ui.info, debug=g.ui.debug)
     try:
         if g.output == "text":
             for f in tunnels.forwards:
@@ -288,10 +285,10 @@ def upload_cmd(
     src: str = typer.Argument(..., help="Local file or folder"),
     dst: str = typer.Argument(None, help="Path on the host (default: same relative path)"),
 ) -> None:
-    g, cfg, _state, host, transport = _connect(ctx)
-    workdir = _workdir(cfg, transport)
+    g, ws = _connect(ctx)
+    cfg, host = ws.cfg, ws.host
     g.ui.info(f"uploading {src} to {host.name}")
-    rel, size = copy_up(transport, cfg.project_root, workdir, src, dst)
+    rel, size = copy_up(ws.transport, cfg.project_root, ws.workdir, src, dst)
     if g.output != "text":
         render({"source": src, "target": rel, "bytes": size, "host": host.name}, g.output)
     else:
@@ -313,8 +310,8 @@ def download_cmd(
     dst: str = typer.Argument(None, help="Local path (default: same relative path)"),
     force: bool = typer.Option(False, "-f", "--force", help="Overwrite local files"),
 ) -> None:
-    g, cfg, _state, host, transport = _connect(ctx)
-    workdir = _workdir(cfg, transport)
+    g, ws = _connect(ctx)
+    cfg, host = ws.cfg, ws.host
     name = posixpath.basename(src.rstrip("/"))
     if dst is None:
         rel = src.rstrip("/")
@@ -328,7 +325,7 @@ def download_cmd(
     root = cfg.project_root.resolve()
     protected = {root / name for name in control_files(cfg)}
     result = copy_down(
-        transport, workdir, src, local, force=force, protected=protected, warn=g.ui.warn
+        ws.transport, ws.workdir, src, local, force=force, protected=protected, warn=g.ui.warn
     )
     if g.output != "text":
         render(result.to_dict(), g.output)
@@ -349,38 +346,8 @@ def download_cmd(
 # ---------------------------------------------------------------------------- sync
 
 
-def _known_host(cfg, state: State, host_name: str | None) -> tuple[Host | None, str | None]:
-    """The project's host and workdir as vp last knew them, with no connection made."""
-    if kind(cfg.platform) == "local":
-        from vp.platforms.local import LOCAL_HOST
-
-        return LOCAL_HOST, LocalTransport().workdir_for(cfg.project, cfg.project_root)
-    workdir = cfg.sync.workdir
-    if kind(cfg.platform) == "ssh":
-        from vp.platforms.ssh import host_for
-
-        spec = host_name or cfg.ssh.host
-        return (host_for(spec) if spec else None), workdir
-    for h in state.hosts(cfg.project, None if cfg.platform == "auto" else cfg.platform):
-        if host_name is None or host_name in (h.id, h.name):
-            return h, workdir
-    return None, workdir
-
-
-def _upload(ws, ui: UI, say, yes: bool = False) -> dict:
-    from vp.sync.guard import confirm_first_upload
-
-    result, manifest = upload(
-        ws.transport,
-        ws.root,
-        ws.workdir,
-        ws.rules(),
-        ws.manifest(),
-        say=say,
-        confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
-    )
-    if not result.skipped:
-        ws.save_manifest(manifest)
+def _upload(ws: Workspace, ui: UI, say, yes: bool = False) -> dict:
+    result = sync_up(ws, ui, yes=yes, say=say)
     return {
         "host": ws.host.name,
         "workdir": ws.workdir,
@@ -393,23 +360,16 @@ def _upload(ws, ui: UI, say, yes: bool = False) -> dict:
 
 def sync_status(cfg, state: State, host_name: str | None) -> dict:
     """What `vp sync` would move now: the walk against the last upload's manifest."""
+    from vp.lifecycle import last_known
     from vp.sync.transfer import Manifest
     from vp.watch import plan_upload
 
-    host, workdir = _known_host(cfg, state, host_name)
+    host = last_known(cfg, state, host_name)
+    local = kind(cfg.platform) == "local"
+    workdir = workdir_for(cfg, LocalTransport() if local else None)
     stored = state.manifest(host.key, str(cfg.project_root), workdir) if host else None
-    plan = plan_upload(cfg.project_root, _rules(cfg), Manifest.from_json(stored))
+    plan = plan_upload(cfg.project_root, ignore_rules(cfg), Manifest.from_json(stored))
     return {"host": host.name if host else None, "workdir": workdir, **plan.to_dict()}
-
-
-def _rules(cfg):
-    from vp.sync.ignore import IgnoreRules
-
-    return IgnoreRules.for_project(
-        cfg.project_root,
-        extra=cfg.sync.extra_ignore,
-        use_gitignore=cfg.sync.use_gitignore,
-    )
 
 
 def _print_status(data: dict, root: Path) -> None:
@@ -450,7 +410,7 @@ def sync_cmd(
     from vp.run import open_workspace
     from vp.sync.guard import check_root
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     if watch and status:
         raise UsageError("--watch and --status don't go together")
     cfg = g.load()

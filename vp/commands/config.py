@@ -1,13 +1,24 @@
-"""`vp config set`: change one key in the project file (or the 0600 user file)."""
+"""`vp config show|get|set`: print the merged configuration, or change one key in the project
+file (or the 0600 user file)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
+import typer
+
 from vp import config, paths, tomledit
+from vp.commands.context import command_app, globals_of
 from vp.errors import ConfigError, UsageError
 from vp.ui import UI
+
+app = command_app()
+config_app = typer.Typer(
+    help="Show, read and change configuration.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(config_app, name="config")
 
 
 def read_secret(key: str) -> str:
@@ -75,3 +86,58 @@ def _write(path: Path, text: str, private: bool) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write ({exc.strerror})") from None
+
+
+@config_app.command("show", help="Print the merged configuration (secrets masked).")
+def config_show(ctx: typer.Context) -> None:
+    from vp import config as cfgmod
+    from vp.output import render
+
+    g = globals_of(ctx)
+    cfg = g.load()
+    data = cfgmod.masked(cfg)
+    if g.output == "text":
+        import tomli_w
+
+        clean = {s: {k: v for k, v in t.items() if v is not None} for s, t in data.items()}
+        sources = ", ".join(str(p) for p in cfg.sources) or "defaults only"
+        sys.stdout.write(f"# project: {cfg.project} (root {cfg.project_root})\n")
+        sys.stdout.write(f"# from: {sources}\n")
+        sys.stdout.write(tomli_w.dumps({s: t for s, t in clean.items() if t}))
+    else:
+        render(data, g.output)
+
+
+@config_app.command("get", help="Print one value (SECTION.KEY: `vp config get host.gpu`).")
+def config_get(ctx: typer.Context, key: str) -> None:
+    from vp import config as cfgmod
+
+    g = globals_of(ctx)
+    section, name = cfgmod.parse_key(key)
+    cfg = g.load()
+    value = cfgmod.masked(cfg).get(section, {}).get(name)
+    if value is None:
+        raise typer.Exit(1)
+    typer.echo(str(value).lower() if isinstance(value, bool) else str(value))
+
+
+@config_app.command(
+    "set",
+    help="Set a value in vp.toml; --user: in the user file (API keys).",
+)
+def config_set(
+    ctx: typer.Context,
+    key: str,
+    value: str = typer.Argument(
+        ..., help="The value; - reads it from stdin (keep keys out of argv)"
+    ),
+    user: bool = typer.Option(False, "--user", help="Write the user file (0600) instead"),
+) -> None:
+    from vp.config import coerce_value, is_secret, parse_key
+
+    ui = globals_of(ctx).ui
+    if value == "-":
+        value = read_secret(key)
+    elif is_secret(*parse_key(key), coerce_value(*parse_key(key), value)):
+        ui.warn(f"{key} given as an argument is now in your shell history; next time use: -")
+    set_value(key, value, user=user, ui=ui)

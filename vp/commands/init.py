@@ -5,9 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import typer
+
+from vp.commands.context import command_app, globals_of
 from vp.errors import UsageError
 from vp.ui import UI
 
+app = command_app()
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
@@ -102,3 +106,17 @@ def makefile_snippet(snippet: str, current: str) -> tuple[str, list[str]]:
         return "", kept
     blocks.append(".PHONY: " + " ".join(targets))
     return "\n\n".join(blocks) + "\n", kept
+
+
+@app.command(help="Write vp.toml and .vpignore for this project (and optionally more).")
+def init(
+    ctx: typer.Context,
+    platform: str = typer.Option(None, "--platform", help="Platform to write into vp.toml"),
+    docker: bool = typer.Option(False, "--docker", help="Also write a GPU Dockerfile"),
+    make: bool = typer.Option(False, "--make", help="Append the vp Makefile snippet"),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing files"),
+) -> None:
+    g = globals_of(ctx)
+    init_project(
+        Path.cwd(), platform=platform or g.platform, docker=docker, make=make, force=force, ui=g.ui
+    )

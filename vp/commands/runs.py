@@ -3,44 +3,31 @@
 from __future__ import annotations
 
 import sys
-import time
 
-from vp import remote, secretstore
+import typer
+
+from vp import records, remote, secretstore
+from vp.commands.context import command_app, globals_of
 from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow as follow_run
-from vp.hosts import host_gone, transport_for
+from vp.lifecycle import host_gone, transport_for
 from vp.mask import LogView
+from vp.output import render
 from vp.state import RunRecord, State
+
+app = command_app()
 
 
 def list_runs(g, *, all_projects: bool, limit: int) -> None:
-    from vp.output import render
-
     state = State()
-    project = None
-    if not all_projects:
-        project = g.load().project
-    rows = []
-    for r in state.runs(project, limit=limit):
-        d = r.to_dict()
-        d["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.started))
-        d["duration"] = None if r.duration is None else round(r.duration, 1)
-        rows.append(d)
-    columns = [
-        "id",
-        "command",
-        "host_name",
-        "started",
-        "duration",
-        "exit_code",
-        "status",
-        "attempt",
-        "cost",
-    ]
-    if g.output == "text" and not rows:
+    project = None if all_projects else g.load().project
+    runs = state.runs(project, limit=limit)
+    if g.output in ("json", "yaml"):
+        render([records.run_json(r) for r in runs], g.output)
+    elif runs:
+        render([records.run_cells(r) for r in runs], "table", records.RUN_COLUMNS)
+    else:
         g.ui.info("no runs yet")
-        return
-    render(rows, "table" if g.output == "text" else g.output, columns)
 
 
 def latest_run(g, state: State, *, all_projects: bool) -> RunRecord:
@@ -175,3 +162,45 @@ def kill_run(g, run_id: str) -> None:
         raise VpError(f"could not signal run {record.id} on {host.name}")
     if record.status in ("running", "detached"):
         state.finish_run(record.id, exit_code, "killed" if proc.returncode != 4 else "done")
+
+
+@app.command("runs", help="Run history: id, command, host, start, duration, exit code, cost.")
+def runs_cmd(
+    ctx: typer.Context,
+    all_projects: bool = typer.Option(False, "--all", help="Every project, not just this one"),
+    limit: int = typer.Option(20, "-n", "--limit", help="How many"),
+) -> None:
+    g = globals_of(ctx)
+    list_runs(g, all_projects=all_projects, limit=limit)
+
+
+LATEST_HELP = "Run id or a unique prefix (default: the project's latest run; --host/--all widen)"
+
+
+@app.command("logs", help="Print a run's output; -f follows it until it ends.")
+def logs_cmd(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(None, help=LATEST_HELP),
+    follow: bool = typer.Option(False, "-f", "--follow", help="Keep streaming until it ends"),
+    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+    node: int = typer.Option(None, "--node", metavar="R", help="A multi-node run's rank R"),
+) -> None:
+    g = globals_of(ctx)
+    raise typer.Exit(
+        show_logs(g, run_id, follow=follow, attach=False, all_projects=all_projects, node=node)
+    )
+
+
+@app.command("attach", help="Follow a detached run (Ctrl-C interrupts it), then fetch results.")
+def attach_cmd(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(None, help=LATEST_HELP),
+    all_projects: bool = typer.Option(False, "--all", help="Latest run of any project"),
+) -> None:
+    g = globals_of(ctx)
+    raise typer.Exit(show_logs(g, run_id, follow=True, attach=True, all_projects=all_projects))
+
+
+@app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
+def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
+    kill_run(globals_of(ctx), run_id)

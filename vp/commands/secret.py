@@ -12,10 +12,12 @@ import sys
 import typer
 
 from vp import secretstore
-from vp.cli import _globals, app
+from vp.commands.context import command_app, globals_of
 from vp.errors import UsageError
 
+app = command_app()
 secret_app = typer.Typer(
+    rich_markup_mode=None,
     help="Tokens your runs need (HF_TOKEN...), kept on this machine; see [secrets] in vp.toml.",
     no_args_is_help=True,
 )
@@ -53,14 +55,14 @@ def secret_set(
     secretstore.check_name(name, "vp secret set")
     value = _read_value(name)
     where = secretstore.set_secret(name, value)
-    _globals(ctx).ui.info(f"stored {name} in {where}")
+    globals_of(ctx).ui.info(f"stored {name} in {where}")
 
 
 @secret_app.command("ls", help="Secret names and where each comes from (never the values).")
 def secret_ls(ctx: typer.Context) -> None:
     from vp.output import render
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     stored = secretstore.stored()
     required: list[str] = []
     optional: list[str] = []
@@ -90,7 +92,7 @@ def secret_ls(ctx: typer.Context) -> None:
 def secret_rm(ctx: typer.Context, name: str = typer.Argument(..., help="Secret name")) -> None:
     if not secretstore.remove(name):
         raise UsageError(f"no stored secret named {name}", hint="see: vp secret ls")
-    _globals(ctx).ui.info(f"removed {name}")
+    globals_of(ctx).ui.info(f"removed {name}")
 
 
 @app.command(
@@ -103,7 +105,7 @@ def setup_cmd(
 ) -> None:
     from vp.run import RunOptions, execute
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     cfg = g.load()
     opts = RunOptions(
         argv=[],

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from vp.cli import _globals, app
+from vp.commands.context import command_app, globals_of
 from vp.errors import UsageError
 from vp.output import render
+
+app = command_app()
 
 
 @app.command(
@@ -22,7 +24,7 @@ def spend_cmd(
     from vp import clock, spend
     from vp.state import State
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     if by not in spend.BY:
         raise UsageError(f"--by {by!r}: choose one of {', '.join(spend.BY)}")
     seconds = clock.parse_duration(since, "--since")  # a ConfigError: a usage error, exit 2

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from vp.cli import _globals, app
+from vp.commands.context import command_app, globals_of
+
+app = command_app()
 
 
 @app.command("ui", help="Serve the web control page: hosts, runs, live logs, host apps.")
@@ -28,7 +30,7 @@ def ui_cmd(
     from vp.web.core import Project
     from vp.web.serve import serve
 
-    g = _globals(ctx)
+    g = globals_of(ctx)
     g.load()  # a broken vp.toml is said now, in one line, not on the first page load
     project = Project(Path.cwd(), config=g.config, platform=g.platform)
     serve(

@@ -1,5 +1,5 @@
-"""Docker support (DESIGN §6): build the project's image tagged by a hash of its build context,
-push it only when the registry lacks that tag, and wrap the user's command in `docker run`.
+"""Docker support (ARCHITECTURE.md §6): build the project's image tagged by a hash of its build
+context, push it only when the registry lacks that tag, and wrap the user's command in `docker run`.
 
     ref = ensure_image(root, dockerfile="Dockerfile", image="ghcr.io/me/mnist", push=True,
                        auth=registry_auth("ghcr.io/me/mnist", user_settings["docker"]))

@@ -388,6 +388,7 @@ class AwsPlatform(CloudPlatform):
             key_path=key_path,
             host_key_alias=f"vp-{NAME}-{inst['InstanceId']}",
             created_at=launch.timestamp() if hasattr(launch, "timestamp") else None,
+            region=self.region,
         )
 
     def _describe(self, host_id: str) -> dict | None:

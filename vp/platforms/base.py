@@ -70,6 +70,8 @@ class Host:
     # Name under which the host key is pinned; stable across ip/port changes on restart.
     host_key_alias: str | None = None
     created_at: float | None = None
+    region: str | None = None  # where the provider placed it, as it names it ("Texas, US")
+    stopped_at: float | None = None  # when vp stopped it (vp's state; providers don't say)
 
     @property
     def key(self) -> str:

@@ -314,6 +314,7 @@ class GcePlatform(CloudPlatform):
                 else "on-demand",
             },
             key_path=str(keys.keys_dir() / key_file) if key_file else None,
+            region=self.zone,
             host_key_alias=f"vp-{NAME}-{inst.name}",
             created_at=_timestamp(inst.creation_timestamp),
         )

@@ -263,6 +263,7 @@ class VastPlatform(CloudPlatform):
             key_path=self._key_paths.get(iid),
             host_key_alias=f"vp-vast-{iid}",
             created_at=row.get("start_date"),
+            region=row.get("geolocation") or None,
         )
 
     def _placeholder(self, iid: str, name: str) -> Host:

@@ -5,7 +5,7 @@ itself (`vp -o json ls`, `vp start NAME`, `vp --detach CMD`, ...), run in the pr
 with the options `vp ui` was given: the JSON the API returns is the CLI's JSON by construction,
 and a run started from the page is exactly `vp --detach` (its own process, so the pipeline's
 prompts, stdout and signal handling never touch the server). Logs, keep-alive and the app
-proxy need the project's live connection, and use the same host service (`vp.hosts`) and ssh
+proxy need the project's live connection, and use the same host service (`vp.lifecycle`) and ssh
 transport as every command, in process.
 
 Everything here blocks; the app calls it from a worker thread.
@@ -28,7 +28,7 @@ from pathlib import Path
 from vp import idle, remote, secretstore
 from vp.config import Config
 from vp.errors import VpError
-from vp.hosts import resolve, transport_for
+from vp.lifecycle import resolve, transport_for
 from vp.mask import LogView
 from vp.platforms import clouds, kind
 from vp.platforms.base import RUNNING, Host
