@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,8 @@ def base_config_file() -> Path:
     except FileNotFoundError:
         current = None
     if current != text:
-        tmp = path.with_name(f".ssh_config.{os.getpid()}")
+        # per thread too: `vp --nodes` prepares its hosts from several threads at once
+        tmp = path.with_name(f".ssh_config.{os.getpid()}.{threading.get_ident()}")
         tmp.write_text(text)
         os.replace(tmp, path)
     return path

@@ -18,6 +18,7 @@ from __future__ import annotations
 import marshal
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +56,7 @@ def _load(path: Path, key: str) -> tuple[int, dict] | None:
 
 
 def _save(path: Path, key: str, when: int, dirs: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(tmp, "wb") as fh:
