@@ -146,6 +146,7 @@ def test_secret_reaches_the_run_masked_and_nowhere_else(
     ssh_project: VpEnv, remote_workdir: Path, tmp_path: Path
 ) -> None:
     env = ssh_project
+    t0 = time.time()
     token = "hf_" + secrets.token_hex(20)
     unlisted = "unlisted-" + secrets.token_hex(16)
     _add(env, '[secrets]\nrequired = ["HF_TOKEN"]\noptional = ["WANDB_API_KEY"]\n')
@@ -176,7 +177,7 @@ def test_secret_reaches_the_run_masked_and_nowhere_else(
             time.sleep(0.05)
         # while the command runs: no file in the host's runs dir holds the value (the env and
         # mask files are gone, the log is masked as it is written)
-        assert _files_holding(_host_runs_dir(), needles) == []
+        assert _files_holding(_host_runs_dir(), needles, since=t0) == []
         release.touch()
         out_b, err_b = proc.communicate(timeout=120)
     out, err = out_b.decode(), err_b.decode()
@@ -196,7 +197,7 @@ def test_secret_reaches_the_run_masked_and_nowhere_else(
     assert b"token=***\n" in log and b"split:***:end\n" in log
     r = env.run("logs", run_id)
     assert r.returncode == 0 and r.stdout == out, r.stdout
-    assert _files_holding(_host_runs_dir(), needles) == []
+    assert _files_holding(_host_runs_dir(), needles, since=t0) == []
     assert _files_holding(env.home, needles, skip=(_store(env),)) == []
     assert _files_holding(remote_workdir, needles) == []
     assert _files_holding(env.project, needles) == []

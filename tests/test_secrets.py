@@ -306,10 +306,18 @@ class _ArgvScan:
             self.passes += 1
 
 
-def _files_holding(root: Path, values: dict[str, str], skip: tuple[Path, ...] = ()) -> list[str]:
-    """Every file under `root` (not following links) whose bytes contain one of `values`."""
+def _files_holding(
+    root: Path, values: dict[str, str], skip: tuple[Path, ...] = (), since: float = 0.0
+) -> list[str]:
+    """Every file under `root` (not following links) whose bytes contain one of `values`.
+
+    `since` prunes folders last changed before it: the shared test host's runs dir holds every
+    run of the session (gigabytes of logs on a busy CI machine), and a value made up by this
+    test cannot be in a folder nothing was added to since it started."""
     found = []
-    for dirpath, _dirs, files in os.walk(root):
+    for dirpath, dirs, files in os.walk(root):
+        if since:
+            dirs[:] = [d for d in dirs if _changed_since(Path(dirpath) / d, since)]
         for name in files:
             path = Path(dirpath) / name
             if path in skip or path.is_symlink() or not path.is_file():
@@ -320,6 +328,14 @@ def _files_holding(root: Path, values: dict[str, str], skip: tuple[Path, ...] = 
                 continue
             found += [f"{what}: {path}" for what, v in values.items() if v.encode() in data]
     return found
+
+
+def _changed_since(path: Path, since: float) -> bool:
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return max(st.st_mtime, st.st_ctime) >= since - 2
 
 
 def _host_runs_dir() -> Path:
@@ -355,6 +371,7 @@ def _run_while_scanning(
         f"touch {in_run}/{started.name}; "
         f"while [ ! -e {in_run}/{release.name} ]; do sleep 0.05; done; echo {marker}"
     )
+    t0 = time.time()
     with _ArgvScan(needles) as scan:
         proc = env.popen("sh", "-c", command, extra_env=extra_env or {})
         deadline = time.monotonic() + 240
@@ -367,7 +384,7 @@ def _run_while_scanning(
         while scan.passes < wanted:
             assert time.monotonic() < deadline, "the scan stalled"
             time.sleep(0.05)
-        assert _files_holding(runs, needles) == []  # the env file is gone once it started
+        assert _files_holding(runs, needles, since=t0) == []  # the env file is gone once started
         release.touch()
         out, err = proc.communicate(timeout=240)
     return scan, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
@@ -389,6 +406,7 @@ def _secret_env_config(env: VpEnv, token: str) -> None:
 def test_env_values_never_in_argv_nor_in_run_files(
     vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path, tmp_path: Path, platform: str
 ) -> None:
+    t0 = time.time()
     if platform == "ssh":
         vp_env.use_ssh_host(ssh_host, remote_workdir)
         runs = _host_runs_dir()
@@ -418,7 +436,7 @@ def test_env_values_never_in_argv_nor_in_run_files(
 
     # Nothing the host keeps after the start, nor vp's own files here, holds a value.
     user_file = vp_env.home / ".config" / "vp" / "config.toml"
-    assert _files_holding(runs, needles) == []
+    assert _files_holding(runs, needles, since=t0) == []
     assert _files_holding(vp_env.home, needles, skip=(user_file,)) == []
     assert _files_holding(vp_env.project, needles, skip=(vp_env.project / "vp.toml",)) == []
     if platform == "ssh":
@@ -447,6 +465,7 @@ def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
 ) -> None:
     """With Docker on a VM-like host: the host logs in and pulls (build_on = "local": the image
     is pushed, then gone from the host's engine) or builds through the forwarded socket."""
+    t0 = time.time()
     env = ssh_project
     registry = registry.new_user()  # a password no concurrent test puts anywhere
     repo = _docker_registry_project(
@@ -504,7 +523,7 @@ def test_docker_env_and_registry_password_never_in_argv_nor_in_run_files(
 
     values = dict(needles)
     user_file = env.home / ".config" / "vp" / "config.toml"
-    assert _files_holding(_host_runs_dir(), values) == []
+    assert _files_holding(_host_runs_dir(), values, since=t0) == []
     assert _files_holding(env.home, values, skip=(user_file,)) == []
     assert _files_holding(remote_workdir, values, skip=(remote_workdir / "vp.toml",)) == []
 
