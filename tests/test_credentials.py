@@ -141,3 +141,50 @@ def test_the_missing_key_hint_is_a_command_that_works(name: str, request, vp_env
     assert stored.returncode == 0, stored.stderr
     r = env.run("ls")
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------- AWS: the same order for profiles
+
+
+@pytest.fixture
+def aws_project(vp_env: VpEnv, tmp_path: Path):
+    """A project on the EC2 emulator; profiles `stored` and `shell` exist in the shared
+    credentials file, each with its own access key id, so the key a request was signed with
+    says which one boto3 used. (env, emulator)"""
+    from tests.emulators.aws import AwsEmulator
+
+    with AwsEmulator(tmp_path / "aws-emu") as emulator:
+        vp_env.env.update(emulator.env())
+        del vp_env.env["AWS_ACCESS_KEY_ID"], vp_env.env["AWS_SECRET_ACCESS_KEY"]
+        Path(vp_env.env["AWS_SHARED_CREDENTIALS_FILE"]).write_text(
+            "[stored]\naws_access_key_id = AKIAFROMUSERFILE0000\naws_secret_access_key = x\n"
+            "[shell]\naws_access_key_id = AKIAFROMAWSPROFILE00\naws_secret_access_key = x\n"
+        )
+        _user_file(vp_env, "aws", "profile", "stored")
+        vp_env.write_config('[project]\nname = "proj"\n[host]\nplatform = "aws"\n')
+        yield vp_env, emulator
+
+
+def _signed_with(env: VpEnv, emulator, extra_env: dict[str, str] | None = None) -> set[str]:
+    emulator.access_keys.clear()
+    r = env.run("ls", extra_env=extra_env)
+    assert r.returncode == 0, r.stderr
+    assert emulator.access_keys, "vp ls made no EC2 call"
+    return set(emulator.access_keys)
+
+
+def test_aws_environment_wins_over_the_user_files_profile(aws_project) -> None:
+    env, emulator = aws_project
+    assert _signed_with(env, emulator) == {"AKIAFROMUSERFILE0000"}  # the user file alone
+    assert _signed_with(env, emulator, {"AWS_PROFILE": "shell"}) == {"AKIAFROMAWSPROFILE00"}
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAFROMENVIRONMENT0", "AWS_SECRET_ACCESS_KEY": "x"}
+    assert _signed_with(env, emulator, keys) == {"AKIAFROMENVIRONMENT0"}
+
+
+def test_aws_a_bad_profile_in_the_environment_is_named_as_the_source(aws_project) -> None:
+    env, emulator = aws_project
+    r = env.run("ls", extra_env={"AWS_PROFILE": "nosuch"})
+    assert r.returncode == 1
+    error, hint = _error(r.stderr)
+    assert "'nosuch'" in error and "AWS_PROFILE from the environment" in error, error
+    assert "AWS_PROFILE" in hint

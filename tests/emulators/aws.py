@@ -84,6 +84,9 @@ class AwsEmulator:
         self.quotas_denied = False
         self.quota_requests = 0
         self._launch_count = 0  # launches without a subnet go to the default AZs in turn
+        # The access key id each request was signed with (SigV4 `Credential=AKID/...`), in
+        # order: which credentials boto3 chose (environment, profile) is observable here.
+        self.access_keys: list[str] = []
 
     # ---------------------------------------------------------------- public surface
 
@@ -238,6 +241,20 @@ class AwsEmulator:
         setattr(owner, attr, replacement)
 
     def _install_patches(self) -> None:
+        from moto.core.responses import BaseResponse
+
+        emu = self
+        orig_setup_class = BaseResponse.setup_class
+
+        def setup_class(resp_self, *args, **kwargs):
+            result = orig_setup_class(resp_self, *args, **kwargs)
+            emu.access_keys.append(resp_self.get_access_key())
+            return result
+
+        self._patch(BaseResponse, "setup_class", setup_class)
+        self._install_ec2_patches()
+
+    def _install_ec2_patches(self) -> None:
         from moto.ec2 import utils as ec2_utils
         from moto.ec2.exceptions import EC2ClientError
         from moto.ec2.models.elastic_network_interfaces import NetworkInterface
