@@ -313,7 +313,7 @@ def test_spot_on_runpod_rents_an_interruptible_pod(
     host = 'platform = "runpod"\ngpu = "4090"\nspot = true'
     _project(vp_env, remote_workdir, host, runpod=runpod_emulator)
     offers = json.loads(vp_env.run("-o", "json", "offers").stdout)
-    assert [(o["spot"], o["price"]) for o in offers] == [(True, 0.17)]  # the minimum bid
+    assert [(o["spot"], o["price_per_hour"]) for o in offers] == [(True, 0.17)]  # the minimum bid
     r = vp_env.run("echo", "ok")
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
     assert "spot = True is ignored" not in r.stderr  # honoured

@@ -159,7 +159,7 @@ def test_auto_picks_the_cheapest(request, vp_env: VpEnv, remote_workdir: Path) -
     assert r.returncode == 0, r.stderr
     offers = json.loads(r.stdout)
     assert {o["platform"] for o in offers} == {"vast", "runpod"}
-    assert [o["price"] for o in offers] == sorted(o["price"] for o in offers)
+    assert [o["price_per_hour"] for o in offers] == sorted(o["price_per_hour"] for o in offers)
     cheapest = offers[0]
     r = vp_env.run("-p", "auto", "echo", "hi")
     assert r.returncode == 0, r.stderr
