@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, point_at
 from tests.emulators.runpod import runpod_emulator  # noqa: F401
 from tests.emulators.vast import vast_emulator  # noqa: F401
 from tests.test_faults import (
@@ -26,15 +26,9 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def _project(vp_env: VpEnv, workdir: Path, host: str, extra: str = "", **emulators) -> None:
-    env = {
-        "vast": ("VAST_URL", "VAST_API_KEY"),
-        "runpod": ("RUNPOD_API_BASE_URL", "RUNPOD_API_KEY"),
-    }
     user = []
     for name, emulator in emulators.items():
-        url_env, key_env = env[name]
-        vp_env.env[url_env] = emulator.url
-        vp_env.env[key_env] = emulator.api_key
+        point_at(vp_env, name, emulator)
         emulator.boot_delay = 0.3
         user.append(f"[{name}]\npoll_interval = 0.1\n")
     user_cfg = vp_env.home / ".config" / "vp" / "config.toml"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast, point_at
 from tests.emulators.vast import vast_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
@@ -111,26 +111,7 @@ def test_ls_status_up_runs_share_one_schema(
     vp_env: VpEnv,
     remote_workdir: Path,
 ) -> None:
-    vp_env.env["VAST_URL"] = vast_emulator.url
-    vp_env.env["VAST_API_KEY"] = vast_emulator.api_key
-    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-    user_cfg.parent.mkdir(parents=True, exist_ok=True)
-    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "mnist"
-
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 60
-
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
+    on_vast(vp_env, vast_emulator, remote_workdir, project="mnist")
     r = vp_env.run("sh", "-c", "exit 3")
     assert r.returncode == 3, r.stderr
 
@@ -180,8 +161,7 @@ def test_offers_speak_the_host_schema(
     vp_env: VpEnv,
 ) -> None:
     """`vp offers` names and rounds the price as `vp ls` does (`price_per_hour`, `$/h`)."""
-    vp_env.env["VAST_URL"] = vast_emulator.url
-    vp_env.env["VAST_API_KEY"] = vast_emulator.api_key
+    point_at(vp_env, "vast", vast_emulator)
     vp_env.write_config('[project]\nname = "mnist"\n[host]\nplatform = "vast"\n')
     offers = _json(vp_env, "offers", "--gpu", "4090")
     assert offers, "the emulator offers a 4090"

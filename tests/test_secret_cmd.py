@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast
 from tests.sshhost import SshHost
 from tests.test_secrets import _ArgvScan, _files_holding, _host_runs_dir, _sha
 
@@ -101,19 +101,8 @@ def test_missing_required_secret_creates_no_cloud_host(
     vast_emulator,  # noqa: F811
     remote_workdir: Path,
 ) -> None:
-    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=vast_emulator.api_key)
-    vp_env.write_config(
-        f"""
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        [sync]
-        workdir = "{remote_workdir}"
-        [secrets]
-        required = ["HF_TOKEN", "WANDB_API_KEY"]
-        """
-    )
+    extra = '[secrets]\nrequired = ["HF_TOKEN", "WANDB_API_KEY"]\n'
+    on_vast(vp_env, vast_emulator, remote_workdir, extra=extra)
     r = vp_env.run("python", "train.py")
     assert r.returncode == 2, r.stderr
     assert "HF_TOKEN, WANDB_API_KEY" in r.stderr
@@ -130,23 +119,8 @@ def test_every_path_that_creates_or_starts_a_host_checks_required_secrets(
     """`vp up`, `vp start` (what the web page's start runs), a run, `vp setup` and `--nodes`:
     a missing required secret is the same error, before any provider call; a path that finds
     the host stopped only on the way (`vp ssh`) fails before starting it."""
-    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=vast_emulator.api_key)
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "proj"
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        [sync]
-        workdir = "{remote_workdir}"
-        [setup]
-        run = "true"
-        [secrets]
-        required = ["HF_TOKEN"]
-        """
-    )
+    extra = '[setup]\nrun = "true"\n[secrets]\nrequired = ["HF_TOKEN"]\n'
+    on_vast(vp_env, vast_emulator, remote_workdir, extra=extra)
     r = vp_env.run("up")
     assert r.returncode == 2 and "HF_TOKEN" in r.stderr, r.stderr
     assert vast_emulator.requests == [] and vast_emulator.instances == {}
