@@ -156,3 +156,15 @@ def test_aws_a_bad_profile_in_the_environment_is_named_as_the_source(aws_project
     error, hint = _error(r.stderr)
     assert "'nosuch'" in error and "AWS_PROFILE from the environment" in error, error
     assert "AWS_PROFILE" in hint
+
+
+def test_aws_a_rejected_key_is_named_by_its_source(aws_project) -> None:
+    env, emulator = aws_project
+    emulator.rejected_keys.add("AKIAFROMENVIRONMENT0")
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAFROMENVIRONMENT0", "AWS_SECRET_ACCESS_KEY": "x"}
+    r = env.run("ls", extra_env=keys)
+    assert r.returncode == 1
+    error, hint = _error(r.stderr)
+    assert "AuthFailure" in error and "AWS_ACCESS_KEY_ID from the environment" in error, error
+    assert "AKIAFROMENVIRONMENT0" not in r.stderr + r.stdout
+    assert _signed_with(env, emulator) == {"AKIAFROMUSERFILE0000"}  # the stored profile works

@@ -39,7 +39,7 @@ HOST_COLUMNS = [
 ]
 # `vp ls --all`: every provider, every project, known to this machine or not.
 ALL_HOST_COLUMNS = ["platform", "name", "id", "project", "status", "$/h", "cost $", "age", "known"]
-# `vp offers`; `quota vcpus` is added when a provider reports one (aws: the family's quota).
+# `vp offers`; `quota_vcpus` is added when a provider reports one (aws: the family's quota).
 OFFER_COLUMNS = ["platform", "gpu", "gpus", "$/h", "region", "spot", "id"]
 RUN_COLUMNS = [
     "id",

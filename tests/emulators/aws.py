@@ -87,6 +87,8 @@ class AwsEmulator:
         # The access key id each request was signed with (SigV4 `Credential=AKID/...`), in
         # order: which credentials boto3 chose (environment, profile) is observable here.
         self.access_keys: list[str] = []
+        # Access key ids EC2 refuses, as it does a deleted or mistyped key: AuthFailure.
+        self.rejected_keys: set[str] = set()
 
     # ---------------------------------------------------------------- public surface
 
@@ -252,6 +254,26 @@ class AwsEmulator:
             return result
 
         self._patch(BaseResponse, "setup_class", setup_class)
+        orig_call_action = BaseResponse.call_action
+
+        def call_action(resp_self):
+            if resp_self.get_access_key() in emu.rejected_keys:
+                from moto.core.utils import camelcase_to_underscores
+                from moto.ec2.exceptions import EC2ClientError
+
+                def refuse():
+                    # EC2's answer to an unknown key (docs.aws.amazon.com/AWSEC2/latest/
+                    # APIReference/errors-overview.html, AuthFailure)
+                    raise EC2ClientError(
+                        "AuthFailure",
+                        "AWS was not able to validate the provided access credentials",
+                    )
+
+                # the action's method, shadowed on this one response object
+                setattr(resp_self, camelcase_to_underscores(resp_self._get_action()), refuse)
+            return orig_call_action(resp_self)
+
+        self._patch(BaseResponse, "call_action", call_action)
         self._install_ec2_patches()
 
     def _install_ec2_patches(self) -> None:
