@@ -7,6 +7,13 @@ still works: the prefix is stripped on the way in, `Location` headers, cookie pa
 root-relative links in HTML are prefixed on the way out, and `X-Forwarded-Prefix` tells apps
 that honour it. vp's own cookie and the Authorization header never reach the host (a rented
 host is untrusted), and a host cannot set or clear vp's session cookie.
+
+Many apps close a connection after an answer, or when idle, without saying so; through a
+forward that close reaches vp late, so the next request can go out on a connection that is
+already closing and come back with nothing. A GET, HEAD or OPTIONS without a body is then
+asked again on a new connection, as nginx does, instead of failing as a 502 (a page whose
+script failed that way never opened its WebSocket). These connections go to loopback: a
+proxy from the environment (HTTP_PROXY, ALL_PROXY) never carries them.
 """
 
 from __future__ import annotations
