@@ -453,8 +453,13 @@ def test_page_stops_and_starts_a_cloud_host(
         assert "Destroy" in alert.text
         alert.dismiss()
         assert iid in vast_emulator.instances
-    r = vp_env.run("down", "--yes")
-    assert r.returncode == 0, r.stderr
+        # the API's destroy is `vp down --yes`: the instance and vp's record of it are gone
+        [row] = server.api().get("/api/hosts").json()
+        r = server.api().post(f"/api/hosts/{row['name']}/down?platform=vast")
+        assert r.status_code == 200 and r.json()["ok"], r.text
+        assert iid not in vast_emulator.instances
+        assert server.api().get("/api/hosts").json() == []
+    assert json.loads(vp_env.run("-o", "json", "ls").stdout) == []
 
 
 def _alert(driver):
