@@ -100,6 +100,8 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set NAME": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret ls": (["secret", "ls"], "local"),
+    "vp trust": (["trust"], "ssh"),
+    "vp trust --forget": (["trust", "--forget"], "ssh"),
     "vp setup": (["setup"], "local-setup"),
     "vp setup --force runs": (["setup", "--force"], "local-setup"),
 }

@@ -271,6 +271,10 @@ class Config:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every table by name, the providers' included (`section("vast").api_key`).
     tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # "section.key" of every value that only the project file set (no environment variable
+    # or flag overrode it): someone else's choice, which vp/trust.py holds back where it
+    # decides a destination.
+    from_project: frozenset[str] = frozenset()
     # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
     yes: bool = False
     over_budget: bool = False
@@ -288,7 +292,9 @@ class Config:
         table = replace(self.section(section), **changes)
         tables = MappingProxyType({**self.tables, section: table})
         typed = {section: table} if section in _TYPED else {}
-        return replace(self, tables=tables, **typed)
+        # a value set here is no longer the project file's
+        ours = self.from_project - {f"{section}.{key}" for key in changes}
+        return replace(self, tables=tables, from_project=ours, **typed)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Plain data, every table and [env] (`vp config show`)."""
@@ -663,8 +669,10 @@ def load(
         project_file, root = config_path, config_path.parent
     else:
         project_file, root = find_project_file(cwd)
+    project_layer: dict[str, dict[str, Any]] = {}
     if project_file is not None:
-        layers.append(_load_project(project_file))
+        project_layer = _load_project(project_file)
+        layers.append(project_layer)
         merge(data, layers[-1])
         sources.append(project_file)
 
@@ -672,6 +680,13 @@ def load(
     merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
+    later = [layers[-1], overrides or {}]
+    from_project = frozenset(
+        f"{section}.{key}"
+        for section, table in project_layer.items()
+        for key in table
+        if not any(key in layer.get(section, {}) for layer in later)
+    )
     for section in tables():
         for key, spec in table_keys(section).items():
             if spec.merge == "lowest":
@@ -686,6 +701,7 @@ def load(
         project_root=root,
         project_file=project_file,
         sources=tuple(sources),
+        from_project=from_project,
         yes=yes,
         over_budget=over_budget,
     )
