@@ -88,6 +88,10 @@ HINTS: dict[str, tuple[list[str], str]] = {
         ["config", "set", "--user", "vast.url", "https://vast.example"],
         "local",
     ),
+    "vp config set --user docker.dockerfile /ABSOLUTE/PATH": (
+        ["config", "set", "--user", "docker.dockerfile", "/tmp/Dockerfile"],
+        "local",
+    ),
     "vp config set --user docker.registry HOST": (
         ["config", "set", "--user", "docker.registry", "127.0.0.1:5000"],
         "local",

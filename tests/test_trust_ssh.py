@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VP, VpEnv
+from tests.dockerenv import busybox_image, docker_engine  # noqa: F401
 from tests.sshhost import SshHost
 
 pytestmark = pytest.mark.timeout(180)
@@ -335,3 +336,39 @@ def test_a_host_the_user_sets_in_vp_toml_with_config_set_is_theirs(
     assert r.returncode == 0, r.stderr
     r = env.run("true", input="")
     assert r.returncode == 0, r.stderr
+
+
+# ------------------------------------------------------------------ [docker] dockerfile
+
+
+@pytest.mark.parametrize("how", ["setting", "link"])
+def test_a_project_dockerfile_cannot_read_a_file_outside_the_project(
+    vp_env: VpEnv,
+    busybox_image: str,  # noqa: F811
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """The Dockerfile is read here and sent to a Docker engine (the host's, with build_on =
+    "remote"): a project naming `../../.aws/credentials`, or shipping a `Dockerfile` link to
+    it, must not get a file of the user's outside the project into the build. The stand-in
+    for the private file is a valid Dockerfile, so a leak shows as the run seeing it."""
+    private = tmp_path / "outside" / "credentials"
+    private.parent.mkdir()
+    private.write_text(f"FROM {busybox_image}\nRUN echo leaked-{TOKEN} > /leak\n")
+    setting = 'dockerfile = "../outside/credentials"\n' if how == "setting" else ""
+    if how == "link":
+        (vp_env.project / "Dockerfile").symlink_to(private)
+    path = vp_env.write_config(f'[host]\nplatform = "local"\n[docker]\nenabled = true\n{setting}')
+    r = vp_env.run("cat", "/leak", timeout=300)
+    assert TOKEN not in r.stdout + r.stderr
+    assert r.returncode == 2, r.stderr
+    line = _one_error_line(r.stderr)
+    assert "[docker] dockerfile" in line and "outside" in line and str(path.parent) in line
+    assert "vp config set --user docker.dockerfile" in r.stderr
+
+    # the user's own file may point anywhere: their choice
+    if how == "setting":
+        vp_env.write_config('[host]\nplatform = "local"\n[docker]\nenabled = true\n')
+        _user_file(vp_env, f'[docker]\ndockerfile = "{private}"\n')
+        r = vp_env.run("cat", "/leak", timeout=300)
+        assert r.returncode == 0 and TOKEN in r.stdout, r.stderr
