@@ -118,6 +118,9 @@ def test_a_project_ssh_host_gets_nothing_until_trusted(
     for args in (["sh", "-c", DUMP], ["--yes", "sh", "-c", DUMP], ["sync"], ["ssh-config"]):
         r = env.run(*args, input="")
         _refused(r, path, "[ssh] host", "evilhost")
+    for args in (["status"], ["ls"], ["tunnel", "8888"], ["download", "x"], ["gpu"]):
+        r = env.run(*args, input="", timeout=60)
+        assert "Traceback" not in r.stderr and TOKEN not in r.stderr + r.stdout
     assert _connections(ssh_host) == before, "vp connected to a host nobody trusted"
     assert not remote_workdir.exists()
 
@@ -223,6 +226,10 @@ def test_a_destination_the_user_names_is_trusted(
     # a host from the user's own file, with only the platform from the project
     env.write_config(f'[host]\nplatform = "ssh"\n[sync]\nworkdir = "{remote_workdir}"\n')
     _user_file(env, '[ssh]\nhost = "mybox"\n')
+    r = env.run("true", input="")
+    assert r.returncode == 0, r.stderr
+    # the project names the same host as the user's file: still the user's
+    _cloned(env, remote_workdir, 'host = "mybox"')
     r = env.run("true", input="")
     assert r.returncode == 0, r.stderr
     # the user's file names the host and the project names another: the project's is refused

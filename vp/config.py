@@ -248,6 +248,7 @@ ENV_ALIASES = {
 }
 
 PROJECT_FILE = "vp.toml"
+_UNSET = object()
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -656,9 +657,11 @@ def load(
     sources: list[Path] = []
 
     layers: list[dict[str, dict[str, Any]]] = []
+    user_layer: dict[str, dict[str, Any]] = {}
     user_file = paths.user_config_file()
     if user_file.is_file():
-        layers.append(validate(read_toml(user_file), str(user_file)))
+        user_layer = validate(read_toml(user_file), str(user_file))
+        layers.append(user_layer)
         merge(data, layers[-1])
         sources.append(user_file)
 
@@ -684,8 +687,9 @@ def load(
     from_project = frozenset(
         f"{section}.{key}"
         for section, table in project_layer.items()
-        for key in table
+        for key, value in table.items()
         if not any(key in layer.get(section, {}) for layer in later)
+        and user_layer.get(section, {}).get(key, _UNSET) != value  # the user's own value too
     )
     for section in tables():
         for key, spec in table_keys(section).items():
