@@ -379,3 +379,66 @@ def test_a_project_dockerfile_cannot_read_a_file_outside_the_project(
         _user_file(vp_env, f'[docker]\ndockerfile = "{private}"\n')
         r = vp_env.run("cat", "/leak", timeout=300)
         assert r.returncode == 0 and TOKEN in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------------ vp ui
+
+
+def test_the_web_page_never_asks_and_never_connects(
+    untrusting: VpEnv, ssh_host: SshHost, remote_workdir: Path
+) -> None:
+    """`vp ui` started from a terminal serves requests from an event loop and worker threads:
+    a trust question there would hang the page. It refuses with the same hint instead."""
+    import pty
+    import socket
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("starlette")
+    from tests.waiting import wait_for
+
+    env = untrusting
+    _alias(env, ssh_host, "evilhost")
+    _with_secrets(env)
+    _cloned(env, remote_workdir, 'host = "evilhost"', secrets=True)
+    before = _connections(ssh_host)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master, slave = pty.openpty()
+    token = "test-token-0123456789abcdef"
+    proc = subprocess.Popen(
+        [*VP, "ui", "--port", str(port)],
+        cwd=env.project,
+        env={**env.env, "VP_UI_TOKEN": token},
+        stdin=slave,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(slave)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/login", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        def exited() -> str | None:
+            return None if proc.poll() is None else "vp ui exited"
+
+        wait_for(up, 60, "vp ui to answer", gave_up=exited)
+        api = httpx.Client(base_url=url, timeout=120, headers={"Authorization": f"Bearer {token}"})
+        for r in (api.post("/api/keepalive"), api.post("/api/runs", json={"command": DUMP})):
+            assert 400 <= r.status_code < 500, r.text
+            assert "vp trust" in (r.json().get("hint") or ""), r.text
+            assert "evilhost" in r.json()["error"] and TOKEN not in r.text
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # stuck on a question nobody can answer
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert _connections(ssh_host) == before and not remote_workdir.exists()

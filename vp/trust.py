@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from vp import paths
@@ -119,6 +120,21 @@ def forget(cfg: Config) -> list[str]:
     return gone
 
 
+def _can_ask() -> bool:
+    """A person at a terminal, and this the main thread outside an event loop: `vp ui`
+    serves pages from an event loop and worker threads, where a question would hang."""
+    if not sys.stdin.isatty() or threading.current_thread() is not threading.main_thread():
+        return False
+    aio = sys.modules.get("asyncio")  # not imported: no loop can be running
+    if aio is not None:
+        try:
+            aio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+    return True
+
+
 def require(cfg: Config, dotted: str, specs: list[str]) -> None:
     """Refuse (or, on a terminal, ask about) ssh destinations `specs` that come only from the
     project file under `dotted` and that the user has not trusted for this project. Called
@@ -132,7 +148,7 @@ def require(cfg: Config, dotted: str, specs: list[str]) -> None:
     where = f"{_source(cfg)}: {label} names ssh {what} {names}"
     why = "vp would send it your project, secrets and [env] values and log in with your keys"
     hint = "if you trust it with them, run `vp trust` in this project (asked once per machine)"
-    if not sys.stdin.isatty():
+    if not _can_ask():
         raise UsageError(f"{where}, which you have not trusted for this project: {why}", hint=hint)
     import typer
 
