@@ -442,3 +442,38 @@ def test_the_web_page_never_asks_and_never_connects(
             proc.wait()
         os.close(master)
     assert _connections(ssh_host) == before and not remote_workdir.exists()
+
+
+# ------------------------------------------------------------------ cloud names in API paths
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[aws]\nregion = "evil.example.com"\n', "[aws] region"),
+        ('[aws]\nregion = "us-east-1/../x"\n', "[aws] region"),
+        ('[gce]\nzone = "us-central1-a/../../evil"\n', "[gce] zone"),
+        ('[gce]\nproject = "p/../../x?y#z"\n', "[gce] project"),
+    ],
+)
+def test_cloud_names_that_go_into_api_urls_are_validated(
+    vp_env: VpEnv, text: str, key: str
+) -> None:
+    """A region or project from a file becomes part of an API host or path: one line naming
+    the file and key (an AWS region with dots was an "internal error")."""
+    platform = "aws" if "[aws]" in text else "gce"
+    path = vp_env.write_config(f'[host]\nplatform = "{platform}"\n' + text)
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x"}
+    r = vp_env.run("ls", extra_env=keys)
+    assert r.returncode == 2, r.stderr
+    line = _one_error_line(r.stderr)
+    assert str(path) in line and key in line and "internal error" not in r.stderr
+
+
+def test_real_cloud_names_still_load(vp_env: VpEnv) -> None:
+    vp_env.write_config(
+        '[aws]\nregion = "us-east-1"\n[gce]\nzone = "europe-west4-a"\n'
+        'project = "example.com:my-project-123"\n'
+    )
+    r = vp_env.run("config", "show")
+    assert r.returncode == 0, r.stderr

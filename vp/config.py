@@ -438,6 +438,14 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
                 parse_target(one)
             except UsageError as exc:
                 raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if rule == "cloud_zone" and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+        raise ConfigError(
+            f"{where} {value!r} is not a region or zone name",
+            hint="lower-case letters, digits and '-', e.g. us-east-1 or us-central1-a",
+        )
+    if rule == "cloud_id" and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:_-]{0,99}", value):
+        # it goes into API paths: no '/', '?', '#' or spaces
+        raise ConfigError(f"{where} {value!r} is not a valid id", hint="e.g. my-project-123")
     if rule == "download_from" and value not in ("0", "all"):
         raise ConfigError(
             f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
