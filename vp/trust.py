@@ -15,10 +15,13 @@ harnesses whose projects are all the user's own.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from vp import paths
@@ -102,21 +105,31 @@ def record(cfg: Config, specs: list[str]) -> None:
     record_at(cfg.project_root, specs)
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One writer at a time: two `vp` answering at once must not drop each other's entry."""
+    with open(_store().with_name(".trusted.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def record_at(project_root: Path, specs: list[str]) -> None:
     """Trust `specs` for the project in `project_root`: `vp trust`, a yes to the question,
     and `vp config set ssh.host` (the user typing the host here is the user's choice)."""
-    data = _read()
     root = str(project_root.resolve())
-    data[root] = sorted({*data.get(root, []), *specs})
-    _write(data)
+    with _locked():
+        data = _read()
+        data[root] = sorted({*data.get(root, []), *specs})
+        _write(data)
 
 
 def forget(cfg: Config) -> list[str]:
     """Take back every trust given for this project folder; what was trusted."""
-    data = _read()
-    gone = data.pop(_root(cfg), [])
-    if gone:
-        _write(data)
+    with _locked():
+        data = _read()
+        gone = data.pop(_root(cfg), [])
+        if gone:
+            _write(data)
     return gone
 
 
