@@ -115,7 +115,14 @@ def test_a_project_ssh_host_gets_nothing_until_trusted(
     _with_secrets(env)
     path = _cloned(env, remote_workdir, 'host = "evilhost"', where=where, secrets=True)
     before = _connections(ssh_host)
-    for args in (["sh", "-c", DUMP], ["--yes", "sh", "-c", DUMP], ["sync"], ["ssh-config"]):
+    for args in (
+        ["sh", "-c", DUMP],
+        ["--yes", "sh", "-c", DUMP],
+        ["sync"],
+        ["ssh-config"],
+        ["ssh", "--", "true"],
+        ["upload", "train.py"],
+    ):
         r = env.run(*args, input="")
         _refused(r, path, "[ssh] host", "evilhost")
     for args in (["status"], ["ls"], ["tunnel", "8888"], ["download", "x"], ["gpu"]):
