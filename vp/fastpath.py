@@ -99,6 +99,9 @@ class Globals:
             yes=self.yes,
             over_budget=self.over_budget,
         )
+        if self.host and "ssh" not in overrides and kind(cfg.platform) == "ssh":
+            # the platform came from a file: --host is still the user's own ssh host
+            cfg = cfg.replace("ssh", host=self.host)
         from vp.guard import sweep_stopped
 
         sweep_stopped(cfg, self.ui)  # "the next vp call on that project"

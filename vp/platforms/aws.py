@@ -153,7 +153,7 @@ done
 class AwsSettings(CloudSettings):
     """[aws]"""
 
-    region: str | None = None
+    region: str | None = setting(check="cloud_zone")
     profile: str | None = None
     user: str | None = setting(check="user_name")
     data_volume_gb: int | None = positive()

@@ -111,8 +111,8 @@ def _last(url: str | None) -> str:
 class GceSettings(CloudSettings):
     """[gce]"""
 
-    project: str | None = None
-    zone: str | None = None
+    project: str | None = setting(check="cloud_id")
+    zone: str | None = setting(check="cloud_zone")
     user: str | None = setting(check="user_name")
     image: str | None = None
     create_timeout: float | None = non_negative()
