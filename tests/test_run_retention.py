@@ -1,8 +1,9 @@
 """A host's run directories do not grow without bound: the first run of a day starts, in the
-background, a pruner that removes the runs that ended more than 30 days ago and those beyond
-the newest 200, never one still running. Through the real CLI on the local platform, whose
-runs directory is private to the test (the sshd test hosts share this user's `~/.vp/runs`
-with every other test); the wrapper script is the same one an ssh host runs."""
+background, a pruner (started again by the next run if it was killed half way) that removes
+the runs that ended more than 30 days ago and those beyond the newest 200, never one still
+running. Through the real CLI on the local platform, whose runs directory is private to the
+test (the sshd test hosts share this user's `~/.vp/runs` with every other test); the wrapper
+script is the same one an ssh host runs."""
 
 from __future__ import annotations
 
@@ -52,10 +53,14 @@ def test_old_and_surplus_runs_are_pruned_once_a_day_never_a_running_one(vp_env: 
     assert r.returncode == 0, r.stderr
     runs = _runs(vp_env)
     [first] = [d.name for d in runs.iterdir() if not d.name.startswith(".")]
-    today = wait_for(lambda: [s.name for s in runs.glob(".vp-pruned-*")], 30, "today's stamp")
-    # As if today's pruning had not happened yet, and yesterday's had.
-    (runs / today[0]).rmdir()
-    yesterday = runs / f".vp-pruned-{int(today[0].rsplit('-', 1)[1]) - 1}"
+    today = wait_for(
+        lambda: [s for s in runs.glob(".vp-pruned-*") if s.is_dir()], 30, "today's stamp"
+    )[0]
+    assert not Path(f"{today}.pid").exists()  # removed before the stamp was made
+    # As if today's pruner had been killed half way (the host stopped), and yesterday's done.
+    today.rmdir()
+    Path(f"{today}.pid").write_text(f"{_dead_pid()}\n")
+    yesterday = runs / f".vp-pruned-{int(today.name.rsplit('-', 1)[1]) - 1}"
     yesterday.mkdir()
 
     surplus = KEEP_RUNS + 5
@@ -93,7 +98,8 @@ def test_old_and_surplus_runs_are_pruned_once_a_day_never_a_running_one(vp_env: 
             context=lambda: str(sorted({d.name for d in runs.iterdir()} ^ expected)),
         )
         assert not ended_old.exists() and not died_old.exists() and not starting.exists()
-        assert not yesterday.exists() and (runs / today[0]).is_dir()
+        wait_for(today.is_dir, 30, "today's stamp, once done")
+        assert not yesterday.exists() and not Path(f"{today}.pid").exists()
         assert (runs / first / "log").exists()
     finally:
         sleeper.kill()

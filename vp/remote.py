@@ -202,12 +202,14 @@ kill -KILL -"$G" 2>/dev/null
 # it ended more than KEEP_RUN_DAYS ago or is not among the KEEP_RUNS newest.
 KEEP_RUNS = 200
 KEEP_RUN_DAYS = 30
-# The pruner: in the runs dir ($1), today's stamp ($2) kept and older ones removed, then every
-# candidate that is not running removed. Not running: it has its `exit`, or its wrapper's pid
-# is dead; a dir without either (being created, or left by a crash) only when a day old.
-# A directory's mtime moves when a file is created in it: the last is `exit`, at the end.
+# The pruner: in the runs dir ($1), it records its pid in `$2.pid`, removes the stamps of
+# other days, then every candidate that is not running; at the end it makes today's stamp
+# `$2` (a dir). Not running: it has its `exit`, or its wrapper's pid is dead; a dir with
+# neither (being created, or left by a crash) only once it is a day old. A directory's mtime
+# moves when a file is created in it: the last one is `exit`, when the run ends.
 _PRUNE = f"""cd "$1" 2>/dev/null || exit 0
-for vp_s in .vp-pruned-*; do [ "$vp_s" = "$2" ] || rmdir "$vp_s" 2>/dev/null; done
+echo $$ > "$2.pid"
+for vp_s in .vp-pruned-*; do case "$vp_s" in "$2"|"$2.pid") ;; *) rm -rf -- "$vp_s";; esac; done
 {{ find . -mindepth 1 -maxdepth 1 -type d -mtime +{KEEP_RUN_DAYS} -printf '%f\\n'
    ls -1t | tail -n +{KEEP_RUNS + 1}; }} | while IFS= read -r vp_d; do
   case "$vp_d" in ''|.*|*/*) continue;; esac
@@ -220,16 +222,23 @@ for vp_s in .vp-pruned-*; do [ "$vp_s" = "$2" ] || rmdir "$vp_s" 2>/dev/null; do
   fi
   rm -rf -- "./$vp_d"
 done
+rm -f "$2.pid"; mkdir "$2" 2>/dev/null
 """
 
 
 def _prune_runs(runs_dir_sh: str) -> str:
-    """Shell text for the launch script, after the run started: once a day per host (the
-    first run of the day makes the stamp `.vp-pruned-DAY` with an atomic mkdir), start the
-    pruner in its own session and return at once. Every other run pays one `[ -e ]` (a shell
-    builtin) on the day number the script already has from its clock read (`vp_now`)."""
+    """Shell text for the launch script, after the run started: until today's pruning is
+    done (its stamp `.vp-pruned-DAY`), start the pruner in its own session unless one is
+    already at work (its pid file), and return at once. A pruner killed half way (the host
+    stopped) is started again by the next run, and goes on where it was. Once the stamp is
+    there, a run pays one `[ -e ]` (a shell builtin) on the day number the script already has
+    from its clock read (`vp_now`)."""
     return f"""case "$vp_now" in ''|*[!0-9]*) vp_day=$(( $(date +%s) / 86400 ));; *) vp_day=$((vp_now / 86400000000000));; esac
-[ -e {runs_dir_sh}/.vp-pruned-$vp_day ] || {{ mkdir {runs_dir_sh}/.vp-pruned-$vp_day 2>/dev/null && setsid -f /bin/sh -c {shlex.quote(_PRUNE)} vp-prune {runs_dir_sh} .vp-pruned-$vp_day < /dev/null > /dev/null 2>&1; }}
+vp_ps={runs_dir_sh}/.vp-pruned-$vp_day
+if [ ! -e "$vp_ps" ]; then
+  vp_pp=; {{ read -r vp_pp < "$vp_ps.pid"; }} 2>/dev/null
+  [ -n "$vp_pp" ] && kill -0 "$vp_pp" 2>/dev/null || setsid -f /bin/sh -c {shlex.quote(_PRUNE)} vp-prune {runs_dir_sh} .vp-pruned-$vp_day < /dev/null > /dev/null 2>&1
+fi
 """
 
 
