@@ -65,6 +65,11 @@ def test_fastpath_parses_global_options_like_the_cli() -> None:
     assert fastpath.parse(["--nodes", "two", "x"]) is None  # typer names the bad value
 
 
+def test_a_bad_node_count_is_refused_without_loading_the_multi_node_code(vp_env: VpEnv) -> None:
+    r = vp_env.run("--nodes", "0", "true")
+    assert r.returncode == 2 and "at least one node" in r.stderr, r.stderr
+
+
 def test_a_warm_run_imports_no_typer_rich_or_pydantic(ssh_project: VpEnv) -> None:
     assert ssh_project.run("true").returncode == 0
     probe = (
