@@ -1,11 +1,13 @@
 """The dispatch fast path: `vp CMD ...` straight to the run pipeline, without typer.
 
 Most `vp` calls run a command. Parsing them with typer costs more than the rest of a warm
-call (typer and click alone import in ~40-60 ms), so `vp/__main__.py` asks `try_run` first:
-when the arguments are plain global options followed by a command that is not a subcommand,
-the run starts here; anything else (a subcommand, `--help`, an option this parser does not
-know, a malformed value) returns None and the typer app in `vp.cli` handles it, with its
-usage errors. The meaning of every option is the same as in `vp.cli.main_options`.
+call (typer and click alone import in ~40-60 ms), so `main` asks `try_run` first: when the
+arguments are plain global options followed by a command that is not a subcommand, the run
+starts here; anything else (a subcommand, an option this parser does not know, a malformed
+value) returns None and the typer app in `vp.cli` handles it, with its usage errors. Both read
+the global options from one table, vp/options.py. Before either, `vp`, `vp --help` and
+`vp CMD --help` print the screens typer rendered into vp/helptext.py (`stored_help`), with
+nothing else imported (issue #17: `vp --help` <= 100 ms).
 """
 
 from __future__ import annotations
