@@ -21,6 +21,7 @@ def test_the_stored_screens_are_current() -> None:
     fresh = helpgen.render()
     assert helpgen.typer_version() == helptext.TYPER, "run: python -m vp.helpgen"
     assert set(helptext.SCREENS) == set(fresh), "run: python -m vp.helpgen"
+    assert fastpath.sources_digest() == helptext.DIGEST, "run: python -m vp.helpgen"
     for path, text in fresh.items():
         assert helptext.SCREENS[path] == text, f"vp {path} --help is stale: python -m vp.helpgen"
 
@@ -60,6 +61,14 @@ def test_another_typer_version_gets_typer_itself(monkeypatch: pytest.MonkeyPatch
     assert fastpath.stored_help(["--help"]) == helptext.SCREENS[""]
     monkeypatch.setattr(helptext, "TYPER", "0.12.0")
     assert fastpath.stored_help(["--help"]) is None
+
+
+def test_an_edited_source_gets_typer_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer who edits a docstring sees the new text at once, before re-rendering."""
+    monkeypatch.setenv("COLUMNS", "100")
+    assert fastpath.stored_help(["ls", "--help"]) == helptext.SCREENS["ls"]
+    monkeypatch.setattr(helptext, "DIGEST", helptext.DIGEST + 1)
+    assert fastpath.stored_help(["ls", "--help"]) is None
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,8 @@
 costs more than the rest of the call (issue #17: <= 100 ms). So the fast path
 (vp/fastpath.py) prints the stored text instead, but only where it is byte for byte what
 `vp.cli.main` would print: the same typer version, a terminal at least `WIDTH` columns wide
-(click wraps help at min(columns, 80) - 2), no shell-completion request in the environment.
+(click wraps help at min(columns, 80) - 2), no shell-completion request in the environment,
+and the files they were rendered from unchanged since (a checksum).
 Anything else goes to typer as before. tests/test_help.py re-renders the screens and fails
 when the stored ones are stale:
 
@@ -78,6 +79,12 @@ def render() -> dict[str, str]:
             os.environ["COLUMNS"] = saved
 
 
+def sources_digest() -> int:
+    from vp.fastpath import sources_digest
+
+    return sources_digest()
+
+
 def typer_version() -> str:
     import typer
 
@@ -96,6 +103,7 @@ def source(screens: dict[str, str], version: str) -> str:
         "",
         f"TYPER = {version!r}",
         f"WIDTH = {WIDTH!r}",
+        f"DIGEST = {sources_digest()!r}  # vp.fastpath.sources_digest() of what they came from",
         "SCREENS = {",
     ]
     lines += [f"    {path!r}: {text!r}," for path, text in screens.items()]
