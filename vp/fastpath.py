@@ -145,17 +145,17 @@ def sources_digest() -> int:
     import zlib
 
     here = os.path.dirname(os.path.abspath(__file__))
-    commands = os.path.join(here, "commands")
-    files = [os.path.join(here, "cli.py"), os.path.join(here, "options.py")]
-    files += sorted(os.path.join(commands, n) for n in os.listdir(commands) if n.endswith(".py"))
-    platforms = sorted(n for n in os.listdir(os.path.join(here, "platforms")) if n.endswith(".py"))
-    digest = zlib.crc32(" ".join(platforms).encode())
-    for path in files:
-        try:
+    commands, platforms = os.path.join(here, "commands"), os.path.join(here, "platforms")
+    try:  # not a plain directory (a zip app): no stored screens, typer prints
+        files = [os.path.join(here, "cli.py"), os.path.join(here, "options.py")]
+        files += sorted(os.path.join(commands, n) for n in os.listdir(commands) if n[-3:] == ".py")
+        providers = sorted(n for n in os.listdir(platforms) if n[-3:] == ".py")
+        digest = zlib.crc32(" ".join(providers).encode())
+        for path in files:
             with open(path, "rb") as f:
                 digest = zlib.crc32(f.read(), digest)
-        except OSError:
-            return -1
+    except OSError:
+        return -1
     return digest
 
 
