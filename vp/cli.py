@@ -113,16 +113,18 @@ def main_options(ctx: typer.Context, **values) -> None:
     values.pop("version", None)  # handled by its eager callback
     if values["output"] not in FORMATS:
         raise UsageError(f"--output {values['output']!r}: choose one of {', '.join(FORMATS)}")
-    values["tunnel"] = list(values["tunnel"] or [])
+    for o in options.OPTIONS:
+        if o.kind == "list":  # typer gives () or None when it is not given
+            values[o.dest] = list(values[o.dest] or [])
     ctx.obj = Globals(**values)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
 
 
 def _signature() -> inspect.Signature:
-    keyword = inspect.Parameter.KEYWORD_ONLY
-    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    params[0] = params[0].replace(annotation=typer.Context)
+    """`main_options(ctx, *, platform=typer.Option(...), ...)` as typer reads it."""
+    keyword, positional = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("ctx", positional, annotation=typer.Context)]
     for o in options.OPTIONS:
         ann = _ANNOTATIONS[o.kind]
         params.append(inspect.Parameter(o.dest, keyword, default=_typer_option(o), annotation=ann))
@@ -134,7 +136,10 @@ def _signature() -> inspect.Signature:
 
 
 main_options.__signature__ = _signature()  # type: ignore[attr-defined]
-main_options.__annotations__ = {p.name: p.annotation for p in _signature().parameters.values()}
+main_options.__annotations__ = {
+    p.name: p.annotation
+    for p in main_options.__signature__.parameters.values()  # type: ignore[attr-defined]
+}
 app.callback(invoke_without_command=True)(main_options)
 
 
