@@ -51,7 +51,8 @@ def main() -> None:
             check(subprocess.run(argv, env=env, cwd=cwd, capture_output=True), " ".join(argv))
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if name:  # CPU seconds (user+sys): steadier than wall time on a loaded machine
-                cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+                used = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+                cpu[name].append(used)
 
         run([*VP, "--help"])  # warm-up: byte-compile into the pycache prefix
         times = interleaved(
