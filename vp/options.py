@@ -140,9 +140,10 @@ class _Loading:
             yes=g.yes,
             over_budget=g.over_budget,
         )
-        from vp.guard import sweep_stopped
+        if cfg.host.destroy_after_stopped:  # else there is nothing to sweep: no vp.guard import
+            from vp.guard import sweep_stopped
 
-        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
+            sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
         return cfg
 
 
