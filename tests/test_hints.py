@@ -141,6 +141,8 @@ def hints_in_source() -> dict[str, str]:
     """Each `vp CMD ...` named in vp's messages -> where it is written."""
     found: dict[str, str] = {}
     for path in sorted(SOURCE.rglob("*.py")):
+        if path.name == "helptext.py":  # generated copies of the help screens, scanned at source
+            continue
         for line, text in _strings(ast.parse(path.read_text())):
             for m in re.finditer(r"(?<![\w/-])vp((?: [^\s`,;()?]+)+)", text):
                 words: list[str] = []

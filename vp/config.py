@@ -9,7 +9,6 @@ written back into the config.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import math
@@ -342,6 +341,8 @@ def _build(data: dict[str, dict[str, Any]], **where: Any) -> Config:
 
 
 def _nearest(word: str, choices: list[str]) -> str | None:
+    import difflib  # only when a word is unknown
+
     near = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return near[0] if near else None
 

@@ -59,3 +59,7 @@ COMMANDS: dict[str, Entry] = {
     "spend": Entry("vp.commands.spend", "What vp's hosts cost: compute running, disk stopped."),
     "ui": Entry("vp.commands.web", "Serve the web control page: hosts, runs, live logs, apps."),
 }
+
+# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
+# the command modules.
+SUBCOMMANDS = frozenset({"run", *COMMANDS})
