@@ -295,3 +295,119 @@ def test_a_failed_create_of_one_node_destroys_the_others(vast_emulator, vp_env: 
     listed = vp_env.run("ls", "-o", "json")
     assert json.loads(listed.stdout or "[]") == [], listed.stdout
     assert os.listdir(vp_env.home / ".config" / "vp") is not None
+
+
+require_module("runpod")
+from tests.emulators.runpod import runpod_emulator  # noqa: E402, F401
+
+# name: (emulator fixture, endpoint env, key env, gpu with two offers, the record's label field)
+LABEL_CLOUDS = {
+    "vast": ("vast_emulator", "VAST_URL", "VAST_API_KEY", "H100", "label"),
+    "runpod": ("runpod_emulator", "RUNPOD_API_BASE_URL", "RUNPOD_API_KEY", "4090", "name"),
+}
+
+
+def _label_cloud(name: str, request, vp_env: VpEnv, workdir: Path):
+    fixture, url_env, key_env, gpu, _field = LABEL_CLOUDS[name]
+    emulator = request.getfixturevalue(fixture)
+    vp_env.env[url_env] = emulator.url
+    vp_env.env[key_env] = emulator.api_key
+    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+    user_cfg.parent.mkdir(parents=True, exist_ok=True)
+    user_cfg.write_text(f"[{name}]\npoll_interval = 0.1\n")
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "multi"
+
+        [host]
+        platform = "{name}"
+        gpu = "{gpu}"
+        max_price = 5.0
+        ready_timeout = 90
+
+        [sync]
+        workdir = "{workdir}"
+        """
+    )
+    return emulator
+
+
+def _hosts(vp_env: VpEnv, *args: str, project: str | None = None) -> list[dict]:
+    extra = {"VP_PROJECT": project} if project else None
+    proc = vp_env.run("-o", "json", "ls", *args, extra_env=extra)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout or "[]")
+
+
+@pytest.mark.parametrize("name", list(LABEL_CLOUDS))
+def test_nodes_on_a_label_provider_are_the_projects_hosts_of_every_rank(
+    name: str, request, vp_env: VpEnv, tmp_path: Path
+):
+    """vast keeps only a label, RunPod only a pod name: node 1 is labelled `vp-multi.1`, so
+    it is project multi's (not a project `multi-1`'s), listed with its rank, reused by the
+    next run, and stopped and destroyed with rank 0."""
+    emulator = _label_cloud(name, request, vp_env, tmp_path / "remote-workspace")
+    label = LABEL_CLOUDS[name][4]
+    proc = vp_env.run("--nodes", "2", "sh", "-c", 'echo "rank $NODE_RANK"')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "rank 0\n"
+    assert sorted(i[label] for i in emulator.instances.values()) == ["vp-multi", "vp-multi.1"]
+    assert emulator.errors == []
+
+    rows = _hosts(vp_env)
+    assert [(r["name"], r["node"], r["project"]) for r in rows] == [
+        ("vp-multi", 0, "multi"),
+        ("vp-multi-1", 1, "multi"),
+    ]
+    table = vp_env.run("ls")
+    assert "vp-multi-1 (node 1)" in table.stdout and "vp-multi (node 0)" in table.stdout
+    # Another project whose name ends like a rank does not see (or get to destroy) node 1.
+    assert _hosts(vp_env, project="multi-1") == []
+    every = _hosts(vp_env, "--all")
+    assert sorted((r["name"], r["project"], r["node"]) for r in every) == [
+        ("vp-multi", "multi", 0),
+        ("vp-multi-1", "multi", 1),
+    ]
+
+    # A second run reuses both.
+    again = vp_env.run("--nodes", "2", "true")
+    assert again.returncode == 0, again.stderr
+    assert "creating" not in again.stderr and len(emulator.instances) == 2
+
+    # `vp stop` stops both; the next run starts both again rather than creating others.
+    stopped = vp_env.run("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped vp-multi (" in stopped.stderr and "stopped vp-multi-1 (" in stopped.stderr
+    assert [r["status"] for r in _hosts(vp_env)] == ["stopped", "stopped"]
+    back = vp_env.run("--nodes", "2", "true")
+    assert back.returncode == 0, back.stderr
+    assert "creating" not in back.stderr and len(emulator.instances) == 2
+    assert [r["status"] for r in _hosts(vp_env)] == ["running", "running"]
+
+    # `vp down` destroys both.
+    down = vp_env.run("down", "--yes")
+    assert down.returncode == 0, down.stderr
+    assert emulator.instances == {}
+    assert _hosts(vp_env) == []
+
+
+@pytest.mark.parametrize("name", list(LABEL_CLOUDS))
+def test_a_new_machine_finds_every_node_and_the_orphan_sweep_destroys_them(
+    name: str, request, vp_env: VpEnv, tmp_path: Path
+):
+    emulator = _label_cloud(name, request, vp_env, tmp_path / "remote-workspace")
+    proc = vp_env.run("--nodes", "2", "true")
+    assert proc.returncode == 0, proc.stderr
+    # Another machine: no state, no keys; the provider's labels alone say whose they are.
+    state_dir = vp_env.home / ".local" / "state" / "vp"
+    for db in state_dir.glob("state.db*"):
+        db.unlink()
+    rows = _hosts(vp_env, "--all")
+    assert sorted((r["name"], r["project"], r["known"]) for r in rows) == [
+        ("vp-multi", "multi", False),
+        ("vp-multi-1", "multi", False),
+    ]
+    swept = vp_env.run("cleanup", "--orphans", "--yes")
+    assert swept.returncode == 0, swept.stderr
+    assert emulator.instances == {}

@@ -36,7 +36,8 @@ from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
 from vp.follow import FollowResult, follow
 from vp.mask import LogView
 from vp.platforms import declaration
-from vp.platforms.base import Host
+from vp.platforms.base import PENDING, RUNNING, STOPPED, Host
+from vp.platforms.cloud import node_rank
 from vp.state import RunRecord, State
 from vp.transport import Transport
 from vp.ui import UI
@@ -139,19 +140,29 @@ def node_name(cfg: Config, rank: int) -> str:
     return base if rank == 0 else f"{base}-{rank}"
 
 
+def reusable(hosts: list[Host]) -> dict[int, Host]:
+    """The project's hosts a run of several nodes takes again, by rank (each provider labels a
+    node with its rank; vp/platforms/cloud.py node_rank): a running one before a stopped one."""
+    out: dict[int, Host] = {}
+    usable = [h for h in hosts if h.status in (RUNNING, PENDING, STOPPED)]
+    for host in sorted(usable, key=lambda h: h.status == STOPPED):  # stable: rank 0 first
+        out.setdefault(node_rank(host), host)
+    return out
+
+
 def _cloud_hosts(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, Transport]]:
     from vp.lifecycle import create_host, forget, project_hosts, resolve_on
     from vp.offers import platform_for
 
     platform = platform_for(cfg)
-    known = {h.name for h in project_hosts(platform, state, cfg.project)}
+    known = reusable(project_hosts(platform, state, cfg.project))
     created: list[Host] = []
     lock = threading.Lock()
 
     def one(rank: int) -> tuple[Host, Transport]:
         name = node_name(cfg, rank)
-        if name in known:
-            return resolve_on(cfg, state, ui, platform.name, host_name=name, create=False)
+        if rank in known:  # started if stopped; by id, as GCE names its VMs NAME-SUFFIX
+            return resolve_on(cfg, state, ui, platform.name, host_name=known[rank].id, create=False)
         host, transport = create_host(
             cfg, state, ui, platform, name=name, nodes_of=node_name(cfg, 0)
         )
