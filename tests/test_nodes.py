@@ -428,3 +428,52 @@ def test_a_new_machine_finds_every_node_and_the_orphan_sweep_destroys_them(
     swept = vp_env.run("cleanup", "--orphans", "--yes")
     assert swept.returncode == 0, swept.stderr
     assert emulator.instances == {}
+
+
+# Attempt 1 says it is up and keeps going; a later attempt ends at once.
+ATTEMPT = (
+    'echo "rank $NODE_RANK attempt $VP_ATTEMPT resumed ${VP_RESUMED:-0}"; '
+    'if [ "$VP_ATTEMPT" = 1 ]; then touch "up-$NODE_RANK"; exec sleep 300; fi'
+)
+
+
+def test_recover_makes_a_new_node_for_a_preempted_one_and_runs_every_rank_again(
+    request, vp_env: VpEnv, tmp_path: Path
+):
+    workdir = tmp_path / "remote-workspace"
+    emulator = _label_cloud("vast", request, vp_env, workdir)
+    config = vp_env.project / "vp.toml"
+    config.write_text(config.read_text() + "\n[run]\nrecover = true\nmax_attempts = 2\n")
+    proc = vp_env.popen("--nodes", "2", "--all-logs", ATTEMPT)
+    wait_for(
+        lambda: (workdir / "up-0").exists() and (workdir / "up-1").exists(),
+        timeout=LOADED,
+        what="both ranks of attempt 1 running",
+        gave_up=lambda: None if proc.poll() is None else f"vp exited {proc.returncode}",
+    )
+    by_label = {i["label"]: iid for iid, i in emulator.instances.items()}
+    emulator.preempt(by_label["vp-multi.1"])
+    out, err = proc.communicate(timeout=LOADED)
+    out_text, err_text = out.decode(), err.decode()
+    assert proc.returncode == 0, err_text
+    for line in (
+        "rank 0 attempt 1 resumed 0",
+        "[node1] rank 1 attempt 1 resumed 0",
+        "rank 0 attempt 2 resumed 1",
+        "[node1] rank 1 attempt 2 resumed 1",
+    ):
+        assert line in out_text.splitlines(), out_text
+    assert "recovering, attempt 2 of 2" in err_text
+    assert "Traceback" not in err_text
+    # Rank 0's host was kept; node 1's preempted one destroyed and a new one made in its place.
+    now = {i["label"]: iid for iid, i in emulator.instances.items()}
+    assert now["vp-multi"] == by_label["vp-multi"]
+    assert now["vp-multi.1"] != by_label["vp-multi.1"] and len(now) == 2
+    runs = json.loads(vp_env.run("-o", "json", "runs").stdout)
+    first = {r["id"]: r for r in runs if r["attempt"] == 1}
+    second = [r for r in runs if r["attempt"] == 2]
+    assert len(first) == 2 and len(second) == 2
+    assert all(r["status"] == "preempted" for r in first.values())
+    assert sorted(r["parent"] for r in second) == sorted(first)
+    assert all(r["exit_code"] == 0 for r in second)
+    assert vp_env.run("down", "--yes").returncode == 0
