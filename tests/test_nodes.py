@@ -456,9 +456,9 @@ def test_recover_makes_a_new_node_for_a_preempted_one_and_runs_every_rank_again(
     out, err = proc.communicate(timeout=LOADED)
     out_text, err_text = out.decode(), err.decode()
     assert proc.returncode == 0, err_text
+    # (Rank 1's first line may have gone with its host before vp streamed it.)
     for line in (
         "rank 0 attempt 1 resumed 0",
-        "[node1] rank 1 attempt 1 resumed 0",
         "rank 0 attempt 2 resumed 1",
         "[node1] rank 1 attempt 2 resumed 1",
     ):
