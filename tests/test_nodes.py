@@ -477,3 +477,44 @@ def test_recover_makes_a_new_node_for_a_preempted_one_and_runs_every_rank_again(
     assert sorted(r["parent"] for r in second) == sorted(first)
     assert all(r["exit_code"] == 0 for r in second)
     assert vp_env.run("down", "--yes").returncode == 0
+
+
+from tests.emulators.thunder import thunder_emulator  # noqa: E402, F401
+
+
+def test_nodes_on_thunder_which_keeps_no_label_are_known_by_what_vp_recorded(
+    thunder_emulator,  # noqa: F811
+    vp_env: VpEnv,
+    tmp_path: Path,
+):
+    """Thunder names its instances and keeps no label: a node's rank is what vp's state
+    recorded at the create, so the next run still reuses each rank and `vp down` takes both."""
+    vp_env.env["TNR_API_URL"] = thunder_emulator.url + "/v1"
+    vp_env.env["TNR_API_TOKEN"] = thunder_emulator.api_key
+    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
+    user_cfg.parent.mkdir(parents=True, exist_ok=True)
+    user_cfg.write_text('[thunder]\npoll_interval = 0.1\nuser = "root"\n')
+    vp_env.write_config(
+        f"""
+        [project]
+        name = "multi"
+
+        [host]
+        platform = "thunder"
+        gpu = "A100"
+        max_price = 5.0
+        ready_timeout = {LOADED}
+
+        [sync]
+        workdir = "{tmp_path / "remote-workspace"}"
+        """
+    )
+    proc = vp_env.run("--nodes", "2", "true", timeout=LOADED)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["node"] for r in _hosts(vp_env)] == [0, 1]
+    again = vp_env.run("--nodes", "2", "true", timeout=LOADED)
+    assert again.returncode == 0, again.stderr
+    assert "creating" not in again.stderr and len(thunder_emulator.instances) == 2
+    down = vp_env.run("down", "--yes", timeout=LOADED)
+    assert down.returncode == 0, down.stderr
+    assert _hosts(vp_env) == []

@@ -448,7 +448,11 @@ class CloudPlatform(ABC):
             if recorder is not None:
                 recorder.save(placeholder)
             host = self._accepted(host_id, spec, name, pair)
-            return replace(host, key_path=host.key_path or placeholder.key_path)
+            return replace(
+                host,
+                key_path=host.key_path or placeholder.key_path,
+                labels={**placeholder.labels, **host.labels},  # a node's rank, if unlabelled
+            )
         except BaseException as exc:
             self._key_paths.pop(host_id, None)
             settle_failed_create(self, placeholder, exc, recorder)
