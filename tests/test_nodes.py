@@ -479,6 +479,28 @@ def test_recover_makes_a_new_node_for_a_preempted_one_and_runs_every_rank_again(
     assert vp_env.run("down", "--yes").returncode == 0
 
 
+def test_without_recover_a_preempted_node_fails_the_run_in_one_line(
+    request, vp_env: VpEnv, tmp_path: Path
+):
+    workdir = tmp_path / "remote-workspace"
+    emulator = _label_cloud("vast", request, vp_env, workdir)
+    proc = vp_env.popen("--nodes", "2", ATTEMPT)
+    wait_for(
+        lambda: (workdir / "up-0").exists() and (workdir / "up-1").exists(),
+        timeout=LOADED,
+        what="both ranks running",
+        gave_up=lambda: None if proc.poll() is None else f"vp exited {proc.returncode}",
+    )
+    before = dict(emulator.instances)
+    emulator.preempt(next(i for i, r in before.items() if r["label"] == "vp-multi.1"))
+    _out, err = proc.communicate(timeout=LOADED)
+    errors = [line for line in err.decode().splitlines() if line.startswith("vp: error:")]
+    assert proc.returncode == 1, err
+    assert len(errors) == 1 and "node 1:" in errors[0] and "was stopped" in errors[0], errors
+    assert b"recovering" not in err and b"Traceback" not in err
+    assert sorted(emulator.instances) == sorted(before)  # nothing made, nothing destroyed
+
+
 from tests.emulators.thunder import thunder_emulator  # noqa: E402, F401
 
 
