@@ -521,11 +521,14 @@ def find_all(
     """`find`'s host and, with no `ident` on a cloud platform, the project's nodes of rank >= 1
     (vp/nodes.py): what `vp stop` / `vp down` with no host named act on, so the other hosts
     of a multi-node run are never left billing. Rank order."""
-    target, platform = find(cfg, state, ui, ident)
     if ident is not None or kind_of(cfg.platform) in ("local", "ssh"):
+        target, platform = find(cfg, state, ui, ident)
         return [target], platform
-    hosts = project_hosts(platform, state, cfg.project)
-    return [target] + [h for h in hosts if node_rank(h) and h.key != target.key], platform
+    platform = platform_for(cfg)
+    hosts = project_hosts(platform, state, cfg.project)  # rank 0 first
+    if not hosts:
+        raise VpError(f"no host for project {cfg.project} on {cfg.platform}", hint="see `vp ls`")
+    return [hosts[0]] + [h for h in hosts[1:] if node_rank(h)], platform
 
 
 def ranks_marked(hosts: list[Host]) -> list[Host]:
