@@ -501,6 +501,32 @@ def test_without_recover_a_preempted_node_fails_the_run_in_one_line(
     assert sorted(emulator.instances) == sorted(before)  # nothing made, nothing destroyed
 
 
+def test_a_detached_multi_node_run_is_not_recovered_on_one_node_by_attach(
+    request, vp_env: VpEnv, tmp_path: Path
+):
+    """`vp attach` follows rank 0 only: re-running its command alone would be a one-node run
+    of a multi-node job, so it says why it does not recover."""
+    workdir = tmp_path / "remote-workspace"
+    emulator = _label_cloud("vast", request, vp_env, workdir)
+    config = vp_env.project / "vp.toml"
+    config.write_text(config.read_text() + "\n[run]\nrecover = true\nmax_attempts = 2\n")
+    started = vp_env.run("--nodes", "2", "--detach", ATTEMPT, timeout=LOADED)
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    wait_for(
+        lambda: (workdir / "up-0").exists() and (workdir / "up-1").exists(),
+        timeout=LOADED,
+        what="both ranks running",
+    )
+    before = dict(emulator.instances)
+    emulator.preempt(next(i for i, r in before.items() if r["label"] == "vp-multi"))
+    attach = vp_env.run("attach", run_id, timeout=LOADED)
+    assert attach.returncode == 1, attach.stderr
+    assert "multi-node run started with --detach is not recovered" in attach.stderr
+    assert "Traceback" not in attach.stderr
+    assert sorted(emulator.instances) == sorted(before)
+
+
 from tests.emulators.thunder import thunder_emulator  # noqa: E402, F401
 
 
