@@ -688,7 +688,7 @@ def execute(
                 if isinstance(stream, _Prefixed):
                     stream.close()
     gone = _lost_hosts(ranks, outcome, lambda h: host_gone(cfg, state, h))
-    if gone:
+    if gone and not outcome.interrupted:  # after Ctrl-C: no next attempt
         for r in ranks:
             state.finish_run(r.run_id, None, "preempted")
         lost = [r for r in ranks if r.rank in gone]
