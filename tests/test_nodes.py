@@ -269,6 +269,54 @@ def test_more_nodes_than_ssh_hosts_is_a_usage_error(cluster: Cluster, vp_env: Vp
     assert "vp: hint:" in proc.stderr
 
 
+def test_each_rank_arms_its_own_idle_watchdog(vp_env: VpEnv, tmp_path: Path):
+    """Every node stops itself when idle: each rank's launch arms the watchdog on its host.
+    Each host here has its own HOME (its runs dir and watchdog), as separate machines do."""
+    workdir, home = tmp_path / "remote-workspace", tmp_path / "node-home"
+    hosts: list[SshHost] = []
+    try:
+        for i in range(2):
+            (tmp_path / f"node{i}").mkdir()
+            host = SshHost(tmp_path / f"node{i}", netns=True, private_dirs=[workdir, home])
+            host.extra_config = [*host.extra_config, f"SetEnv HOME={home}"]
+            hosts.append(host)
+            host.start()
+        link_hosts(*hosts)
+        ssh_dir = vp_env.home / ".ssh"
+        ssh_dir.mkdir(mode=0o700, exist_ok=True)
+        (ssh_dir / "config").write_text(
+            "".join(h.ssh_config(f"node{i}") + "\n" for i, h in enumerate(hosts))
+        )
+        vp_env.write_config(
+            f"""
+            [project]
+            name = "multi"
+
+            [host]
+            platform = "ssh"
+            idle_stop_minutes = 0.05
+            idle_stop_command = "date > {home}/stopped"
+
+            [ssh]
+            hosts = ["node0", "node1"]
+
+            [sync]
+            workdir = "{workdir}"
+            """
+        )
+        proc = vp_env.run("--nodes", "2", "true", timeout=LOADED)
+        assert proc.returncode == 0, proc.stderr
+        for rank, host in enumerate(hosts):
+            wait_for(
+                (host.private_dirs[home] / "stopped").exists,
+                timeout=LOADED,
+                what=f"node {rank}'s watchdog to run idle_stop_command",
+            )
+    finally:
+        for host in hosts:
+            host.close()
+
+
 # ---------------------------------------------------------------------------- cloud
 
 
