@@ -5,6 +5,11 @@ launches and collects; it invents no protocol of its own.
 - Hosts: N of the project's spec on one platform, acquired in parallel and all-or-nothing:
   when one cannot be had, the ones this call created are destroyed (the platform's destroy,
   and vp's state forgets them). On `ssh`, `[ssh] hosts` lists the machines, rank 0 first.
+  A node of rank R >= 1 is labelled as the project's with its rank on every provider
+  (vp/platforms/cloud.py node_rank), so later runs take each rank's host again, and `vp ls`,
+  `vp stop` / `vp down` (no host named) and the orphan sweep see every rank.
+- Recovery: when the provider says a node's host is gone, `Preempted` names the lost hosts;
+  the next attempt (vp/run.py, vp/recover.py) makes new ones for those ranks only.
 - Each rank is an ordinary detached run (vp/remote.py, the same launch script) with its own
   run id (`RUN` for rank 0, `RUN-1`, `RUN-2`, ...) and the environment below, shipped on stdin
   like any [env] value (never argv). `$NNODES`, `$NODE_RANK`, `$MASTER_ADDR`, `$MASTER_PORT`
