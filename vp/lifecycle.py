@@ -560,7 +560,7 @@ def list_hosts(cfg: Config, state: State, *, all_projects: bool = False) -> list
         for host in hosts:
             if state.host(host.key) is not None:
                 state.save_host(host, cfg.project)
-    return hosts
+    return ranks_marked(hosts)  # after saving: the node 0 mark is for showing only
 
 
 def status(cfg: Config, state: State, ui: UI, ident: str | None = None) -> Host:

@@ -14,12 +14,12 @@ README.md ("Output formats") documents the schema; tests/test_records.py holds i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from vp.platforms.base import Host
-from vp.state import RunRecord
+from vp.state import RunRecord, State
 
 # Table columns: (header, key of `host_cells` / `run_cells`). Headers carry the units.
 HOST_COLUMNS = [
@@ -133,6 +133,23 @@ class Billing:
     per_hour: float | None = None
     project: str | None = None
     known: bool = True  # this machine's state knows the host (`vp ls --all` finds others)
+
+
+def ledger(state: State) -> dict[str, Billing]:
+    """Per host key, what the spend ledger recorded (vp/spend.py)."""
+    from vp.spend import host_costs
+
+    return {
+        key: Billing(cost_usd=c.get("cost"), per_hour=c.get("per_hour"))
+        for key, c in host_costs(state).items()
+    }
+
+
+def listed_billing(hosts: list[Host], state: State) -> list[Billing]:
+    """`vp ls`'s ledger facts per host, and whether this machine's state knows it: one
+    function for the CLI's listing and the page's, so both show the same records."""
+    book = ledger(state)
+    return [replace(book.get(h.key, Billing()), known=state.host(h.key) is not None) for h in hosts]
 
 
 def host_json(host: Host, now: float | None = None, billing: Billing | None = None) -> dict:

@@ -22,12 +22,7 @@ app = command_app()
 
 def billing(state: State) -> dict[str, records.Billing]:
     """Per host key, what the spend ledger recorded (vp/spend.py)."""
-    from vp.spend import host_costs
-
-    return {
-        key: records.Billing(cost_usd=c.get("cost"), per_hour=c.get("per_hour"))
-        for key, c in host_costs(state).items()
-    }
+    return records.ledger(state)
 
 
 def show_host(g: Globals, host: Host, state: State | None = None) -> None:
@@ -61,12 +56,7 @@ def ls_cmd(
     if g.output == "text" and not hosts:
         g.ui.info(f"no hosts on {cfg.platform} for project {cfg.project}")
         return
-    ledger = billing(state)
-    facts = [
-        replace(ledger.get(h.key, records.Billing()), known=state.host(h.key) is not None)
-        for h in hosts
-    ]
-    hosts = lifecycle.ranks_marked(hosts)
+    facts = records.listed_billing(hosts, state)
     if g.output in ("json", "yaml"):
         render(
             [records.host_json(h, billing=b) for h, b in zip(hosts, facts, strict=True)], g.output
