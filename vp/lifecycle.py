@@ -106,8 +106,11 @@ def resolve(
                 "the ssh platform needs a host",
                 hint='set [ssh] host = "user@host:port" (or an ~/.ssh/config alias) or pass --host',
             )
+        from vp import trust
         from vp.platforms.ssh import host_for
 
+        if not host_name:  # a --host flag is the user's own choice
+            trust.require(cfg, "ssh.host", [spec])
         host = host_for(spec)
         transport = transport_for(host, cfg)
         transport.ensure()

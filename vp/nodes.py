@@ -130,6 +130,9 @@ def _ssh_hosts(cfg: Config, state: State, n: int) -> list[tuple[Host, Transport]
         transport.ensure()
         return host, transport
 
+    from vp import trust
+
+    trust.require(cfg, "ssh.hosts", listed[:n])  # before any of them is connected to
     results = in_parallel([lambda s=s: connect(s) for s in listed[:n]])
     error = _first_error(results)
     if error is not None:

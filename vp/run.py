@@ -289,13 +289,13 @@ def _execute_once(
     from vp import secretstore
 
     state = state or State()
-    from vp.nodes import node_count
-
-    n = node_count(cfg, opts.nodes)
-    if n > 1:
+    n = opts.nodes if opts.nodes is not None else cfg.host.nodes
+    if n != 1:  # vp.nodes (threads, queues) is imported only when it has work
         from vp import nodes
 
-        return nodes.execute(cfg, opts, ui, state, n, attempt=attempt, parent=parent)
+        n = nodes.node_count(cfg, opts.nodes)
+        if n > 1:
+            return nodes.execute(cfg, opts, ui, state, n, attempt=attempt, parent=parent)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
     setup_cmd = cfg.setup.run or None
