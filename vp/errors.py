@@ -55,7 +55,7 @@ def unexpected(exc: BaseException) -> tuple[str, str]:
     import subprocess
 
     if isinstance(exc, subprocess.TimeoutExpired):
-        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd or [])[:1])
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(str(c) for c in (exc.cmd or [])[:1])
         return (
             f"{cmd or 'a command'} did not finish within {exc.timeout:.0f} s: the host or the"
             " network stalled",
