@@ -308,10 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if os.environ.get("VP_DEBUG"):
             raise
-        ui.error(
-            f"internal error: {type(exc).__name__}: {exc}",
-            hint="rerun with VP_DEBUG=1 for a traceback, and please report it",
-        )
+        from vp.errors import unexpected
+
+        message, hint = unexpected(exc)
+        ui.error(message, hint=hint)
         code = 1
     sys.stdout.flush()
     sys.exit(code if isinstance(code, int) else 0)

@@ -106,10 +106,10 @@ def try_run(argv: list[str]) -> int | None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence, as in vp.cli.main
         if os.environ.get("VP_DEBUG"):
             raise
-        ui.error(
-            f"internal error: {type(exc).__name__}: {exc}",
-            hint="rerun with VP_DEBUG=1 for a traceback, and please report it",
-        )
+        from vp.errors import unexpected
+
+        message, hint = unexpected(exc)
+        ui.error(message, hint=hint)
         code = 1
     return code
 

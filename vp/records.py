@@ -186,6 +186,9 @@ def host_json(host: Host, now: float | None = None, billing: Billing | None = No
         "uptime_s": _number(uptime, 1),
         "cost_usd": _number(cost, 6),
         "known": billing.known,
+        # Its rank in a multi-node run (vp/nodes.py): rank >= 1, or 0 for the host whose
+        # nodes they are; null for a host of no such run.
+        "node": int(host.labels["node"]) if host.labels.get("node", "").isdigit() else None,
         "labels": dict(host.labels),
     }
 
@@ -195,7 +198,7 @@ def host_cells(host: Host, now: float | None = None, billing: Billing | None = N
     now = time.time() if now is None else now
     j = host_json(host, now, billing)
     return {
-        "name": host.name,
+        "name": host.name if j["node"] is None else f"{host.name} (node {j['node']})",
         "id": host.id,
         "platform": host.platform,
         "project": j["project"],

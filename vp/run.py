@@ -276,9 +276,10 @@ def execute(
 class Preempted(HostGone):
     """The provider says the run's host is gone or stopped: the run on it is lost."""
 
-    def __init__(self, error: HostGone, run_id: str, host: Host):
+    def __init__(self, error: HostGone, run_id: str, host: Host, hosts: list[Host] | None = None):
         super().__init__(error.message, hint=error.hint)
         self.run_id, self.host = run_id, host
+        self.hosts = hosts or [host]  # a multi-node run's lost nodes (vp/nodes.py)
 
 
 def _execute_once(
@@ -294,7 +295,7 @@ def _execute_once(
 
         n = nodes.node_count(cfg, opts.nodes)
         if n > 1:
-            return nodes.execute(cfg, opts, ui, state, n)
+            return nodes.execute(cfg, opts, ui, state, n, attempt=attempt, parent=parent)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
     setup_cmd = cfg.setup.run or None

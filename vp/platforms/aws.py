@@ -169,7 +169,7 @@ class AwsSettings(CloudSettings):
 DECLARATION = Declaration(
     name=NAME,
     kind="vm",
-    ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT
+    ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT (vp:node=R)
     # A stopped instance's EBS gp3 volume: $0.08/GB/month in us-east-1 (aws.amazon.com/ebs/
     # pricing, 2026-12).
     storage_price=0.08,
@@ -401,6 +401,8 @@ class AwsPlatform(CloudPlatform):
         }
         if inst.get("SpotInstanceRequestId"):
             labels["spot_request"] = inst["SpotInstanceRequestId"]
+        if tags.get("vp:node", "").isdigit():
+            labels["node"] = tags["vp:node"]
         return Host(
             id=inst["InstanceId"],
             name=tags.get("Name", inst["InstanceId"]),
@@ -596,6 +598,8 @@ class AwsPlatform(CloudPlatform):
             {"Key": "vp:key", "Value": key_file},
             {"Key": "vp:user", "Value": self.user},
         ]
+        if rank := self.node_rank_of(name):  # node R of a multi-node run (vp/nodes.py)
+            tags.append({"Key": "vp:node", "Value": str(rank)})
         root_name = image.get("RootDeviceName") or "/dev/sda1"
         root_min = 0
         for bdm in image.get("BlockDeviceMappings", []):

@@ -315,6 +315,7 @@ class GcePlatform(CloudPlatform):
             ssh_port=22,
             labels={
                 "project": labels.get("vp-project", ""),
+                **({"node": labels["vp-node"]} if labels.get("vp-node", "").isdigit() else {}),
                 "zone": self.zone,
                 "machine_type": machine,
                 "market": "spot"
@@ -359,7 +360,14 @@ class GcePlatform(CloudPlatform):
     # ---------------------------------------------------------------- create
 
     def _instance_body(
-        self, offer: Offer, spec: HostSpec, name: str, project: str, public_key: str, key_file: str
+        self,
+        offer: Offer,
+        spec: HostSpec,
+        name: str,
+        project: str,
+        public_key: str,
+        key_file: str,
+        rank: int = 0,
     ):
         from google.cloud import compute_v1
 
@@ -406,6 +414,7 @@ class GcePlatform(CloudPlatform):
                 "vp-project": _label(project),
                 "vp-managed": "true",
                 "vp-key": _label(key_file),
+                **({"vp-node": str(rank)} if rank else {}),  # node R of a multi-node run
             },
         )
         if accel:
@@ -506,7 +515,13 @@ class GcePlatform(CloudPlatform):
         if not instance_name[0].isalpha():
             instance_name = "vp-" + instance_name
         body = self._instance_body(
-            offer, spec, instance_name, project, key.public_key, key.private_path.name
+            offer,
+            spec,
+            instance_name,
+            project,
+            key.public_key,
+            key.private_path.name,
+            rank=self.node_rank_of(name),
         )
         try:
             op = self._instances.insert_unary(

@@ -178,9 +178,11 @@ def host_action(project: Project, name: str, action: str, platform: str | None) 
     if action == "start":
         lifecycle.start(cfg, state, ui, name)
     elif action == "stop":
-        result = lifecycle.stop(cfg, state, ui, name)
-        if not result.done:
-            ui.warn(f"{result.host.name} was still stopping after {lifecycle.STOP_TIMEOUT:.0f}s")
+        for result in lifecycle.stop(cfg, state, ui, name):
+            if not result.done:
+                ui.warn(
+                    f"{result.host.name} was still stopping after {lifecycle.STOP_TIMEOUT:.0f}s"
+                )
     elif action == "down":
         lifecycle.down(cfg, state, ui, name)
     else:
