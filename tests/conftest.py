@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests import requires
+from tests.emulators.vast import vast_emulator  # noqa: F401 - fixture, for vast_project
 from tests.sshhost import SshHost, make_ssh_host, netns_host, ssh_host  # noqa: F401
 
 VP = [sys.executable, "-m", "vp"]
@@ -125,6 +126,69 @@ class VpEnv:
         )
 
 
+# platform -> (environment variable of its API endpoint, suffix to its emulator's URL, of its
+# API key): how vp is pointed at tests/emulators/ (ARCHITECTURE.md §3).
+EMULATOR_ENV = {
+    "vast": ("VAST_URL", "", "VAST_API_KEY"),
+    "runpod": ("RUNPOD_API_BASE_URL", "", "RUNPOD_API_KEY"),
+    "thunder": ("TNR_API_URL", "/v1", "TNR_API_TOKEN"),
+}
+
+
+def point_at(env: VpEnv, platform: str, emulator, *, key: bool = True) -> None:
+    """vp under `env` calls `emulator` for `platform`, with its API key unless `key` is False
+    (a test of where keys come from sets its own)."""
+    url_env, suffix, key_env = EMULATOR_ENV[platform]
+    env.env[url_env] = emulator.url + suffix
+    if key:
+        env.env[key_env] = emulator.api_key
+
+
+def write_cloud_project(
+    env: VpEnv,
+    workdir: Path,
+    *,
+    platform: str = "vast",
+    project: str = "proj",
+    gpu: str = "4090",
+    ready_timeout: float | None = 60,
+    extra: str = "",
+    user: str = "",
+) -> VpEnv:
+    """The usual project on a cloud emulator: vp.toml asks `platform` for one `gpu` at most
+    $5/h with `workdir` on the host (`extra`: more TOML appended), and the user file polls the
+    provider every 0.1 s (`user`: more keys of that `[platform]` table, then any tables)."""
+    user_cfg = env.home / ".config" / "vp" / "config.toml"
+    user_cfg.parent.mkdir(parents=True, exist_ok=True)
+    user_cfg.write_text(f"[{platform}]\npoll_interval = 0.1\n" + textwrap.dedent(user).lstrip())
+    user_cfg.chmod(0o600)
+    ready = "" if ready_timeout is None else f"ready_timeout = {ready_timeout}\n"
+    env.write_config(
+        f'[project]\nname = "{project}"\n\n'
+        f'[host]\nplatform = "{platform}"\ngpu = "{gpu}"\nmax_price = 5.0\n{ready}\n'
+        f'[sync]\nworkdir = "{workdir}"\n' + textwrap.dedent(extra)
+    )
+    return env
+
+
+def on_vast(env: VpEnv, emulator, workdir: Path, **project) -> VpEnv:
+    """`env`'s project on the vast.ai emulator (keywords: `write_cloud_project`'s).
+    `env.emulator` is the emulator."""
+    point_at(env, "vast", emulator)
+    write_cloud_project(env, workdir, platform="vast", **project)
+    env.emulator = emulator  # type: ignore[attr-defined]
+    return env
+
+
+def error_and_hint(stderr: str) -> tuple[str, str]:
+    """The one `vp: error:` line and the one `vp: hint:` line of a failed call (no traceback)."""
+    assert "Traceback" not in stderr, stderr
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("vp: error:")]
+    hints = [ln for ln in stderr.splitlines() if ln.startswith("vp: hint:")]
+    assert len(errors) == 1 and len(hints) == 1, stderr
+    return errors[0], hints[0]
+
+
 @pytest.fixture
 def vp_env(tmp_path: Path) -> VpEnv:
     home = tmp_path / "home"
@@ -163,3 +227,9 @@ def ssh_project(vp_env: VpEnv, ssh_host: SshHost, remote_workdir: Path) -> VpEnv
     vp_env.use_ssh_host(ssh_host, remote_workdir)
     vp_env.host = ssh_host  # type: ignore[attr-defined]
     return vp_env
+
+
+@pytest.fixture
+def vast_project(vp_env: VpEnv, vast_emulator, remote_workdir: Path) -> VpEnv:  # noqa: F811
+    """A project named `proj` on the vast.ai emulator (`on_vast`); `.emulator` is it."""
+    return on_vast(vp_env, vast_emulator, remote_workdir)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, point_at
 from tests.emulators.runpod import runpod_emulator  # noqa: F401
 from tests.emulators.vast import vast_emulator  # noqa: F401
 from tests.test_faults import (
@@ -26,15 +26,9 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def _project(vp_env: VpEnv, workdir: Path, host: str, extra: str = "", **emulators) -> None:
-    env = {
-        "vast": ("VAST_URL", "VAST_API_KEY"),
-        "runpod": ("RUNPOD_API_BASE_URL", "RUNPOD_API_KEY"),
-    }
     user = []
     for name, emulator in emulators.items():
-        url_env, key_env = env[name]
-        vp_env.env[url_env] = emulator.url
-        vp_env.env[key_env] = emulator.api_key
+        point_at(vp_env, name, emulator)
         emulator.boot_delay = 0.3
         user.append(f"[{name}]\npoll_interval = 0.1\n")
     user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
@@ -313,7 +307,7 @@ def test_spot_on_runpod_rents_an_interruptible_pod(
     host = 'platform = "runpod"\ngpu = "4090"\nspot = true'
     _project(vp_env, remote_workdir, host, runpod=runpod_emulator)
     offers = json.loads(vp_env.run("-o", "json", "offers").stdout)
-    assert [(o["spot"], o["price"]) for o in offers] == [(True, 0.17)]  # the minimum bid
+    assert [(o["spot"], o["price_per_hour"]) for o in offers] == [(True, 0.17)]  # the minimum bid
     r = vp_env.run("echo", "ok")
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
     assert "spot = True is ignored" not in r.stderr  # honoured

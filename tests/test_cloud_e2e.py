@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, point_at, write_cloud_project
 from tests.emulators.runpod import runpod_emulator  # noqa: F401
 from tests.emulators.thunder import thunder_emulator  # noqa: F401
 from tests.emulators.vast import vast_emulator  # noqa: F401
@@ -18,51 +18,19 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
+# name: (gpu, more of the user file's [name] table); the emulator is the fixture `NAME_emulator`.
 CLOUDS = {
-    # name: (emulator fixture, endpoint env, key env, url suffix, gpu, user-file settings)
-    "vast": ("vast_emulator", "VAST_URL", "VAST_API_KEY", "", "4090", "poll_interval = 0.1"),
-    "runpod": (
-        "runpod_emulator",
-        "RUNPOD_API_BASE_URL",
-        "RUNPOD_API_KEY",
-        "",
-        "4090",
-        "poll_interval = 0.1",
-    ),
-    "thunder": (
-        "thunder_emulator",
-        "TNR_API_URL",
-        "TNR_API_TOKEN",
-        "/v1",
-        "A100",
-        'poll_interval = 0.1\nuser = "root"',  # the emulator's hosts log in as root
-    ),
+    "vast": ("4090", ""),
+    "runpod": ("4090", ""),
+    "thunder": ("A100", 'user = "root"\n'),  # the emulator's hosts log in as root
 }
 
 
 def _setup(name: str, request, vp_env: VpEnv, workdir: Path):
-    fixture, url_env, key_env, suffix, gpu, settings = CLOUDS[name]
-    emulator = request.getfixturevalue(fixture)
-    vp_env.env[url_env] = emulator.url + suffix
-    vp_env.env[key_env] = emulator.api_key
-    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-    user_cfg.parent.mkdir(parents=True, exist_ok=True)
-    user_cfg.write_text(f"[{name}]\n{settings}\n")
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "mnist"
-
-        [host]
-        platform = "{name}"
-        gpu = "{gpu}"
-        max_price = 5.0
-        ready_timeout = 60
-
-        [sync]
-        workdir = "{workdir}"
-        """
-    )
+    gpu, settings = CLOUDS[name]
+    emulator = request.getfixturevalue(f"{name}_emulator")
+    point_at(vp_env, name, emulator)
+    write_cloud_project(vp_env, workdir, platform=name, project="mnist", gpu=gpu, user=settings)
     return emulator
 
 
@@ -160,7 +128,7 @@ def test_auto_picks_the_cheapest(request, vp_env: VpEnv, remote_workdir: Path) -
     assert r.returncode == 0, r.stderr
     offers = json.loads(r.stdout)
     assert {o["platform"] for o in offers} == {"vast", "runpod"}
-    assert [o["price"] for o in offers] == sorted(o["price"] for o in offers)
+    assert [o["price_per_hour"] for o in offers] == sorted(o["price_per_hour"] for o in offers)
     cheapest = offers[0]
     r = vp_env.run("-p", "auto", "echo", "hi")
     assert r.returncode == 0, r.stderr
@@ -181,24 +149,15 @@ def vm_cloud(request, vp_env: VpEnv, remote_workdir: Path):
         from tests.emulators.gce import GceEmulator as Emulator  # type: ignore[assignment]
     with Emulator(request.getfixturevalue("tmp_path") / f"{name}-emu") as emulator:
         vp_env.env.update(emulator.env())
-        user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-        user_cfg.parent.mkdir(parents=True, exist_ok=True)
         # the emulators' hosts let root in (EC2 would say ubuntu, GCE the metadata user)
-        user_cfg.write_text(f'[{name}]\nuser = "root"\npoll_interval = 0.1\n')
-        vp_env.write_config(
-            f"""
-            [project]
-            name = "mnist"
-
-            [host]
-            platform = "{name}"
-            gpu = "T4"
-            max_price = 5.0
-            ready_timeout = 90
-
-            [sync]
-            workdir = "{remote_workdir}"
-            """
+        write_cloud_project(
+            vp_env,
+            remote_workdir,
+            platform=name,
+            project="mnist",
+            gpu="T4",
+            ready_timeout=90,
+            user='user = "root"\n',
         )
         yield name, emulator
 

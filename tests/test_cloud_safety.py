@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast
 from tests.emulators.vast import vast_emulator  # noqa: F401
 from tests.sshhost import _keygen
 from tests.waiting import wait_for
@@ -32,26 +32,7 @@ DELETE = r"DELETE /api/v0/instances/\d+/"
 
 @pytest.fixture
 def cloud(vast_emulator, vp_env: VpEnv, remote_workdir: Path):  # noqa: F811
-    vp_env.env["VAST_URL"] = vast_emulator.url
-    vp_env.env["VAST_API_KEY"] = vast_emulator.api_key
-    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-    user_cfg.parent.mkdir(parents=True, exist_ok=True)
-    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "safe"
-
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 60
-
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
+    on_vast(vp_env, vast_emulator, remote_workdir, project="safe")
     return vast_emulator
 
 

@@ -32,6 +32,32 @@ def test_unknown_key_names_the_nearest_valid_key(vp_env: VpEnv) -> None:
     assert "did you mean 'max_price'?" in r.stderr
 
 
+def test_sync_include_is_refused_with_the_rule_that_does_it(vp_env: VpEnv) -> None:
+    """`[sync] include` was accepted and never read (issue #11): now it is an error naming the
+    file, and the `!pattern` its hint points to does upload an ignored file."""
+    path = vp_env.write_config('[host]\nplatform = "local"\n[sync]\ninclude = ["model.bin"]\n')
+    (vp_env.project / "model.bin").write_text("weights\n")
+    (vp_env.project / ".vpignore").write_text("*.bin\n")
+    r = vp_env.run("cat", "model.bin")
+    assert r.returncode == 2
+    line = _one_error_line(r.stderr)
+    assert str(path) in line and "[sync] include" in line, line
+    assert "`!pattern` line to .vpignore" in r.stderr, r.stderr
+    user = vp_env.home / ".config" / "vp" / "config.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text('[sync]\ninclude = ["model.bin"]\n')
+    path.write_text('[host]\nplatform = "local"\n')
+    r = vp_env.run("cat", "model.bin")
+    assert r.returncode == 2 and str(user) in _one_error_line(r.stderr), r.stderr
+    user.unlink()
+
+    r = vp_env.run("cat", "model.bin")
+    assert r.returncode != 0 and "weights" not in r.stdout  # ignored: not uploaded
+    (vp_env.project / ".vpignore").write_text("*.bin\n!model.bin\n")
+    r = vp_env.run("cat", "model.bin")
+    assert r.returncode == 0 and r.stdout == "weights\n", r.stderr
+
+
 def test_unknown_section_and_wrong_type(vp_env: VpEnv) -> None:
     vp_env.write_config("[hosts]\ngpu = 'A100'\n")
     r = vp_env.run("true")

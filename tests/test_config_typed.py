@@ -117,8 +117,6 @@ DERIVED = {
     ("host", "name"): "`vp-PROJECT`",
     ("setup", "inputs"): "common lockfiles",  # vp/setup.py's DEFAULT_INPUTS
 }
-# Accepted and never read (issue #11): not documented until it does something.
-UNDOCUMENTED = {("sync", "include")}
 
 
 def _readme_defaults() -> dict[tuple[str, str], str]:
@@ -161,8 +159,6 @@ def test_the_readme_config_table_matches_the_dataclass_defaults() -> None:
     documented = _readme_defaults()
     for section, table in config.CORE_TABLES.items():
         for key, spec in settings.keys(table).items():
-            if (section, key) in UNDOCUMENTED:
-                continue
             assert (section, key) in documented, f"README has no row for {section}.{key}"
             text = documented[(section, key)]
             if (section, key) in DERIVED:

@@ -7,7 +7,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast
 from tests.dockerenv import Registry, busybox_image, docker_engine, registry  # noqa: F401
 from tests.emulators.vast import vast_emulator  # noqa: F401
 
@@ -116,25 +116,10 @@ def test_container_platform_boots_from_the_image_and_flags_a_stale_one(
     vast_emulator,  # noqa: F811
 ) -> None:
     repo = f"vp-e2e/vast{uuid.uuid4().hex[:8]}"
-    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=vast_emulator.api_key)
     vp_env.env.update(_registry_env(registry))
-    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-    user_cfg.parent.mkdir(parents=True, exist_ok=True)
-    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "boxed"
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        [sync]
-        workdir = "{remote_workdir}"
-        [docker]
-        enabled = true
-        image = "{registry.host}/{repo}"
-        """
+    docker = f'[docker]\nenabled = true\nimage = "{registry.host}/{repo}"\n'
+    on_vast(
+        vp_env, vast_emulator, remote_workdir, project="boxed", ready_timeout=None, extra=docker
     )
     (vp_env.project / "Dockerfile").write_text("FROM vp-test/busybox:latest\nCOPY m.txt /m.txt\n")
     (vp_env.project / ".dockerignore").write_text("*\n!m.txt\n")

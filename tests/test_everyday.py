@@ -6,43 +6,12 @@ from __future__ import annotations
 import os
 import pty
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import VP, VpEnv
 
-try:
-    from tests.emulators.vast import vast_emulator  # noqa: F401 - fixture
-except ImportError:  # tests/ itself is on sys.path
-    from emulators.vast import vast_emulator  # type: ignore[no-redef]  # noqa: F401
-
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def vast_project(vp_env: VpEnv, vast_emulator, remote_workdir: Path) -> VpEnv:  # noqa: F811
-    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=vast_emulator.api_key)
-    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-    user_cfg.parent.mkdir(parents=True, exist_ok=True)
-    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "proj"
-
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 60
-
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
-    vp_env.emulator = vast_emulator  # type: ignore[attr-defined]
-    return vp_env
 
 
 def _down_answering(env: VpEnv, answer: bytes) -> tuple[int, bytes]:

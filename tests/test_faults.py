@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast
 from tests.requires import require, requires
 from tests.sshhost import SshHost, _descendants
 from tests.tcpdelay import DelayProxy
@@ -287,28 +287,11 @@ def test_cloud_host_destroyed_mid_run_is_reported_at_once(
     remote_workdir: Path,
 ) -> None:
     vast_emulator.boot_delay = 0.3
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "proj"
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 60
-        [vast]
-        poll_interval = 0.1
-        [ssh]
-        reconnect_timeout = 120
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
-    extra = {"VAST_URL": vast_emulator.url, "VAST_API_KEY": vast_emulator.api_key}
-    r = vp_env.run("sh", "-c", "echo kept > earlier.txt", extra_env=extra)
+    on_vast(vp_env, vast_emulator, remote_workdir, extra="[ssh]\nreconnect_timeout = 120\n")
+    r = vp_env.run("sh", "-c", "echo kept > earlier.txt")
     assert r.returncode == 0, r.stderr
     [iid] = list(vast_emulator.instances)
-    run = start(vp_env, "sh", "-c", counting_script(100, 0.3, 0), extra_env=extra)
+    run = start(vp_env, "sh", "-c", counting_script(100, 0.3, 0))
     run.wait_out(b"line3\n")
     t0 = time.monotonic()
     vast_emulator.destroy(iid)  # from the provider's console: gone, with the run on it
@@ -523,23 +506,8 @@ def test_ctrl_c_during_create_leaves_no_instance(
     remote_workdir: Path,
 ) -> None:
     vast_emulator.boot_delay = 60.0
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "proj"
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 90
-        [vast]
-        poll_interval = 0.1
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
-    extra = {"VAST_URL": vast_emulator.url, "VAST_API_KEY": vast_emulator.api_key}
-    run = start(vp_env, "echo", "hi", extra_env=extra)
+    on_vast(vp_env, vast_emulator, remote_workdir, ready_timeout=90)
+    run = start(vp_env, "echo", "hi")
     run.wait_for(lambda: bool(vast_emulator.instances), 30, "an instance")
     run.wait_err("to boot")
     run.proc.send_signal(signal.SIGINT)

@@ -8,65 +8,29 @@ import json
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, point_at
+from tests.conftest import error_and_hint as _error
 from tests.emulators.runpod import runpod_emulator  # noqa: F401
 from tests.emulators.thunder import thunder_emulator  # noqa: F401
 from tests.emulators.vast import vast_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 
-# name: (emulator fixture, endpoint env, url suffix, key env, provider words,
-#        spellings of one offered GPU, its display name, a typo of it)
+# name: (provider words, spellings of one offered GPU, its display name, a typo of it);
+# the emulator is the fixture `NAME_emulator`.
 CLOUDS = {
-    "vast": (
-        "vast_emulator",
-        "VAST_URL",
-        "",
-        "VAST_API_KEY",
-        "vast.ai",
-        ["RTX4090", "rtx-4090", "rtx 4090", "4090"],
-        "RTX 4090",
-        "RTX4909",
-    ),
-    "runpod": (
-        "runpod_emulator",
-        "RUNPOD_API_BASE_URL",
-        "",
-        "RUNPOD_API_KEY",
-        "RunPod",
-        ["RTX4090", "geforce-rtx-4090"],
-        "RTX 4090",
-        "RTX4909",
-    ),
-    "thunder": (
-        "thunder_emulator",
-        "TNR_API_URL",
-        "/v1",
-        "TNR_API_TOKEN",
-        "Thunder Compute",
-        ["h100", "NVIDIA-H100"],
-        "NVIDIA H100",
-        "H1000",
-    ),
+    "vast": ("vast.ai", ["RTX4090", "rtx-4090", "rtx 4090", "4090"], "RTX 4090", "RTX4909"),
+    "runpod": ("RunPod", ["RTX4090", "geforce-rtx-4090"], "RTX 4090", "RTX4909"),
+    "thunder": ("Thunder Compute", ["h100", "NVIDIA-H100"], "NVIDIA H100", "H1000"),
 }
 
 
 def _project(name: str, request, vp_env: VpEnv, gpu: str | None = None):
-    fixture, url_env, suffix, key_env, *_ = CLOUDS[name]
-    emulator = request.getfixturevalue(fixture)
-    vp_env.env[url_env] = emulator.url + suffix
-    vp_env.env[key_env] = emulator.api_key
+    emulator = request.getfixturevalue(f"{name}_emulator")
+    point_at(vp_env, name, emulator)
     host = f'gpu = "{gpu}"\n' if gpu else ""
     vp_env.write_config(f'[project]\nname = "proj"\n[host]\nplatform = "{name}"\n{host}')
     return vp_env, emulator
-
-
-def _error(stderr: str) -> tuple[str, str]:
-    assert "Traceback" not in stderr, stderr
-    errors = [ln for ln in stderr.splitlines() if ln.startswith("vp: error:")]
-    hints = [ln for ln in stderr.splitlines() if ln.startswith("vp: hint:")]
-    assert len(errors) == 1 and len(hints) == 1, stderr
-    return errors[0], hints[0]
 
 
 @pytest.mark.parametrize("name", sorted(CLOUDS))

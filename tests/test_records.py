@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast, point_at
 from tests.emulators.vast import vast_emulator  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
@@ -47,6 +47,17 @@ HOST_SCHEMA = {
 STATUS_SCHEMA = HOST_SCHEMA | {
     "spend_today_usd": ((*NUMBER,), None),
     "spend_month_usd": ((*NUMBER,), None),
+}
+# `vp offers`: what a host would be, priced in the same key and unit as the host rented from it.
+OFFER_SCHEMA = {
+    "platform": ((str,), None),
+    "id": ((str,), None),
+    "gpu": ((str,), None),
+    "gpus": ((int,), None),
+    "price_per_hour": ((*NUMBER,), None),
+    "region": ((str, NONE), None),
+    "spot": ((bool,), None),
+    "extra": ((dict,), None),
 }
 RUN_SCHEMA = {
     "id": ((str,), None),
@@ -101,26 +112,7 @@ def test_ls_status_up_runs_share_one_schema(
     vp_env: VpEnv,
     remote_workdir: Path,
 ) -> None:
-    vp_env.env["VAST_URL"] = vast_emulator.url
-    vp_env.env["VAST_API_KEY"] = vast_emulator.api_key
-    user_cfg = vp_env.home / ".config" / "vp" / "config.toml"
-    user_cfg.parent.mkdir(parents=True, exist_ok=True)
-    user_cfg.write_text("[vast]\npoll_interval = 0.1\n")
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "mnist"
-
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 60
-
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
+    on_vast(vp_env, vast_emulator, remote_workdir, project="mnist")
     r = vp_env.run("sh", "-c", "exit 3")
     assert r.returncode == 3, r.stderr
 
@@ -163,3 +155,23 @@ def test_ls_status_up_runs_share_one_schema(
     conforms(everywhere, HOST_SCHEMA)
     assert (everywhere["id"], everywhere["known"]) == (stopped["id"], True)
     assert vp_env.run("down", "--yes").returncode == 0
+
+
+def test_offers_speak_the_host_schema(
+    vast_emulator,  # noqa: F811
+    vp_env: VpEnv,
+) -> None:
+    """`vp offers` names and rounds the price as `vp ls` does (`price_per_hour`, `$/h`)."""
+    point_at(vp_env, "vast", vast_emulator)
+    vp_env.write_config('[project]\nname = "mnist"\n[host]\nplatform = "vast"\n')
+    offers = _json(vp_env, "offers", "--gpu", "4090")
+    assert offers, "the emulator offers a 4090"
+    for offer in offers:
+        conforms(offer, OFFER_SCHEMA)
+    assert [o["price_per_hour"] for o in offers] == sorted(o["price_per_hour"] for o in offers)
+    assert offers[0]["price_per_hour"] == pytest.approx(0.36, abs=0.01)
+    assert offers[0]["region"] == "Texas, US" and offers[0]["platform"] == "vast"
+
+    table = vp_env.run("offers", "--gpu", "4090").stdout.splitlines()
+    assert table[0].split() == ["PLATFORM", "GPU", "GPUS", "$/H", "REGION", "SPOT", "ID"]
+    assert " 0.36 " in table[1] and " no " in table[1], table

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast
 from tests.sshhost import SshHost
 from tests.test_secrets import _ArgvScan, _files_holding, _host_runs_dir, _sha
 
@@ -101,24 +101,55 @@ def test_missing_required_secret_creates_no_cloud_host(
     vast_emulator,  # noqa: F811
     remote_workdir: Path,
 ) -> None:
-    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=vast_emulator.api_key)
-    vp_env.write_config(
-        f"""
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        [sync]
-        workdir = "{remote_workdir}"
-        [secrets]
-        required = ["HF_TOKEN", "WANDB_API_KEY"]
-        """
-    )
+    extra = '[secrets]\nrequired = ["HF_TOKEN", "WANDB_API_KEY"]\n'
+    on_vast(vp_env, vast_emulator, remote_workdir, extra=extra)
     r = vp_env.run("python", "train.py")
     assert r.returncode == 2, r.stderr
     assert "HF_TOKEN, WANDB_API_KEY" in r.stderr
     assert vast_emulator.requests == []
     assert vast_emulator.instances == {}
+
+
+@pytest.mark.skipif(vast_emulator is None, reason="vastai is not installed")
+def test_every_path_that_creates_or_starts_a_host_checks_required_secrets(
+    vp_env: VpEnv,
+    vast_emulator,  # noqa: F811
+    remote_workdir: Path,
+) -> None:
+    """`vp up`, `vp start` (what the web page's start runs), a run, `vp setup` and `--nodes`:
+    a missing required secret is the same error, before any provider call; a path that finds
+    the host stopped only on the way (`vp ssh`) fails before starting it."""
+    extra = '[setup]\nrun = "true"\n[secrets]\nrequired = ["HF_TOKEN"]\n'
+    on_vast(vp_env, vast_emulator, remote_workdir, extra=extra)
+    r = vp_env.run("up")
+    assert r.returncode == 2 and "HF_TOKEN" in r.stderr, r.stderr
+    assert vast_emulator.requests == [] and vast_emulator.instances == {}
+
+    token = {"HF_TOKEN": "hf_" + secrets.token_hex(8)}
+    r = vp_env.run("-o", "json", "up", extra_env=token)
+    assert r.returncode == 0, r.stderr
+    name = json.loads(r.stdout)["name"]
+    assert vp_env.run("stop").returncode == 0
+    (iid,) = vast_emulator.instances
+    assert vast_emulator.instances[iid]["actual_status"] == "stopped"
+
+    for args in (["up"], ["start", name], ["setup"], ["true"], ["--nodes", "2", "true"]):
+        vast_emulator.requests.clear()
+        r = vp_env.run(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("vp: error:")]
+        assert len(errors) == 1 and "HF_TOKEN" in errors[0], (args, r.stderr)
+        assert "vp secret set HF_TOKEN" in r.stderr and "Traceback" not in r.stderr
+        assert vast_emulator.requests == [], (args, vast_emulator.requests)
+    r = vp_env.run("ssh", "--", "true")
+    assert r.returncode == 2 and "HF_TOKEN" in r.stderr, r.stderr
+    assert not [q for q in vast_emulator.requests if q[0] != "GET"], vast_emulator.requests
+    assert list(vast_emulator.instances) == [iid]
+    assert vast_emulator.instances[iid]["actual_status"] == "stopped"
+
+    r = vp_env.run("start", name, extra_env=token)
+    assert r.returncode == 0, r.stderr
+    assert vp_env.run("down", "--yes").returncode == 0
 
 
 def test_a_project_cannot_have_vp_send_your_credentials(ssh_project: VpEnv) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VpEnv
+from tests.conftest import VpEnv, on_vast
 from tests.requires import require, requires
 from tests.sshhost import SshHost
 
@@ -83,30 +83,15 @@ def cloud_project(vp_env: VpEnv, vast_emulator, remote_workdir: Path):  # noqa: 
         "env": "hf_" + secrets.token_hex(16),
     }
     vast_emulator.boot_delay = 0.3
-    vp_env.env.update(VAST_URL=vast_emulator.url, VAST_API_KEY=found["vast"])
     vp_env.env["RUNPOD_API_KEY"] = found["runpod"]
-    _write_user_config(
+    on_vast(
         vp_env,
-        f'[docker]\nusername = "me"\npassword = "{found["docker"]}"\n'
+        vast_emulator,
+        remote_workdir,
+        user=f'[docker]\nusername = "me"\npassword = "{found["docker"]}"\n'
         f'[env]\nHF_TOKEN = "{found["env"]}"\n',
     )
-    vp_env.write_config(
-        f"""
-        [project]
-        name = "proj"
-        [host]
-        platform = "vast"
-        gpu = "4090"
-        max_price = 5.0
-        ready_timeout = 60
-        [vast]
-        poll_interval = 0.1
-        [sync]
-        workdir = "{remote_workdir}"
-        """
-    )
     vp_env.secrets = found  # type: ignore[attr-defined]
-    vp_env.emulator = vast_emulator  # type: ignore[attr-defined]
     return vp_env
 
 

@@ -105,7 +105,6 @@ class SyncTable:
     download: bool = True
     use_gitignore: bool = False
     extra_ignore: tuple[str, ...] = ()
-    include: tuple[str, ...] = ()
     results: tuple[str, ...] = ()
     # Multi-node runs: whose results come back. "0": rank 0's, into the project;
     # "all": rank 0's there and every other rank's into nodes/RANK/.
@@ -359,6 +358,17 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     return names.get(t, t.__name__)
 
 
+# Keys vp once accepted and no longer has: (section, key) -> the hint that says what to do
+# instead. `[sync] include` was accepted and never read (issue #11): ignore rules already
+# re-include with `!`, so a second mechanism would only be a second place to look.
+REMOVED_KEYS = {
+    ("sync", "include"): (
+        "to upload files an ignore rule skips, add a `!pattern` line to .vpignore "
+        "(or to sync.extra_ignore): later rules win"
+    ),
+}
+
+
 def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """Check a parsed file against the tables; return it. Errors name the file, key and fix."""
     out: dict[str, dict[str, Any]] = {}
@@ -382,6 +392,11 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
                 out[section][key] = str(value).lower() if isinstance(value, bool) else str(value)
                 continue
             keys = table_keys(section)
+            if (section, key) in REMOVED_KEYS:
+                raise ConfigError(
+                    f"{source}: [{section}] {key} is not a setting (it was never read)",
+                    hint=REMOVED_KEYS[section, key],
+                )
             if key not in keys:
                 near = _nearest(key, list(keys))
                 hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(keys)}"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vp import records
+from vp import records, secretstore
 from vp.capacity import create_with_fallback
 from vp.config import Config
 from vp.errors import ConnectionFailed, HostGone, UsageError, VpError
@@ -217,6 +217,7 @@ def _start(
     a restart takes seconds to minutes and must not look like a hang."""
     from vp import spend
 
+    require_secrets(cfg)
     spend.check(cfg, state, what=f"start {host.name}", host_key=host.key, price=host.price)
     since = f"stopped {records.age(host.stopped_at)}" if host.stopped_at else "stopped"
     with Status(ui, f"starting {host.name} ({since}) on {platform.name}"):
@@ -319,6 +320,7 @@ def _create_through(
 ) -> tuple[Host, Transport]:
     """One create through every (platform, GPU) pair of `names` × [host] gpu (vp/capacity.py
     decides the order, when to move on and when to wait)."""
+    require_secrets(cfg)
 
     def attempt(platform_name: str, gpu: str | None) -> tuple[Host, Transport]:
         spec = replace(spec_from_config(cfg), gpu=gpu)
@@ -575,14 +577,25 @@ def status(cfg: Config, state: State, ui: UI, ident: str | None = None) -> Host:
     return host
 
 
+def require_secrets(cfg: Config) -> None:
+    """The project's `[secrets] required` must all be set before a host is created or started
+    for it (a one-line error saying how to set them): a run that cannot have its token would
+    otherwise be found out only after a host was rented and booted. Every path that creates or
+    starts a host calls this first: `vp up`, `vp start` (the web page's start too), runs and
+    `vp setup` (vp/run.py, vp/nodes.py), and, as the last net, the create and start steps."""
+    secretstore.for_project(cfg)
+
+
 def up(cfg: Config, state: State, ui: UI, ident: str | None = None) -> Host:
     """The project's host, running and answering ssh: reused, started or created."""
+    require_secrets(cfg)
     host, _t = resolve(cfg, state, ui, host_name=ident)
     return host
 
 
 def start(cfg: Config, state: State, ui: UI, ident: str | None = None) -> Host:
     """Start a stopped host and wait until ssh answers."""
+    require_secrets(cfg)
     target, platform = find(cfg, state, ui, ident)
     host, _t = _start(cfg, state, ui, platform, target)
     return host
@@ -715,6 +728,7 @@ def clone(cfg: Config, state: State, ui: UI, ident: str | None, name: str) -> Ho
     platform = platform_for(cfg)
     if not isinstance(platform, SupportsClone):
         raise UsageError(f"{cfg.platform} cannot clone hosts")
+    require_secrets(cfg)
     source, _p = find(cfg, state, ui, ident)
     ui.info(f"cloning {source.name} ({source.id}) on {cfg.platform} as {name}")
     made, _t = adopt_new_host(cfg, state, ui, platform, platform.clone(source.id, name))

@@ -1,5 +1,6 @@
-"""What vp lists — hosts and runs — in one schema for every front: `vp ls`, `vp status`,
-`vp up|start|modify|clone`, `vp runs` and the web page's API all render these records.
+"""What vp lists — hosts, runs and offers — in one schema for every front: `vp ls`,
+`vp status`, `vp up|start|modify|clone`, `vp runs`, `vp offers` and the web page's API all
+render these records.
 
 JSON (and YAML) carry machine values in documented units, the same everywhere:
 times are ISO 8601 in UTC (`2026-12-01T14:03:22Z`, keys ending `_at`), durations are seconds
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vp.platforms.base import Host
+from vp.platforms.base import Host, Offer
 from vp.state import RunRecord, State
 
 # Table columns: (header, key of `host_cells` / `run_cells`). Headers carry the units.
@@ -38,6 +39,8 @@ HOST_COLUMNS = [
 ]
 # `vp ls --all`: every provider, every project, known to this machine or not.
 ALL_HOST_COLUMNS = ["platform", "name", "id", "project", "status", "$/h", "cost $", "age", "known"]
+# `vp offers`; `quota_vcpus` is added when a provider reports one (aws: the family's quota).
+OFFER_COLUMNS = ["platform", "gpu", "gpus", "$/h", "region", "spot", "id"]
 RUN_COLUMNS = [
     "id",
     "command",
@@ -243,6 +246,41 @@ def host_text(host: Host, now: float | None = None, billing: Billing | None = No
     if j["cost_usd"] is not None:
         lines["cost so far"] = money(j["cost_usd"])
     return {k: v for k, v in lines.items() if v is not None}
+
+
+# ------------------------------------------------------------------------- offers
+
+
+def offer_json(offer: Offer) -> dict[str, Any]:
+    """One offer in the JSON schema: its price named and rounded as a host's is, so an offer
+    and the host rented from it compare key for key. `extra`: provider details (aws:
+    `quota_vcpus`)."""
+    return {
+        "platform": offer.platform,
+        "id": offer.id,
+        "gpu": offer.gpu,
+        "gpus": offer.gpus,
+        "price_per_hour": _number(offer.price, 6),
+        "region": offer.region,
+        "spot": bool(offer.spot),
+        "extra": dict(offer.extra),
+    }
+
+
+def offer_cells(offer: Offer) -> dict[str, Any]:
+    """One offer as a table row (`OFFER_COLUMNS`, plus `quota_vcpus` when known)."""
+    price = offer.price
+    return {
+        "platform": offer.platform,
+        "gpu": offer.gpu,
+        "gpus": offer.gpus,
+        # Offers differ by fractions of a cent: keep four digits below $0.10/h, as `money`.
+        "$/h": None if price is None else f"{price:.2f}" if price >= 0.1 else f"{price:.4f}",
+        "region": offer.region,
+        "spot": "yes" if offer.spot else "no",
+        "id": offer.id,
+        "quota_vcpus": offer.extra.get("quota_vcpus"),
+    }
 
 
 # ------------------------------------------------------------------------- runs

@@ -10,6 +10,10 @@ whatever the host's init does about orphans.
 Streaming is `tail -c +OFFSET` of the log until the wrapper exits, so a reconnect resumes
 at the byte already shown. The remote exit code comes from the `exit` file, never from ssh.
 
+Run directories do not pile up: the first run of a day on a host starts a background pruner
+that removes the runs that ended more than KEEP_RUN_DAYS ago or rank beyond the KEEP_RUNS
+newest, never one still running (`_prune_runs`).
+
 The run's environment ([env], later `vp secret`, the registry password a Docker pull needs)
 never appears in any argv nor in a file that outlives the start: the values ride in the
 launch script on the session's stdin into `env` (0600, in the private run dir), which the
@@ -194,6 +198,50 @@ kill -KILL -"$G" 2>/dev/null
     return f'setsid -f /bin/sh -c {shlex.quote(timer)} vp-timer "$R" < /dev/null > /dev/null 2>&1\n'
 
 
+# Retention of finished runs on a host: a run's directory (its log, exit code) is removed once
+# it ended more than KEEP_RUN_DAYS ago or is not among the KEEP_RUNS newest.
+KEEP_RUNS = 200
+KEEP_RUN_DAYS = 30
+# The pruner: in the runs dir ($1), it records its pid in `$2.pid`, removes the stamps of
+# other days, then every candidate that is not running; at the end it makes today's stamp
+# `$2` (a dir). Not running: it has its `exit`, or its wrapper's pid is dead; a dir with
+# neither (being created, or left by a crash) only once it is a day old. A directory's mtime
+# moves when a file is created in it: the last one is `exit`, when the run ends.
+_PRUNE = f"""cd "$1" 2>/dev/null || exit 0
+echo $$ > "$2.pid"
+for vp_s in .vp-pruned-*; do case "$vp_s" in "$2"|"$2.pid") ;; *) rm -rf -- "$vp_s";; esac; done
+{{ find . -mindepth 1 -maxdepth 1 -type d -mtime +{KEEP_RUN_DAYS} -printf '%f\\n'
+   ls -1t | tail -n +{KEEP_RUNS + 1}; }} | while IFS= read -r vp_d; do
+  case "$vp_d" in ''|.*|*/*) continue;; esac
+  [ -d "$vp_d" ] && [ ! -L "$vp_d" ] || continue
+  if [ ! -e "$vp_d/exit" ]; then
+    vp_p=$(cat "$vp_d/pid" 2>/dev/null)
+    if [ -n "$vp_p" ]; then kill -0 "$vp_p" 2>/dev/null && continue
+    else [ -n "$(find "$vp_d" -maxdepth 0 -mmin +1440)" ] || continue
+    fi
+  fi
+  rm -rf -- "./$vp_d"
+done
+rm -f "$2.pid"; mkdir "$2" 2>/dev/null
+"""
+
+
+def _prune_runs(runs_dir_sh: str) -> str:
+    """Shell text for the launch script, after the run started: until today's pruning is
+    done (its stamp `.vp-pruned-DAY`), start the pruner in its own session unless one is
+    already at work (its pid file), and return at once. A pruner killed half way (the host
+    stopped) is started again by the next run, and goes on where it was. Once the stamp is
+    there, a run pays one `[ -e ]` (a shell builtin) on the day number the script already has
+    from its clock read (`vp_now`)."""
+    return f"""case "$vp_now" in ''|*[!0-9]*) vp_day=$(( $(date +%s) / 86400 ));; *) vp_day=$((vp_now / 86400000000000));; esac
+vp_ps={runs_dir_sh}/.vp-pruned-$vp_day
+if [ ! -e "$vp_ps" ]; then
+  vp_pp=; {{ read -r vp_pp < "$vp_ps.pid"; }} 2>/dev/null
+  [ -n "$vp_pp" ] && kill -0 "$vp_pp" 2>/dev/null || setsid -f /bin/sh -c {shlex.quote(_PRUNE)} vp-prune {runs_dir_sh} .vp-pruned-$vp_day < /dev/null > /dev/null 2>&1
+fi
+"""
+
+
 def launch_script(
     runs_dir_sh: str,
     run_id: str,
@@ -252,7 +300,7 @@ cat > "$R/run.sh" <<'{token}'
 {pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
 {_mask_files(mask)}{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh" "$2"; :' vp-run "$R" "$vp_umask" < /dev/null > /dev/null 2>&1 || rm -f "$R/env" "$R/mask"
 printf '{STARTED.decode()}'
-"""
+{_prune_runs(runs_dir_sh)}"""
     if follow:
         script += follow_script(runs_dir_sh, run_id, 0, workdir_sh, changes=changes)
     return script

@@ -84,6 +84,11 @@ class AwsEmulator:
         self.quotas_denied = False
         self.quota_requests = 0
         self._launch_count = 0  # launches without a subnet go to the default AZs in turn
+        # The access key id each request was signed with (SigV4 `Credential=AKID/...`), in
+        # order: which credentials boto3 chose (environment, profile) is observable here.
+        self.access_keys: list[str] = []
+        # Access key ids EC2 refuses, as it does a deleted or mistyped key: AuthFailure.
+        self.rejected_keys: set[str] = set()
 
     # ---------------------------------------------------------------- public surface
 
@@ -238,6 +243,40 @@ class AwsEmulator:
         setattr(owner, attr, replacement)
 
     def _install_patches(self) -> None:
+        from moto.core.responses import BaseResponse
+
+        emu = self
+        orig_setup_class = BaseResponse.setup_class
+
+        def setup_class(resp_self, *args, **kwargs):
+            result = orig_setup_class(resp_self, *args, **kwargs)
+            emu.access_keys.append(resp_self.get_access_key())
+            return result
+
+        self._patch(BaseResponse, "setup_class", setup_class)
+        orig_call_action = BaseResponse.call_action
+
+        def call_action(resp_self):
+            if resp_self.get_access_key() in emu.rejected_keys:
+                from moto.core.utils import camelcase_to_underscores
+                from moto.ec2.exceptions import EC2ClientError
+
+                def refuse():
+                    # EC2's answer to an unknown key (docs.aws.amazon.com/AWSEC2/latest/
+                    # APIReference/errors-overview.html, AuthFailure)
+                    raise EC2ClientError(
+                        "AuthFailure",
+                        "AWS was not able to validate the provided access credentials",
+                    )
+
+                # the action's method, shadowed on this one response object
+                setattr(resp_self, camelcase_to_underscores(resp_self._get_action()), refuse)
+            return orig_call_action(resp_self)
+
+        self._patch(BaseResponse, "call_action", call_action)
+        self._install_ec2_patches()
+
+    def _install_ec2_patches(self) -> None:
         from moto.ec2 import utils as ec2_utils
         from moto.ec2.exceptions import EC2ClientError
         from moto.ec2.models.elastic_network_interfaces import NetworkInterface

@@ -125,18 +125,19 @@ def offers_cmd(
         offers = all_offers(cfg, spec, g.ui)
     else:
         offers = platform_for(cfg).offers(spec)
-    rows = [o.to_dict() for o in offers[:limit]]
-    columns = ["platform", "gpu", "gpus", "price", "region", "spot", "id"]
-    if any("quota_vcpus" in row["extra"] for row in rows):  # aws: the family's vCPU quota
-        columns.append("quota_vcpus")
-        for row in rows:
-            row["quota_vcpus"] = row["extra"].get("quota_vcpus")
-    if not rows:
+    shown = offers[:limit]
+    if not shown:
         _no_offers(cfg, spec, gpu, gpus, max_price)
         if g.output == "text":
             g.ui.info(f"{cfg.platform} offers nothing right now")
             return
-    render(rows, "table" if g.output == "text" else g.output, columns)
+    if g.output in ("json", "yaml"):
+        render([records.offer_json(o) for o in shown], g.output)
+        return
+    columns = list(records.OFFER_COLUMNS)
+    if any("quota_vcpus" in o.extra for o in shown):  # aws: the family's vCPU quota
+        columns.append("quota_vcpus")
+    render([records.offer_cells(o) for o in shown], "table", columns)
 
 
 def _no_offers(cfg, spec, gpu: str | None, gpus: int | None, max_price: float | None) -> None:

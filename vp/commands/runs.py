@@ -82,7 +82,11 @@ def show_logs(
     if not follow:
         proc = transport.run(f"cat {transport.runs_dir_sh}/{record.id}/log\n", timeout=120)
         if proc.returncode != 0:
-            raise VpError(f"no log for run {record.id} on {host.name}")
+            raise VpError(
+                f"no log for run {record.id} on {host.name}",
+                hint=f"a host keeps the logs of its newest {remote.KEEP_RUNS} runs, and none "
+                f"that ended over {remote.KEEP_RUN_DAYS} days ago",
+            )
         view.write(proc.stdout)
         view.close()
         return 0

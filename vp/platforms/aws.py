@@ -232,11 +232,31 @@ class AwsPlatform(CloudPlatform):
         boto3, _ = self._sdk()
         from botocore.config import Config
 
-        session = boto3.session.Session(
-            profile_name=self.settings.profile or None, region_name=self.region
-        )
+        profile, _ = self.credential_source()
+        session = boto3.session.Session(profile_name=profile, region_name=self.region)
         config = Config(connect_timeout=min(timeout, 10), read_timeout=timeout, retries=retries)
         return session.client(service, config=config)
+
+    def credential_source(self) -> tuple[str | None, str]:
+        """(the profile to pass to boto3, words naming where the credentials come from).
+
+        The order every provider follows (vp/credentials.py): the environment first, so
+        `AWS_PROFILE` or `AWS_ACCESS_KEY_ID` beat `[aws] profile` in the user file. boto3 lets an
+        explicit `profile_name` override both, so vp passes one only when the environment names
+        none; with none anywhere boto3's own chain applies (default profile, SSO, instance role).
+        """
+        env = os.environ
+        if env.get("AWS_ACCESS_KEY_ID"):
+            return None, "AWS_ACCESS_KEY_ID from the environment"
+        if env.get("AWS_PROFILE"):
+            return None, f"profile {env['AWS_PROFILE']!r} (AWS_PROFILE from the environment)"
+        if self.settings.profile:
+            if env.get("VP_AWS_PROFILE"):
+                where = "VP_AWS_PROFILE from the environment"
+            else:
+                where = "[aws] profile in vp's config"
+            return self.settings.profile, f"profile {self.settings.profile!r} ({where})"
+        return None, "boto3's default chain (~/.aws, SSO, instance role)"
 
     @property
     def ec2(self):
@@ -287,7 +307,10 @@ class AwsPlatform(CloudPlatform):
                 f"cannot reach the EC2 API: {e}", hint="check the network or AWS_ENDPOINT_URL"
             ) from e
         except exc.ProfileNotFound as e:
-            raise VpError(str(e), hint="check [aws] profile / AWS_PROFILE") from e
+            raise VpError(
+                f"{e}: {self.credential_source()[1]}",
+                hint="fix or unset AWS_PROFILE, or set [aws] profile: the environment wins",
+            ) from e
 
     @staticmethod
     def _code(error: Exception) -> str:
@@ -302,6 +325,7 @@ class AwsPlatform(CloudPlatform):
         code, msg = err.get("Code", type(error).__name__), err.get("Message", str(error))
         hint = None
         if code in ("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId"):
+            msg = f"{msg} (credentials: {self.credential_source()[1]})"
             hint = "check your AWS credentials and their EC2 permissions"
         return VpError(f"aws: {what} failed: {code}: {msg}", hint=hint)
 
