@@ -27,6 +27,7 @@ from vp.sync.transfer import (
     RemoteChange,
     UploadResult,
     download,
+    new_stamp,
     parse_changes,
     plan_download,
     upload,
@@ -90,10 +91,22 @@ class Workspace:
         return control_files(self.cfg)
 
     def manifest(self) -> Manifest:
-        return Manifest.from_json(self.state.manifest(self.host.key, str(self.root), self.workdir))
+        """The manifest; its file tables are read only when used (a warm call that the walk
+        cache vouches for never does)."""
+        key = (self.host.key, str(self.root), self.workdir)
+        head = self.state.manifest_head(*key)
+        if head is None:
+            return Manifest.from_json(self.state.manifest(*key))
+        return Manifest.from_head(head, lambda: self.state.manifest(*key))
 
-    def save_manifest(self, manifest: Manifest) -> None:
-        self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+    def save_manifest(self, manifest: Manifest, *, stamped: bool = False) -> None:
+        """Save under a new stamp, or with `stamped` under the one it carries (an upload's,
+        which the walk cache may already vouch for: vp/sync/transfer.py `upload`)."""
+        if not stamped or not manifest.stamp:
+            manifest.stamp = new_stamp()
+        self.state.save_manifest(
+            self.host.key, str(self.root), self.workdir, manifest.to_json(), manifest.head()
+        )
 
 
 def ignore_rules(cfg: Config) -> IgnoreRules:
@@ -174,7 +187,7 @@ def sync_up(
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
     else:
-        ws.save_manifest(manifest)
+        ws.save_manifest(manifest, stamped=True)
         if result.deleted:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
     return result

@@ -145,6 +145,9 @@ class State:
                 self._x(statement)
             self._x(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._add_columns("runs", {"attempt": "INTEGER DEFAULT 1", "parent": "TEXT"})
+        # A manifest's head (clean, pending, t, stamp: vp/sync/transfer.py) apart from its
+        # file tables, so a warm call reads a few bytes, not megabytes of JSON.
+        self._add_columns("manifests", {"head": "TEXT"})
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         """Columns added after a table was first made, added to an older database in place
@@ -350,8 +353,26 @@ class State:
         ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def save_manifest(self, host_key: str, root: str, workdir: str, data: dict) -> None:
+    def manifest_head(self, host_key: str, root: str, workdir: str) -> dict | None:
+        """The manifest's head alone; None when there is no manifest, or it was saved by a
+        vp that kept no head (then read the whole one)."""
+        row = self._x(
+            "SELECT head FROM manifests WHERE host_key=? AND root=? AND workdir=?",
+            (host_key, root, workdir),
+        ).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
+
+    def save_manifest(
+        self, host_key: str, root: str, workdir: str, data: dict, head: dict | None = None
+    ) -> None:
         self._x(
-            "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data) VALUES (?,?,?,?)",
-            (host_key, root, workdir, json.dumps(data, separators=(",", ":"))),
+            "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data, head) "
+            "VALUES (?,?,?,?,?)",
+            (
+                host_key,
+                root,
+                workdir,
+                json.dumps(data, separators=(",", ":")),
+                json.dumps(head, separators=(",", ":")) if head is not None else None,
+            ),
         )
