@@ -31,13 +31,14 @@ import os
 import stat
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vp.sync.ignore import Entry, IgnoreRules
 
-VERSION = 2
+VERSION = 3
 MAX_STAMPS = 4  # manifests vouched for at once (one per host/workdir the project syncs to)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -87,7 +88,9 @@ class Walk:
             out: dict[str, list] = {}
             for rel_dir, record in self.dirs.items():
                 prefix = f"{rel_dir}/" if rel_dir else ""
-                for name, (size, mtime, ctime, link) in zip(record[3], record[5], strict=True):
+                names, nums = _unpack(record)
+                for i, name in enumerate(names):
+                    size, mtime, ctime, link = nums[4 * i : 4 * i + 4]
                     out[prefix + name] = [size, mtime, link, ctime]
             self._lists = out
         return self._lists
@@ -138,11 +141,30 @@ def _save(path: Path, key: str, when: int, dirs: dict, stamps: list[str]) -> Non
             pass
 
 
-def _same_files(fd: int, names: list[str], stats: list) -> bool:
-    """Are the files `names` (in the directory `fd`) exactly as `stats` recorded them?"""
+def compact(record: tuple) -> tuple:
+    """A directory's record as `IgnoreRules.list_dir` gives it, in the cache's form: the file
+    names joined by NUL (no name holds one) and their numbers as one int64 array, so the
+    cache of a 100k-file project loads as a few thousand strings, not 100k tuples."""
+    mtime, ino, dev, files, subdirs, stats = record
+    nums = array("q", [n for st in stats for n in st])
+    return (mtime, ino, dev, "\0".join(files), list(subdirs), nums.tobytes())
+
+
+def _unpack(record: tuple) -> tuple[list[str], array]:
+    """(file names, [size, mtime_ns, ctime_ns, is_link] * n) of a compact record."""
+    nums = array("q")
+    nums.frombytes(record[5])
+    return (record[3].split("\0") if record[3] else []), nums
+
+
+def _same_files(fd: int, record: tuple) -> bool:
+    """Are the files of `record` (in the directory `fd`) exactly as it says?"""
+    names, nums = _unpack(record)
+    if len(nums) != 4 * len(names):
+        return False
     lstat = os.lstat
     try:
-        for name, (size, mtime, ctime, _link) in zip(names, stats, strict=True):
+        for name, size, mtime, ctime in zip(names, nums[0::4], nums[1::4], nums[2::4], strict=True):
             st = lstat(name, dir_fd=fd)
             if st.st_ctime_ns != ctime or st.st_mtime_ns != mtime or st.st_size != size:
                 return False
@@ -151,18 +173,27 @@ def _same_files(fd: int, names: list[str], stats: list) -> bool:
     return True
 
 
-def _restat(fd: int, names: list[str]) -> list | None:
-    """Fresh numbers for `names`, or None when one is gone or no longer a file or link."""
-    out = []
+def _restat(fd: int, record: tuple) -> tuple | None:
+    """`record` with fresh numbers, or None when a name is gone or no longer a file or
+    link."""
+    names, _ = _unpack(record)
+    nums = array("q")
     try:
         for name in names:
             st = os.lstat(name, dir_fd=fd)
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
                 return None
-            out.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(stat.S_ISLNK(st.st_mode))))
+            link = int(stat.S_ISLNK(st.st_mode))
+            nums.extend((st.st_size, st.st_mtime_ns, st.st_ctime_ns, link))
     except OSError:
         return None
-    return out
+    return (*record[:5], nums.tobytes())
+
+
+def _cold(rules: IgnoreRules, root: Path, cache: Path | None, key: str, start: int) -> Walk:
+    dirs: dict = {}
+    rules.scan(root, None, dirs)
+    return Walk(cache, key, start, {d: compact(r) for d, r in dirs.items()}, unchanged=False)
 
 
 def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
@@ -172,10 +203,23 @@ def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
     key = f"{os.path.abspath(root)}\0{rules.digest()}"
     loaded = _load(cache, key) if cache is not None else None
     if loaded is None:
-        dirs: dict = {}
-        rules.scan(root, None, dirs)
-        return Walk(cache, key, start, dirs, unchanged=False)
-    when, old, stamps = loaded
+        return _cold(rules, root, cache, key, start)
+    try:
+        return _walk_cached(rules, root, cache, key, start, *loaded)
+    except (ValueError, TypeError, IndexError, AttributeError):  # a cache not of our making
+        return _cold(rules, root, cache, key, start)
+
+
+def _walk_cached(
+    rules: IgnoreRules,
+    root: Path,
+    cache: Path | None,
+    key: str,
+    start: int,
+    when: int,
+    old: dict,
+    stamps: list,
+) -> Walk:
     dirs = {}
     changed = False
     relisted = False
@@ -197,21 +241,19 @@ def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
             dst = os.fstat(fd)
             reuse = (
                 known is not None
-                and len(known) == 6
-                and len(known[3]) == len(known[5])
                 and S_ISDIR(dst.st_mode)
                 and known[0] == dst.st_mtime_ns
                 and known[1] == dst.st_ino
                 and known[2] == dst.st_dev
                 and not recent(dst.st_mtime_ns, when)
             )
-            if reuse and not _same_files(fd, known[3], known[5]):
+            if reuse and not _same_files(fd, known):
                 changed = True
-                fresh = _restat(fd, known[3])
+                fresh = _restat(fd, known)
                 if fresh is None:
                     reuse = False  # a name is gone or is a directory now: list it again
                 else:
-                    known = (*known[:5], fresh)
+                    known = fresh
         finally:
             os.close(fd)
         prefix = f"{rel_dir}/" if rel_dir else ""
@@ -222,12 +264,13 @@ def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
         # New or changed: list it again (its subdirectories are checked on their own).
         if root_dev is None:
             root_dev = os.stat(root_s).st_dev
-        record = rules.list_dir(root_s, rel_dir, root_dev)
-        if record is not None:
+        listed = rules.list_dir(root_s, rel_dir, root_dev)
+        if listed is not None:
+            record = compact(listed)
             relisted = True
             # A directory listed again because its mtime is recent may hold exactly what
             # the cache says: then nothing changed.
-            if known is None or tuple(record[3:]) != tuple(known[3:]):
+            if known is None or record[3:] != known[3:]:
                 changed = True
             dirs[rel_dir] = record
             stack.extend(prefix + name for name in record[4])
