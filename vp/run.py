@@ -32,7 +32,7 @@ from vp.sync.transfer import (
     plan_download,
     upload,
 )
-from vp.transport import LocalTransport, Transport
+from vp.transport import EarlySession, LocalTransport, Transport
 from vp.ui import UI, ByteProgress
 
 
@@ -168,9 +168,14 @@ def open_workspace(
 
 
 def sync_up(
-    ws: Workspace, ui: UI, yes: bool = False, say: Callable[[str], None] | None = None
+    ws: Workspace,
+    ui: UI,
+    yes: bool = False,
+    say: Callable[[str], None] | None = None,
+    before_send: Callable[[], None] = lambda: None,
 ) -> UploadResult:
-    """Upload what changed since the last upload; `say` (default `ui.info`) hears each step."""
+    """Upload what changed since the last upload; `say` (default `ui.info`) hears each step,
+    `before_send()` is called before anything is sent."""
     previous = ws.manifest()
     ws.maybe_pending = bool(previous.pending)
     result, manifest = upload(
@@ -183,6 +188,7 @@ def sync_up(
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
         walk_cache=walk_cache_file(ws.root),
+        before_send=before_send,
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
@@ -352,8 +358,12 @@ def _execute_once(
             command = prepared.command
         setup_text, image = prepared.setup, prepared.image
         env.update(prepared.env)
+    early = None
+    if opts.sync and not opts.sync_only and not opts.detach and not ws.transport.is_local:
+        # The run's session opens while the workspace is checked (vp.transport.EarlySession).
+        early = EarlySession(ws.transport)
     if opts.sync:
-        sync_up(ws, ui, yes=opts.yes)
+        sync_up(ws, ui, yes=opts.yes, before_send=early.cancel if early else lambda: None)
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.
@@ -442,6 +452,7 @@ def _execute_once(
                 host_gone=lambda: host_gone(cfg, state, ws.host),
                 view=view,
                 changes=not opts.setup_only,
+                session=early.take() if early else None,
             )
     except HostGone as exc:
         state.finish_run(run_id, None, "preempted")

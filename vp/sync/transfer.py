@@ -262,10 +262,12 @@ def upload(
     progress: ProgressFactory | None = None,
     confirm: Callable[[int, int], None] | None = None,
     walk_cache: Path | None = None,
+    before_send: Callable[[], None] = lambda: None,
 ) -> tuple[UploadResult, Manifest]:
     """Send the workspace; remove remotely only files vp uploaded before and the user deleted.
     `confirm(files, bytes)` is called before a first upload and may refuse it by raising.
     `walk_cache` is where the walk is remembered between calls (vp/sync/walkcache.py).
+    `before_send()` is called once something is to be sent, before asking or sending.
 
     A manifest returned after an upload carries a new `stamp`, which the walk cache already
     vouches for when the upload left nothing untrusted: save it under that stamp."""
@@ -276,7 +278,9 @@ def upload(
             # Nothing changed here since a call that found this very manifest current: no
             # file table to read, no entries to build.
             return UploadResult(skipped=True), previous
-        return _upload(transport, root, workdir, walk, previous, when, say, progress, confirm)
+        return _upload(
+            transport, root, workdir, walk, previous, when, say, progress, confirm, before_send
+        )
     finally:
         walk.save()
 
@@ -291,6 +295,7 @@ def _upload(
     say: Callable[[str], None],
     progress: ProgressFactory | None,
     confirm: Callable[[int, int], None] | None,
+    before_send: Callable[[], None],
 ) -> tuple[UploadResult, Manifest]:
     previous.load()
     current = walk.lists()
@@ -307,6 +312,7 @@ def _upload(
     if previous.clean and not send and not deleted:
         # Only results were deleted here (the host keeps them): nothing to move.
         return UploadResult(skipped=False), _agreed(previous, current, when, walk)
+    before_send()
     total = sum(current[p][0] for p in send)
     if confirm is not None and not previous.files:
         confirm(len(send), total)
