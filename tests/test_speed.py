@@ -288,16 +288,32 @@ def test_a_manifest_reads_its_file_tables_only_when_asked(tmp_path: Path) -> Non
     state.save_manifest(*key, newer.to_json(), newer.head())
     assert lazy.files == {} and not lazy.clean and lazy.t == 9 and lazy.stamp == "s2"
 
-    # a row saved by a vp that kept no head is read whole
+    # a row saved by a vp that kept no head is read whole, and so is one an older vp
+    # wrote over (its head goes with the old row)
     state.save_manifest(*key, saved.to_json())
     assert state.manifest_head(*key) is None
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    state.db.execute(
+        "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data) VALUES (?,?,?,?)",
+        (*key, "{}"),
+    )
+    assert state.manifest_head(*key) is None
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    state.db.execute("UPDATE manifests SET data='{}'")
+    assert state.manifest_head(*key) is None
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    state.forget_host("h")
+    assert state.manifest_head(*key) is None and state.manifest(*key) is None
 
 
 def _set_manifest_data(vp_env: VpEnv, data: str) -> str:
     db = vp_env.home / ".local/state/vp/state.db"
     with sqlite3.connect(db) as conn:
         (old,) = conn.execute("SELECT data FROM manifests").fetchone()
-        conn.execute("UPDATE manifests SET data=?", (data,))
+        heads = conn.execute("SELECT * FROM manifest_heads").fetchall()
+        assert heads
+        conn.execute("UPDATE manifests SET data=?", (data,))  # drops the head (trigger)
+        conn.executemany("INSERT INTO manifest_heads VALUES (?,?,?,?)", heads)
     return old
 
 
