@@ -180,9 +180,13 @@ def test_an_ignore_rule_change_invalidates_the_cache(tmp_path: Path) -> None:
     assert ".env" in _walk(root, cache)
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "threads"])
 def test_the_walk_cache_vouches_for_a_manifest_only_while_nothing_changed(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
 ) -> None:
+    if threads:  # the check of a big tree, from several threads, on this small one
+        monkeypatch.setattr(walkcache, "PARALLEL_FROM", 0)
+        monkeypatch.setattr(os, "cpu_count", lambda: 4)
     root, cache = tmp_path / "p", tmp_path / "cache"
     root.mkdir()
     _old_tree(root)
