@@ -92,6 +92,8 @@ def isolated_env(home: Path, tmp: Path) -> dict[str, str]:
         # Measure what an installed vp costs: byte-compiled modules, cached after the
         # warm-up call (in our tmp dir, so the repo gets no __pycache__ from us).
         PYTHONPYCACHEPREFIX=str(tmp / "pycache"),
+        # the bench's own project names its own test host: the user's, trusted (vp/trust.py)
+        VP_TRUSTED_DIRS=str(tmp),
     )
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("SSH_AUTH_SOCK", None)
