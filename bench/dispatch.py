@@ -7,13 +7,28 @@ VERBOSE log; the design target (DESIGN.md §10) is one session and no new connec
 To show where the overhead lives, it also times vp's remote protocol alone: the very
 launch+follow script `vp true` sends (vp.remote.launch_script), fed to `sh -s` over the raw
 master; the rest of vp's time is its local side (interpreter, imports, state, ssh -O check).
+And the CPU time (user+sys) of each `vp true` process tree next to `python -c pass`'s: on a
+loaded machine wall times swing 2x between runs, CPU seconds much less.
 
     .venv/bin/python bench/dispatch.py [--delay-ms 25] [--reps 10]
 """
 
 from __future__ import annotations
 
-from common import Bench, check, count_sessions, fmt, header, interleaved, median, parse_args
+import resource
+import subprocess
+
+from common import (
+    PYTHON,
+    Bench,
+    check,
+    count_sessions,
+    fmt,
+    header,
+    interleaved,
+    median,
+    parse_args,
+)
 
 TARGET_OVERHEAD = 0.2  # seconds
 
@@ -30,6 +45,14 @@ def remote_protocol(b: Bench) -> str:
     )
     script += 'rm -rf "$R"\n'  # the run is ours alone: leave no trace in the host's ~/.vp
     return script
+
+
+def cpu_of(fn, into: list[float]) -> None:
+    """Run `fn` (one child process, waited for) and add the CPU seconds its tree used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    fn()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    into.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -59,9 +82,13 @@ def main() -> None:
         check(b.vp("true"), "vp true (the call after)")
         next_sessions, next_logins = count_sessions(b.log_since(offset))
 
+        cpu: dict[str, list[float]] = {"vp": [], "python": []}
         times = interleaved(
             {
-                "vp": lambda: check(b.vp("true"), "vp true"),
+                "vp": lambda: cpu_of(lambda: check(b.vp("true"), "vp true"), cpu["vp"]),
+                "python": lambda: cpu_of(
+                    lambda: subprocess.run([PYTHON, "-c", "pass"], env=b.env), cpu["python"]
+                ),
                 "raw": lambda: check(b.raw_ssh("true"), "raw ssh true"),
                 "proto": lambda: check(b.raw_script(remote_protocol(b)), "vp's script via ssh"),
             },
@@ -88,7 +115,12 @@ def main() -> None:
     print("where it goes:")
     print(f"  vp's remote script alone, via raw ssh     {fmt(proto)}")
     print(f"  => local side of vp (python, state, ...)  {fmt(vp_t - proto)}")
+    print(f"     of which python -c pass (interpreter)  {fmt(median(times['python']))}")
     print(f"  => remote script beyond raw ssh true      {fmt(proto - raw_t)}")
+    vp_cpu, py_cpu = median(cpu["vp"]), median(cpu["python"])
+    print(f"CPU of vp true      median {fmt(vp_cpu)}  (user+sys, vp and its ssh client)")
+    print(f"CPU of python -c pass     {fmt(py_cpu)}")
+    print(f"  => vp's CPU beyond the interpreter    {fmt(vp_cpu - py_cpu)}")
 
 
 if __name__ == "__main__":

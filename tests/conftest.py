@@ -143,6 +143,9 @@ def vp_env(tmp_path: Path) -> VpEnv:
         XDG_DATA_HOME=str(home / ".local/share"),
         PYTHONPATH=str(Path(__file__).resolve().parent.parent),
         PYTHONUNBUFFERED="1",
+        # the ssh hosts this test's project files name are the user's own (vp/trust.py);
+        # tests/test_trust_ssh.py drops this to play a cloned repo
+        VP_TRUSTED_DIRS=str(tmp_path),
     )
     env.pop("SSH_AUTH_SOCK", None)
     return VpEnv(home=home, project=project, env=env)

@@ -14,6 +14,7 @@ from tests.conftest import VpEnv
 from tests.emulators.runpod import runpod_emulator  # noqa: F401
 from tests.emulators.thunder import thunder_emulator  # noqa: F401
 from tests.emulators.vast import vast_emulator  # noqa: F401
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -242,12 +243,56 @@ def test_create_shows_a_live_status_on_a_terminal(request, vp_env: VpEnv, remote
     assert vp_env.run("down", "--yes").returncode == 0
 
 
+# How long one `vp --nodes 2` call may take on a loaded 2-core machine: two VMs to boot in
+# the emulator (sshd in a network namespace each), reach, sync and launch on.
+NODES_LOADED = 300
+
+
+def _loaded(vp_env: VpEnv) -> None:
+    config = vp_env.project / "vp.toml"
+    config.write_text(config.read_text().replace("ready_timeout = 90", "ready_timeout = 240"))
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("vm_cloud", ["aws", "gce"], indirect=True)
+def test_vp_nodes_on_a_vm_cloud_every_rank_is_the_projects(vm_cloud, vp_env: VpEnv) -> None:
+    """Node 1 carries the project's label and its rank: listed as the project's and marked,
+    reused by rank (GCE names its VMs NAME-SUFFIX), stopped and destroyed with rank 0."""
+    name, emulator = vm_cloud
+
+    def live() -> list:
+        return emulator.live_instances() if name == "aws" else list(emulator.instances.values())
+
+    _loaded(vp_env)
+    r = vp_env.run("--nodes", "2", "true", timeout=NODES_LOADED)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
+    assert [(row["node"], row["project"], row["status"]) for row in rows] == [
+        (0, "mnist", "running"),
+        (1, "mnist", "running"),
+    ]
+    assert rows[1]["name"].startswith("vp-mnist-1")
+    assert "(node 1)" in vp_env.run("ls").stdout
+    r = vp_env.run("--nodes", "2", "true", timeout=NODES_LOADED)
+    assert r.returncode == 0, r.stderr
+    assert "creating" not in r.stderr and len(live()) == 2
+    r = vp_env.run("stop", timeout=NODES_LOADED)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(vp_env.run("-o", "json", "ls").stdout)
+    assert [row["status"] for row in rows] == ["stopped", "stopped"]
+    r = vp_env.run("down", "--yes", timeout=NODES_LOADED)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: live() == [], timeout=60, what="both VMs deleted")
+
+
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("vm_cloud", ["aws"], indirect=True)
 def test_vp_nodes_on_aws_puts_the_nodes_in_one_subnet_open_to_each_other(
     vm_cloud, vp_env: VpEnv
 ) -> None:
     _name, emulator = vm_cloud
-    r = vp_env.run("--nodes", "2", "sh", "-c", 'echo "rank $NODE_RANK"')
+    _loaded(vp_env)
+    r = vp_env.run("--nodes", "2", "sh", "-c", 'echo "rank $NODE_RANK"', timeout=NODES_LOADED)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "rank 0\n"
     insts = emulator.live_instances()
@@ -272,7 +317,7 @@ def test_vp_nodes_on_aws_puts_the_nodes_in_one_subnet_open_to_each_other(
     world = [p for p in perms if any(r["CidrIp"] == "0.0.0.0/0" for r in p["IpRanges"])]
     assert [(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in world] == [("tcp", 22, 22)]
     # A second run reuses both nodes: each is labelled with the project, not a project of its own.
-    r = vp_env.run("--nodes", "2", "true")
+    r = vp_env.run("--nodes", "2", "true", timeout=NODES_LOADED)
     assert r.returncode == 0, r.stderr
     assert "creating" not in r.stderr and len(emulator.live_instances()) == 2
     for node in ("vp-mnist", "vp-mnist-1"):

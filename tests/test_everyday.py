@@ -98,3 +98,16 @@ def test_config_help_keeps_whole_sentences(vp_env: VpEnv) -> None:
     lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert "vp config get host.gpu" in lines["get"], out
     assert not any(line.rstrip().endswith("...") for line in lines.values()), out
+
+
+def test_a_stalled_host_is_one_line_not_an_internal_error() -> None:
+    """A timeout of a host call (transport.run's timeout) is the host's stall, not vp's bug."""
+    import subprocess
+
+    from vp.errors import unexpected
+
+    message, hint = unexpected(subprocess.TimeoutExpired(["ssh", "-F", "cfg", "host"], 60))
+    assert message == "ssh did not finish within 60 s: the host or the network stalled"
+    assert "internal error" not in message and "again" in hint
+    message, _ = unexpected(KeyError("x"))
+    assert message.startswith("internal error: KeyError")

@@ -88,6 +88,10 @@ HINTS: dict[str, tuple[list[str], str]] = {
         ["config", "set", "--user", "vast.url", "https://vast.example"],
         "local",
     ),
+    "vp config set --user docker.dockerfile /ABSOLUTE/PATH": (
+        ["config", "set", "--user", "docker.dockerfile", "/tmp/Dockerfile"],
+        "local",
+    ),
     "vp config set --user docker.registry HOST": (
         ["config", "set", "--user", "docker.registry", "127.0.0.1:5000"],
         "local",
@@ -100,6 +104,8 @@ HINTS: dict[str, tuple[list[str], str]] = {
     "vp secret set": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret set NAME": (["secret", "set", "HF_TOKEN"], "local"),
     "vp secret ls": (["secret", "ls"], "local"),
+    "vp trust": (["trust"], "ssh"),
+    "vp trust --forget": (["trust", "--forget"], "ssh"),
     "vp setup": (["setup"], "local-setup"),
     "vp setup --force runs": (["setup", "--force"], "local-setup"),
 }
@@ -135,6 +141,8 @@ def hints_in_source() -> dict[str, str]:
     """Each `vp CMD ...` named in vp's messages -> where it is written."""
     found: dict[str, str] = {}
     for path in sorted(SOURCE.rglob("*.py")):
+        if path.name == "helptext.py":  # generated copies of the help screens, scanned at source
+            continue
         for line, text in _strings(ast.parse(path.read_text())):
             for m in re.finditer(r"(?<![\w/-])vp((?: [^\s`,;()?]+)+)", text):
                 words: list[str] = []

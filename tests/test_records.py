@@ -40,6 +40,7 @@ HOST_SCHEMA = {
     "uptime_s": ((*NUMBER, NONE), None),
     "cost_usd": ((*NUMBER, NONE), None),
     "known": ((bool,), None),
+    "node": ((int, NONE), None),
     "labels": ((dict,), None),
 }
 # `vp status` adds what all of vp's hosts cost today and this month.

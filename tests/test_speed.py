@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import VP, VpEnv
 from tests.sshhost import SshHost
-from vp import cli, fastpath, output
+from vp import cli, fastpath, options, output
 from vp.ssh import MASTERS
 from vp.state import State
 from vp.sync import walkcache
@@ -27,11 +27,18 @@ from vp.sync.walkcache import cached_walk
 # -- dispatch fast path -------------------------------------------------------------------------
 
 
-def test_fastpath_knows_every_output_and_global_option() -> None:
-    assert set(fastpath._OUTPUTS) == set(output.FORMATS)
-    known = set(fastpath._FLAGS) | set(fastpath._VALUES)
+def test_both_parsers_read_the_one_table_of_global_options() -> None:
+    """The typer root command's options are vp.options.OPTIONS (plus typer's own), the same
+    rows the fast path parses with: an option added there is known to both."""
+    import typer
+
+    assert set(options.OUTPUTS) == set(output.FORMATS)
+    root = typer.main.get_command(cli.app)
+    typer_names = {n for p in root.params for n in [*p.opts, *p.secondary_opts]}
     helper = {"-h", "--help", "--version", "--install-completion", "--show-completion"}
-    assert known == (cli.FLAG_OPTIONS | cli.VALUE_OPTIONS) - helper
+    assert typer_names - helper == set(options.BY_NAME)
+    assert set(options.BY_NAME) | helper == cli.FLAG_OPTIONS | cli.VALUE_OPTIONS
+    assert {o.dest for o in options.OPTIONS} == set(options.Globals.__dataclass_fields__)
 
 
 @pytest.mark.parametrize(
@@ -59,6 +66,11 @@ def test_fastpath_parses_global_options_like_the_cli() -> None:
     assert g.quiet and g.no_download and g.nodes == 2
     assert (g.platform, g.host, g.tunnel) == ("ssh", "h", ["8888"])
     assert fastpath.parse(["--nodes", "two", "x"]) is None  # typer names the bad value
+
+
+def test_a_bad_node_count_is_refused_without_loading_the_multi_node_code(vp_env: VpEnv) -> None:
+    r = vp_env.run("--nodes", "0", "true")
+    assert r.returncode == 2 and "at least one node" in r.stderr, r.stderr
 
 
 def test_a_warm_run_imports_no_typer_rich_or_pydantic(ssh_project: VpEnv) -> None:

@@ -1,5 +1,11 @@
 """A tiny app for the app-proxy test: HTTP pages and a WebSocket echo on one port, as ComfyUI
-and Jupyter serve both. `python -m tests.webapp_server PORT` (loopback only)."""
+and Jupyter serve both. `python -m tests.webapp_server PORT [DROP_PORT]` (loopback only).
+
+Like many small servers (this one is `websockets`' own HTTP), it closes each connection after
+one response without saying `Connection: close`. DROP_PORT serves the sharp end of that
+every time: it answers the first request on a connection as if keeping it alive, then drops
+the connection when the next request arrives on it, unanswered, as a server whose keep-alive
+timer fired does when a request crosses its close."""
 
 from __future__ import annotations
 
@@ -52,11 +58,35 @@ async def echo(ws) -> None:
         await ws.send(f"echo: {message}")
 
 
-async def main(port: int) -> None:
+async def _request(reader: asyncio.StreamReader) -> bytes:
+    """One request's head (the requests sent here have no body)."""
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = await _request(reader)
+        path = head.split(b" ", 2)[1]
+        body = b"answered " + path
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await _request(reader)  # the next request on this connection: dropped
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def main(port: int, drop_port: int | None) -> None:
     async with serve(echo, "127.0.0.1", port, process_request=process_request):
+        if drop_port is not None:
+            await asyncio.start_server(answer_once, "127.0.0.1", drop_port)
         print("ready", flush=True)
         await asyncio.Future()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1])))
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None))

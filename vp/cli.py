@@ -8,6 +8,7 @@ the command's own), and before or after a vp subcommand (`vp runs -o json`).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 import typer
 from typer.core import TyperGroup
 
-from vp.commands import COMMANDS
+from vp import options
+from vp.commands import COMMANDS, SUBCOMMANDS
 from vp.commands.context import Globals, globals_of
 from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
-from vp.fastpath import SUBCOMMANDS, near_subcommand, run_command  # noqa: F401
+from vp.fastpath import near_subcommand, run_command  # noqa: F401
 from vp.platforms import NAMES
 from vp.ui import UI
 
@@ -70,37 +72,14 @@ app = typer.Typer(
     ),
 )
 
-VALUE_OPTIONS = {
-    "-p",
-    "--platform",
-    "--host",
-    "-o",
-    "--output",
-    "--config",
-    "--tunnel",
-    "--timeout",
-    "--nodes",
-}
+# Which words are global options, from the one table (vp.options.OPTIONS) the fast path reads.
+VALUE_OPTIONS = set(options.VALUE_NAMES)
 # The global options a subcommand also accepts after its name (`vp offers -p vast`), unless it
 # has an option of the same name itself (`vp init --platform`). Run-only options (--detach,
 # --tunnel, ...) stay where they are: after a subcommand they would be silently meaningless.
-HOISTED_VALUE_OPTIONS = {"-p", "--platform", "--host", "-o", "--output", "--config"}
-HOISTED_FLAG_OPTIONS = {"-v", "--verbose", "-q", "--quiet", "--over-budget"}
-FLAG_OPTIONS = {
-    "--no-sync",
-    "--sync-only",
-    "--no-download",
-    "--docker",
-    "--no-docker",
-    "--detach",
-    "--recover",
-    "--all-logs",
-    "--yes",
-    "--over-budget",
-    "-v",
-    "--verbose",
-    "-q",
-    "--quiet",
+HOISTED_VALUE_OPTIONS = {n for n in options.VALUE_NAMES if options.BY_NAME[n][0].after}
+HOISTED_FLAG_OPTIONS = {n for n in options.FLAG_NAMES if options.BY_NAME[n][0].after}
+FLAG_OPTIONS = set(options.FLAG_NAMES) | {
     "-h",
     "--help",
     "--version",
@@ -117,84 +96,51 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback(invoke_without_command=True)
-def main_options(
-    ctx: typer.Context,
-    platform: str = typer.Option(None, "-p", "--platform", help=" | ".join(NAMES)),
-    host: str = typer.Option(None, "--host", help="Host name or id (ssh: alias or user@host:port)"),
-    no_sync: bool = typer.Option(False, "--no-sync", help="Skip uploading and downloading"),
-    sync_only: bool = typer.Option(False, "--sync-only", help="Upload the workspace; run nothing"),
-    no_download: bool = typer.Option(False, "--no-download", help="Don't fetch results"),
-    docker: bool = typer.Option(None, "--docker/--no-docker", help="Run inside the project image"),
-    detach: bool = typer.Option(False, "--detach", help="Start the run and print its id"),
-    output: str = typer.Option("text", "-o", "--output", help="text | json | yaml | table"),
-    verbose: bool = typer.Option(False, "-v", "--verbose", help="Say more"),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Say only warnings and errors"),
-    config: Path = typer.Option(None, "--config", help="Project config file to use"),
-    tunnel: list[str] = typer.Option(
-        None,
-        "--tunnel",
-        metavar="REMOTE[:LOCAL]",
-        help="Forward a host port while the run lasts: REMOTE[:LOCAL], repeatable "
-        "(Jupyter 8888, TensorBoard 6006)",
-    ),
-    yes: bool = typer.Option(
-        False,
-        "--yes",
-        help="Don't ask: upload a big folder with no vp.toml and no .git, create a host "
-        "with no max_price",
-    ),
-    over_budget: bool = typer.Option(
-        False, "--over-budget", help="Go past the [budget] caps this once"
-    ),
-    timeout: str = typer.Option(
-        None, "--timeout", metavar="DURATION", help="End the run after 90s, 30m, 2h, 1d (exit 124)"
-    ),
-    nodes: int = typer.Option(
-        None,
-        "--nodes",
-        metavar="N",
-        help="Run on N hosts at once for torchrun / Ray (rank, addresses in the environment)",
-    ),
-    all_logs: bool = typer.Option(
-        False, "--all-logs", help="With --nodes: show every node's output, prefixed [nodeR]"
-    ),
-    recover: bool = typer.Option(
-        False,
-        "--recover",
-        help="If the provider preempts or destroys the host, run again on a new one "
-        "([run] recover, max_attempts)",
-    ),
-    version: bool = typer.Option(
-        None, "--version", callback=_version, is_eager=True, help="Print the version"
-    ),
-) -> None:
+def _typer_option(o: options.Option):
+    """The typer declaration of one row of vp.options.OPTIONS."""
+    names = [f"{o.flags[0]}/{o.off[0]}"] if o.off else list(o.flags)
+    extra = {"metavar": o.metavar} if o.metavar else {}
+    return typer.Option(o.default, *names, help=o.help.format(platforms=" | ".join(NAMES)), **extra)
+
+
+_ANNOTATIONS = {"flag": bool, "value": str, "int": int, "path": Path, "list": list[str]}
+
+
+def main_options(ctx: typer.Context, **values) -> None:
+    """The root callback: its parameters are the rows of vp.options.OPTIONS (set below)."""
     from vp.output import FORMATS
 
-    if output not in FORMATS:
-        raise UsageError(f"--output {output!r}: choose one of {', '.join(FORMATS)}")
-    ctx.obj = Globals(
-        platform=platform,
-        host=host,
-        no_sync=no_sync,
-        sync_only=sync_only,
-        no_download=no_download,
-        docker=docker,
-        detach=detach,
-        output=output,
-        verbose=verbose,
-        quiet=quiet,
-        config=config,
-        tunnel=list(tunnel or []),
-        yes=yes,
-        recover=recover,
-        over_budget=over_budget,
-        timeout=timeout,
-        nodes=nodes,
-        all_logs=all_logs,
-    )
+    values.pop("version", None)  # handled by its eager callback
+    if values["output"] not in FORMATS:
+        raise UsageError(f"--output {values['output']!r}: choose one of {', '.join(FORMATS)}")
+    for o in options.OPTIONS:
+        if o.kind == "list":  # typer gives () or None when it is not given
+            values[o.dest] = list(values[o.dest] or [])
+    ctx.obj = Globals(**values)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
+
+
+def _signature() -> inspect.Signature:
+    """`main_options(ctx, *, platform=typer.Option(...), ...)` as typer reads it."""
+    keyword, positional = inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("ctx", positional, annotation=typer.Context)]
+    for o in options.OPTIONS:
+        ann = _ANNOTATIONS[o.kind]
+        params.append(inspect.Parameter(o.dest, keyword, default=_typer_option(o), annotation=ann))
+    version = typer.Option(
+        None, "--version", callback=_version, is_eager=True, help="Print the version"
+    )
+    params.append(inspect.Parameter("version", keyword, default=version, annotation=bool))
+    return inspect.Signature(params)
+
+
+main_options.__signature__ = _signature()  # type: ignore[attr-defined]
+main_options.__annotations__ = {
+    p.name: p.annotation
+    for p in main_options.__signature__.parameters.values()  # type: ignore[attr-defined]
+}
+app.callback(invoke_without_command=True)(main_options)
 
 
 @app.command(
@@ -362,10 +308,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if os.environ.get("VP_DEBUG"):
             raise
-        ui.error(
-            f"internal error: {type(exc).__name__}: {exc}",
-            hint="rerun with VP_DEBUG=1 for a traceback, and please report it",
-        )
+        from vp.errors import unexpected
+
+        message, hint = unexpected(exc)
+        ui.error(message, hint=hint)
         code = 1
     sys.stdout.flush()
     sys.exit(code if isinstance(code, int) else 0)

@@ -9,7 +9,6 @@ written back into the config.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import ipaddress
 import math
@@ -248,6 +247,7 @@ ENV_ALIASES = {
 }
 
 PROJECT_FILE = "vp.toml"
+_UNSET = object()
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -271,6 +271,10 @@ class Config:
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Every table by name, the providers' included (`section("vast").api_key`).
     tables: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # "section.key" of every value that only the project file set (no environment variable
+    # or flag overrode it): someone else's choice, which vp/trust.py holds back where it
+    # decides a destination.
+    from_project: frozenset[str] = frozenset()
     # Flags for this one invocation: `--yes` (no questions), `--over-budget` (pass the caps).
     yes: bool = False
     over_budget: bool = False
@@ -288,7 +292,9 @@ class Config:
         table = replace(self.section(section), **changes)
         tables = MappingProxyType({**self.tables, section: table})
         typed = {section: table} if section in _TYPED else {}
-        return replace(self, tables=tables, **typed)
+        # a value set here is no longer the project file's
+        ours = self.from_project - {f"{section}.{key}" for key in changes}
+        return replace(self, tables=tables, from_project=ours, **typed)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         """Plain data, every table and [env] (`vp config show`)."""
@@ -336,6 +342,8 @@ def _build(data: dict[str, dict[str, Any]], **where: Any) -> Config:
 
 
 def _nearest(word: str, choices: list[str]) -> str | None:
+    import difflib  # only when a word is unknown
+
     near = difflib.get_close_matches(word, choices, n=1, cutoff=0.5)
     return near[0] if near else None
 
@@ -431,6 +439,14 @@ def check_value(section: str, key: str, value: Any, source: str) -> None:
                 parse_target(one)
             except UsageError as exc:
                 raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+    if rule == "cloud_zone" and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+        raise ConfigError(
+            f"{where} {value!r} is not a region or zone name",
+            hint="lower-case letters, digits and '-', e.g. us-east-1 or us-central1-a",
+        )
+    if rule == "cloud_id" and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:_-]{0,99}", value):
+        # it goes into API paths: no '/', '?', '#' or spaces
+        raise ConfigError(f"{where} {value!r} is not a valid id", hint="e.g. my-project-123")
     if rule == "download_from" and value not in ("0", "all"):
         raise ConfigError(
             f'{where} must be "0" (rank 0\'s results) or "all" (every rank\'s), got {value!r}'
@@ -650,9 +666,11 @@ def load(
     sources: list[Path] = []
 
     layers: list[dict[str, dict[str, Any]]] = []
+    user_layer: dict[str, dict[str, Any]] = {}
     user_file = paths.user_config_file()
     if user_file.is_file():
-        layers.append(validate(read_toml(user_file), str(user_file)))
+        user_layer = validate(read_toml(user_file), str(user_file))
+        layers.append(user_layer)
         merge(data, layers[-1])
         sources.append(user_file)
 
@@ -663,8 +681,10 @@ def load(
         project_file, root = config_path, config_path.parent
     else:
         project_file, root = find_project_file(cwd)
+    project_layer: dict[str, dict[str, Any]] = {}
     if project_file is not None:
-        layers.append(_load_project(project_file))
+        project_layer = _load_project(project_file)
+        layers.append(project_layer)
         merge(data, layers[-1])
         sources.append(project_file)
 
@@ -672,6 +692,14 @@ def load(
     merge(data, layers[-1])
     if overrides:
         merge(data, overrides)
+    later = [layers[-1], overrides or {}]
+    from_project = frozenset(
+        f"{section}.{key}"
+        for section, table in project_layer.items()
+        for key, value in table.items()
+        if not any(key in layer.get(section, {}) for layer in later)
+        and user_layer.get(section, {}).get(key, _UNSET) != value  # the user's own value too
+    )
     for section in tables():
         for key, spec in table_keys(section).items():
             if spec.merge == "lowest":
@@ -686,6 +714,7 @@ def load(
         project_root=root,
         project_file=project_file,
         sources=tuple(sources),
+        from_project=from_project,
         yes=yes,
         over_budget=over_budget,
     )

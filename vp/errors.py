@@ -46,3 +46,22 @@ class Interrupted(VpError):
     """The user pressed Ctrl-C; we already cleaned up and say what happened."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def unexpected(exc: BaseException) -> tuple[str, str]:
+    """The one line for an exception no VpError wrapped: the last line of defence of both CLI
+    entry points. A stalled host or network is common enough to get its own words rather than
+    "internal error" (the user can do something about it, and it is not a bug in vp)."""
+    import subprocess
+
+    if isinstance(exc, subprocess.TimeoutExpired):
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(str(c) for c in (exc.cmd or [])[:1])
+        return (
+            f"{cmd or 'a command'} did not finish within {exc.timeout:.0f} s: the host or the"
+            " network stalled",
+            "run the command again when the host answers",
+        )
+    return (
+        f"internal error: {type(exc).__name__}: {exc}",
+        "rerun with VP_DEBUG=1 for a traceback, and please report it",
+    )

@@ -1,111 +1,37 @@
 """The dispatch fast path: `vp CMD ...` straight to the run pipeline, without typer.
 
 Most `vp` calls run a command. Parsing them with typer costs more than the rest of a warm
-call (typer and click alone import in ~40-60 ms), so `vp/__main__.py` asks `try_run` first:
-when the arguments are plain global options followed by a command that is not a subcommand,
-the run starts here; anything else (a subcommand, `--help`, an option this parser does not
-know, a malformed value) returns None and the typer app in `vp.cli` handles it, with its
-usage errors. The meaning of every option is the same as in `vp.cli.main_options`.
+call (typer and click alone import in ~40-60 ms), so `main` asks `try_run` first: when the
+arguments are plain global options followed by a command that is not a subcommand, the run
+starts here; anything else (a subcommand, an option this parser does not know, a malformed
+value) returns None and the typer app in `vp.cli` handles it, with its usage errors. Both read
+the global options from one table, vp/options.py. Before either, `vp`, `vp --help` and
+`vp CMD --help` print the screens typer rendered into vp/helptext.py (`stored_help`), with
+nothing else imported (issue #17: `vp --help` <= 100 ms).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from vp.commands import COMMANDS
-from vp.ui import UI
-
-# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
-# the command modules: `run` and the registry's (vp/commands/__init__.py, a light module).
-SUBCOMMANDS = frozenset({"run", *COMMANDS})
-
-_FLAGS = {
-    "--no-sync": ("no_sync", True),
-    "--sync-only": ("sync_only", True),
-    "--no-download": ("no_download", True),
-    "--docker": ("docker", True),
-    "--no-docker": ("docker", False),
-    "--detach": ("detach", True),
-    "--yes": ("yes", True),
-    "--recover": ("recover", True),
-    "--all-logs": ("all_logs", True),
-    "--over-budget": ("over_budget", True),
-    "-v": ("verbose", True),
-    "--verbose": ("verbose", True),
-    "-q": ("quiet", True),
-    "--quiet": ("quiet", True),
-}
-_VALUES = {
-    "-p": "platform",
-    "--platform": "platform",
-    "--host": "host",
-    "-o": "output",
-    "--output": "output",
-    "--config": "config",
-    "--tunnel": "tunnel",
-    "--timeout": "timeout",
-    "--nodes": "nodes",
-}
-_OUTPUTS = ("text", "json", "yaml", "table")  # vp.output.FORMATS, checked by the tests
+# Nothing else at import time: `vp --help` is served from here before any vp module loads.
 
 
-@dataclass
-class Globals:
-    """The global options, parsed by typer (vp.cli) or by `parse` below."""
+def __getattr__(name: str):
+    """`Globals` and `SUBCOMMANDS` for older importers, loaded on first use."""
+    if name == "Globals":
+        from vp.options import Globals
 
-    platform: str | None = None
-    host: str | None = None
-    no_sync: bool = False
-    sync_only: bool = False
-    no_download: bool = False
-    docker: bool | None = None
-    detach: bool = False
-    output: str = "text"
-    verbose: bool = False
-    quiet: bool = False
-    config: Path | None = None
-    tunnel: list[str] = field(default_factory=list)
-    yes: bool = False
-    recover: bool = False
-    over_budget: bool = False
-    timeout: str | None = None
-    nodes: int | None = None
-    all_logs: bool = False
+        return Globals
+    if name == "SUBCOMMANDS":
+        from vp.commands import SUBCOMMANDS
 
-    @property
-    def ui(self) -> UI:
-        return UI(quiet=self.quiet, verbose=self.verbose, output=self.output)
-
-    def load(self):
-        from vp import config
-        from vp.platforms import PROVIDERS, kind
-
-        overrides: dict = {}
-        if self.platform:
-            overrides.setdefault("host", {})["platform"] = self.platform
-        if self.host and self.platform in PROVIDERS and kind(self.platform) == "ssh":
-            overrides.setdefault("ssh", {})["host"] = self.host
-        if self.timeout is not None:
-            from vp.clock import parse_duration
-
-            parse_duration(self.timeout, "--timeout")
-            overrides.setdefault("run", {})["timeout"] = self.timeout
-        cfg = config.load(
-            config_path=self.config,
-            overrides=overrides,
-            yes=self.yes,
-            over_budget=self.over_budget,
-        )
-        from vp.guard import sweep_stopped
-
-        sweep_stopped(cfg, self.ui)  # "the next vp call on that project"
-        return cfg
+        return SUBCOMMANDS
+    raise AttributeError(name)
 
 
-def run_command(g: Globals, argv: list[str]) -> int:
+def run_command(g, argv: list[str]) -> int:
     """`vp [GLOBAL...] CMD ...`: the pipeline, then a hint if CMD looks like a mistyped
     subcommand. Shared by `vp run` (vp.cli) and the fast path."""
     from vp.platforms import kind
@@ -140,6 +66,8 @@ def near_subcommand(word: str) -> str | None:
     import difflib
     import shutil
 
+    from vp.commands import COMMANDS
+
     name = (word.split() or [""])[0]
     if not name.replace("-", "_").isidentifier() or shutil.which(name):
         return None
@@ -148,46 +76,12 @@ def near_subcommand(word: str) -> str | None:
     return close[0] if close and close[0] != name else None
 
 
-def parse(argv: list[str]) -> tuple[Globals, list[str]] | None:
+def parse(argv: list[str]):
     """(global options, command argv) when `argv` is a plain remote command, else None."""
-    g = Globals()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in _FLAGS:
-            name, value = _FLAGS[arg]
-            setattr(g, name, value)
-            i += 1
-            continue
-        if "=" in arg and arg.startswith("--"):
-            arg, value = arg.split("=", 1)
-            if arg not in _VALUES or not value:
-                return None
-            rest = 1
-        elif arg in _VALUES:
-            if i + 1 >= len(argv):
-                return None
-            value, rest = argv[i + 1], 2
-        else:
-            break
-        name = _VALUES[arg]
-        if name == "tunnel":
-            g.tunnel.append(value)
-        elif name == "nodes":
-            if not value.isdigit():
-                return None  # typer names the bad value
-            g.nodes = int(value)
-        elif name == "config":
-            g.config = Path(value)
-        else:
-            setattr(g, name, value)
-        i += rest
-    command = argv[i:]
-    if not command or command[0].startswith("-") or command[0] in SUBCOMMANDS:
-        return None
-    if g.output not in _OUTPUTS:
-        return None  # the typer app says which values are allowed
-    return g, command
+    from vp.commands import SUBCOMMANDS
+    from vp.options import parse as parse_options
+
+    return parse_options(argv, SUBCOMMANDS)
 
 
 def try_run(argv: list[str]) -> int | None:
@@ -212,15 +106,101 @@ def try_run(argv: list[str]) -> int | None:
     except Exception as exc:  # noqa: BLE001 - the last line of defence, as in vp.cli.main
         if os.environ.get("VP_DEBUG"):
             raise
-        ui.error(
-            f"internal error: {type(exc).__name__}: {exc}",
-            hint="rerun with VP_DEBUG=1 for a traceback, and please report it",
-        )
+        from vp.errors import unexpected
+
+        message, hint = unexpected(exc)
+        ui.error(message, hint=hint)
         code = 1
     return code
 
 
+def stored_help(argv: list[str]) -> str | None:
+    """The help screen `vp ARGV` prints, from vp/helptext.py, when typer would print exactly
+    that: `vp`, `vp [PATH] --help|-h` with PATH a subcommand (or `group sub`), the typer
+    version the screens were rendered with, a terminal at least as wide as theirs (click
+    wraps at min(columns, 80) - 2), no shell-completion request, and the sources unchanged
+    since. Else None: typer."""
+    if argv:
+        if argv[-1] not in ("--help", "-h") or len(argv) > 3:
+            return None
+        argv = argv[:-1]
+    if any(a.startswith("-") for a in argv) or "_VP_COMPLETE" in os.environ:
+        return None
+    if "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION" in os.environ:
+        return None  # changes the completion options' help
+    from vp import helptext
+
+    screen = helptext.SCREENS.get(" ".join(argv))
+    if screen is None:
+        return None
+    if _columns() < helptext.WIDTH or _typer_version() != helptext.TYPER:
+        return None
+    return screen if sources_digest() == helptext.DIGEST else None  # else edited since
+
+
+def sources_digest() -> int:
+    """A checksum of the files the help screens are rendered from (vp/cli.py, vp/options.py,
+    the command modules, the provider names), so a screen is not printed after any of them
+    changed without `python -m vp.helpgen`: typer prints the new text instead (~1 ms)."""
+    import zlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    commands, platforms = os.path.join(here, "commands"), os.path.join(here, "platforms")
+    try:  # not a plain directory (a zip app): no stored screens, typer prints
+        files = [os.path.join(here, "cli.py"), os.path.join(here, "options.py")]
+        files += sorted(os.path.join(commands, n) for n in os.listdir(commands) if n[-3:] == ".py")
+        providers = sorted(n for n in os.listdir(platforms) if n[-3:] == ".py")
+        digest = zlib.crc32(" ".join(providers).encode())
+        for path in files:
+            with open(path, "rb") as f:
+                digest = zlib.crc32(f.read(), digest)
+    except OSError:
+        return -1
+    return digest
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns, which click's help formatter reads, without
+    importing shutil (it loads the compression modules): $COLUMNS, else stdout's terminal,
+    else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns
+
+
+def _typer_version() -> str | None:
+    """typer's `__version__`, read from its source without importing it (~40 ms)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("typer")
+    if spec is None or not spec.origin:
+        return None
+    try:
+        with open(spec.origin, encoding="utf-8") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    found = re.search(r"""^__version__\s*=\s*["']([^"']+)["']""", head, re.M)
+    return found.group(1) if found else None
+
+
 def main() -> None:
+    screen = stored_help(sys.argv[1:])
+    if screen is not None:
+        try:
+            sys.stdout.write(screen)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `vp --help | head -3`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     code = try_run(sys.argv[1:])
     if code is None:
         from vp.cli import main as cli_main

@@ -37,7 +37,7 @@ from vp.platforms.base import (
     SupportsClone,
     SupportsModify,
 )
-from vp.platforms.cloud import CloudPlatform, adopt, owned, unhonoured
+from vp.platforms.cloud import CloudPlatform, adopt, node_rank, owned, unhonoured
 from vp.platforms.common import discard_key
 from vp.poll import PollTimeout, poll
 from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, is_pinned
@@ -106,8 +106,11 @@ def resolve(
                 "the ssh platform needs a host",
                 hint='set [ssh] host = "user@host:port" (or an ~/.ssh/config alias) or pass --host',
             )
+        from vp import trust
         from vp.platforms.ssh import host_for
 
+        if not host_name:  # a --host flag is the user's own choice
+            trust.require(cfg, "ssh.host", [spec])
         host = host_for(spec)
         transport = transport_for(host, cfg)
         transport.ensure()
@@ -126,8 +129,12 @@ def with_local_facts(host: Host, state: State) -> Host:
     known = state.host(host.key)
     if known is None:
         return host
+    labels = host.labels
+    if "node" in known.labels and "node" not in labels:  # a provider that keeps no label
+        labels = {**labels, "node": known.labels["node"]}
     return replace(
         host,
+        labels=labels,
         key_path=host.key_path or known.key_path,
         host_key_alias=host.host_key_alias or known.host_key_alias,
         created_at=host.created_at or known.created_at,
@@ -142,7 +149,7 @@ def warm_host(
 ) -> tuple[Host, Transport] | None:
     """Warm path: a running host vp knows on `name` and reaches over ssh (no API call)."""
     platform: Platform | None = None
-    for host in state.hosts(cfg.project, name):
+    for host in sorted(state.hosts(cfg.project, name), key=node_rank):  # rank 0 first
         if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
             transport = transport_for(host, cfg)
             try:
@@ -224,7 +231,8 @@ def project_hosts(platform: Platform, state: State, project: str | None) -> list
     (its label, or vp's state having recorded creating them). Nothing else is ever adopted,
     stopped or destroyed."""
     listed = [with_local_facts(h, state) for h in platform.list(project)]
-    return owned(declaration(platform.name), listed, lambda h: state.host(h.key) is not None)
+    mine = owned(declaration(platform.name), listed, lambda h: state.host(h.key) is not None)
+    return sorted(mine, key=node_rank)  # rank 0 (the project's usual host) before its nodes
 
 
 def _refusal(platform: Platform, host: Host, exc: HostKeyMismatch) -> VpError:
@@ -510,6 +518,37 @@ def find(cfg: Config, state: State, ui: UI, ident: str | None = None) -> tuple[H
     return matches[0], platform
 
 
+def find_all(
+    cfg: Config, state: State, ui: UI, ident: str | None = None
+) -> tuple[list[Host], Platform]:
+    """`find`'s host and, with no `ident` on a cloud platform, the project's nodes of rank >= 1
+    (vp/nodes.py): what `vp stop` / `vp down` with no host named act on, so the other hosts
+    of a multi-node run are never left billing. Rank order."""
+    if ident is not None or kind_of(cfg.platform) in ("local", "ssh"):
+        target, platform = find(cfg, state, ui, ident)
+        return [target], platform
+    platform = platform_for(cfg)
+    hosts = project_hosts(platform, state, cfg.project)  # rank 0 first
+    if not hosts:
+        raise VpError(f"no host for project {cfg.project} on {cfg.platform}", hint="see `vp ls`")
+    return [hosts[0]] + [h for h in hosts[1:] if node_rank(h)], platform
+
+
+def ranks_marked(hosts: list[Host]) -> list[Host]:
+    """For showing: where a project has nodes of rank >= 1 on a platform, its first host of
+    rank 0 (the one a run takes as rank 0) is marked node 0 too. Never saved: the mark
+    stands only while the nodes exist."""
+    groups = {(h.platform, h.labels.get("project")) for h in hosts if node_rank(h)}
+    out, marked = [], set()
+    for h in hosts:
+        group = (h.platform, h.labels.get("project"))
+        if group in groups and group not in marked and not node_rank(h):
+            marked.add(group)
+            h = replace(h, labels={**h.labels, "node": "0"})
+        out.append(h)
+    return out
+
+
 def list_hosts(cfg: Config, state: State, *, all_projects: bool = False) -> list[Host]:
     """The project's hosts (or, `all_projects`, every vp host) on the configured platform.
     Listing refreshes what vp knows of its own hosts (address, status) for the warm path."""
@@ -524,7 +563,7 @@ def list_hosts(cfg: Config, state: State, *, all_projects: bool = False) -> list
         for host in hosts:
             if state.host(host.key) is not None:
                 state.save_host(host, cfg.project)
-    return hosts
+    return ranks_marked(hosts)  # after saving: the node 0 mark is for showing only
 
 
 def status(cfg: Config, state: State, ui: UI, ident: str | None = None) -> Host:
@@ -559,19 +598,27 @@ class Stopped:
 
 def stop(
     cfg: Config, state: State, ui: UI, ident: str | None = None, *, timeout: float = STOP_TIMEOUT
-) -> Stopped:
-    """Stop a host and return once billing for compute has stopped (not when the provider
-    accepted the request), recording when vp stopped it."""
-    target, platform = find(cfg, state, ui, ident)
-    with Status(ui, f"stopping {target.name} ({target.id}) on {platform.name}"):
-        platform.stop(target.id)
-        now = wait_for_status(platform, cfg.project, target, STOPPED, timeout)
-    stopped = replace(now or target, status=now.status if now else PENDING)
-    if stopped.status == STOPPED:
-        stopped = replace(stopped, stopped_at=time.time())
-    if state.host(target.key) is not None:
-        state.save_host(with_local_facts(stopped, state), cfg.project)
-    return Stopped(with_local_facts(stopped, state), done=now is not None)
+) -> list[Stopped]:
+    """Stop a host (with no `ident`: the project's, and its nodes of a multi-node run) and
+    return once billing for compute has stopped (not when the provider accepted the
+    request), recording when vp stopped it."""
+    targets, platform = find_all(cfg, state, ui, ident)
+    names = ", ".join(f"{t.name} ({t.id})" for t in targets)
+    with Status(ui, f"stopping {names} on {platform.name}"):
+        for target in targets:
+            platform.stop(target.id)
+        reached = [
+            wait_for_status(platform, cfg.project, target, STOPPED, timeout) for target in targets
+        ]
+    out = []
+    for target, now in zip(targets, reached, strict=True):
+        stopped = replace(now or target, status=now.status if now else PENDING)
+        if stopped.status == STOPPED:
+            stopped = replace(stopped, stopped_at=time.time())
+        if state.host(target.key) is not None:
+            state.save_host(with_local_facts(stopped, state), cfg.project)
+        out.append(Stopped(with_local_facts(stopped, state), done=now is not None))
+    return out
 
 
 def wait_for_status(
@@ -611,23 +658,27 @@ def down(
     ui: UI,
     ident: str | None = None,
     *,
-    confirm: Callable[[Host], bool] | None = None,
-) -> Destroyed | None:
-    """Destroy a host and its disk, and every trace vp kept of it: its shared connection,
-    state row and the `vp ssh-config` alias. `confirm(host)` False: nothing happens (None)."""
+    confirm: Callable[[list[Host]], bool] | None = None,
+) -> list[Destroyed]:
+    """Destroy a host (with no `ident`: the project's, and its nodes of a multi-node run) and
+    its disk, and every trace vp kept of it: its shared connection, state row and the
+    `vp ssh-config` alias. `confirm(hosts)` False: nothing happens (an empty list)."""
     if kind_of(cfg.platform) in ("local", "ssh"):
         raise UsageError(f"the {cfg.platform} platform has no hosts to destroy")
-    target, platform = find(cfg, state, ui, ident)
-    if confirm is not None and not confirm(target):
-        return None
-    platform.destroy(target.id)
-    known = state.host(target.key)
-    if known is not None and known.ssh_host:
-        transport_for(known, cfg).close()  # its shared connection would linger 10 minutes
-    state.forget_host(target.key)
+    targets, platform = find_all(cfg, state, ui, ident)
+    if confirm is not None and not confirm(targets):
+        return []
     from vp import sshconfig
 
-    return Destroyed(target, list(sshconfig.remove_blocks_of_host(target.key)))
+    out = []
+    for target in targets:
+        platform.destroy(target.id)
+        known = state.host(target.key)
+        if known is not None and known.ssh_host:
+            transport_for(known, cfg).close()  # its shared connection would linger 10 minutes
+        state.forget_host(target.key)
+        out.append(Destroyed(target, list(sshconfig.remove_blocks_of_host(target.key))))
+    return out
 
 
 def modify(

@@ -5,6 +5,11 @@ launches and collects; it invents no protocol of its own.
 - Hosts: N of the project's spec on one platform, acquired in parallel and all-or-nothing:
   when one cannot be had, the ones this call created are destroyed (the platform's destroy,
   and vp's state forgets them). On `ssh`, `[ssh] hosts` lists the machines, rank 0 first.
+  A node of rank R >= 1 is labelled as the project's with its rank on every provider
+  (vp/platforms/cloud.py node_rank), so later runs take each rank's host again, and `vp ls`,
+  `vp stop` / `vp down` (no host named) and the orphan sweep see every rank.
+- Recovery: when the provider says a node's host is gone, `Preempted` names the lost hosts;
+  the next attempt (vp/run.py, vp/recover.py) makes new ones for those ranks only.
 - Each rank is an ordinary detached run (vp/remote.py, the same launch script) with its own
   run id (`RUN` for rank 0, `RUN-1`, `RUN-2`, ...) and the environment below, shipped on stdin
   like any [env] value (never argv). `$NNODES`, `$NODE_RANK`, `$MASTER_ADDR`, `$MASTER_PORT`
@@ -27,16 +32,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from vp import remote
 from vp.config import Config
-from vp.errors import EXIT_INTERRUPTED, UsageError, VpError
+from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import FollowResult, follow
 from vp.mask import LogView
 from vp.platforms import declaration
-from vp.platforms.base import Host
+from vp.platforms.base import PENDING, RUNNING, STOPPED, Host
+from vp.platforms.cloud import node_rank
 from vp.state import RunRecord, State
 from vp.transport import Transport
 from vp.ui import UI
@@ -124,6 +130,9 @@ def _ssh_hosts(cfg: Config, state: State, n: int) -> list[tuple[Host, Transport]
         transport.ensure()
         return host, transport
 
+    from vp import trust
+
+    trust.require(cfg, "ssh.hosts", listed[:n])  # before any of them is connected to
     results = in_parallel([lambda s=s: connect(s) for s in listed[:n]])
     error = _first_error(results)
     if error is not None:
@@ -139,19 +148,29 @@ def node_name(cfg: Config, rank: int) -> str:
     return base if rank == 0 else f"{base}-{rank}"
 
 
+def reusable(hosts: list[Host]) -> dict[int, Host]:
+    """The project's hosts a run of several nodes takes again, by rank (each provider labels a
+    node with its rank; vp/platforms/cloud.py node_rank): a running one before a stopped one."""
+    out: dict[int, Host] = {}
+    usable = [h for h in hosts if h.status in (RUNNING, PENDING, STOPPED)]
+    for host in sorted(usable, key=lambda h: h.status == STOPPED):  # stable: rank 0 first
+        out.setdefault(node_rank(host), host)
+    return out
+
+
 def _cloud_hosts(cfg: Config, state: State, ui: UI, n: int) -> list[tuple[Host, Transport]]:
     from vp.lifecycle import create_host, forget, project_hosts, resolve_on
     from vp.offers import platform_for
 
     platform = platform_for(cfg)
-    known = {h.name for h in project_hosts(platform, state, cfg.project)}
+    known = reusable(project_hosts(platform, state, cfg.project))
     created: list[Host] = []
     lock = threading.Lock()
 
     def one(rank: int) -> tuple[Host, Transport]:
         name = node_name(cfg, rank)
-        if name in known:
-            return resolve_on(cfg, state, ui, platform.name, host_name=name, create=False)
+        if rank in known:  # started if stopped; by id, as GCE names its VMs NAME-SUFFIX
+            return resolve_on(cfg, state, ui, platform.name, host_name=known[rank].id, create=False)
         host, transport = create_host(
             cfg, state, ui, platform, name=name, nodes_of=node_name(cfg, 0)
         )
@@ -360,6 +379,8 @@ class Outcome:
     exit_code: int
     interrupted: bool = False
     detached: bool = False
+    # Ranks whose host the provider says is gone or stopped (preempted), and its words.
+    gone: dict[int, str] = field(default_factory=dict)
 
 
 class _CtrlC:
@@ -416,6 +437,7 @@ def watch(
     for r in ranks:
         threading.Thread(target=follow_one, args=(r,), daemon=True, name=f"node{r.rank}").start()
     results: dict[int, FollowResult] = {}
+    gone: dict[int, str] = {}
     first_bad: int | None = None
     stop_at: float | None = None
     stopping = False
@@ -447,7 +469,11 @@ def watch(
                 rank, result, error = done.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if error is not None:
+            if isinstance(error, HostGone):  # the provider's word: preempted or destroyed
+                gone[rank] = error.message
+                ui.warn(f"node {rank}: {error.message}")
+                result = FollowResult(lost=True)
+            elif error is not None:
                 message = error.message if isinstance(error, VpError) else str(error)
                 ui.error(f"node {rank}: {message}")
                 result = FollowResult(lost=True)
@@ -464,7 +490,29 @@ def watch(
                     stop_at = time.monotonic() + stop_grace
     interrupted = interrupt_deadline is not None
     code = EXIT_INTERRUPTED if interrupted else (first_bad if first_bad is not None else 0)
-    return Outcome(results, code, interrupted=interrupted)
+    return Outcome(results, code, interrupted=interrupted, gone=gone)
+
+
+def _lost_hosts(
+    ranks: list[Rank], outcome: Outcome, host_gone: Callable[[Host], str | None]
+) -> dict[int, str]:
+    """Rank -> why its host is gone, by the provider's word. A rank whose wrapper vanished
+    without the provider having been asked (its processes died before its connection did) is
+    asked about now, as a single run's is."""
+    gone = dict(outcome.gone)
+    if outcome.interrupted:
+        return gone
+    for r in ranks:
+        result = outcome.results.get(r.rank)
+        if r.rank in gone or result is None or not result.lost:
+            continue
+        try:
+            why = host_gone(r.host)
+        except VpError:
+            why = None
+        if why:
+            gone[r.rank] = why
+    return gone
 
 
 def _code(result: FollowResult) -> int:
@@ -485,11 +533,33 @@ def _detached(ranks: list[Rank], results: dict, ui: UI) -> Outcome:
     return Outcome(results, EXIT_INTERRUPTED, interrupted=True, detached=True)
 
 
-def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
-    """The pipeline of vp/run.py for N nodes: hosts, sync, launch, follow, results."""
-    from vp import secretstore
+def execute(
+    cfg: Config,
+    opts,
+    ui: UI,
+    state: State,
+    n: int,
+    *,
+    attempt: int = 1,
+    parent: str | None = None,
+) -> int:
+    """The pipeline of vp/run.py for N nodes: hosts, sync, launch, follow, results.
+
+    Recovery (`--recover`, vp/recover.py): when the provider says a node's host was preempted
+    or destroyed, the other ranks are stopped and `Preempted` names the lost hosts; the next
+    attempt (`attempt`, after the lost run `parent`) takes the hosts still there again, makes
+    new ones for the lost ranks and runs every rank again with VP_ATTEMPT / VP_RESUMED."""
+    from vp import checkpoints, secretstore
     from vp.lifecycle import host_gone
-    from vp.run import Workspace, _idle_watchdog, _setup_step, command_text, sync_down, sync_up
+    from vp.run import (
+        Preempted,
+        Workspace,
+        _idle_watchdog,
+        _setup_step,
+        command_text,
+        sync_down,
+        sync_up,
+    )
     from vp.sync.guard import check_root
 
     use_docker = cfg.docker.enabled if opts.docker is None else opts.docker
@@ -541,6 +611,9 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
     base_env = dict(cfg.env)
     base_env.update(secret_values)
     base_env.setdefault("VP_RUN_ID", run_id)
+    base_env["VP_ATTEMPT"] = str(attempt)  # 1, then 2, 3 after a node was preempted
+    if attempt > 1:
+        base_env["VP_RESUMED"] = "1"
     ranks: list[Rank] = []
     for rank, ws in enumerate(spaces):
         env = {**base_env, **node_env(rank, addresses, gpus, port)}
@@ -569,6 +642,8 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
                 workdir=workdir,
                 started=time.time(),
                 price=ws.host.price,
+                attempt=attempt,
+                parent=rank_run_id(parent, rank) if parent else None,
             )
         )
     try:
@@ -603,13 +678,14 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
             f"twice detaches; another rank's output: vp logs {run_id} --node 1"
         )
     try:
-        outcome = watch(
-            ranks,
-            ui,
-            views,
-            reconnect_timeout=float(cfg.ssh.reconnect_timeout),
-            host_gone=lambda h: host_gone(cfg, state, h),
-        )
+        with checkpoints.puller(spaces[0], ui):  # rank 0's, as its results
+            outcome = watch(
+                ranks,
+                ui,
+                views,
+                reconnect_timeout=float(cfg.ssh.reconnect_timeout),
+                host_gone=lambda h: host_gone(cfg, state, h),
+            )
     except BaseException:
         for r in ranks:
             state.finish_run(r.run_id, None, "failed")
@@ -619,6 +695,18 @@ def execute(cfg: Config, opts, ui: UI, state: State, n: int) -> int:
             for stream in (v.out, v.err):
                 if isinstance(stream, _Prefixed):
                     stream.close()
+    gone = _lost_hosts(ranks, outcome, lambda h: host_gone(cfg, state, h))
+    if gone and not outcome.interrupted:  # after Ctrl-C: no next attempt
+        for r in ranks:
+            state.finish_run(r.run_id, None, "preempted")
+        lost = [r for r in ranks if r.rank in gone]
+        why = "; ".join(f"node {rank}: {gone[rank]}" for rank in sorted(gone))
+        raise Preempted(
+            HostGone(f"{why}; run {run_id} on {n} nodes is lost"),
+            run_id,
+            lost[0].host,
+            hosts=[r.host for r in lost],
+        )
     for r in ranks:
         result = outcome.results.get(r.rank)
         if result is None:

@@ -7,8 +7,6 @@ Below `vp.lifecycle` in the import order: it knows config and the platform regis
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 from vp.config import Config, check_platform_endpoint
 from vp.errors import VpError
 from vp.platforms import CLOUDS, get_platform
@@ -47,6 +45,8 @@ def all_offers(cfg: Config, spec: HostSpec, ui: UI) -> list[Offer]:
         except VpError as exc:
             ui.debug(f"{name}: skipped ({exc})")
             return []
+
+    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=len(CLOUDS)) as pool:
         results = list(pool.map(ask, CLOUDS))

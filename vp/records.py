@@ -14,12 +14,12 @@ README.md ("Output formats") documents the schema; tests/test_records.py holds i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from vp.platforms.base import Host
-from vp.state import RunRecord
+from vp.state import RunRecord, State
 
 # Table columns: (header, key of `host_cells` / `run_cells`). Headers carry the units.
 HOST_COLUMNS = [
@@ -135,6 +135,23 @@ class Billing:
     known: bool = True  # this machine's state knows the host (`vp ls --all` finds others)
 
 
+def ledger(state: State) -> dict[str, Billing]:
+    """Per host key, what the spend ledger recorded (vp/spend.py)."""
+    from vp.spend import host_costs
+
+    return {
+        key: Billing(cost_usd=c.get("cost"), per_hour=c.get("per_hour"))
+        for key, c in host_costs(state).items()
+    }
+
+
+def listed_billing(hosts: list[Host], state: State) -> list[Billing]:
+    """`vp ls`'s ledger facts per host, and whether this machine's state knows it: one
+    function for the CLI's listing and the page's, so both show the same records."""
+    book = ledger(state)
+    return [replace(book.get(h.key, Billing()), known=state.host(h.key) is not None) for h in hosts]
+
+
 def host_json(host: Host, now: float | None = None, billing: Billing | None = None) -> dict:
     """One host in the JSON schema. `uptime_s` counts from creation; `cost_usd` is what the
     ledger recorded, or else uptime at the current price (an estimate); `billing_per_hour`
@@ -166,6 +183,9 @@ def host_json(host: Host, now: float | None = None, billing: Billing | None = No
         "uptime_s": _number(uptime, 1),
         "cost_usd": _number(cost, 6),
         "known": billing.known,
+        # Its rank in a multi-node run (vp/nodes.py): rank >= 1, or 0 for the host whose
+        # nodes they are; null for a host of no such run.
+        "node": int(host.labels["node"]) if host.labels.get("node", "").isdigit() else None,
         "labels": dict(host.labels),
     }
 
@@ -175,7 +195,7 @@ def host_cells(host: Host, now: float | None = None, billing: Billing | None = N
     now = time.time() if now is None else now
     j = host_json(host, now, billing)
     return {
-        "name": host.name,
+        "name": host.name if j["node"] is None else f"{host.name} (node {j['node']})",
         "id": host.id,
         "platform": host.platform,
         "project": j["project"],

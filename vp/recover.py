@@ -16,6 +16,7 @@ from vp.config import Config
 from vp.errors import VpError
 from vp.lifecycle import forget
 from vp.offers import platform_for
+from vp.platforms.base import Host
 from vp.state import State
 from vp.ui import UI
 
@@ -43,8 +44,13 @@ def next_attempt(
 
 
 def retire(cfg: Config, state: State, ui: UI, lost: Preempted) -> None:
-    """Destroy the preempted host if the provider still lists it (stopped), and forget it."""
-    host = lost.host
+    """Destroy each preempted host (a multi-node run's lost nodes) if the provider still
+    lists it (stopped), and forget it."""
+    for host in lost.hosts:
+        _retire(cfg, state, ui, host)
+
+
+def _retire(cfg: Config, state: State, ui: UI, host: Host) -> None:
     if state.host(host.key) is not None:  # host_gone found it stopped, not gone
         try:
             platform_for(cfg, host.platform).destroy(host.id)

@@ -295,9 +295,10 @@ def execute(
 class Preempted(HostGone):
     """The provider says the run's host is gone or stopped: the run on it is lost."""
 
-    def __init__(self, error: HostGone, run_id: str, host: Host):
+    def __init__(self, error: HostGone, run_id: str, host: Host, hosts: list[Host] | None = None):
         super().__init__(error.message, hint=error.hint)
         self.run_id, self.host = run_id, host
+        self.hosts = hosts or [host]  # a multi-node run's lost nodes (vp/nodes.py)
 
 
 def _execute_once(
@@ -307,13 +308,13 @@ def _execute_once(
     from vp import secretstore
 
     state = state or State()
-    from vp.nodes import node_count
-
-    n = node_count(cfg, opts.nodes)
-    if n > 1:
+    n = opts.nodes if opts.nodes is not None else cfg.host.nodes
+    if n != 1:  # vp.nodes (threads, queues) is imported only when it has work
         from vp import nodes
 
-        return nodes.execute(cfg, opts, ui, state, n)
+        n = nodes.node_count(cfg, opts.nodes)
+        if n > 1:
+            return nodes.execute(cfg, opts, ui, state, n, attempt=attempt, parent=parent)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
     setup_cmd = cfg.setup.run or None

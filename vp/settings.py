@@ -32,6 +32,8 @@ Check = Literal[
     "duration",
     "fallback_list",
     "checkpoint_dir",
+    "cloud_zone",
+    "cloud_id",
 ]
 # What a key holding one name or a fallback list of names accepts (`gpu = ["H100", "A100"]`).
 STR_OR_LIST = (str, list)

@@ -130,15 +130,15 @@ class RunRecord:
 
 
 class State:
+    """vp's state DB. Safe to share between threads (vp --nodes records hosts and runs from one
+    thread per node): each thread talks to SQLite over its own connection, so a transaction
+    of one (the ledger's BEGIN ... COMMIT) never meets another's on one connection, and the
+    writes of this process go one at a time."""
+
     def __init__(self, path: Path | None = None):
-        path = path or paths.ensure_private_dir(paths.state_dir()) / "state.db"
-        # A multi-node run (vp/nodes.py) records its hosts from one thread per node.
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._lock = threading.RLock()
-        self._x("PRAGMA busy_timeout=30000")
-        # WAL without an fsync per commit: a crash of vp loses nothing, a power cut at most
-        # the last runs' history; every warm call writes its run record, and waits for none.
-        self._x("PRAGMA synchronous=NORMAL")
+        self.path = path or paths.ensure_private_dir(paths.state_dir()) / "state.db"
+        self._local = threading.local()
+        self._lock = threading.RLock()  # one transaction of this process at a time
         if self._x("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             self._x("PRAGMA journal_mode=WAL")
             for statement in filter(str.strip, SCHEMA.split(";")):
@@ -171,6 +171,20 @@ class State:
             except sqlite3.OperationalError as exc:  # another vp made it just now
                 if "already exists" not in str(exc):
                     raise
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA busy_timeout=30000")
+            # WAL without an fsync per commit: a crash of vp loses nothing, a power cut at
+            # most the last runs' history; every warm call writes its run record, and waits
+            # for none.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         """Columns added after a table was first made, added to an older database in place
@@ -261,6 +275,13 @@ class State:
         if kind == "":
             return  # unknown: no evidence of a change
         at = clock.now() if at is None else at
+        with self._lock:
+            self._ledger_change(host, project, decl, kind, disk_gb, at)
+
+    def _ledger_change(
+        self, host: Host, project: str | None, decl: Any, kind: str | None, disk_gb, at: float
+    ) -> None:
+        """One transaction, under `_lock`: the open interval read and changed together."""
         self._x("BEGIN IMMEDIATE")
         try:
             row = self._x(

@@ -16,7 +16,9 @@ start script appends to authorized_keys. podRentInterruptable (the same input pl
 INTERRUPTABLE: the mutation and its PodRentInterruptableInput as https://graphql-spec.runpod.io/#definition-PodRentInterruptableInput
 describes it and SkyPilot sends it (sky/provision/runpod/api/pods.py; runpod 1.11's SDK has no
 call for it). podStop -> EXITED (runtime null once stopped),
-podResume -> RUNNING again, podTerminate -> gone.
+podResume -> RUNNING again, podTerminate -> gone. A pod's `name` is the free text of the
+mutation's `name: "..."` (runpod/api/mutations/pods.py generate_pod_deployment_mutation), read
+back by the pods query's `name` field (runpod/api/queries/pods.py).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Interruptible rentals: `search_offers(type="bid")` sends {"type": "bid"} and rea
 `create_instance(price=BID)` puts the bid in the body's `price`; when outbid the instance moves
 to stopped, not destroyed (vastai 1.9.1 SKILL.md, "Interruptible (spot) instances"): `preempt`.
 Errors are non-2xx with {"success": false, "error": CODE, "msg": TEXT}; a bad key is 401
-"Invalid user key".
+"Invalid user key". An instance's `label` is the free text `create_instance(label=...)` puts in
+the rent body (vastai/api/instances.py, `json_blob["label"]`) and each listed row carries back.
 """
 
 from __future__ import annotations

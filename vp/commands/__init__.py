@@ -55,6 +55,11 @@ COMMANDS: dict[str, Entry] = {
     "setup": Entry(
         "vp.commands.secret", "Run the project's [setup] on its host now if its inputs changed."
     ),
+    "trust": Entry("vp.commands.trust", "Trust the ssh host(s) this project's vp.toml names."),
     "spend": Entry("vp.commands.spend", "What vp's hosts cost: compute running, disk stopped."),
     "ui": Entry("vp.commands.web", "Serve the web control page: hosts, runs, live logs, apps."),
 }
+
+# Every subcommand name, so dispatch can tell `vp ls` from `vp python ...` without importing
+# the command modules.
+SUBCOMMANDS = frozenset({"run", *COMMANDS})

@@ -66,6 +66,11 @@ def set_value(dotted: str, raw: str, *, user: bool, ui: UI) -> Path:
     data = tomledit.tomllib.loads(new)
     config.validate(data.get("tool", {}).get("vp", {}) if len(table) == 3 else data, str(path))
     _write(path, new, private=user)
+    if not user and section == "ssh" and key in ("host", "hosts"):
+        from vp import trust
+
+        # typed by the user on this machine: their own choice, not a cloned repo's
+        trust.record_at(path.parent, [value] if isinstance(value, str) else list(value))
     shown = "****" if secret else repr(value)
     ui.info(f"{path}: {dotted} = {shown}")
     return path

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from vp.fastpath import Globals
+from vp.options import Globals
 
 
 def globals_of(ctx: typer.Context) -> Globals:

@@ -22,12 +22,7 @@ app = command_app()
 
 def billing(state: State) -> dict[str, records.Billing]:
     """Per host key, what the spend ledger recorded (vp/spend.py)."""
-    from vp.spend import host_costs
-
-    return {
-        key: records.Billing(cost_usd=c.get("cost"), per_hour=c.get("per_hour"))
-        for key, c in host_costs(state).items()
-    }
+    return records.ledger(state)
 
 
 def show_host(g: Globals, host: Host, state: State | None = None) -> None:
@@ -61,11 +56,7 @@ def ls_cmd(
     if g.output == "text" and not hosts:
         g.ui.info(f"no hosts on {cfg.platform} for project {cfg.project}")
         return
-    ledger = billing(state)
-    facts = [
-        replace(ledger.get(h.key, records.Billing()), known=state.host(h.key) is not None)
-        for h in hosts
-    ]
+    facts = records.listed_billing(hosts, state)
     if g.output in ("json", "yaml"):
         render(
             [records.host_json(h, billing=b) for h, b in zip(hosts, facts, strict=True)], g.output
@@ -82,9 +73,10 @@ def _ls_everywhere(g: Globals, cfg, state: State) -> None:
 
     found = sweep(cfg, state, g.ui)
     ledger = billing(state)
+    shown = lifecycle.ranks_marked([f.host for f in found.found])
     pairs = [
         (
-            f.host,
+            host,
             replace(
                 ledger.get(f.host.key, records.Billing()),
                 per_hour=f.per_hour,
@@ -92,7 +84,7 @@ def _ls_everywhere(g: Globals, cfg, state: State) -> None:
                 known=f.known,
             ),
         )
-        for f in found.found
+        for f, host in zip(found.found, shown, strict=True)
     ]
     if g.output != "text":
         render([records.host_json(h, billing=b) for h, b in pairs], g.output)
@@ -185,21 +177,29 @@ def start_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id
     show_host(g, lifecycle.start(g.load(), State(), g.ui, host or g.host))
 
 
-@app.command("stop", help="Stop a host (keeps its disk; billing for compute stops).")
+@app.command(
+    "stop",
+    help="Stop a host (keeps its disk; billing for compute stops). With no host named: the "
+    "project's, and the other nodes of a multi-node run.",
+)
 def stop_cmd(ctx: typer.Context, host: str = typer.Argument(None, help="Host id or name")) -> None:
     g = globals_of(ctx)
     cfg = g.load()
-    result = lifecycle.stop(cfg, State(), g.ui, host or g.host)
-    target = result.host
-    if not result.done:
-        g.ui.warn(
-            f"{target.name} was still stopping after {lifecycle.STOP_TIMEOUT:.0f}s; see `vp ls`"
-        )
-    else:
-        g.ui.info(f"stopped {target.name} ({target.id}) on {target.platform}")
+    for result in lifecycle.stop(cfg, State(), g.ui, host or g.host):
+        target = result.host
+        if not result.done:
+            g.ui.warn(
+                f"{target.name} was still stopping after {lifecycle.STOP_TIMEOUT:.0f}s; see `vp ls`"
+            )
+        else:
+            g.ui.info(f"stopped {target.name} ({target.id}) on {target.platform}")
 
 
-@app.command("down", help="Destroy a host and its disk. Asks first unless --yes.")
+@app.command(
+    "down",
+    help="Destroy a host and its disk (with no host named: the project's, and the other nodes "
+    "of a multi-node run). Asks first unless --yes.",
+)
 @app.command("destroy", help="Alias of `vp down`.", hidden=True)
 def down_cmd(
     ctx: typer.Context,
@@ -209,25 +209,25 @@ def down_cmd(
     g = globals_of(ctx)
     cfg = g.load()
 
-    def confirm(target: Host) -> bool:
+    def confirm(targets: list[Host]) -> bool:
+        named = ", ".join(f"{t.name} ({t.id})" for t in targets)
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise UsageError(
-                f"refusing to destroy {target.name} without confirmation", hint="pass --yes"
-            )
-        return typer.confirm(f"Destroy {target.name} ({target.id}) on {cfg.platform} and its disk?")
+            raise UsageError(f"refusing to destroy {named} without confirmation", hint="pass --yes")
+        return typer.confirm(f"Destroy {named} on {cfg.platform} and the disk of each?")
 
     done = lifecycle.down(cfg, State(), g.ui, host or g.host, confirm=confirm)
-    if done is None:
+    if not done:
         g.ui.note("nothing destroyed")
         raise typer.Exit(1)
-    target = done.host
-    g.ui.info(f"destroyed {target.name} ({target.id}) on {cfg.platform}")
     from vp.sshconfig import user_config_path
 
-    for project in done.ssh_aliases_removed:
-        g.ui.info(f"removed Host vp-{project} from {user_config_path()}")
+    for each in done:
+        target = each.host
+        g.ui.info(f"destroyed {target.name} ({target.id}) on {cfg.platform}")
+        for project in each.ssh_aliases_removed:
+            g.ui.info(f"removed Host vp-{project} from {user_config_path()}")
 
 
 @app.command("status", help="The project's host: state, uptime, $/h and cost so far.")

@@ -139,6 +139,12 @@ def _recover_detached(g, cfg, state: State, record: RunRecord, host, exc: HostGo
     recover = g.recover or cfg.run.recover
     if not recover or record.command == "vp setup":
         raise exc
+    if _of_several_nodes(state, record):  # its next attempt needs every rank, not this one
+        g.ui.note(
+            "a multi-node run started with --detach is not recovered when followed; "
+            "run it in the foreground (without --detach) to recover it"
+        )
+        raise exc
     from vp.recover import next_attempt
 
     attempts = max(1, int(cfg.run.max_attempts or 1))
@@ -204,3 +210,14 @@ def attach_cmd(
 @app.command("kill", help="Stop a run (SIGTERM to its process group, then SIGKILL).")
 def kill_cmd(ctx: typer.Context, run_id: str = typer.Argument(..., help="Run id")) -> None:
     kill_run(globals_of(ctx), run_id)
+
+
+def _of_several_nodes(state: State, record: RunRecord) -> bool:
+    """Whether `record` is one rank of a `vp --nodes` run (rank R >= 1 is `RUN-R`)."""
+    if "  [node " in record.command:
+        return True
+    try:
+        state.run(f"{record.id}-1")
+    except UsageError:
+        return False
+    return True

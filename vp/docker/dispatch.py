@@ -27,6 +27,27 @@ def image_name(cfg: Config) -> str:
     return cfg.docker.image or f"vp-{cfg.project}"
 
 
+def checked_dockerfile(cfg: Config) -> str:
+    """`[docker] dockerfile`, checked: vp reads it here and sends it to a Docker engine (the
+    host's, with build_on = "remote"), so unless the user named an absolute path themselves
+    (user file, environment) it must stay inside the project, links followed. Otherwise a
+    cloned repo could name `../../.aws/credentials`, or ship a `Dockerfile` link to it."""
+    raw = cfg.docker.dockerfile
+    theirs = "docker.dockerfile" not in cfg.from_project and Path(raw).is_absolute()
+    if theirs:
+        return raw
+    root = cfg.project_root.resolve()
+    real = (cfg.project_root / raw).resolve()
+    if real != root and root not in real.parents:
+        raise UsageError(
+            f"[docker] dockerfile {raw!r} is {real}, outside the project {root}: vp would "
+            "send that file to the Docker engine",
+            hint="keep the Dockerfile in the project; one elsewhere must be your own choice: "
+            "vp config set --user docker.dockerfile /ABSOLUTE/PATH",
+        )
+    return raw
+
+
 def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
     """Build locally and push: the image ref and the pull credentials."""
     from vp.docker import ensure_image, registry_auth
@@ -43,7 +64,7 @@ def build_and_push(cfg: Config, ui: UI) -> tuple[str, dict | None]:
     with Status(ui, f"image {image}") as status:
         ref = ensure_image(
             cfg.project_root,
-            dockerfile=cfg.docker.dockerfile,
+            dockerfile=checked_dockerfile(cfg),
             image=image,
             push=True,
             auth=auth,
@@ -59,7 +80,7 @@ def build_unpushed(cfg: Config, ui: UI, docker_host: str | None = None) -> str:
     with Status(ui, f"image {image_name(cfg)}") as status:
         return ensure_image(
             cfg.project_root,
-            dockerfile=cfg.docker.dockerfile,
+            dockerfile=checked_dockerfile(cfg),
             image=image_name(cfg),
             push=False,
             auth=None,

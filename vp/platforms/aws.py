@@ -61,14 +61,18 @@ STATUS = {
     "terminated": GONE,
 }
 
-# instance type -> its GPUs, on-demand price and vCPUs: a dated data file (data/aws.toml).
-_TYPES: dict[str, dict] = catalog("aws")["types"]
-# instance type -> (GPU model, GPU count, on-demand $/h in us-east-1, Linux).
-INSTANCE_TYPES: dict[str, tuple[str, int, float]] = {
-    t: (v["gpu"], v["gpus"], v["price"]) for t, v in _TYPES.items()
-}
-# instance type -> vCPUs (what the family's vCPU quota counts).
-VCPUS: dict[str, int] = {t: v["vcpus"] for t, v in _TYPES.items()}
+
+# instance type -> its GPUs, on-demand price and vCPUs: a dated data file (data/aws.toml),
+# read on first use (config loading imports this module for its DECLARATION only).
+def instance_types() -> dict[str, tuple[str, int, float]]:
+    """instance type -> (GPU model, GPU count, on-demand $/h in us-east-1, Linux)."""
+    return {t: (v["gpu"], v["gpus"], v["price"]) for t, v in catalog("aws")["types"].items()}
+
+
+def vcpus_of(itype: str) -> int | None:
+    """An instance type's vCPUs (what the family's vCPU quota counts)."""
+    return catalog("aws")["types"].get(itype, {}).get("vcpus")
+
 
 # instance family letter -> {market: (Service Quotas code, quota name)}, service code "ec2".
 QUOTAS: dict[str, dict[str, tuple[str, str]]] = {
@@ -153,7 +157,7 @@ done
 class AwsSettings(CloudSettings):
     """[aws]"""
 
-    region: str | None = None
+    region: str | None = setting(check="cloud_zone")
     profile: str | None = None
     user: str | None = setting(check="user_name")
     data_volume_gb: int | None = positive()
@@ -165,7 +169,7 @@ class AwsSettings(CloudSettings):
 DECLARATION = Declaration(
     name=NAME,
     kind="vm",
-    ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT
+    ownership=Ownership.LABEL,  # tags vp:managed=true and vp:project=PROJECT (vp:node=R)
     # A stopped instance's EBS gp3 volume: $0.08/GB/month in us-east-1 (aws.amazon.com/ebs/
     # pricing, 2026-12).
     storage_price=0.08,
@@ -305,14 +309,14 @@ class AwsPlatform(CloudPlatform):
 
     def _search(self, spec: HostSpec) -> list[Offer]:
         out = []
-        for itype, (gpu, count, price) in INSTANCE_TYPES.items():
-            if not gpus.matches(spec.gpu, gpu, _TYPES[itype]["memory_gb"]) or count < max(
-                spec.gpus, 1
-            ):
+        types = catalog("aws")["types"]
+        for itype, (gpu, count, price) in instance_types().items():
+            memory_gb = types[itype]["memory_gb"]
+            if not gpus.matches(spec.gpu, gpu, memory_gb) or count < max(spec.gpus, 1):
                 continue
             if spec.max_price is not None and price > spec.max_price:
                 continue
-            extra: dict[str, Any] = {"vcpus": VCPUS.get(itype)}
+            extra: dict[str, Any] = {"vcpus": vcpus_of(itype)}
             if spec.spot:
                 extra["price_is"] = "on-demand (a spot host costs at most this)"
             out.append(
@@ -342,7 +346,7 @@ class AwsPlatform(CloudPlatform):
         allowed, refused = [], []
         for offer, market in tries:
             quota = self.quota_vcpus(offer.id, market)
-            vcpus = VCPUS.get(offer.id)
+            vcpus = vcpus_of(offer.id)
             if quota is not None and vcpus is not None and vcpus > quota:
                 refused.append((offer, market, vcpus, quota))
             else:
@@ -361,7 +365,7 @@ class AwsPlatform(CloudPlatform):
     def _host(self, inst: dict) -> Host:
         tags = _tags(inst)
         itype = inst.get("InstanceType", "")
-        gpu, count, price = INSTANCE_TYPES.get(itype, (None, 0, None))
+        gpu, count, price = instance_types().get(itype, (None, 0, None))
         key_file = tags.get("vp:key")
         key_path = str(keys.keys_dir() / key_file) if key_file else None
         launch = inst.get("LaunchTime")
@@ -373,6 +377,8 @@ class AwsPlatform(CloudPlatform):
         }
         if inst.get("SpotInstanceRequestId"):
             labels["spot_request"] = inst["SpotInstanceRequestId"]
+        if tags.get("vp:node", "").isdigit():
+            labels["node"] = tags["vp:node"]
         return Host(
             id=inst["InstanceId"],
             name=tags.get("Name", inst["InstanceId"]),
@@ -568,6 +574,8 @@ class AwsPlatform(CloudPlatform):
             {"Key": "vp:key", "Value": key_file},
             {"Key": "vp:user", "Value": self.user},
         ]
+        if rank := self.node_rank_of(name):  # node R of a multi-node run (vp/nodes.py)
+            tags.append({"Key": "vp:node", "Value": str(rank)})
         root_name = image.get("RootDeviceName") or "/dev/sda1"
         root_min = 0
         for bdm in image.get("BlockDeviceMappings", []):

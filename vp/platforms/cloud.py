@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -179,14 +180,40 @@ def owned(decl: Declaration, hosts: Sequence[Host], recorded: Callable[[Host], b
 
 
 def labelled(rows: Any, project: str | None, label_of: Callable[[Any], str]) -> list:
-    """The provider's rows whose label is `vp-PROJECT` (with no project: any `vp-` label)."""
+    """The provider's rows whose label is `vp-PROJECT` or, a node of a multi-node run,
+    `vp-PROJECT.RANK` (with no project: any `vp-` label)."""
     wanted = f"vp-{project}" if project else None
     out = []
     for row in rows or []:
-        label = label_of(row) or ""
+        label = split_node_label(label_of(row) or "")[0]
         if label == wanted if wanted else label.startswith("vp-"):
             out.append(row)
     return out
+
+
+# A node of rank R >= 1 of a multi-node run whose rank 0 is labelled `vp-P` is labelled
+# `vp-P.R` where the label is all a provider keeps (vast's label, RunPod's pod name). A dot is
+# never in a project name ([a-z0-9-]), so node 1 of `p` is never taken for project `p-1`.
+NODE_LABEL = re.compile(r"(.+)\.([1-9][0-9]{0,3})")
+
+
+def split_node_label(label: str) -> tuple[str, int]:
+    """`vp-P.R` -> (`vp-P`, R); any other label -> (label, 0)."""
+    m = NODE_LABEL.fullmatch(label)
+    return (m.group(1), int(m.group(2))) if m else (label, 0)
+
+
+def node_host_name(label: str) -> str:
+    """The name vp shows for a labelled host: rank R of `vp-P` is `vp-P-R`, as vp names the
+    node on every provider (vp/nodes.py node_name)."""
+    group, rank = split_node_label(label)
+    return f"{group}-{rank}" if rank else label
+
+
+def node_rank(host: Host) -> int:
+    """The host's rank in the multi-node run it was made for (0: rank 0, or a single host)."""
+    value = host.labels.get("node", "")
+    return int(value) if value.isdigit() else 0
 
 
 class Recorder(Protocol):
@@ -247,6 +274,21 @@ class CloudPlatform(ABC):
         ports to each other (never to the internet); a node's create fails if it cannot,
         where a single host's would carry on without."""
         self.nodes_of = group
+
+    def node_rank_of(self, name: str) -> int:
+        """The rank of a new host named `name` in the run `expect_nodes` announced (rank R
+        is named `GROUP-R`); 0 for rank 0 and for a single host."""
+        group = self.nodes_of
+        if not group or not name.startswith(group + "-"):
+            return 0
+        rest = name[len(group) + 1 :]
+        return int(rest) if rest.isdigit() else 0
+
+    def label_of(self, name: str) -> str:
+        """The label a new host named `name` carries where the label is the only field a
+        provider keeps: `name`, or for node R of `GROUP`, `GROUP.R` (split_node_label)."""
+        rank = self.node_rank_of(name)
+        return f"{self.nodes_of}.{rank}" if rank else name
 
     def project_of(self, name: str) -> str:
         """The project a new host named `name` is labelled with: a node's is its rank 0's,
@@ -391,6 +433,7 @@ class CloudPlatform(ABC):
         if host_id is None:
             self._settle_cut_launch(name, pair, cut, recorder)
         self._key_paths[host_id] = str(pair.private_path)
+        rank = self.node_rank_of(name)
         placeholder = Host(
             id=host_id,
             name=name,
@@ -399,12 +442,17 @@ class CloudPlatform(ABC):
             key_path=str(pair.private_path),
             host_key_alias=f"vp-{self.name}-{host_id}",
             created_at=time.time(),
+            labels={"node": str(rank)} if rank else {},
         )
         try:
             if recorder is not None:
                 recorder.save(placeholder)
             host = self._accepted(host_id, spec, name, pair)
-            return replace(host, key_path=host.key_path or placeholder.key_path)
+            return replace(
+                host,
+                key_path=host.key_path or placeholder.key_path,
+                labels={**placeholder.labels, **host.labels},  # a node's rank, if unlabelled
+            )
         except BaseException as exc:
             self._key_paths.pop(host_id, None)
             settle_failed_create(self, placeholder, exc, recorder)

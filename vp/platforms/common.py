@@ -4,13 +4,60 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vp.errors import HostGone, VpError
 from vp.platforms.base import GONE, RUNNING, STOPPED, Host, HostSpec, Offer
 from vp.poll import poll
+
+
+class _PerThreadStdout:
+    """sys.stdout that drops what the threads inside `quiet_stdout` write and passes the rest
+    to the real stream. contextlib.redirect_stdout swaps the one global sys.stdout: two
+    threads using it at once (the creates of `vp --nodes`) restore each other's StringIO and
+    leave it in place for good, and it swallows the other threads' output meanwhile."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.quiet: set[int] = set()
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() in self.quiet:
+            return len(text)
+        return self.real.write(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() not in self.quiet:
+            self.real.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)
+
+
+_install = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """What a provider SDK prints from this thread is dropped (the SDKs print progress and
+    tables to stdout, which is the user's command's output in vp); other threads' output is
+    untouched."""
+    with _install:
+        if not isinstance(sys.stdout, _PerThreadStdout):
+            sys.stdout = _PerThreadStdout(sys.stdout)
+        out = sys.stdout
+    me = threading.get_ident()
+    nested = me in out.quiet
+    out.quiet.add(me)
+    try:
+        yield
+    finally:
+        if not nested:
+            out.quiet.discard(me)
 
 
 def ssh_banner(host: str, port: int, timeout: float) -> bool:

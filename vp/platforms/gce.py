@@ -58,13 +58,21 @@ STATUS = {
     "PENDING_STOP": PENDING,
 }
 
-# The GPU machines vp offers, with on-demand prices: a dated data file (data/gce.toml).
-_MACHINES: list[dict] = catalog("gce")["machines"]
-# (machine type, accelerator type or None when the machine type has its GPUs built in,
-#  GPU model, GPU count, on-demand $/h in us-central1 for VM + GPUs)
-MACHINES: list[tuple[str, str | None, str, int, float]] = [
-    (m["machine_type"], m.get("accelerator"), m["gpu"], m["gpus"], m["price"]) for m in _MACHINES
-]
+
+# The GPU machines vp offers, with on-demand prices: a dated data file (data/gce.toml), read
+# on first use (config loading imports this module for its DECLARATION only).
+def _machine_rows() -> list[dict]:
+    return catalog("gce")["machines"]
+
+
+def machines() -> list[tuple[str, str | None, str, int, float]]:
+    """(machine type, accelerator type or None when the machine type has its GPUs built in,
+    GPU model, GPU count, on-demand $/h in us-central1 for VM + GPUs)"""
+    return [
+        (m["machine_type"], m.get("accelerator"), m["gpu"], m["gpus"], m["price"])
+        for m in _machine_rows()
+    ]
+
 
 DEFAULT_ZONE = "us-central1-a"
 DEFAULT_USER = "vp"
@@ -111,8 +119,8 @@ def _last(url: str | None) -> str:
 class GceSettings(CloudSettings):
     """[gce]"""
 
-    project: str | None = None
-    zone: str | None = None
+    project: str | None = setting(check="cloud_id")
+    zone: str | None = setting(check="cloud_zone")
     user: str | None = setting(check="user_name")
     image: str | None = None
     create_timeout: float | None = non_negative()
@@ -245,7 +253,7 @@ class GcePlatform(CloudPlatform):
 
     def _search(self, spec: HostSpec) -> list[Offer]:
         out = []
-        for row in _MACHINES:
+        for row in _machine_rows():
             machine, accel, gpu, count, price = (
                 row["machine_type"], row.get("accelerator"), row["gpu"], row["gpus"], row["price"]
             )  # fmt: skip
@@ -279,7 +287,7 @@ class GcePlatform(CloudPlatform):
             _last(inst.guest_accelerators[0].accelerator_type) if inst.guest_accelerators else None
         )
         gpu, count, price = None, 0, None
-        for m, a, g, c, p in MACHINES:
+        for m, a, g, c, p in machines():
             if m == machine and (a == accel or (a is None and accel is None)):
                 gpu, count, price = g, c, p
                 break
@@ -307,6 +315,7 @@ class GcePlatform(CloudPlatform):
             ssh_port=22,
             labels={
                 "project": labels.get("vp-project", ""),
+                **({"node": labels["vp-node"]} if labels.get("vp-node", "").isdigit() else {}),
                 "zone": self.zone,
                 "machine_type": machine,
                 "market": "spot"
@@ -351,7 +360,14 @@ class GcePlatform(CloudPlatform):
     # ---------------------------------------------------------------- create
 
     def _instance_body(
-        self, offer: Offer, spec: HostSpec, name: str, project: str, public_key: str, key_file: str
+        self,
+        offer: Offer,
+        spec: HostSpec,
+        name: str,
+        project: str,
+        public_key: str,
+        key_file: str,
+        rank: int = 0,
     ):
         from google.cloud import compute_v1
 
@@ -398,6 +414,7 @@ class GcePlatform(CloudPlatform):
                 "vp-project": _label(project),
                 "vp-managed": "true",
                 "vp-key": _label(key_file),
+                **({"vp-node": str(rank)} if rank else {}),  # node R of a multi-node run
             },
         )
         if accel:
@@ -498,7 +515,13 @@ class GcePlatform(CloudPlatform):
         if not instance_name[0].isalpha():
             instance_name = "vp-" + instance_name
         body = self._instance_body(
-            offer, spec, instance_name, project, key.public_key, key.private_path.name
+            offer,
+            spec,
+            instance_name,
+            project,
+            key.public_key,
+            key.private_path.name,
+            rank=self.node_rank_of(name),
         )
         try:
             op = self._instances.insert_unary(

@@ -13,7 +13,6 @@ import functools
 import re
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
 
 _MEMORY = re.compile(r"^(\d+)(?:G|GB)$")
 # Sizes GPUs are sold with, for a size written onto the model ("A10080GB").
@@ -31,6 +30,8 @@ class GpuName:
 @functools.cache
 def catalog(name: str) -> dict:
     """A dated data file under `vp/platforms/data/` (`gpus`, `aws`, `gce`), parsed."""
+    from importlib import resources  # not at import: it pulls in zipfile
+
     text = resources.files("vp.platforms").joinpath(f"data/{name}.toml").read_text()
     return tomllib.loads(text)
 

@@ -1,15 +1,15 @@
 """RunPod: GPU pods through the `runpod` SDK (GraphQL underneath).
 
-Hosts are vp's when the pod is named `vp-PROJECT`. The key pair made for each pod reaches it as
-the `PUBLIC_KEY` env var (RunPod images append it to authorized_keys); the pod is created with
-`ports="22/tcp"` and a public IP so sshd gets a public port. The SDK never reads RUNPOD_API_KEY,
-so vp sets `runpod.api_key`; it reads RUNPOD_API_BASE_URL itself on every call.
+Hosts are vp's when the pod is named `vp-PROJECT` (`vp-PROJECT.R`: node R of a multi-node run,
+shown as `vp-PROJECT-R`; vp/platforms/cloud.py split_node_label). The key pair made for each pod
+reaches it as the `PUBLIC_KEY` env var (RunPod images append it to authorized_keys); the pod is
+created with `ports="22/tcp"` and a public IP so sshd gets a public port. The SDK never reads
+RUNPOD_API_KEY, so vp sets `runpod.api_key`; it reads RUNPOD_API_BASE_URL itself on every call.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -29,8 +29,10 @@ from vp.platforms.cloud import (
     NotFound,
     Ownership,
     labelled,
+    node_host_name,
+    split_node_label,
 )
-from vp.platforms.common import describe, no_offer
+from vp.platforms.common import describe, no_offer, quiet_stdout
 from vp.settings import positive, setting
 
 # desiredStatus -> vp state (refined by `runtime`: null while the container is not up).
@@ -134,6 +136,7 @@ class RunPodPlatform(CloudPlatform):
 
     def _launch(self, offer: Offer, spec: HostSpec, name: str, key: keys.KeyPair) -> str:
         image = spec.image or self.settings.image or DEFAULT_IMAGE
+        name = self.label_of(name)
         _check_literal("pod name", name)
         _check_literal("image", image)
         _check_literal("public key", key.public_key)
@@ -192,7 +195,7 @@ class RunPodPlatform(CloudPlatform):
         return [
             str(p["id"])
             for p in pods or []
-            if p.get("name") == name and wanted in (p.get("env") or [])
+            if p.get("name") == self.label_of(name) and wanted in (p.get("env") or [])
         ]
 
     def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
@@ -285,8 +288,12 @@ class RunPodPlatform(CloudPlatform):
         }
         if pod.get("imageName"):
             labels["image"] = str(pod["imageName"])
-        if name.startswith("vp-"):
-            labels["project"] = name[3:]
+        group, rank = split_node_label(name)
+        if group.startswith("vp-"):
+            labels["project"] = group[3:]
+            if rank:
+                labels["node"] = str(rank)
+        name = node_host_name(name)
         return Host(
             id=pod_id,
             name=name,
@@ -307,7 +314,7 @@ class RunPodPlatform(CloudPlatform):
         if self._sdk_module is None:
             key = credentials.resolve(DECLARATION, self.settings)
             try:
-                with contextlib.redirect_stdout(io.StringIO()):
+                with quiet_stdout():
                     import runpod
             except ImportError:
                 raise VpError(
@@ -328,7 +335,7 @@ class RunPodPlatform(CloudPlatform):
         from runpod import error as rp_error
 
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with quiet_stdout():
                 return fn(rp)
         except rp_error.AuthenticationError:
             assert self._key is not None

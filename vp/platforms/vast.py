@@ -1,15 +1,15 @@
 """vast.ai: rent a container on the vast.ai marketplace through the `vastai` SDK.
 
-Hosts are vp's when their label is `vp-PROJECT`. Each host gets its own key pair, attached to
-that one instance (account keys would reach every later instance too). The SDK is imported
-only when a method needs it; `VAST_URL` is read here and passed as `server_url`, because the
-SDK reads it only once, at import.
+Hosts are vp's when their label is `vp-PROJECT` (`vp-PROJECT.R`: node R of a multi-node run,
+shown as `vp-PROJECT-R`; vp/platforms/cloud.py split_node_label). Each host gets its own key
+pair, attached to that one instance (account keys would reach every later instance too). The SDK
+is imported only when a method needs it; `VAST_URL` is read here and passed as `server_url`,
+because the SDK reads it only once, at import.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +29,10 @@ from vp.platforms.cloud import (
     Ownership,
     labelled,
     launch_token,
+    node_host_name,
+    split_node_label,
 )
-from vp.platforms.common import describe, no_offer
+from vp.platforms.common import describe, no_offer, quiet_stdout
 from vp.settings import setting
 
 # actual_status -> vp state. `None` is "being provisioned" in vast's own table.
@@ -138,7 +140,7 @@ class VastPlatform(CloudPlatform):
                 int(offer.id),
                 image=image,
                 disk=spec.disk_gb,
-                label=name,
+                label=self.label_of(name),
                 env={LAUNCH_ENV: launch_token(key)},  # finds it if the answer never comes
                 ssh=True,
                 direct=True,
@@ -158,7 +160,7 @@ class VastPlatform(CloudPlatform):
         return [
             str(r["id"])
             for r in rows or []
-            if r.get("label") == name and _env(r).get(LAUNCH_ENV) == token
+            if r.get("label") == self.label_of(name) and _env(r).get(LAUNCH_ENV) == token
         ]
 
     def _accepted(self, host_id: str, spec: HostSpec, name: str, key: keys.KeyPair) -> Host:
@@ -246,11 +248,14 @@ class VastPlatform(CloudPlatform):
         }
         if row.get("image_uuid"):
             labels["image"] = str(row["image_uuid"])
-        if label.startswith("vp-"):
-            labels["project"] = label[3:]
+        group, rank = split_node_label(label)
+        if group.startswith("vp-"):
+            labels["project"] = group[3:]
+            if rank:
+                labels["node"] = str(rank)
         return Host(
             id=iid,
-            name=label or f"vast-{iid}",
+            name=node_host_name(label) or f"vast-{iid}",
             platform="vast",
             status=status,
             gpu=row.get("gpu_name"),
@@ -286,7 +291,7 @@ class VastPlatform(CloudPlatform):
                 raise VpError(
                     "the vast platform needs the vastai package", hint=EXTRA_HINT
                 ) from None
-            with contextlib.redirect_stdout(io.StringIO()):
+            with quiet_stdout():
                 self._client = VastAI(api_key=key.value, server_url=self.url, retry=3)
         return self._client
 
@@ -296,7 +301,7 @@ class VastPlatform(CloudPlatform):
 
         client = self._sdk()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with quiet_stdout():
                 return fn(client)
         except requests.HTTPError as exc:
             raise _http_error(what, exc.response, self._key) from None

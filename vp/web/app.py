@@ -372,11 +372,19 @@ def _lifespan(forwards: proxy.AppForwards):
     async def lifespan(app: Starlette):
         import httpx
 
-        app.state.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=30))
+        timeout = httpx.Timeout(None, connect=30)
+        # The proxy's own connections to host apps: never a proxy from the environment
+        # (HTTP_PROXY would see every request and the apps' answers) and no .netrc.
+        app.state.http = httpx.AsyncClient(timeout=timeout, trust_env=False)
+        # A retry after an app dropped a kept-alive connection goes out on a new one.
+        app.state.http_fresh = httpx.AsyncClient(
+            timeout=timeout, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         try:
             yield
         finally:
             await app.state.http.aclose()
+            await app.state.http_fresh.aclose()
             await run_in_threadpool(forwards.close)
 
     return lifespan

@@ -1,14 +1,13 @@
 """The page's one door into vp: hosts, runs, logs and keep-alive, over the code the CLI uses.
 
-Host listing and actions, the run list and starting a run go through the `vp` command line
-itself (`vp -o json ls`, `vp start NAME`, `vp --detach CMD`, ...), run in the project's folder
-with the options `vp ui` was given: the JSON the API returns is the CLI's JSON by construction,
-and a run started from the page is exactly `vp --detach` (its own process, so the pipeline's
-prompts, stdout and signal handling never touch the server). Logs, keep-alive and the app
-proxy need the project's live connection, and use the same host service (`vp.lifecycle`) and ssh
-transport as every command, in process.
+Hosts are listed, started, stopped and destroyed by the host-lifecycle service the commands
+call (`vp.lifecycle`), and hosts and runs become JSON through the record builders `vp ls` and
+`vp runs` render (`vp.records`): the API's JSON is the CLI's JSON by construction, with no
+second implementation. Logs, keep-alive and the app proxy use the same service and ssh
+transport, in process. Only starting a run is a `vp --detach` child process (`start_run`).
 
-Everything here blocks; the app calls it from a worker thread.
+Everything here blocks (provider APIs, ssh round trips, waiting for a host to stop); the app
+calls it from a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from vp import idle, remote, secretstore
+from vp import idle, lifecycle, records, remote, secretstore
 from vp.config import Config
 from vp.errors import VpError
 from vp.lifecycle import resolve, transport_for
@@ -40,7 +40,7 @@ CLI_TIMEOUT = 900.0  # a first create or a big first upload takes minutes
 
 
 class CoreError(VpError):
-    """A failed vp command, with the HTTP status the API answers with."""
+    """A failed vp operation, with the HTTP status the API answers with."""
 
     def __init__(self, message: str, hint: str | None = None, status: int = 400):
         super().__init__(message, hint=hint)
@@ -57,11 +57,22 @@ class Project:
     _keepalive: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def load(self) -> Config:
+    def load(self, platform: str | None = None) -> Config:
         from vp import config
 
-        overrides = {"host": {"platform": self.platform}} if self.platform else {}
+        chosen = platform or self.platform
+        overrides = {"host": {"platform": chosen}} if chosen else {}
         return config.load(config_path=self.config, overrides=overrides, cwd=self.cwd)
+
+    def command_config(self, platform: str | None = None) -> Config:
+        """The config a command would load (`vp -p PLATFORM ...`), including what every
+        command does first on a project: destroy hosts stopped past
+        `[host] destroy_after_stopped` (vp.guard.sweep_stopped)."""
+        from vp.guard import sweep_stopped
+
+        cfg = self.load(platform)
+        sweep_stopped(cfg, UI(quiet=True, output="json"))
+        return cfg
 
     def globals(self, platform: str | None = None) -> list[str]:
         out: list[str] = []
@@ -72,15 +83,25 @@ class Project:
         return out
 
 
+def _ui() -> UI:
+    """What a command run with `-o json` says: nothing on stdout; warnings on the server's
+    stderr (its log); no spinner, no prompt."""
+    return UI(quiet=True, output="json")
+
+
+def as_json(data: Any) -> Any:
+    """`data` exactly as `vp -o json` prints it (vp.output.render: unknown types as str)."""
+    return json.loads(json.dumps(data, default=str))
+
+
 def cli(project: Project, *args: str, platform: str | None = None) -> str:
     """Run `vp GLOBALS ARGS` in the project; its stdout, or a CoreError with its own message."""
     argv = [sys.executable, "-m", "vp", "-q", *project.globals(platform), *args]
-    env = {**os.environ, "VP_UI_CHILD": "1"}
     try:
         proc = subprocess.run(
             argv,
             cwd=project.cwd,
-            env=env,
+            env=dict(os.environ),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=CLI_TIMEOUT,
@@ -116,16 +137,22 @@ def platforms(project: Project, cfg: Config) -> list[str]:
     return names
 
 
+def host_rows(project: Project, platform: str | None = None) -> list[dict]:
+    """`vp -p PLATFORM -o json ls` (after `Project.command_config`'s sweep): the lifecycle's
+    listing as `vp ls` records."""
+    cfg = project.load(platform)
+    state = State()
+    hosts = lifecycle.list_hosts(cfg, state)
+    facts = records.listed_billing(hosts, state)
+    return as_json([records.host_json(h, billing=b) for h, b in zip(hosts, facts, strict=True)])
+
+
 def list_hosts(project: Project) -> list[dict]:
-    """`vp -p P -o json ls` for each platform, side by side (each row names its platform)."""
-    cfg = project.load()
-    names = platforms(project, cfg)
-
-    def one(name: str) -> list[dict]:
-        return json.loads(cli(project, "-o", "json", "ls", platform=name) or "[]")
-
+    """`vp -p P -o json ls` for each platform, side by side (each row names its platform);
+    the providers are asked at once."""
+    names = platforms(project, project.command_config())  # the sweep once, not per thread
     with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
-        return [row for rows in pool.map(one, names) for row in rows]
+        return [row for rows in pool.map(lambda n: host_rows(project, n), names) for row in rows]
 
 
 def spend() -> dict:
@@ -136,29 +163,50 @@ def spend() -> dict:
     return totals(State())
 
 
-HOST_ACTIONS = {"start": ("start",), "stop": ("stop",), "down": ("down", "--yes")}
+HOST_ACTIONS = ("start", "stop", "down")
 
 
 def host_action(project: Project, name: str, action: str, platform: str | None) -> None:
-    """`vp start|stop|down NAME` on the platform the page listed the host on."""
-    cfg = project.load()
-    if platform is not None and platform not in platforms(project, cfg):
+    """`vp start|stop|down --yes NAME` on the platform the page listed the host on: the same
+    lifecycle calls those commands make."""
+    if platform is not None and platform not in platforms(project, project.load()):
         raise CoreError(f"no platform {platform!r} in this project", status=404)
-    if not name or name.startswith("-"):  # a name, never an option of the command
-        raise CoreError(f"no host {name!r}", status=404)
-    verb, *rest = HOST_ACTIONS[action]
-    cli(project, verb, name, *rest, platform=platform)
+    if not name:
+        raise CoreError("no host named", status=404)
+    cfg = project.command_config(platform)
+    state, ui = State(), _ui()
+    if action == "start":
+        lifecycle.start(cfg, state, ui, name)
+    elif action == "stop":
+        for result in lifecycle.stop(cfg, state, ui, name):
+            if not result.done:
+                ui.warn(
+                    f"{result.host.name} was still stopping after {lifecycle.STOP_TIMEOUT:.0f}s"
+                )
+    elif action == "down":
+        lifecycle.down(cfg, state, ui, name)
+    else:
+        raise CoreError(f"no host action {action!r}", status=404)
 
 
 # ------------------------------------------------------------------------------ runs
 
 
 def list_runs(project: Project, limit: int = 50) -> list[dict]:
-    return json.loads(cli(project, "-o", "json", "runs", "-n", str(limit)) or "[]")
+    """`vp -o json runs -n LIMIT`: the project's runs from the state DB as `vp runs` records."""
+    runs = State().runs(project.load().project, limit=limit)
+    return as_json([records.run_json(r) for r in runs])
 
 
 def start_run(project: Project, command: str) -> str:
-    """`vp --detach COMMAND` (one string: shell text on the host, as `vp "a && b"`)."""
+    """`vp --detach COMMAND` (one string: shell text on the host, as `vp "a && b"`).
+
+    This one stays a child process: the run pipeline (vp.run.execute) is made for a command's
+    own process. It takes over SIGINT for Ctrl-C (only the main thread may), asks on stdin
+    when a sync looks wrong (here stdin is /dev/null, so it refuses as `vp --detach` does in
+    a script instead of prompting on the server's terminal), prints to stdout and stderr, and
+    may run for minutes (create, build, upload). As a child it is exactly `vp --detach`,
+    and nothing it does can stall or kill the server."""
     if not command.strip():
         raise CoreError("no command given", hint="e.g. python train.py")
     out = cli(project, "--detach", "run", "--", command)

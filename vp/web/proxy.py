@@ -7,6 +7,13 @@ still works: the prefix is stripped on the way in, `Location` headers, cookie pa
 root-relative links in HTML are prefixed on the way out, and `X-Forwarded-Prefix` tells apps
 that honour it. vp's own cookie and the Authorization header never reach the host (a rented
 host is untrusted), and a host cannot set or clear vp's session cookie.
+
+Many apps close a connection after an answer, or when idle, without saying so; through a
+forward that close reaches vp late, so the next request can go out on a connection that is
+already closing and come back with nothing. A GET, HEAD or OPTIONS without a body is then
+asked again on a new connection, as nginx does, instead of failing as a 502 (a page whose
+script failed that way never opened its WebSocket). These connections go to loopback: a
+proxy from the environment (HTTP_PROXY, ALL_PROXY) never carries them.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ WS_SKIP = (
         "origin",
     }
 )
+# Sent again on a new connection when the app dropped the reused one before answering.
+REPLAYABLE = {"GET", "HEAD", "OPTIONS"}
 ROOT_LINK = re.compile(rb"""(\s(?:src|href|action)\s*=\s*["'])/(?!/)""", re.IGNORECASE)
 
 
@@ -159,7 +168,16 @@ async def http(request, forwards: AppForwards, name: str, path: str, touch: Call
         content=request.stream() if has_body else None,
     )
     try:
-        resp = await client.send(req, stream=True)
+        try:
+            resp = await client.send(req, stream=True)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            if has_body or request.method not in REPLAYABLE:
+                raise
+            # The app closed the pooled connection as this request went out on it: ask again
+            # on a new one (what nginx does for an idempotent request).
+            fresh: httpx.AsyncClient = request.app.state.http_fresh
+            retry = fresh.build_request(req.method, req.url, headers=req.headers)
+            resp = await fresh.send(retry, stream=True)
     except httpx.HTTPError as exc:
         return JSONResponse({"error": f"app {name} did not answer: {exc}"}, status_code=502)
     headers: list[tuple[str, str]] = []
@@ -220,6 +238,7 @@ async def websocket(ws, forwards: AppForwards, name: str, path: str, touch_loop)
             subprotocols=protocols or None,  # type: ignore[arg-type]
             max_size=None,
             open_timeout=30,
+            proxy=None,  # the forward is on loopback: never through HTTP_PROXY/ALL_PROXY
         )
     except (OSError, InvalidHandshake, TimeoutError):
         await ws.close(code=1011)
