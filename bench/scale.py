@@ -5,6 +5,7 @@ concurrent `vp sh -c 'echo i; exit i%5'` on one host whose sshd allows MaxSessio
 Each tree size gets a fresh project; vp and raw are interleaved (order flips every round).
 
     .venv/bin/python bench/scale.py [--sizes 1000,10000,100000] [--reps 3] [--concurrent 50]
+                                    [--warm-only]
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def make_tree(root, files: int) -> int:
     return total
 
 
-def one_size(files: int, reps: int) -> dict[str, float]:
+def one_size(files: int, reps: int, warm_only: bool = False) -> dict[str, float]:
     with Bench() as b:
         size = make_tree(b.project, files)
         check(b.vp("--sync-only"), "vp --sync-only (warm-up)")
@@ -45,7 +46,11 @@ def one_size(files: int, reps: int) -> dict[str, float]:
         def raw_initial() -> None:
             check(b.raw_rsync(b.project, b.fresh_workdir(), sock), "rsync -a (initial)")
 
-        initial = interleaved({"vp": vp_initial, "raw": raw_initial}, reps)
+        initial = (
+            {"vp": [float("nan")], "raw": [float("nan")]}
+            if warm_only
+            else interleaved({"vp": vp_initial, "raw": raw_initial}, reps)
+        )
         for d in b.remote.iterdir():
             shutil.rmtree(d, ignore_errors=True)
         b.set_workdir(b.fresh_workdir())
@@ -115,6 +120,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrent", default="50")
+    ap.add_argument("--warm-only", action="store_true", help="skip the initial upload comparison")
     args = ap.parse_args()
     load = "/".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"== scale  (loopback; {args.reps} reps, {os.cpu_count()} cores, load {load})")
@@ -123,7 +129,7 @@ def main() -> None:
         f"{'warm vp true / ssh true':>40} | sessions"
     )
     for files in [int(x) for x in args.sizes.split(",") if x]:
-        r = one_size(files, args.reps if files < 100_000 else max(1, args.reps - 1))
+        r = one_size(files, args.reps if files < 100_000 else max(1, args.reps - 1), args.warm_only)
         up = r["up_vp"] / r["up_raw"]
         over = r["warm_vp"] - r["warm_raw"]
         print(

@@ -18,7 +18,10 @@ from tests.conftest import VP, VpEnv
 from tests.sshhost import SshHost
 from vp import cli, fastpath, options, output
 from vp.ssh import MASTERS
+from vp.state import State
+from vp.sync import walkcache
 from vp.sync.ignore import IgnoreRules
+from vp.sync.transfer import Manifest
 from vp.sync.walkcache import cached_walk
 
 # -- dispatch fast path -------------------------------------------------------------------------
@@ -187,6 +190,198 @@ def test_an_ignore_rule_change_invalidates_the_cache(tmp_path: Path) -> None:
     _age(root / ".vpignore")
     _age(root)
     assert ".env" in _walk(root, cache)
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["one-thread", "threads"])
+def test_the_walk_cache_vouches_for_a_manifest_only_while_nothing_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: bool
+) -> None:
+    if threads:  # the check of a big tree, from several threads, on this small one
+        monkeypatch.setattr(walkcache, "PARALLEL_FROM", 0)
+        monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    root, cache = tmp_path / "p", tmp_path / "cache"
+    root.mkdir()
+    _old_tree(root)
+    rules = IgnoreRules.for_project(root)
+
+    def walk() -> walkcache.Walk:
+        found = walkcache.walk(rules, root, cache)
+        assert found.lists() == _fresh(root)
+        return found
+
+    first = walk()
+    assert not first.unchanged  # cold
+    first.vouch("s1")
+    first.save()
+    warm = walk()
+    assert warm.unchanged and warm.vouches("s1")
+    assert not warm.vouches("s2") and not warm.vouches("")
+
+    # an in-place edit, same size, mtime put back: no longer vouched, and not afterwards
+    target = root / "sub/deep/c.py"
+    st = target.stat()
+    target.write_text("SUB/DEEP/C.PY")
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edited = walk()
+    assert not edited.unchanged and not edited.vouches("s1")
+    edited.save()
+    assert walk().unchanged and not walk().vouches("s1")
+
+    # each kind of change breaks the vouch: a new empty directory (its parent made to look
+    # untouched), a deleted file, a file replaced by a link
+    def vouched_then(change) -> None:
+        found = walk()
+        found.vouch("s")
+        found.save()
+        assert walk().vouches("s")
+        change()
+        changed = walk()
+        assert not changed.unchanged and not changed.vouches("s")
+        changed.save()
+
+    def new_dir() -> None:
+        (root / "sub/new").mkdir()
+        _age(root / "sub")
+
+    vouched_then(new_dir)
+    vouched_then(lambda: (root / "a.py").unlink())
+    vouched_then(lambda: ((root / "sub/b.py").unlink(), (root / "sub/b.py").symlink_to("x")))
+
+
+def test_a_directory_listed_again_for_its_recent_mtime_keeps_the_vouch(tmp_path: Path) -> None:
+    """A directory changed within a granule of the cache's walk is listed again; holding
+    exactly what the cache says, nothing changed, and the manifest stays vouched for."""
+    root, cache = tmp_path / "p", tmp_path / "cache"
+    root.mkdir()
+    (root / "a.py").write_text("a")
+    _age(root / "a.py")
+    rules = IgnoreRules.for_project(root)
+    first = walkcache.walk(rules, root, cache)  # the root's mtime is recent: listed again
+    first.vouch("s1")
+    first.save()
+    again = walkcache.walk(rules, root, cache)
+    assert again.unchanged and again.vouches("s1")
+
+
+def test_a_corrupt_walk_cache_is_a_cold_walk(tmp_path: Path) -> None:
+    root, cache = tmp_path / "p", tmp_path / "cache"
+    root.mkdir()
+    _old_tree(root)
+    rules = IgnoreRules.for_project(root)
+    found = walkcache.walk(rules, root, cache)
+    found.vouch("s1")
+    found.save()
+    import marshal
+
+    data = marshal.loads(cache.read_bytes())
+    data["dirs"][""] = (1, 2, 3, 4, 5, 6)  # not a record
+    cache.write_bytes(marshal.dumps(data))
+    again = walkcache.walk(rules, root, cache)
+    assert not again.vouches("s1") and again.lists() == _fresh(root)
+
+
+def test_a_manifest_reads_its_file_tables_only_when_asked(tmp_path: Path) -> None:
+    state = State(tmp_path / "state.db")
+    key = ("h", "/root", "/w")
+    saved = Manifest(files={"a": [1, 2, 0, 3]}, uploaded={"a": [1, 2, 0, 3]}, t=5, stamp="s1")
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    head = state.manifest_head(*key)
+    assert head == {"clean": True, "stamp": "s1", "t": 5}
+    reads: list[int] = []
+
+    def load() -> dict | None:
+        reads.append(1)
+        return state.manifest(*key)
+
+    lazy = Manifest.from_head(head, load)
+    assert lazy.clean and lazy.stamp == "s1" and not lazy.loaded and not reads
+    assert lazy.files == {"a": [1, 2, 0, 3]} and lazy.loaded and reads == [1]
+
+    # another vp saved meanwhile: the whole newer manifest is taken, never its tables
+    # under the older head
+    lazy = Manifest.from_head(head, load)
+    newer = Manifest(files={}, clean=False, t=9, stamp="s2")
+    state.save_manifest(*key, newer.to_json(), newer.head())
+    assert lazy.files == {} and not lazy.clean and lazy.t == 9 and lazy.stamp == "s2"
+
+    # a row saved by a vp that kept no head is read whole, and so is one an older vp
+    # wrote over (its head goes with the old row)
+    state.save_manifest(*key, saved.to_json())
+    assert state.manifest_head(*key) is None
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    state.db.execute(
+        "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data) VALUES (?,?,?,?)",
+        (*key, "{}"),
+    )
+    assert state.manifest_head(*key) is None
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    state.db.execute("UPDATE manifests SET data='{}'")
+    assert state.manifest_head(*key) is None
+    state.save_manifest(*key, saved.to_json(), saved.head())
+    state.forget_host("h")
+    assert state.manifest_head(*key) is None and state.manifest(*key) is None
+
+
+def _set_manifest_data(vp_env: VpEnv, data: str) -> str:
+    db = vp_env.home / ".local/state/vp/state.db"
+    with sqlite3.connect(db) as conn:
+        (old,) = conn.execute("SELECT data FROM manifests").fetchone()
+        heads = conn.execute("SELECT * FROM manifest_heads").fetchall()
+        assert heads
+        conn.execute("UPDATE manifests SET data=?", (data,))  # drops the head (trigger)
+        conn.executemany("INSERT INTO manifest_heads VALUES (?,?,?,?)", heads)
+    return old
+
+
+def test_a_warm_call_the_cache_vouches_for_reads_no_file_table(
+    ssh_project: VpEnv, remote_workdir: Path
+) -> None:
+    """The warm no-change call neither parses the manifest's file tables nor builds the
+    walk's (they cost ~0.6 s at 100k files): with the tables unreadable it still runs. Then
+    every kind of change is still sent."""
+    p = ssh_project.project
+    (p / "data").mkdir()
+    for name in ("data/x.txt", "y.txt", "gone.txt"):
+        (p / name).write_text(name)
+    for path in (p / "data/x.txt", p / "y.txt", p / "gone.txt", p / "data", p):
+        _age(path)
+    assert ssh_project.run("true").returncode == 0  # the upload: vouched for at once
+    good = _set_manifest_data(ssh_project, "not json")
+    r = ssh_project.run("true")
+    assert r.returncode == 0, r.stderr
+    _set_manifest_data(ssh_project, good)
+
+    # same size, in place, mtime put back: sent
+    st = (p / "data/x.txt").stat()
+    (p / "data/x.txt").write_text("DATA/X.TXT")
+    os.utime(p / "data/x.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = ssh_project.run("cat", "data/x.txt")
+    assert r.returncode == 0 and r.stdout == "DATA/X.TXT", r.stderr
+
+    # deleted here: deleted there
+    (p / "gone.txt").unlink()
+    _age(p)
+    r = ssh_project.run("true")
+    assert r.returncode == 0 and not (remote_workdir / "gone.txt").exists(), r.stderr
+
+    # a new empty directory, then a file in it
+    (p / "data/new").mkdir()
+    assert ssh_project.run("true").returncode == 0
+    (p / "data/new/z.txt").write_text("z")
+    r = ssh_project.run("cat", "data/new/z.txt")
+    assert r.returncode == 0 and r.stdout == "z", r.stderr
+
+    # replaced by a file of the same size and the same whole-second mtime
+    now = int(time.time())
+    os.utime(p / "y.txt", (now, now))
+    assert ssh_project.run("cat", "y.txt").stdout == "y.txt"
+    assert ssh_project.run("true").returncode == 0
+    replacement = p / "y.tmp"
+    replacement.write_text("Y.TXT")
+    os.utime(replacement, (now, now))
+    os.replace(replacement, p / "y.txt")
+    r = ssh_project.run("cat", "y.txt")
+    assert r.returncode == 0 and r.stdout == "Y.TXT", r.stderr
 
 
 def _manifest(vp_env: VpEnv) -> dict:

@@ -61,8 +61,9 @@ def puller(ws: Workspace, ui: UI) -> contextlib.AbstractContextManager:
 
 @contextlib.contextmanager
 def _pulling(ws: Workspace, ui: UI, folder: str, interval: float) -> Iterator[None]:
-    # The manifest is read and written here, in the caller's thread: the state DB connection
-    # belongs to it. The thread works on this copy only.
+    # The manifest is written here, in the caller's thread. The thread works on this copy
+    # only; its file tables are read (State is safe across threads) when a pull first needs
+    # them, so a run that pulls nothing reads and writes none.
     manifest = ws.manifest()
     stop = threading.Event()
 
@@ -82,7 +83,8 @@ def _pulling(ws: Workspace, ui: UI, folder: str, interval: float) -> Iterator[No
     finally:
         stop.set()
         thread.join(timeout=60)
-        ws.save_manifest(manifest)
+        if manifest.loaded:  # its tables are read when a pull places a file, not before
+            ws.save_manifest(manifest)
 
 
 def pull(ws: Workspace, ui: UI, folder: str, manifest) -> int:

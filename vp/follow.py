@@ -107,6 +107,7 @@ def follow(
     interruptible: bool = True,
     host_gone: Callable[[], str | None] | None = None,
     view: LogView | None = None,
+    session: subprocess.Popen[bytes] | None = None,
 ) -> FollowResult:
     """Run `first_script` (launch+follow, or only follow when `launched`) until the run ends.
 
@@ -114,6 +115,7 @@ def follow(
     while reconnecting fails, says why the host can never answer again (the provider destroyed
     or stopped it) or None: then vp stops at once instead of waiting out `reconnect_timeout`.
     `view` masks secrets and shows a setup's output on stderr (default: no masking).
+    `session`: an early session (vp.transport.EarlySession) for `first_script`.
     """
     view = view or LogView(out or sys.stdout.buffer, sys.stderr.buffer)
     try:
@@ -129,6 +131,7 @@ def follow(
             launched=launched,
             interruptible=interruptible,
             host_gone=host_gone,
+            session=session,
         )
     finally:
         view.close()
@@ -147,6 +150,7 @@ def _follow(
     launched: bool,
     interruptible: bool,
     host_gone: Callable[[], str | None] | None,
+    session: subprocess.Popen[bytes] | None = None,
 ) -> FollowResult:
     offset = 0
     script = first_script
@@ -158,7 +162,7 @@ def _follow(
     result = FollowResult()
     with _Interrupts() as intr:
         while True:
-            proc = transport.popen(script)
+            proc, session = transport.popen(script, session), None
             err: list[bytes] = []
             drain = threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True)
             drain.start()

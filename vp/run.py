@@ -27,11 +27,12 @@ from vp.sync.transfer import (
     RemoteChange,
     UploadResult,
     download,
+    new_stamp,
     parse_changes,
     plan_download,
     upload,
 )
-from vp.transport import LocalTransport, Transport
+from vp.transport import EarlySession, LocalTransport, Transport
 from vp.ui import UI, ByteProgress
 
 
@@ -90,10 +91,22 @@ class Workspace:
         return control_files(self.cfg)
 
     def manifest(self) -> Manifest:
-        return Manifest.from_json(self.state.manifest(self.host.key, str(self.root), self.workdir))
+        """The manifest; its file tables are read only when used (a warm call that the walk
+        cache vouches for never does)."""
+        key = (self.host.key, str(self.root), self.workdir)
+        head = self.state.manifest_head(*key)
+        if head is None:
+            return Manifest.from_json(self.state.manifest(*key))
+        return Manifest.from_head(head, lambda: self.state.manifest(*key))
 
-    def save_manifest(self, manifest: Manifest) -> None:
-        self.state.save_manifest(self.host.key, str(self.root), self.workdir, manifest.to_json())
+    def save_manifest(self, manifest: Manifest, *, stamped: bool = False) -> None:
+        """Save under a new stamp, or with `stamped` under the one it carries (an upload's,
+        which the walk cache may already vouch for: vp/sync/transfer.py `upload`)."""
+        if not stamped or not manifest.stamp:
+            manifest.stamp = new_stamp()
+        self.state.save_manifest(
+            self.host.key, str(self.root), self.workdir, manifest.to_json(), manifest.head()
+        )
 
 
 def ignore_rules(cfg: Config) -> IgnoreRules:
@@ -155,9 +168,14 @@ def open_workspace(
 
 
 def sync_up(
-    ws: Workspace, ui: UI, yes: bool = False, say: Callable[[str], None] | None = None
+    ws: Workspace,
+    ui: UI,
+    yes: bool = False,
+    say: Callable[[str], None] | None = None,
+    before_send: Callable[[], None] = lambda: None,
 ) -> UploadResult:
-    """Upload what changed since the last upload; `say` (default `ui.info`) hears each step."""
+    """Upload what changed since the last upload; `say` (default `ui.info`) hears each step,
+    `before_send()` is called before anything is sent."""
     previous = ws.manifest()
     ws.maybe_pending = bool(previous.pending)
     result, manifest = upload(
@@ -170,11 +188,12 @@ def sync_up(
         progress=lambda label, total: ByteProgress(ui, label, total),
         confirm=lambda files, nbytes: confirm_first_upload(ws.cfg, files, nbytes, assume_yes=yes),
         walk_cache=walk_cache_file(ws.root),
+        before_send=before_send,
     )
     if result.skipped:
         ui.debug("workspace unchanged since the last upload; not syncing")
     else:
-        ws.save_manifest(manifest)
+        ws.save_manifest(manifest, stamped=True)
         if result.deleted:
             ui.debug(f"removed {result.deleted} file(s) on the host that you deleted locally")
     return result
@@ -340,8 +359,12 @@ def _execute_once(
             command = prepared.command
         setup_text, image = prepared.setup, prepared.image
         env.update(prepared.env)
+    early = None
+    if opts.sync and not opts.sync_only and not opts.detach and not ws.transport.is_local:
+        # The run's session opens while the workspace is checked (vp.transport.EarlySession).
+        early = EarlySession(ws.transport)
     if opts.sync:
-        sync_up(ws, ui, yes=opts.yes)
+        sync_up(ws, ui, yes=opts.yes, before_send=early.cancel if early else lambda: None)
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.
@@ -430,6 +453,7 @@ def _execute_once(
                 host_gone=lambda: host_gone(cfg, state, ws.host),
                 view=view,
                 changes=not opts.setup_only,
+                session=early.take() if early else None,
             )
     except HostGone as exc:
         state.finish_run(run_id, None, "preempted")

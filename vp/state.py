@@ -145,6 +145,32 @@ class State:
                 self._x(statement)
             self._x(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._add_columns("runs", {"attempt": "INTEGER DEFAULT 1", "parent": "TEXT"})
+        self._manifest_heads()
+
+    def _manifest_heads(self) -> None:
+        """A manifest's head (clean, pending, t, stamp: vp/sync/transfer.py) in a table of its
+        own, so a warm call reads a few bytes, not megabytes of JSON (nor the overflow pages
+        a column stored after them would sit behind). Any write of the manifest row, by this
+        vp or by one that knows no heads, drops its head by trigger: a head is never stale,
+        at worst missing (then the whole manifest is read)."""
+        if self._x("SELECT 1 FROM sqlite_master WHERE name='manifest_heads'").fetchone():
+            return
+        key = "host_key={0}.host_key AND root={0}.root AND workdir={0}.workdir"
+        for statement in (
+            "CREATE TABLE IF NOT EXISTS manifest_heads (host_key TEXT, root TEXT, "
+            "workdir TEXT, head TEXT NOT NULL, PRIMARY KEY (host_key, root, workdir))",
+            "CREATE TRIGGER IF NOT EXISTS manifest_written AFTER INSERT ON manifests BEGIN "
+            f"DELETE FROM manifest_heads WHERE {key.format('NEW')}; END",
+            "CREATE TRIGGER IF NOT EXISTS manifest_changed AFTER UPDATE ON manifests BEGIN "
+            f"DELETE FROM manifest_heads WHERE {key.format('OLD')}; END",
+            "CREATE TRIGGER IF NOT EXISTS manifest_gone AFTER DELETE ON manifests BEGIN "
+            f"DELETE FROM manifest_heads WHERE {key.format('OLD')}; END",
+        ):
+            try:
+                self._x(statement)
+            except sqlite3.OperationalError as exc:  # another vp made it just now
+                if "already exists" not in str(exc):
+                    raise
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -371,8 +397,25 @@ class State:
         ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def save_manifest(self, host_key: str, root: str, workdir: str, data: dict) -> None:
+    def manifest_head(self, host_key: str, root: str, workdir: str) -> dict | None:
+        """The manifest's head alone; None when there is no manifest, or it was saved by a
+        vp that kept no head (then read the whole one)."""
+        row = self._x(
+            "SELECT head FROM manifest_heads WHERE host_key=? AND root=? AND workdir=?",
+            (host_key, root, workdir),
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save_manifest(
+        self, host_key: str, root: str, workdir: str, data: dict, head: dict | None = None
+    ) -> None:
         self._x(
             "INSERT OR REPLACE INTO manifests(host_key, root, workdir, data) VALUES (?,?,?,?)",
             (host_key, root, workdir, json.dumps(data, separators=(",", ":"))),
         )
+        if head is not None:  # after the row: its trigger dropped the old head
+            self._x(
+                "INSERT OR REPLACE INTO manifest_heads(host_key, root, workdir, head) "
+                "VALUES (?,?,?,?)",
+                (host_key, root, workdir, json.dumps(head, separators=(",", ":"))),
+            )

@@ -77,9 +77,12 @@ class Transport:
             start_new_session=True,
         )
 
-    def popen(self, script: str) -> subprocess.Popen[bytes]:
-        """Start a long script (the run follower); the caller reads stdout as it comes."""
-        proc = subprocess.Popen(
+    def popen(
+        self, script: str, session: subprocess.Popen[bytes] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a long script (the run follower); the caller reads stdout as it comes.
+        `session`: one `EarlySession` opened already, to run it in."""
+        proc = session or subprocess.Popen(
             self.shell_argv(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -128,6 +131,42 @@ class Transport:
         on_fallback()
         tar()
         return None
+
+
+class EarlySession:
+    """`sh -s` on the host, started before its script is known. Its set-up (a channel on the
+    shared connection, the login shell's start-up files: most of a raw `ssh host true`) then
+    overlaps vp's own work before a run, such as the no-change check of a big project; the
+    run's launch script goes into it (`take`, then `Transport.popen(script, session)`).
+
+    `cancel` ends it unused (before an upload, so one vp never holds two sessions of its
+    master's slots; or when the run does not happen). Unused at exit, it ends by itself:
+    its stdin closes with vp, and `sh -s` reads an empty script."""
+
+    def __init__(self, transport: Transport):
+        transport.ensure()
+        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            transport.shell_argv(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        proc, self._proc = self._proc, None
+        return proc
+
+    def cancel(self) -> None:
+        proc = self.take()
+        if proc is None:
+            return
+        proc.terminate()  # the mux client goes, and the master closes the channel
+        try:
+            proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:

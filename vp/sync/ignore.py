@@ -187,8 +187,9 @@ class IgnoreRules:
         self.scan(root, out)
         return out
 
-    def scan(self, root: Path, out: dict[str, Entry], dirs: dict | None = None) -> None:
-        """The walk itself. With `dirs`, also record every directory walked (`list_dir`)."""
+    def scan(self, root: Path, out: dict[str, Entry] | None, dirs: dict | None = None) -> None:
+        """The walk itself, into `out`. With `dirs`, also record every directory walked
+        (`list_dir`)."""
         try:
             root_dev = os.stat(root).st_dev
         except OSError:
@@ -205,11 +206,11 @@ class IgnoreRules:
             stack.extend(prefix + name for name in record[4])
 
     def list_dir(
-        self, root: str, rel_dir: str, root_dev: int, out: dict[str, Entry]
+        self, root: str, rel_dir: str, root_dev: int, out: dict[str, Entry] | None = None
     ) -> tuple | None:
-        """Add the synced files of one directory to `out`; return its record
-        (mtime_ns, ino, dev, [synced file names], [subdir names to walk]), or None when it
-        cannot be read."""
+        """List one directory; return its record (mtime_ns, ino, dev, [synced file names],
+        [subdir names to walk], [(size, mtime_ns, ctime_ns, is_link) of each synced file]),
+        or None when it cannot be read. With `out`, also add its synced files' entries."""
         directory = os.path.join(root, rel_dir) if rel_dir else root
         try:
             dst = os.lstat(directory) if rel_dir else os.stat(directory)
@@ -218,6 +219,7 @@ class IgnoreRules:
             return None
         files: list[str] = []
         subdirs: list[str] = []
+        stats: list[tuple] = []
         for entry in entries:
             rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
             try:
@@ -231,9 +233,12 @@ class IgnoreRules:
                     subdirs.append(entry.name)
             elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                 if not self._match(rel):
-                    out[rel] = Entry.of(st)
+                    link = stat.S_ISLNK(st.st_mode)
+                    if out is not None:
+                        out[rel] = Entry(st.st_size, st.st_mtime_ns, link, st.st_ctime_ns)
                     files.append(entry.name)
-        return (dst.st_mtime_ns, dst.st_ino, dst.st_dev, files, subdirs)
+                    stats.append((st.st_size, st.st_mtime_ns, st.st_ctime_ns, int(link)))
+        return (dst.st_mtime_ns, dst.st_ino, dst.st_dev, files, subdirs, stats)
 
 
 # Kernel and virtual filesystems: their files are not data, and reading some never ends.

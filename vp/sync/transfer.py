@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vp.errors import ConnectionFailed, VpError
 from vp.output import human_size
-from vp.sync import tarpipe
+from vp.sync import tarpipe, walkcache
 from vp.sync.ignore import Entry, IgnoreRules
 from vp.sync.place import DirWalker, Unsafe, lstat_at, same_at, sanitize_staged
 from vp.sync.rsync import files_from, run_rsync
@@ -40,7 +40,6 @@ def _no_progress(_label: str, _total: int) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext(None)
 
 
-@dataclass
 class Manifest:
     """What both sides agree on: files vp uploaded or downloaded, with local size and mtime.
 
@@ -48,26 +47,100 @@ class Manifest:
     on the host (because it was deleted here) only while its agreed entry is still that
     upload's: a result the run made and vp downloaded is never in it, and a file the host
     changed and vp brought back no longer matches it. Results are the host's to keep.
+
+    The file tables of a big project are megabytes of JSON: a manifest read from the state
+    database holds only its head (`clean`, `pending`, `t`, `stamp`) until `files` or
+    `uploaded` is asked for. `stamp` is new on every save (`Workspace.save_manifest`), so it
+    names one exact manifest: the walk cache vouches for stamps (vp/sync/walkcache.py).
     """
 
-    files: dict[str, list] = field(default_factory=dict)
-    # False when the host may differ from `files` (a run changed things vp did not fetch).
-    clean: bool = True
-    # Results a run made that a download could not fetch (local disk full), as
-    # [kind, size, mtime, path]: the next download fetches them.
-    pending: list[list] = field(default_factory=list)
-    uploaded: dict[str, list] = field(default_factory=dict)
-    # When (ns) the walk behind `files` began: a file whose last change is within one
-    # timestamp granule of it could change again without its times moving (coarse clocks),
-    # so it is not trusted to be on the host until a later upload says so.
-    t: int = 0
+    def __init__(
+        self,
+        files: dict[str, list] | None = None,
+        clean: bool = True,
+        pending: list[list] | None = None,
+        uploaded: dict[str, list] | None = None,
+        t: int = 0,
+        stamp: str = "",
+        load: Callable[[], dict | None] | None = None,
+    ):
+        self._files = files if files is not None or load is not None else {}
+        self._uploaded = uploaded if uploaded is not None or load is not None else {}
+        # False when the host may differ from `files` (a run changed things vp did not fetch).
+        self.clean = clean
+        # Results a run made that a download could not fetch (local disk full), as
+        # [kind, size, mtime, path]: the next download fetches them.
+        self.pending: list[list] = pending if pending is not None else []
+        # When (ns) the walk behind `files` began: a file whose last change is within one
+        # timestamp granule of it could change again without its times moving (coarse
+        # clocks), so it is not trusted to be on the host until a later upload says so.
+        self.t = t
+        self.stamp = stamp
+        self._load = load
 
-    def to_json(self) -> dict:
-        out: dict = {"files": self.files, "clean": self.clean, "uploaded": self.uploaded}
+    @property
+    def files(self) -> dict[str, list]:
+        if self._files is None:
+            self._fill()
+        return self._files  # type: ignore[return-value]
+
+    @files.setter
+    def files(self, value: dict[str, list]) -> None:
+        self._files = value
+
+    @property
+    def uploaded(self) -> dict[str, list]:
+        if self._uploaded is None:
+            self._fill()
+        return self._uploaded  # type: ignore[return-value]
+
+    @uploaded.setter
+    def uploaded(self, value: dict[str, list]) -> None:
+        self._uploaded = value
+
+    @property
+    def loaded(self) -> bool:
+        """Have the file tables been read (or were they given)?"""
+        return self._files is not None and self._uploaded is not None
+
+    def load(self) -> Manifest:
+        """Read the file tables now (and with them the newest head, should another vp have
+        saved since): decisions that need the tables then see one consistent manifest."""
+        if not self.loaded:
+            self._fill()
+        return self
+
+    def _fill(self) -> None:
+        load, self._load = self._load, None
+        data = load() if load is not None else None
+        full = Manifest.from_json(data)
+        if not data or full.stamp != self.stamp:
+            # Another vp saved (or removed) the manifest since the head was read: take the
+            # whole newer one, never its tables under the older head.
+            self.clean, self.pending, self.t, self.stamp = (
+                full.clean,
+                full.pending,
+                full.t,
+                full.stamp,
+            )
+        if self._files is None:
+            self._files = full.files
+        if self._uploaded is None:
+            self._uploaded = full.uploaded
+
+    def head(self) -> dict:
+        """The part read on every call: no file table."""
+        out: dict = {"clean": self.clean, "stamp": self.stamp}
         if self.pending:
             out["pending"] = self.pending
         if self.t:
             out["t"] = self.t
+        return out
+
+    def to_json(self) -> dict:
+        out: dict = {"files": self.files, "uploaded": self.uploaded, **self.head()}
+        if not self.stamp:
+            del out["stamp"]
         return out
 
     def untrusted(self, entry: list) -> bool:
@@ -86,12 +159,15 @@ class Manifest:
         # A manifest from before `uploaded` existed cannot tell results from uploads: none
         # is deletable until it is uploaded again (a stale file beats a lost result).
         return cls(
-            files=data.get("files", {}),
-            clean=bool(data.get("clean", False)),
-            pending=[p for p in data.get("pending", []) if isinstance(p, list) and len(p) == 4],
+            files=data.get("files") or {},
             uploaded=data.get("uploaded") or {},
-            t=int(data.get("t") or 0),
+            **_head_fields(data),
         )
+
+    @classmethod
+    def from_head(cls, head: dict, load: Callable[[], dict | None]) -> Manifest:
+        """A manifest of which only the head is read; `load()` returns the whole one."""
+        return cls(load=load, **_head_fields(head))
 
     def deletable(self, path: str) -> bool:
         """May vp delete `path` on the host now that it is gone locally? Only its own upload."""
@@ -118,6 +194,20 @@ class Manifest:
             if not _same(self.files.get(p), e) or _same(self.uploaded.get(p), e)
         }
         return Manifest(files=current, clean=True, pending=self.pending, uploaded=uploaded, t=when)
+
+
+def _head_fields(data: dict) -> dict:
+    return {
+        "clean": bool(data.get("clean", False)),
+        "pending": [p for p in data.get("pending", []) if isinstance(p, list) and len(p) == 4],
+        "t": int(data.get("t") or 0),
+        "stamp": str(data.get("stamp") or ""),
+    }
+
+
+def new_stamp() -> str:
+    """Names one saved manifest (vp/sync/walkcache.py vouches for stamps)."""
+    return os.urandom(8).hex()
 
 
 def _same(recorded: list | None, entry: list) -> bool:
@@ -172,14 +262,46 @@ def upload(
     progress: ProgressFactory | None = None,
     confirm: Callable[[int, int], None] | None = None,
     walk_cache: Path | None = None,
+    before_send: Callable[[], None] = lambda: None,
 ) -> tuple[UploadResult, Manifest]:
     """Send the workspace; remove remotely only files vp uploaded before and the user deleted.
     `confirm(files, bytes)` is called before a first upload and may refuse it by raising.
-    `walk_cache` is where the walk is remembered between calls (vp/sync/walkcache.py)."""
+    `walk_cache` is where the walk is remembered between calls (vp/sync/walkcache.py).
+    `before_send()` is called once something is to be sent, before asking or sending.
+
+    A manifest returned after an upload carries a new `stamp`, which the walk cache already
+    vouches for when the upload left nothing untrusted: save it under that stamp."""
     when = time.time_ns()
-    local = rules.walk(root, cache=walk_cache)
-    current = {path: entry.as_list() for path, entry in local.items()}
+    walk = walkcache.walk(rules, root, walk_cache)
+    try:
+        if previous.clean and walk.vouches(previous.stamp):
+            # Nothing changed here since a call that found this very manifest current: no
+            # file table to read, no entries to build.
+            return UploadResult(skipped=True), previous
+        return _upload(
+            transport, root, workdir, walk, previous, when, say, progress, confirm, before_send
+        )
+    finally:
+        walk.save()
+
+
+def _upload(
+    transport: Transport,
+    root: Path,
+    workdir: str,
+    walk: walkcache.Walk,
+    previous: Manifest,
+    when: int,
+    say: Callable[[str], None],
+    progress: ProgressFactory | None,
+    confirm: Callable[[int, int], None] | None,
+    before_send: Callable[[], None],
+) -> tuple[UploadResult, Manifest]:
+    previous.load()
+    current = walk.lists()
     if previous.clean and current == previous.files and not _any_untrusted(previous, current):
+        if previous.stamp:
+            walk.vouch(previous.stamp)
         return UploadResult(skipped=True), previous
     deleted = previous.to_delete(root, current)
     if previous.clean:
@@ -189,8 +311,9 @@ def upload(
         send = sorted(current)
     if previous.clean and not send and not deleted:
         # Only results were deleted here (the host keeps them): nothing to move.
-        return UploadResult(skipped=False), previous.after_upload(current, when)
-    total = sum(local[p].size for p in send)
+        return UploadResult(skipped=False), _agreed(previous, current, when, walk)
+    before_send()
+    total = sum(current[p][0] for p in send)
     if confirm is not None and not previous.files:
         confirm(len(send), total)
     what = f"{len(send)} file{'s' if len(send) != 1 else ''}"
@@ -208,7 +331,7 @@ def upload(
         if sent:
             return (
                 UploadResult(skipped=False, files=len(send), bytes=total),
-                previous.after_upload(current, when),
+                _agreed(previous, current, when, walk),
             )
     names = send + deleted
     argv = [
@@ -249,8 +372,18 @@ def upload(
         raise rsync_error(proc, transport.label, "upload")
     return (
         UploadResult(skipped=False, files=len(send), bytes=total, deleted=len(deleted)),
-        previous.after_upload(current, when),
+        _agreed(previous, current, when, walk),
     )
+
+
+def _agreed(previous: Manifest, current: dict, when: int, walk: walkcache.Walk) -> Manifest:
+    """The manifest after this upload, with a new stamp the walk cache vouches for unless a
+    file is too recent to trust (then the next call compares in full, and sends it)."""
+    manifest = previous.after_upload(current, when)
+    manifest.stamp = new_stamp()
+    if not _any_untrusted(manifest, current):
+        walk.vouch(manifest.stamp)
+    return manifest
 
 
 def _any_untrusted(previous: Manifest, current: dict[str, list]) -> bool:
