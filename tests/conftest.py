@@ -96,6 +96,35 @@ class VpEnv:
         os.close(master)
         return seen
 
+    def on_a_terminal(
+        self, *args: str, answer: bytes | None = None, when: bytes = b"[y/N]", timeout: float = 120
+    ) -> tuple[int, bytes]:
+        """Run vp with a terminal as stdin, stdout and stderr (what a person sees); type
+        `answer` and Enter once `when` appears. Returns the exit code and everything shown."""
+        import pty
+
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [*VP, *args], cwd=self.project, env=self.env, stdin=slave, stdout=slave, stderr=slave
+        )
+        os.close(slave)
+        seen = b""
+        answered = answer is None
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if not answered and when in seen:
+                os.write(master, answer + b"\n")
+                answered = True
+        code = proc.wait(timeout=timeout)
+        os.close(master)
+        return code, seen
+
     def write_config(self, text: str) -> Path:
         path = self.project / "vp.toml"
         path.write_text(textwrap.dedent(text))

@@ -3,40 +3,13 @@ vast.ai emulator (real SDK, real sshd)."""
 
 from __future__ import annotations
 
-import os
-import pty
 import subprocess
 
 import pytest
 
-from tests.conftest import VP, VpEnv
+from tests.conftest import VpEnv
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _down_answering(env: VpEnv, answer: bytes) -> tuple[int, bytes]:
-    """`vp down` with a terminal on stdin (it asks only a person), answering `answer`."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*VP, "down"], cwd=env.project, env=env.env, stdin=slave, stdout=slave, stderr=slave
-    )
-    os.close(slave)
-    seen = b""
-    while b"[y/N]" not in seen:
-        chunk = os.read(master, 4096)
-        assert chunk, seen
-        seen += chunk
-    os.write(master, answer)
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    return proc.wait(timeout=60), seen
 
 
 def test_down_declined_destroys_nothing_and_down_removes_the_ssh_alias(vast_project: VpEnv):
@@ -51,7 +24,7 @@ def test_down_declined_destroys_nothing_and_down_removes_the_ssh_alias(vast_proj
     ssh_config = env.home / ".ssh" / "config"
     assert "Host vp-proj" in ssh_config.read_text()
 
-    code, seen = _down_answering(env, b"n\n")
+    code, seen = env.on_a_terminal("down", answer=b"n", timeout=60)
     assert code == 1, seen
     assert b"nothing destroyed" in seen and b"aborted" not in seen, seen
     assert len(env.run("-o", "json", "ls").stdout.split('"id"')) == 2  # still there
@@ -71,7 +44,6 @@ def test_config_help_keeps_whole_sentences(vp_env: VpEnv) -> None:
 
 def test_a_stalled_host_is_one_line_not_an_internal_error() -> None:
     """A timeout of a host call (transport.run's timeout) is the host's stall, not vp's bug."""
-    import subprocess
 
     from vp.errors import unexpected
 

@@ -261,30 +261,8 @@ def test_trusted_dirs_trust_every_project_below_them(
 
 
 def _answer_on_a_terminal(env: VpEnv, answer: bytes | None, *args: str) -> tuple[int, bytes]:
-    """Run vp with a terminal as stdin and stderr; answer its trust question once asked."""
-    import pty
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*VP, *args], cwd=env.project, env=env.env, stdin=slave, stdout=slave, stderr=slave
-    )
-    os.close(slave)
-    seen = b""
-    answered = False
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if answer is not None and not answered and b"[y/N]" in seen:
-            os.write(master, answer + b"\n")
-            answered = True
-    code = proc.wait(timeout=120)
-    os.close(master)
-    return code, seen
+    """Run vp on a terminal; answer its trust question once asked."""
+    return env.on_a_terminal(*args, answer=answer)
 
 
 def test_on_a_terminal_vp_asks_once_and_remembers(

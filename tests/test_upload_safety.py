@@ -201,33 +201,8 @@ def test_a_big_first_upload_of_an_unconfigured_folder_asks_first(
 
 
 def _answer_on_a_terminal(env: VpEnv, answer: bytes, *args: str) -> tuple[int, bytes]:
-    """Run vp with a terminal as stdin and stderr; answer its question once it is asked."""
-    import pty
-    import subprocess
-
-    from tests.conftest import VP
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [*VP, *args], cwd=env.project, env=env.env, stdin=slave, stdout=slave, stderr=slave
-    )
-    os.close(slave)
-    seen = b""
-    answered = False
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # EIO: the other side closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-        if not answered and b"Upload it?" in seen:
-            os.write(master, answer + b"\n")
-            answered = True
-    code = proc.wait(timeout=120)
-    os.close(master)
-    return code, seen
+    """Run vp on a terminal; answer its upload question once it is asked."""
+    return env.on_a_terminal(*args, answer=answer, when=b"Upload it?")
 
 
 def test_on_a_terminal_the_big_first_upload_is_a_question(
