@@ -261,3 +261,36 @@ def test_with_docker_setup_and_secrets_run_inside_the_image(
             shell=True,
             capture_output=True,
         )
+
+
+def test_a_warm_call_with_setup_matches_no_file_table(
+    ssh_project: VpEnv, remote_workdir: Path, tmp_path: Path
+) -> None:
+    """The inputs a manifest's stamp matched are remembered: a warm call the walk cache
+    vouches for reads no file table even with a setup (with the tables unreadable it still
+    runs, setup not again). A new input file, or an edited one, still runs the setup."""
+    from tests.test_speed import _age, _set_manifest_data
+
+    env = ssh_project
+    counter = tmp_path / "setup-count"
+    _counted_setup(env, counter)
+    p = env.project
+    (p / "requirements.txt").write_text("numpy\n")
+    (p / "train.py").write_text("print('hi')\n")
+    for path in (p / "requirements.txt", p / "train.py", p / "vp.toml", p):
+        _age(path)
+    assert env.run("true").returncode == 0 and _count(counter) == 1
+    assert env.run("true").returncode == 0 and _count(counter) == 1  # remembered here
+    good = _set_manifest_data(env, "not json")
+    r = env.run("true")
+    assert r.returncode == 0, r.stderr
+    assert _count(counter) == 1
+    _set_manifest_data(env, good)
+
+    (p / "requirements-dev.txt").write_text("pytest\n")  # a new file the default inputs match
+    assert env.run("true").returncode == 0
+    assert _count(counter) == 2
+    (p / "requirements-dev.txt").write_text("pytest-xdist\n")
+    assert env.run("true").returncode == 0
+    assert _count(counter) == 3
+    assert env.run("true").returncode == 0 and _count(counter) == 3
