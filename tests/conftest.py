@@ -30,6 +30,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     requires.check_marks(item)  # before any fixture starts a host for a test that cannot run
 
 
+def _read_terminal(master: int, answer: bytes | None = None, when: bytes = b"") -> bytes:
+    """Everything shown on a pty until its other side closes; type `answer` and Enter once
+    `when` has appeared."""
+    seen = b""
+    answered = answer is None
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the other side closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and when in seen:
+            os.write(master, answer + b"\n")
+            answered = True
+    return seen
+
+
 @dataclass
 class VpEnv:
     """One user's machine: HOME, XDG dirs and a project folder, all under tmp."""
@@ -82,15 +101,7 @@ class VpEnv:
             [*VP, *args], cwd=self.project, env=self.env, stdout=subprocess.PIPE, stderr=slave
         )
         os.close(slave)
-        seen = b""
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the other side closed
-                break
-            if not chunk:
-                break
-            seen += chunk
+        seen = _read_terminal(master)
         out = proc.stdout.read() if proc.stdout else b""
         assert proc.wait(timeout=timeout) == 0, (seen, out)
         os.close(master)
@@ -108,19 +119,7 @@ class VpEnv:
             [*VP, *args], cwd=self.project, env=self.env, stdin=slave, stdout=slave, stderr=slave
         )
         os.close(slave)
-        seen = b""
-        answered = answer is None
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the other side closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-            if not answered and when in seen:
-                os.write(master, answer + b"\n")
-                answered = True
+        seen = _read_terminal(master, answer, when)
         code = proc.wait(timeout=timeout)
         os.close(master)
         return code, seen

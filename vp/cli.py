@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from typer.core import TyperGroup
 from vp import options
 from vp.commands import COMMANDS, SUBCOMMANDS
 from vp.commands.context import Globals, globals_of
-from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, VpError
+from vp.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError, report
 from vp.fastpath import near_subcommand, run_command  # noqa: F401
 from vp.platforms import NAMES
 from vp.ui import UI
@@ -297,21 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     except click_exc.ClickException as exc:
         ui.error(exc.format_message())
         code = exc.exit_code
-    except VpError as exc:
-        ui.error(exc.message, hint=exc.hint)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        ui.error("interrupted")
-        code = EXIT_INTERRUPTED
-    except BrokenPipeError:
-        code = 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        if os.environ.get("VP_DEBUG"):
-            raise
-        from vp.errors import unexpected
-
-        message, hint = unexpected(exc)
-        ui.error(message, hint=hint)
-        code = 1
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report(exc, ui)
     sys.stdout.flush()
     sys.exit(code if isinstance(code, int) else 0)

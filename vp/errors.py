@@ -65,3 +65,24 @@ def unexpected(exc: BaseException) -> tuple[str, str]:
         f"internal error: {type(exc).__name__}: {exc}",
         "rerun with VP_DEBUG=1 for a traceback, and please report it",
     )
+
+
+def report(exc: BaseException, ui) -> int:
+    """Show a failure as one line (plus a hint) on `ui` and return the exit code: the last
+    part of both CLI entry points (vp.cli after click's own exceptions, and vp.fastpath).
+    With VP_DEBUG set, an unexpected exception keeps its traceback."""
+    import os
+
+    if isinstance(exc, VpError):
+        ui.error(exc.message, hint=exc.hint)
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        ui.error("interrupted")
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
+        return 0
+    if os.environ.get("VP_DEBUG"):
+        raise exc
+    message, hint = unexpected(exc)
+    ui.error(message, hint=hint)
+    return EXIT_FAILURE

@@ -90,27 +90,13 @@ def try_run(argv: list[str]) -> int | None:
     if parsed is None:
         return None
     g, command = parsed
-    from vp.errors import EXIT_INTERRUPTED, VpError
+    from vp.errors import report
 
     ui = g.ui
     try:
         code = run_command(g, command)
-    except VpError as exc:
-        ui.error(exc.message, hint=exc.hint)
-        code = exc.exit_code
-    except KeyboardInterrupt:
-        ui.error("interrupted")
-        code = EXIT_INTERRUPTED
-    except BrokenPipeError:
-        code = 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence, as in vp.cli.main
-        if os.environ.get("VP_DEBUG"):
-            raise
-        from vp.errors import unexpected
-
-        message, hint = unexpected(exc)
-        ui.error(message, hint=hint)
-        code = 1
+    except (Exception, KeyboardInterrupt) as exc:
+        code = report(exc, ui)
     return code
 
 
