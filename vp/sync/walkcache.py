@@ -76,6 +76,9 @@ class Walk:
         self._cache_when = cache_when if unchanged else when
         self._dirty = not unchanged
         self._lists: dict[str, list] | None = None
+        # [watcher instance, generation, digest of `dirs`]: the project watcher's token that
+        # saw nothing change since this walk started (vp/sync/watchclient.py)
+        self.watch: list | None = None
 
     def vouches(self, stamp: str) -> bool:
         """Does the cache say the manifest `stamp` holds exactly this walk (clean, trusted)?"""
@@ -110,10 +113,10 @@ class Walk:
         if not self._dirty or self.path is None:
             return
         self._dirty = False
-        _save(self.path, self.key, self._cache_when, self.dirs, self.stamps)
+        _save(self.path, self.key, self._cache_when, self.dirs, self.stamps, self.watch)
 
 
-def _load(path: Path, key: str) -> tuple[int, dict, list] | None:
+def _load(path: Path, key: str) -> tuple[int, dict, list, list | None] | None:
     try:
         with open(path, "rb") as fh:
             data = marshal.load(fh)
@@ -124,15 +127,23 @@ def _load(path: Path, key: str) -> tuple[int, dict, list] | None:
     dirs, when, stamps = data.get("dirs"), data.get("t"), data.get("stamps")
     if not isinstance(dirs, dict) or not isinstance(when, int) or not isinstance(stamps, list):
         return None
-    return when, dirs, stamps
+    watch = data.get("watch")
+    if not (isinstance(watch, list) and len(watch) == 3):
+        watch = None
+    return when, dirs, stamps, watch
 
 
-def _save(path: Path, key: str, when: int, dirs: dict, stamps: list[str]) -> None:
+def _save(
+    path: Path, key: str, when: int, dirs: dict, stamps: list[str], watch: list | None = None
+) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(tmp, "wb") as fh:
-            marshal.dump({"v": VERSION, "key": key, "t": when, "dirs": dirs, "stamps": stamps}, fh)
+            data = {"v": VERSION, "key": key, "t": when, "dirs": dirs, "stamps": stamps}
+            if watch is not None:
+                data["watch"] = watch
+            marshal.dump(data, fh)
         os.replace(tmp, path)
     except OSError:  # a cache that cannot be written is only a slower next call
         try:
@@ -198,19 +209,79 @@ def _cold(rules: IgnoreRules, root: Path, cache: Path | None, key: str, start: i
 
 def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
     """`rules.walk(root)`, reusing the listing of every directory unchanged since the cache,
-    and saying whether anything at all changed since (`Walk.unchanged`)."""
+    and saying whether anything at all changed since (`Walk.unchanged`). In a big project,
+    the project's watcher (vp/sync/watchclient.py) may say so without a `stat`."""
     start = time.time_ns()
     key = f"{os.path.abspath(root)}\0{rules.digest()}"
     loaded = _load(cache, key) if cache is not None else None
     if loaded is None:
-        return _cold(rules, root, cache, key, start)
-    when, old, stamps = loaded
+        found = _cold(rules, root, cache, key, start)
+        if cache is not None and _watching(found.dirs):
+            from vp.sync import watchclient
+
+            if not watchclient.tell_dirs(root, found.dirs):
+                watchclient.start(root, found.dirs)
+        return found
+    when, old, stamps, watch = loaded
+    watching = _watching(old)
+    answer, asked, listening = None, "", True
+    if watching:
+        from vp.sync import watchclient, watcher
+
+        asked = watch[2] if watch else watcher.digest(old)
+        try:
+            answer = watchclient.ask(root, watch[:2] if watch else None, asked)
+        except watchclient.NoWatcher:
+            listening = False
+        if answer is not None and answer.unchanged:
+            found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
+            found.watch = watch
+            return found
     try:
         if _all_unchanged(str(root), when, old):
-            return Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
-        return _walk_cached(rules, root, cache, key, start, when, old, stamps)
+            found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
+            found.watch = watch
+        else:
+            found = _walk_cached(rules, root, cache, key, start, when, old, stamps)
     except (ValueError, TypeError, IndexError, AttributeError, KeyError):  # not our cache
-        return _cold(rules, root, cache, key, start)
+        found = _cold(rules, root, cache, key, start)
+    if watching:
+        _after_watch(found, root, answer, asked, listening)
+    return found
+
+
+def _file_count(dirs: dict) -> int:
+    return sum(len(record[5]) for record in dirs.values()) // 32
+
+
+def _watching(dirs: dict) -> bool:
+    """Is this project big enough for a watcher, and may it have one?"""
+    from vp.sync import watchclient
+
+    return _file_count(dirs) >= watchclient.min_files() and watchclient.enabled()
+
+
+def _after_watch(found: Walk, root: Path, answer, asked: str, listening: bool) -> None:
+    """After the check the watcher could not spare: vouch the walk with the watcher's token
+    when the walk started after that answer and walked exactly the directories asked about,
+    all watched; else tell the watcher the walk's directories (a later call's walk, once
+    they are watched, can be vouched), or start one."""
+    from vp.sync import watchclient, watcher
+
+    if not listening:
+        watchclient.start(root, found.dirs)
+        return
+    if answer is None:  # no answer in time: the next call asks again
+        return
+    now = watcher.digest(found.dirs) if found.dirs is not None else ""
+    if answer.known and now == asked:
+        token = [*answer.token, now]
+        if token != found.watch:
+            found.watch = token
+            found._dirty = True
+    else:
+        found.watch = None
+        watchclient.tell_dirs(root, found.dirs)
 
 
 PARALLEL_FROM = 4000  # files: below this, threads cost more than they save
