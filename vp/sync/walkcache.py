@@ -216,27 +216,16 @@ def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
     loaded = _load(cache, key) if cache is not None else None
     if loaded is None:
         found = _cold(rules, root, cache, key, start)
-        if cache is not None and _watching(found.dirs):
-            from vp.sync import watchclient
-
-            if not watchclient.tell_dirs(root, found.dirs):
-                watchclient.start(root, found.dirs)
+        check = _watcher_for(root, found.dirs) if cache is not None else None
+        if check is not None:
+            check.tell(found.dirs)
         return found
     when, old, stamps, watch = loaded
-    watching = _watching(old)
-    answer, asked, listening = None, "", True
-    if watching:
-        from vp.sync import watchclient, watcher
-
-        asked = watch[2] if watch else watcher.digest(old)
-        try:
-            answer = watchclient.ask(root, watch[:2] if watch else None, asked)
-        except watchclient.NoWatcher:
-            listening = False
-        if answer is not None and answer.unchanged:
-            found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
-            found.watch = watch
-            return found
+    check = _watcher_for(root, old)
+    if check is not None and check.unchanged_since(watch):
+        found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
+        found.watch = watch
+        return found
     try:
         if _all_unchanged(str(root), when, old):
             found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
@@ -245,43 +234,29 @@ def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
             found = _walk_cached(rules, root, cache, key, start, when, old, stamps)
     except (ValueError, TypeError, IndexError, AttributeError, KeyError):  # not our cache
         found = _cold(rules, root, cache, key, start)
-    if watching:
-        _after_watch(found, root, answer, asked, listening)
+    if check is not None:
+        token = check.token_for(found.dirs)
+        if token is not None and token != found.watch:
+            found.watch = token
+            found._dirty = True
     return found
 
 
-def _file_count(dirs: dict) -> int:
-    return sum(len(record[5]) for record in dirs.values()) // 32
+WATCH_MIN_FILES = 20_000  # synced files from which a project gets a watcher
 
 
-def _watching(dirs: dict) -> bool:
-    """Is this project big enough for a watcher, and may it have one?"""
+def _watcher_for(root: Path, dirs: dict):
+    """The watcher's side of this call (vp/sync/watchclient.py `Check`) when the project is
+    big enough for one (`VP_WATCH_MIN_FILES` overrides the threshold) and may have one."""
+    try:
+        least = int(os.environ.get("VP_WATCH_MIN_FILES", WATCH_MIN_FILES))
+    except ValueError:
+        least = WATCH_MIN_FILES
+    if sum(len(record[5]) for record in dirs.values()) // 32 < least:
+        return None
     from vp.sync import watchclient
 
-    return _file_count(dirs) >= watchclient.min_files() and watchclient.enabled()
-
-
-def _after_watch(found: Walk, root: Path, answer, asked: str, listening: bool) -> None:
-    """After the check the watcher could not spare: vouch the walk with the watcher's token
-    when the walk started after that answer and walked exactly the directories asked about,
-    all watched; else tell the watcher the walk's directories (a later call's walk, once
-    they are watched, can be vouched), or start one."""
-    from vp.sync import watchclient, watcher
-
-    if not listening:
-        watchclient.start(root, found.dirs)
-        return
-    if answer is None:  # no answer in time: the next call asks again
-        return
-    now = watcher.digest(found.dirs) if found.dirs is not None else ""
-    if answer.known and now == asked:
-        token = [*answer.token, now]
-        if token != found.watch:
-            found.watch = token
-            found._dirty = True
-    else:
-        found.watch = None
-        watchclient.tell_dirs(root, found.dirs)
+    return watchclient.Check(root, dirs) if watchclient.enabled() else None
 
 
 PARALLEL_FROM = 4000  # files: below this, threads cost more than they save

@@ -1,12 +1,13 @@
 """vp's side of the project watcher (vp/sync/watcher.py): where it lives, when to start it,
 and the one question a warm call asks it.
 
-A big project (`MIN_FILES` synced files or more in the walk cache; `VP_WATCH_MIN_FILES`
-overrides) gets a watcher started in the background by the warm call that finds none; from
-then on a warm call asks it "anything changed since the token this walk cache was vouched
-with?" and, on "no", skips the `lstat` of every file. Anything else — a change, no watcher,
-a watcher of another version, a reset after lost events, no answer within `TIMEOUT` — is the
-check of vp/sync/walkcache.py, as before. `VP_NO_WATCH=1` turns it off.
+A big project (vp/sync/walkcache.py `WATCH_MIN_FILES` synced files or more in the walk
+cache; `VP_WATCH_MIN_FILES` overrides) gets a watcher started in the background by the warm
+call that finds none; from then on a warm call asks it "anything changed since the token
+this walk cache was vouched with?" and, on "no", skips the `lstat` of every file. Anything
+else — a change, no watcher, a watcher of another version, a reset after lost events, no
+answer within `TIMEOUT` — is the check of vp/sync/walkcache.py, as before. `VP_NO_WATCH=1`
+turns it off.
 
 The watcher's files (socket, lock, cookies, log) are in a directory of vp's private runtime
 dir (`vp.paths.control_dir()`: 0700, owner checked), one per project root.
@@ -23,7 +24,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-MIN_FILES = 20_000
 TIMEOUT = 0.3  # s: a watcher that cannot answer by then is slower than the check it saves
 IDLE_S = 1800  # a watcher nobody asked for this long exits
 
@@ -32,13 +32,6 @@ def enabled() -> bool:
     if os.environ.get("VP_NO_WATCH", "") not in ("", "0"):
         return False
     return sys.platform.startswith("linux") and os.path.isdir("/proc/sys/fs/inotify")
-
-
-def min_files() -> int:
-    try:
-        return int(os.environ.get("VP_WATCH_MIN_FILES", MIN_FILES))
-    except ValueError:
-        return MIN_FILES
 
 
 def rundir(root: Path, create: bool = True) -> Path | None:
@@ -64,16 +57,28 @@ class Answer:
     token: list
     unchanged: bool
     known: bool
+    refused: bool = False  # it cannot watch this tree (a network filesystem, the watch limit)
 
 
 class NoWatcher(Exception):
     """Nothing listens for this root: start one."""
 
 
-def _request(path: Path, message: dict, cookie: str | None, wait: bool = True) -> dict | None:
+WATCHER = Path(__file__).with_name("watcher.py")
+
+
+def version() -> str:
+    """vp's version and the watcher's code: a watcher of any other exits when asked."""
     from vp import __version__
 
-    message = {"protocol": 1, "version": __version__, **message}
+    try:
+        return f"{__version__}+{os.stat(WATCHER).st_mtime_ns}"
+    except OSError:
+        return __version__
+
+
+def _request(path: Path, message: dict, cookie: str | None, wait: bool = True) -> dict | None:
+    message = {"protocol": 1, "version": version(), **message}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     try:
@@ -123,7 +128,12 @@ def ask(root: Path, since: list | None, dirs_digest: str) -> Answer | None:
     reply = _request(path, message, cookie)
     if reply is None or "token" not in reply:
         return None
-    return Answer(list(reply["token"]), reply.get("unchanged") is True, reply.get("known") is True)
+    return Answer(
+        list(reply["token"]),
+        reply.get("unchanged") is True,
+        reply.get("known") is True,
+        bool(reply.get("refusal")),
+    )
 
 
 def tell_dirs(root: Path, dirs) -> bool:
@@ -151,12 +161,9 @@ def start(root: Path, dirs) -> None:
         with open(tmp, "wb") as fh:
             fh.write(b"\0".join(os.fsencode(d) for d in sorted(dirs)))
         os.replace(tmp, path / "dirs")
-        script = Path(__file__).with_name("watcher.py")
         idle = os.environ.get("VP_WATCH_IDLE_S") or str(IDLE_S)
-        from vp import __version__
-
         subprocess.Popen(
-            [sys.executable, "-I", "-S", str(script), str(root), str(path), __version__, idle],
+            [sys.executable, "-I", "-S", str(WATCHER), str(root), str(path), version(), idle],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -178,3 +185,58 @@ def status(root: Path) -> dict | None:
         return _request(path, {"op": "status"}, None)
     except NoWatcher:
         return None
+
+
+class Check:
+    """One warm call's dealings with the root's watcher, around the walk cache's check."""
+
+    def __init__(self, root: Path, dirs: dict) -> None:
+        self.root, self.dirs = root, dirs
+        self.answer: Answer | None = None
+        self.asked = ""
+        self.listening = True
+
+    def unchanged_since(self, watch: list | None) -> bool:
+        """Does the watcher say nothing changed since `watch` ([instance, generation, digest
+        of the cached directories]), having read every event queued before this question?"""
+        from vp.sync.watcher import digest
+
+        try:
+            self.asked = watch[2] if watch else digest(self.dirs)
+            self.answer = ask(self.root, watch[:2] if watch else None, self.asked)
+        except NoWatcher:
+            self.listening = False
+        except Exception:  # noqa: BLE001 - a watcher never breaks a call: the full check runs
+            self.answer = None
+        return self.answer is not None and self.answer.unchanged
+
+    def token_for(self, dirs: dict) -> list | None:
+        """After the full check: the token to vouch its walk (`dirs`) with — the answer's,
+        if this walk started after it and walked exactly the directories asked about, all of
+        them watched. Else the watcher is told the walk's directories (a later call's walk,
+        once they are watched, can be vouched), or started."""
+        from vp.sync.watcher import digest
+
+        try:
+            if not self.listening:
+                start(self.root, dirs)
+                return None
+            answer = self.answer
+            if answer is None:  # no answer in time: the next call asks again
+                return None
+            now = digest(dirs)
+            if answer.known and now == self.asked:
+                return [*answer.token, now]
+            if not answer.refused:
+                tell_dirs(self.root, dirs)
+        except Exception:  # noqa: BLE001 - as above
+            pass
+        return None
+
+    def tell(self, dirs: dict) -> None:
+        """After a walk without a cache: the watcher watches its directories from now on."""
+        try:
+            if not tell_dirs(self.root, dirs):
+                start(self.root, dirs)
+        except Exception:  # noqa: BLE001 - as above
+            pass

@@ -40,6 +40,7 @@ import sys
 import time
 
 PROTOCOL = 1
+RETRY_S = 600  # a watcher that could not add a watch exits after this, to be tried afresh
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -208,6 +209,15 @@ class Watcher:
         self.instance = os.urandom(8).hex()
         self.ino = Inotify()
         self.cookies_wd = self.ino.add(cookies, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)
+        # The root's own IN_DELETE_SELF waits for its last user (a shell whose cwd it is):
+        # its parent says at once that it was removed or renamed.
+        self.parent_wd = -1
+        parent, self.root_name = os.path.split(root.rstrip(b"/"))
+        if parent and self.root_name:
+            try:
+                self.parent_wd = self.ino.add(parent, IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
+            except OSError:
+                pass
         self.paths: dict[int, bytes] = {}  # wd -> relative path (b"" is the root)
         self.wds: dict[bytes, int] = {}
         self.given: list[bytes] = []
@@ -216,6 +226,7 @@ class Watcher:
         self.refusal = ""  # why no answer can vouch (a remote filesystem, the watch limit)
         self.root_id = self._root_id()
         self.gone = False  # the root was removed or moved: time to exit
+        self.failed = 0.0  # when a watch could not be added (then none is kept)
         self.fstypes = fs_types()
 
     def _root_id(self) -> tuple[int, int] | None:
@@ -247,10 +258,11 @@ class Watcher:
         except OSError as e:
             if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return None
-            # ENOSPC: fs.inotify.max_user_watches reached; EACCES: unreadable
+            # ENOSPC: fs.inotify.max_user_watches reached (the user's, shared with every
+            # other tool: give all of ours back); EACCES and others: no answer can vouch
             self.intact = False
-            self.refusal = f"cannot watch {rel!r}: {e.strerror}"
-            self.log(f"refusing: {self.refusal}")
+            self.failed = self.failed or time.monotonic()
+            self.refusal = f"cannot watch {os.fsdecode(rel) or '.'}: {e.strerror}"
             return None
         old = self.paths.get(wd)
         if old is not None and old != rel:
@@ -304,7 +316,18 @@ class Watcher:
         self.given = list(dirs)
         self.given_digest = digest(dirs)
         self.root_id = self._root_id()
+        self._give_up_if_refused()
         self.log(f"watching {len(self.paths)} directories ({self.refusal or 'ok'})")
+
+    def _give_up_if_refused(self) -> None:
+        """No answer of a refusing watcher vouches: hold no watches (they are the user's,
+        shared with every other tool) but the root's (to exit when it goes)."""
+        if not self.refusal:
+            return
+        root_wd = self.wds.get(b"")
+        for wd in [w for w in self.paths if w != root_wd]:
+            self.wds.pop(self.paths.pop(wd), None)
+            self.ino.rm(wd)
 
     def reset(self, why: str) -> None:
         """Events were lost: a new instance (every older token is stale), watches again."""
@@ -324,6 +347,10 @@ class Watcher:
             if wd == self.cookies_wd:
                 if mask & (IN_CREATE | IN_MOVED_TO):
                     cookies.append(name)
+                continue
+            if wd == self.parent_wd:
+                if name == self.root_name and mask & (IN_DELETE | IN_MOVED_FROM):
+                    self.gone = True
                 continue
             rel = self.paths.get(wd)
             if mask & IN_IGNORED:
@@ -348,6 +375,9 @@ class Watcher:
                 self._watch_tree(child)
         if overflow:
             self.reset("event queue overflow")
+        elif self.refusal and len(self.paths) > 1:
+            self.log(f"refusing: {self.refusal}")
+            self._give_up_if_refused()
         return cookies
 
     def answer(self, request: dict) -> dict:
@@ -361,7 +391,12 @@ class Watcher:
             and tuple(root_id) == self.root_id
         )
         unchanged = known and since == self.token()
-        return {"token": self.token(), "known": known, "unchanged": unchanged}
+        return {
+            "token": self.token(),
+            "known": known,
+            "unchanged": unchanged,
+            "refusal": self.refusal,
+        }
 
 
 class Server:
@@ -493,7 +528,7 @@ class Server:
             left = self.idle_s - (time.monotonic() - self.last)
             if left <= 0:
                 return f"idle for {self.idle_s:g} s"
-            for key, _ in self.sel.select(timeout=min(left, 60)):
+            for key, _ in self.sel.select(timeout=min(left, 10)):
                 if key.data == "accept":
                     try:
                         conn, _ = self.sock.accept()
@@ -516,6 +551,9 @@ class Server:
                     self._readable(key.fileobj)  # type: ignore[arg-type]
             if self.watcher.gone or self.watcher._root_id() is None:
                 return "the root is gone"
+            failed = self.watcher.failed
+            if failed and time.monotonic() - failed > RETRY_S:
+                return f"could not watch for {RETRY_S} s (a later call starts afresh)"
         return self.stop
 
 
