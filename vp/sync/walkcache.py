@@ -252,7 +252,10 @@ def _watcher_for(root: Path, dirs: dict):
         least = int(os.environ.get("VP_WATCH_MIN_FILES", WATCH_MIN_FILES))
     except ValueError:
         least = WATCH_MIN_FILES
-    if sum(len(record[5]) for record in dirs.values()) // 32 < least:
+    try:
+        if sum(len(record[5]) for record in dirs.values()) // 32 < least:
+            return None
+    except (TypeError, IndexError, AttributeError):  # not our cache: the walk finds out
         return None
     from vp.sync import watchclient
 
