@@ -10,6 +10,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -202,6 +204,50 @@ def test_an_ignore_rule_change_is_honoured_while_watched(
     os.utime(p / "logs/run.log", ns=(st.st_atime_ns, st.st_mtime_ns))
     assert watched.run("cat", "logs/run.log").stdout == "six"
     watched.settle()
+
+
+def test_an_edit_made_while_the_watcher_lags_is_seen(watched: Watched) -> None:
+    """The watcher is held up (stopped) while a file is edited and the next call asks: it
+    answers only after reading its cookie's event, queued after the edit's, so it says
+    "changed", and the edit is sent."""
+    p = watched.root
+    status = watched.settle()
+    cookies = watched.rundir() / "cookies"
+    os.kill(status["pid"], signal.SIGSTOP)
+    try:
+        st = (p / "y.txt").stat()
+        (p / "y.txt").write_text("Y.TXT")
+        os.utime(p / "y.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+        proc = watched.env.popen("cat", "y.txt", extra_env={"VP_WATCH_TIMEOUT_S": "120"})
+        wait_for(lambda: any(cookies.iterdir()), what="the call's cookie", interval=0.005)
+    finally:
+        os.kill(status["pid"], signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out == b"Y.TXT", err
+    after = watched.status()
+    assert after is not None and after["answers"] > status["answers"]
+    assert after["token"][1] > status["token"][1]
+
+
+def test_one_watcher_per_root_and_it_exits_when_idle(watched: Watched, ssh_project: VpEnv) -> None:
+    status = watched.settle()
+    rundir = watched.rundir()
+    second = subprocess.run(
+        [sys.executable, "-I", "-S", str(watchclient.WATCHER), str(watched.root), str(rundir)]
+        + [watchclient.version(), "600"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert second.returncode == 0, second.stderr
+    assert watched.status()["pid"] == status["pid"]  # the first one still serves
+
+    os.kill(status["pid"], signal.SIGTERM)
+    wait_for(lambda: not _alive(status["pid"]), what="the watcher to stop")
+    ssh_project.env["VP_WATCH_IDLE_S"] = "1"
+    watched.run("true")  # starts one that exits a second after its last question
+    pid = wait_for(lambda: (watched.status() or {}).get("pid"), what="a new watcher")
+    wait_for(lambda: not _alive(pid), what="the idle watcher to exit")
+    assert "exiting: idle for 1 s" in watched.log()
 
 
 def test_a_lost_event_queue_forces_the_full_check(watched: Watched, remote_workdir: Path) -> None:

@@ -428,6 +428,7 @@ class Server:
         self.last = time.monotonic()
         self.stop = ""
         self.unchanged_answers = 0
+        self.answers = 0
 
     def _close(self, conn: socket.socket) -> None:
         try:
@@ -475,6 +476,7 @@ class Server:
                     "token": w.token(),
                     "watches": len(w.paths),
                     "refusal": w.refusal,
+                    "answers": self.answers,
                     "unchanged_answers": self.unchanged_answers,
                 },
             )
@@ -519,6 +521,7 @@ class Server:
             return
         conn, request = waiting
         reply = self.watcher.answer(request)
+        self.answers += 1
         if reply["unchanged"]:
             self.unchanged_answers += 1
         self._reply(conn, reply)
