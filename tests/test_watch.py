@@ -207,6 +207,30 @@ def test_an_ignore_rule_change_is_honoured_while_watched(
     watched.settle()
 
 
+def test_a_file_written_through_its_other_name_is_sent(watched: Watched, tmp_path: Path) -> None:
+    """A hard link whose other name is outside the project: written there, the project's
+    directory hears nothing; the watcher watches such files themselves."""
+    p = watched.root
+    outside = tmp_path / "outside.txt"
+    outside.write_text("one")
+    os.link(outside, p / "data/linked.txt")
+    assert watched.run("cat", "data/linked.txt").stdout == "one"
+    watched.settle()
+    st = outside.stat()
+    outside.write_text("two")
+    os.utime(outside, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert watched.run("cat", "data/linked.txt").stdout == "two"
+    watched.settle()
+
+    # linked from outside after the fact (the file here gains a name)
+    os.link(p / "y.txt", tmp_path / "y-elsewhere.txt")
+    watched.settle()
+    st = (p / "y.txt").stat()
+    (tmp_path / "y-elsewhere.txt").write_text("Y.TXT")
+    os.utime(p / "y.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert watched.run("cat", "y.txt").stdout == "Y.TXT"
+
+
 def test_an_edit_made_while_the_watcher_lags_is_seen(watched: Watched) -> None:
     """The watcher is held up (stopped) while a file is edited and the next call asks: it
     answers only after reading its cookie's event, queued after the edit's, so it says

@@ -13,6 +13,11 @@ that file in the watcher's own `cookies/` directory, which is watched on the sam
 the kernel queues events in order, so once the watcher reads the cookie's event it has read
 every event that happened before the question was asked, and only then answers.
 
+A file with another name outside the project (a hard link) is watched itself: written
+through that name, its directory here hears nothing. Writes through a shared memory mapping
+make no inotify event at all (as for every inotify watcher); they do move the file's ctime,
+which only the full check sees.
+
 Which directories: the client says (`dirs`: the synced directories of its walk, relative to
 the root). Each is watched; a directory created or moved into a watched one is watched at
 once, with everything under it (its contents count as changed: the generation moves). The
@@ -75,6 +80,7 @@ WATCH_MASK = (
     | IN_DONT_FOLLOW
     | IN_EXCL_UNLINK
 )
+FILE_MASK = IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_DONT_FOLLOW
 _EVENT = struct.Struct("iIII")
 
 # Filesystems whose changes can come from elsewhere (another machine, the host of a VM),
@@ -219,6 +225,7 @@ class Watcher:
             except OSError:
                 pass
         self.paths: dict[int, bytes] = {}  # wd -> relative path (b"" is the root)
+        self.files: dict[int, bytes] = {}  # wd -> relative path of a file with other names
         self.wds: dict[bytes, int] = {}
         self.given: list[bytes] = []
         self.given_digest = ""
@@ -271,21 +278,55 @@ class Watcher:
         self.wds[rel] = wd
         return wd
 
+    def _watch_file(self, rel: bytes, keep: set | None = None) -> None:
+        """Watch a file with more than one name: written through a name outside the
+        project, its directory here hears nothing, the file itself does."""
+        try:
+            wd = self.ino.add(self._abs(rel), FILE_MASK)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                self.intact = False
+                self.failed = self.failed or time.monotonic()
+                self.refusal = f"cannot watch {os.fsdecode(rel)}: {e.strerror}"
+            return
+        self.files[wd] = rel
+        if keep is not None:
+            keep.add(wd)
+
+    def _maybe_linked(self, rel: bytes) -> None:
+        """A file was made, moved in or linked to (its link count moved): watch it too if
+        it has other names."""
+        try:
+            st = os.lstat(self._abs(rel))
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            self._watch_file(rel)
+
+    def _scan(self, here: bytes, subdirs: list | None, keep: set | None = None) -> None:
+        """List a watched directory: its files with other names get watches of their own;
+        with `subdirs`, its subdirectories are added to it."""
+        try:
+            with os.scandir(self._abs(here)) as it:
+                for entry in it:
+                    child = os.path.join(here, entry.name) if here else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        if subdirs is not None:
+                            subdirs.append(child)
+                    elif entry.is_file(follow_symlinks=False):
+                        if entry.stat(follow_symlinks=False).st_nlink > 1:
+                            self._watch_file(child, keep)
+        except OSError:
+            pass
+
     def _watch_tree(self, rel: bytes) -> None:
         """A directory that appeared: watch it, then everything under it (in this order,
         so a subdirectory made meanwhile is either seen by the listing or by a watch)."""
         stack = [rel]
         while stack:
             here = stack.pop()
-            if self._watch(here) is None:
-                continue
-            try:
-                with os.scandir(self._abs(here)) as it:
-                    for entry in it:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(os.path.join(here, entry.name) if here else entry.name)
-            except OSError:
-                pass
+            if self._watch(here) is not None:
+                self._scan(here, stack)
 
     def _forget(self, rel: bytes, remove: bool) -> None:
         """Drop the watches of `rel` and below (it was moved away or deleted)."""
@@ -302,16 +343,21 @@ class Watcher:
         self.refusal = ""
         self.intact = True
         self.fstypes = fs_types()
-        keep = set()
+        keep: set[int] = set()
+        keep_files: set[int] = set()
         for rel in dirs:
             wd = self._watch(rel)
             if wd is not None:
                 keep.add(wd)
+                self._scan(rel, None, keep_files)
         root_wd = self.wds.get(b"") if b"" in dirs else self._watch(b"")
         if root_wd is not None:
             keep.add(root_wd)
         for wd in [w for w in self.paths if w not in keep]:
             self.wds.pop(self.paths.pop(wd), None)
+            self.ino.rm(wd)
+        for wd in [w for w in self.files if w not in keep_files]:
+            del self.files[wd]
             self.ino.rm(wd)
         self.given = list(dirs)
         self.given_digest = digest(dirs)
@@ -327,6 +373,9 @@ class Watcher:
         root_wd = self.wds.get(b"")
         for wd in [w for w in self.paths if w != root_wd]:
             self.wds.pop(self.paths.pop(wd), None)
+            self.ino.rm(wd)
+        for wd in list(self.files):
+            del self.files[wd]
             self.ino.rm(wd)
 
     def reset(self, why: str) -> None:
@@ -352,6 +401,12 @@ class Watcher:
                 if name == self.root_name and mask & (IN_DELETE | IN_MOVED_FROM):
                     self.gone = True
                 continue
+            if wd in self.files:
+                if mask & IN_IGNORED:
+                    del self.files[wd]
+                else:
+                    self.generation += 1
+                continue
             rel = self.paths.get(wd)
             if mask & IN_IGNORED:
                 if rel is not None:
@@ -365,9 +420,13 @@ class Watcher:
             if rel == b"" and mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT):
                 self.gone = True
                 continue
-            if not mask & IN_ISDIR or not name:
+            if not name:
                 continue
             child = os.path.join(rel, name) if rel else name
+            if not mask & IN_ISDIR:
+                if mask & (IN_CREATE | IN_MOVED_TO | IN_ATTRIB):
+                    self._maybe_linked(child)
+                continue
             if mask & (IN_MOVED_FROM | IN_DELETE):
                 self._forget(child, remove=bool(mask & IN_MOVED_FROM))
             if mask & (IN_CREATE | IN_MOVED_TO):
@@ -375,7 +434,7 @@ class Watcher:
                 self._watch_tree(child)
         if overflow:
             self.reset("event queue overflow")
-        elif self.refusal and len(self.paths) > 1:
+        elif self.refusal and (len(self.paths) > 1 or self.files):
             self.log(f"refusing: {self.refusal}")
             self._give_up_if_refused()
         return cookies
@@ -474,7 +533,7 @@ class Server:
                 {
                     "pid": os.getpid(),
                     "token": w.token(),
-                    "watches": len(w.paths),
+                    "watches": len(w.paths) + len(w.files),
                     "refusal": w.refusal,
                     "answers": self.answers,
                     "unchanged_answers": self.unchanged_answers,
@@ -611,9 +670,6 @@ def serve(root: bytes, rundir: bytes, version: str, idle_s: float) -> int:
     except OSError:
         dirs = [b""]
     log(f"started for {os.fsdecode(root)} (vp {version})")
-    watcher.set_dirs(dirs)
-    with open(os.path.join(rundir, b"pid"), "w") as fh:
-        fh.write(f"{os.getpid()}\n")
 
     def terminate(_sig, _frame):
         raise SystemExit(0)
@@ -621,7 +677,12 @@ def serve(root: bytes, rundir: bytes, version: str, idle_s: float) -> int:
     signal.signal(signal.SIGTERM, terminate)
     why = "terminated"
     try:
+        # Listening first: a call meanwhile waits for the answer rather than starting
+        # another watcher; the answer comes after the watches are in place.
         server = Server(rundir, watcher, version, idle_s, log)
+        watcher.set_dirs(dirs)
+        with open(os.path.join(rundir, b"pid"), "w") as fh:
+            fh.write(f"{os.getpid()}\n")
         why = server.run()
     finally:
         log(f"exiting: {why}")
