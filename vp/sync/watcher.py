@@ -216,12 +216,13 @@ class Watcher:
         self.ino = Inotify()
         self.cookies_wd = self.ino.add(cookies, IN_CREATE | IN_MOVED_TO | IN_ONLYDIR)
         # The root's own IN_DELETE_SELF waits for its last user (a shell whose cwd it is):
-        # its parent says at once that it was removed or renamed.
+        # its parent says at once that it was removed, renamed or replaced.
         self.parent_wd = -1
         parent, self.root_name = os.path.split(root.rstrip(b"/"))
         if parent and self.root_name:
             try:
-                self.parent_wd = self.ino.add(parent, IN_DELETE | IN_MOVED_FROM | IN_ONLYDIR)
+                mask = IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_ONLYDIR
+                self.parent_wd = self.ino.add(parent, mask)
             except OSError:
                 pass
         self.paths: dict[int, bytes] = {}  # wd -> relative path (b"" is the root)
@@ -398,7 +399,7 @@ class Watcher:
                     cookies.append(name)
                 continue
             if wd == self.parent_wd:
-                if name == self.root_name and mask & (IN_DELETE | IN_MOVED_FROM):
+                if name == self.root_name:  # removed, renamed, or replaced by another
                     self.gone = True
                 continue
             if wd in self.files:
