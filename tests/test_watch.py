@@ -222,14 +222,6 @@ def test_a_file_written_through_its_other_name_is_sent(watched: Watched, tmp_pat
     assert watched.run("cat", "data/linked.txt").stdout == "two"
     watched.settle()
 
-    # linked from outside after the fact (the file here gains a name)
-    os.link(p / "y.txt", tmp_path / "y-elsewhere.txt")
-    watched.settle()
-    st = (p / "y.txt").stat()
-    (tmp_path / "y-elsewhere.txt").write_text("Y.TXT")
-    os.utime(p / "y.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert watched.run("cat", "y.txt").stdout == "Y.TXT"
-
 
 def test_an_edit_made_while_the_watcher_lags_is_seen(watched: Watched) -> None:
     """The watcher is held up (stopped) while a file is edited and the next call asks: it

@@ -14,9 +14,11 @@ the kernel queues events in order, so once the watcher reads the cookie's event 
 every event that happened before the question was asked, and only then answers.
 
 A file with another name outside the project (a hard link) is watched itself: written
-through that name, its directory here hears nothing. Writes through a shared memory mapping
-make no inotify event at all (as for every inotify watcher); they do move the file's ctime,
-which only the full check sees.
+through that name, its directory here hears nothing. Known gaps, as for every inotify
+watcher: a file that gains its other name outside the project after it was listed (the
+kernel tells only the file, not its directory, of a new link) and is then written through
+it, and writes through a shared memory mapping, make no event here; they do move the file's
+ctime, which only the full check sees.
 
 Which directories: the client says (`dirs`: the synced directories of its walk, relative to
 the root). Each is watched; a directory created or moved into a watched one is watched at
