@@ -340,19 +340,25 @@ class Watcher:
             if remove:
                 self.ino.rm(wd)
 
-    def set_dirs(self, dirs: list[bytes]) -> None:
-        """Watch exactly `dirs` (and the root), dropping the watches of anything else."""
+    def set_dirs(self, dirs: list[bytes], rescan: bool = False) -> None:
+        """Watch exactly `dirs` (and the root), dropping the watches of anything else. The
+        files of a directory newly watched (all, with `rescan`) are looked at for other
+        names; those of one watched already were, as they came (events)."""
         self.generation += 1
         self.refusal = ""
         self.intact = True
         self.fstypes = fs_types()
         keep: set[int] = set()
         keep_files: set[int] = set()
+        before = dict(self.wds)
         for rel in dirs:
             wd = self._watch(rel)
             if wd is not None:
                 keep.add(wd)
-                self._scan(rel, None, keep_files)
+                if rescan or before.get(rel) != wd:
+                    self._scan(rel, None, keep_files)
+        watched = set(dirs)
+        keep_files.update(w for w, f in self.files.items() if os.path.dirname(f) in watched)
         root_wd = self.wds.get(b"") if b"" in dirs else self._watch(b"")
         if root_wd is not None:
             keep.add(root_wd)
@@ -386,7 +392,7 @@ class Watcher:
         self.log(f"reset: {why}")
         self.instance = os.urandom(8).hex()
         self.generation = 0
-        self.set_dirs(self.given)
+        self.set_dirs(self.given, rescan=True)
 
     def handle(self, events) -> list[bytes]:
         """Apply events; return the names of cookies seen (in order)."""
