@@ -306,6 +306,27 @@ def test_a_killed_watcher_falls_back_to_the_full_check_and_comes_back(
     assert second["pid"] != first["pid"] and second["token"][0] != first["token"][0]
 
 
+def test_a_watcher_short_of_watches_holds_none_and_every_change_is_sent(
+    watched: Watched, ssh_project: VpEnv
+) -> None:
+    """More directories than half the user's inotify watches (pretended small here): the
+    watcher takes none (they are shared with every other tool), says so, and every call
+    runs the full check."""
+    ssh_project.env["VP_WATCH_MAX_WATCHES"] = "2"
+    p = watched.root
+    watched.run("true")
+    status = wait_for(watched.status, what="the watcher to listen")
+    for _ in range(3):
+        watched.run("true")
+    status = watched.status()
+    assert "more than half" in status["refusal"] and status["watches"] == 1, status
+    assert status["unchanged_answers"] == 0
+    st = (p / "data/x.txt").stat()
+    (p / "data/x.txt").write_text("DATA/X.TXT")
+    os.utime(p / "data/x.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert watched.run("cat", "data/x.txt").stdout == "DATA/X.TXT"
+
+
 def test_the_watcher_exits_when_the_root_is_removed(watched: Watched) -> None:
     status = watched.settle()
     rundir = watched.rundir()

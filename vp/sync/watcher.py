@@ -204,6 +204,17 @@ def fs_types() -> dict[int, str]:
     return out
 
 
+def max_user_watches() -> int:
+    """fs.inotify.max_user_watches (VP_WATCH_MAX_WATCHES pretends another, for tests)."""
+    try:
+        if os.environ.get("VP_WATCH_MAX_WATCHES"):
+            return int(os.environ["VP_WATCH_MAX_WATCHES"])
+        with open("/proc/sys/fs/inotify/max_user_watches") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return 0
+
+
 def remote_fs(fstype: str) -> bool:
     return fstype in REMOTE_FS or fstype.startswith("fuse.")
 
@@ -348,6 +359,12 @@ class Watcher:
         self.refusal = ""
         self.intact = True
         self.fstypes = fs_types()
+        limit = max_user_watches()
+        if limit and len(dirs) > limit // 2:
+            # The watches are the user's, shared with every other tool: take at most half.
+            self.refusal = f"{len(dirs)} directories: more than half of the {limit} watches"
+            self.failed = self.failed or time.monotonic()
+            dirs = []
         keep: set[int] = set()
         keep_files: set[int] = set()
         before = dict(self.wds)
