@@ -291,6 +291,11 @@ class SshTransport(Transport):
     def ssh_argv(self, *extra: str) -> list[str]:
         return ["ssh", *self.options(), *extra]
 
+    def shared_master(self) -> tuple[str, int] | None:
+        if self._slot is None or self.control_path != self._base_path:
+            return None  # an overflow master: the next run starts on the first one
+        return self._base_path, SESSION_SLOTS
+
     def shell_argv(self) -> list[str]:
         return self.ssh_argv("-T", "--", self.target.host, "sh -s")
 
@@ -315,6 +320,12 @@ class SshTransport(Transport):
         """Hold one session slot on a master for the rest of this process (see SESSION_SLOTS);
         sets `control_path` to that master's socket."""
         if self._slot is not None:
+            return
+        from vp import prespawn
+
+        fd = prespawn.slot_for(self._base_path)  # taken at start-up for an early session
+        if fd is not None:
+            self._slot, self.control_path = fd, self._base_path
             return
         import random
 
@@ -366,6 +377,9 @@ class SshTransport(Transport):
             if state == "up":
                 self._checked_at = time.monotonic()
                 return
+            from vp import prespawn
+
+            prespawn.discard()  # an early session on a master that is not up is no use
             if state == "wedged":
                 self._control("exit", timeout=5)
             if os.path.exists(self.control_path):

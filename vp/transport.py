@@ -36,6 +36,11 @@ class Transport:
         """argv that runs `sh -s` on the host, reading the script from stdin."""
         raise NotImplementedError
 
+    def shared_master(self) -> tuple[str, int] | None:
+        """(socket, session slots) of the first shared master, when this process holds one
+        of its slots: where vp.prespawn may open the next run's session early."""
+        return None
+
     def exec_argv(self, script: str) -> list[str]:
         """argv that runs `script` (no secrets: it is in argv) with stdin free for data."""
         raise NotImplementedError
@@ -144,14 +149,23 @@ class EarlySession:
     its stdin closes with vp, and `sh -s` reads an empty script."""
 
     def __init__(self, transport: Transport):
+        from vp import prespawn
+
         transport.ensure()
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            transport.shell_argv(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        argv = transport.shell_argv()
+        # Opened already by vp.prespawn at start-up, when the last run here used this argv.
+        self._proc: subprocess.Popen[bytes] | None = prespawn.claim(argv)
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            master = transport.shared_master()
+            if master is not None:
+                prespawn.remember(argv, *master)
 
     def take(self) -> subprocess.Popen[bytes] | None:
         proc, self._proc = self._proc, None
