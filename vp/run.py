@@ -315,6 +315,9 @@ def _execute_once(
 
         n = nodes.node_count(cfg, opts.nodes)
         if n > 1:
+            from vp import prespawn
+
+            prespawn.discard()  # each rank opens its own session
             return nodes.execute(cfg, opts, ui, state, n, attempt=attempt, parent=parent)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
