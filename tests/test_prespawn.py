@@ -161,3 +161,40 @@ def test_a_guess_that_does_not_match_is_ended_unused(ssh_project: VpEnv, tmp_pat
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
     assert not got.exists() or got.read_bytes() == b"", "the run's script went to the guess"
     assert marshal.loads(entry.read_bytes())[1] == argv
+
+
+def test_after_an_edit_the_early_session_waits_for_the_upload(ssh_project: VpEnv) -> None:
+    """Edit, then run (the everyday loop): the upload takes a second session slot and the run
+    goes into the session opened at start-up: two sessions, no set-up after the upload."""
+    env, host = ssh_project, ssh_project.host  # type: ignore[attr-defined]
+    _warm(env)
+    (env.project / "train.py").write_text("print('edited')\n")
+    before = _log(host)
+    r = env.run("cat", "train.py")
+    assert r.returncode == 0 and r.stdout == "print('edited')\n", r.stderr
+    assert _since(host, before).count("Starting session:") == 2
+
+
+def test_with_no_second_slot_free_the_early_session_makes_way(ssh_project: VpEnv) -> None:
+    """Every other session slot on the master is held (other vp calls): the early session is
+    ended before the upload rather than holding two sessions on one slot."""
+    import fcntl
+
+    env = ssh_project
+    _warm(env)
+    [entry] = _entries(env)
+    import marshal
+
+    _, _, _, base, slots = marshal.loads(entry.read_bytes())
+    held = []
+    for s in range(1, slots):
+        fd = os.open(f"{base}.m0s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(fd)
+    try:
+        (env.project / "train.py").write_text("print('edited again')\n")
+        r = env.run("cat", "train.py")
+        assert r.returncode == 0 and r.stdout == "print('edited again')\n", r.stderr
+    finally:
+        for fd in held:
+            os.close(fd)

@@ -368,7 +368,10 @@ def _execute_once(
         # The run's session opens while the workspace is checked (vp.transport.EarlySession).
         early = EarlySession(ws.transport)
     if opts.sync:
-        sync_up(ws, ui, yes=opts.yes, before_send=early.cancel if early else lambda: None)
+        try:
+            sync_up(ws, ui, yes=opts.yes, before_send=early.make_room if early else lambda: None)
+        finally:
+            ws.transport.release_extra_slot()
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.

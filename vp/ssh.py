@@ -242,6 +242,8 @@ class SshTransport(Transport):
         self._base_path = self.control_path
         self._checked_at = 0.0
         self._slot: int | None = None
+        self._master = 0  # which of the MASTERS our slot is on
+        self._extra: int | None = None  # a second slot, held while an upload runs
 
     # argv ----------------------------------------------------------------------
     def options(self) -> list[str]:
@@ -341,10 +343,31 @@ class SshTransport(Transport):
                     except OSError:
                         os.close(fd)
                         continue
-                    self._slot = fd
+                    self._slot, self._master = fd, m
                     self.control_path = self._base_path if m == 0 else f"{self._base_path}-{m}"
                     return
             time.sleep(0.03 + random.random() * 0.07)
+
+    def take_extra_slot(self) -> bool:
+        if self._slot is None or self._extra is not None:
+            return self._extra is not None
+        for s in range(SESSION_SLOTS):
+            fd = os.open(
+                f"{self._base_path}.m{self._master}s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._extra = fd
+            return True
+        return False
+
+    def release_extra_slot(self) -> None:
+        if self._extra is not None:
+            os.close(self._extra)
+            self._extra = None
 
     def _check(self) -> str:
         """'up', 'down' or 'wedged' for the master at our ControlPath."""
