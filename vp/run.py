@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vp import checkpoints, remote
+from vp import remote
 from vp.config import Config
 from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow
@@ -448,7 +448,9 @@ def _execute_once(
                 )
                 for f in forwards:
                     ui.note(f"tunnel: {f.url} -> {ws.host.name}:{f.remote}")
-            if not opts.setup_only:
+            if not opts.setup_only and cfg.sync.checkpoint_dir:
+                from vp import checkpoints
+
                 tunnels.enter_context(checkpoints.puller(ws, ui))
             result = follow(
                 t,

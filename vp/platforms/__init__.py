@@ -12,11 +12,11 @@ from typing import Any
 
 from vp.errors import UsageError
 from vp.platforms.base import Platform
-from vp.platforms.cloud import Declaration
+from vp.platforms.declare import Declaration
 from vp.settings import of_table
 
 # Modules of this package that are shared machinery, not providers.
-_MACHINERY = {"base", "cloud", "common", "gpus"}
+_MACHINERY = {"base", "cloud", "common", "declare", "gpus"}
 
 # The providers, in the order vp lists them: the embedded default first, then by kind.
 _ORDER = ("local", "ssh", "vast", "runpod", "thunder", "aws", "gce")
