@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -424,6 +423,8 @@ class SshTransport(Transport):
             "--",
             self.target.host,
         ]
+        import tempfile  # only when a master starts
+
         with tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.run(
