@@ -81,6 +81,9 @@ class Transport:
         self, script: str, *, timeout: float | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a short script, capturing its output."""
+        from vp import prespawn
+
+        prespawn.discard()  # one session at a time on our slot: an early one waiting goes
         self.ensure()
         return subprocess.run(
             self.shell_argv(),
