@@ -193,14 +193,10 @@ class EarlySession:
 
     def cancel(self) -> None:
         proc = self.take()
-        if proc is None:
-            return
-        proc.terminate()  # the mux client goes, and the master closes the channel
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        if proc is not None:
+            from vp.prespawn import end_session
+
+            end_session(proc)
 
 
 def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
