@@ -19,9 +19,7 @@ import hashlib
 import json
 import os
 import socket
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 TIMEOUT = 0.3  # s: a watcher that cannot answer by then is slower than the check it saves
@@ -49,15 +47,13 @@ def rundir(root: Path, create: bool = True) -> Path | None:
     return path
 
 
-@dataclass
 class Answer:
     """The watcher's reply: `token` now; `unchanged` since the token asked about; `known`:
-    the directories asked about are the ones it watches, all of them."""
+    the directories asked about are the ones it watches, all of them; `refused`: it cannot
+    watch this tree (a network filesystem, the watch limit)."""
 
-    token: list
-    unchanged: bool
-    known: bool
-    refused: bool = False  # it cannot watch this tree (a network filesystem, the watch limit)
+    def __init__(self, token: list, unchanged: bool, known: bool, refused: bool = False):
+        self.token, self.unchanged, self.known, self.refused = token, unchanged, known, refused
 
 
 class NoWatcher(Exception):
@@ -164,6 +160,8 @@ def start(root: Path, dirs) -> None:
         with open(tmp, "wb") as fh:
             fh.write(b"\0".join(os.fsencode(d) for d in sorted(dirs)))
         os.replace(tmp, path / "dirs")
+        import subprocess
+
         idle = os.environ.get("VP_WATCH_IDLE_S") or str(IDLE_S)
         subprocess.Popen(
             [sys.executable, "-I", "-S", str(WATCHER), str(root), str(path), version(), idle],
@@ -202,10 +200,13 @@ class Check:
     def unchanged_since(self, watch: list | None) -> bool:
         """Does the watcher say nothing changed since `watch` ([instance, generation, digest
         of the cached directories]), having read every event queued before this question?"""
-        from vp.sync.watcher import digest
-
         try:
-            self.asked = watch[2] if watch else digest(self.dirs)
+            if watch:
+                self.asked = watch[2]
+            else:
+                from vp.sync.watcher import digest
+
+                self.asked = digest(self.dirs)
             self.answer = ask(self.root, watch[:2] if watch else None, self.asked)
         except NoWatcher:
             self.listening = False
