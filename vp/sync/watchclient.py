@@ -20,10 +20,12 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 TIMEOUT = 0.3  # s: a watcher that cannot answer by then is slower than the check it saves
 IDLE_S = 1800  # a watcher nobody asked for this long exits
+RETRY_S = 600  # after a watcher could not start, the next try waits this long
 
 
 def enabled() -> bool:
@@ -155,6 +157,11 @@ def start(root: Path, dirs) -> None:
     path = rundir(root)
     if path is None:
         return
+    try:  # the last one could not watch at all (no inotify instance left): not again yet
+        if os.stat(path / "failed").st_mtime > time.time() - RETRY_S:
+            return
+    except OSError:
+        pass
     tmp = path / f".dirs.{os.getpid()}"
     try:
         with open(tmp, "wb") as fh:

@@ -685,8 +685,10 @@ def serve(root: bytes, rundir: bytes, version: str, idle_s: float) -> int:
             pass
     try:
         watcher = Watcher(root, cookies, log)
-    except OSError as e:
+    except OSError as e:  # no inotify instance left (fs.inotify.max_user_instances)
         log(f"cannot watch: {e}")
+        with open(os.path.join(rundir, b"failed"), "w") as fh:  # no new try for RETRY_S
+            fh.write(f"{e}\n")
         return 1
     dirs_file = os.path.join(rundir, b"dirs")
     try:
