@@ -506,7 +506,7 @@ class Server:
         self.sock.setblocking(False)
         self.sel.register(self.sock, selectors.EVENT_READ, "accept")
         self.sel.register(watcher.ino.fd, selectors.EVENT_READ, "inotify")
-        self.pending: dict[bytes, tuple[socket.socket, dict]] = {}
+        self.pending: dict[bytes, tuple[socket.socket, dict, float]] = {}
         # cookies whose event was read before their question (both were ready at once)
         self.seen: dict[bytes, None] = {}
         self.buffers: dict[socket.socket, bytes] = {}
@@ -545,7 +545,7 @@ class Server:
                 self._reply(conn, {"error": "bad cookie"})
                 return
             self.sel.unregister(conn)
-            self.pending[cookie] = (conn, request)
+            self.pending[cookie] = (conn, request, time.monotonic())
             if self.seen.pop(cookie, 0) is None:
                 self._cookie(cookie)
         elif op == "dirs":
@@ -604,7 +604,7 @@ class Server:
             while len(self.seen) > 1000:
                 del self.seen[next(iter(self.seen))]
             return
-        conn, request = waiting
+        conn, request, _asked = waiting
         reply = self.watcher.answer(request)
         self.answers += 1
         if reply["unchanged"]:
@@ -639,6 +639,9 @@ class Server:
                     self._readable(key.fileobj)  # type: ignore[arg-type]
             if self.watcher.gone or self.watcher._root_id() is None:
                 return "the root is gone"
+            stale = time.monotonic() - 60
+            for name in [n for n, (_c, _r, asked) in self.pending.items() if asked < stale]:
+                self._close(self.pending.pop(name)[0])  # its cookie never came
             failed = self.watcher.failed
             if failed and time.monotonic() - failed > RETRY_S:
                 return f"could not watch for {RETRY_S} s (a later call starts afresh)"
