@@ -137,7 +137,7 @@ vp_filter() {{
 vp_exec() {{
   [ -n "$vp_f" ] || {{ {plain}; return; }}
   {{ trap : INT TERM; (umask "$vp_umask" 2>/dev/null; eval "$vp_env" && exec "$vp_sh" -c "$1") < /dev/null 2>&1; echo $? > "$R/rc"; }} | (eval "$vp_mask"; trap '' INT TERM; vp_filter) >> "$R/log"
-  return "$(cat "$R/rc" 2>/dev/null || echo 1)"
+  vp_rc=1; {{ read -r vp_rc < "$R/rc"; }} 2>/dev/null; return "$vp_rc"
 }}
 """
 
@@ -149,9 +149,10 @@ def _setup_step(setup: SetupStep | None) -> str:
         return ""
     if not all(c in "0123456789abcdef" for c in setup.digest + setup.key):
         raise ValueError("setup digest and key must be hex")
-    check = "" if setup.force else f'[ "$(cat "$vp_sf" 2>/dev/null)" != {setup.digest} ] && '
+    check = ":" if setup.force else f'[ "$vp_sd" != {setup.digest} ]'
     return f"""vp_sf="${{R%/*/*}}/setup/{setup.key}"
-if {check}:; then
+vp_sd=; {{ read -r vp_sd < "$vp_sf"; }} 2>/dev/null
+if {check}; then
   printf '\\036VPSETUP\\n' >> "$R/log"
   vp_exec {shlex.quote(setup.text)}; vp_sc=$?
   printf '\\036VPSETUPEND\\n' >> "$R/log"
