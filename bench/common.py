@@ -189,11 +189,13 @@ class Bench:
         self._workdir_n += 1
         return self.remote / f"ws{self._workdir_n}"
 
-    def vp(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    def vp(
+        self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [*VP, *args],
             cwd=cwd or self.project,
-            env=self.env,
+            env=env or self.env,
             capture_output=True,
             stdin=subprocess.DEVNULL,
             timeout=300,

@@ -76,7 +76,9 @@ def test_a_bad_node_count_is_refused_without_loading_the_multi_node_code(vp_env:
 def test_a_warm_run_imports_no_typer_rich_or_pydantic(ssh_project: VpEnv) -> None:
     assert ssh_project.run("true").returncode == 0
     probe = (
-        "import sys, runpy\n"
+        "import os, sys, runpy\n"
+        "def _exit(code): raise SystemExit(code)\n"
+        "os._exit = _exit  # vp leaves without the interpreter's teardown\n"
         "sys.argv = ['vp', 'true']\n"
         "try:\n"
         "    runpy.run_module('vp', run_name='__main__')\n"

@@ -186,7 +186,36 @@ def tables() -> dict[str, type]:
 
 def table_keys(section: str) -> dict[str, Key]:
     """The keys of a table (none for a free section such as [env])."""
-    return {} if section in FREE_SECTIONS else settings.keys(tables()[section])
+    if section in FREE_SECTIONS:
+        return {}
+    table = _table(section)
+    if table is None:
+        raise KeyError(section)
+    return settings.keys(table)
+
+
+@functools.cache
+def _table(section: str) -> type | None:
+    """The table class of one section, importing only its provider's module (if it is one):
+    loading a config imports the providers its files and environment name, not all of them."""
+    from vp.platforms import PROVIDERS, declaration
+
+    if section in PROVIDERS:
+        found = declaration(section).settings
+        if settings.keys(found):
+            return found
+    return CORE_TABLES.get(section)
+
+
+def _known(section: str) -> bool:
+    return section in FREE_SECTIONS or _table(section) is not None
+
+
+@functools.cache
+def _default(section: str) -> Any:
+    """A provider's table with every key at its default, built when first asked for."""
+    table = _table(section)
+    return settings.NoSettings() if table is None else settings.build(table, {})
 
 
 def section_names() -> list[str]:
@@ -194,11 +223,15 @@ def section_names() -> list[str]:
 
 
 @functools.cache
-def _declared() -> tuple[set, dict, dict]:
-    """What the providers' declarations add: secrets, endpoint keys, endpoint variables."""
-    from vp.platforms import declarations
+def _declared(sections: frozenset[str] | None = None) -> tuple[set, dict, dict]:
+    """What the providers' declarations add: secrets, endpoint keys, endpoint variables; of
+    the providers among `sections` (None: all of them)."""
+    from vp.platforms import PROVIDERS, declaration, declarations
 
-    decls = declarations()
+    if sections is None:
+        decls = declarations()
+    else:
+        decls = [declaration(s) for s in sorted(sections) if s in PROVIDERS]
     secret = {("docker", "password"), *((d.name, key) for d in decls for key in d.secrets)}
     user_only = {
         **{(d.name, d.endpoint_key): d.endpoint_env for d in decls if d.endpoint_key},
@@ -283,7 +316,7 @@ class Config:
         settings (`local`) gets an empty table."""
         found = self.tables.get(name)
         if found is None:
-            found = CORE_TABLES.get(name, settings.NoSettings)()
+            found = _default(name)
         return found
 
     def replace(self, section: str, **changes: Any) -> Config:
@@ -331,7 +364,8 @@ _TYPED = ("host", "run", "budget", "ssh", "sync", "docker", "setup", "secrets", 
 
 def _build(data: dict[str, dict[str, Any]], **where: Any) -> Config:
     """The read-only Config from merged, validated values (absent keys keep their default)."""
-    built = {name: settings.build(table, data.get(name, {})) for name, table in tables().items()}
+    names = [*CORE_TABLES, *(s for s in data if s not in CORE_TABLES and s not in FREE_SECTIONS)]
+    built = {name: settings.build(_table(name), data.get(name, {})) for name in names}
     return Config(
         **where,
         **{name: built[name] for name in _TYPED},
@@ -372,9 +406,9 @@ REMOVED_KEYS = {
 def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
     """Check a parsed file against the tables; return it. Errors name the file, key and fix."""
     out: dict[str, dict[str, Any]] = {}
-    sections = section_names()
     for section, table in raw.items():
-        if section not in sections:
+        if not _known(section):
+            sections = section_names()
             near = _nearest(section, sections)
             hint = f"did you mean [{near}]?" if near else f"valid sections: {', '.join(sections)}"
             raise ConfigError(f"{source}: unknown section [{section}]", hint=hint)
@@ -519,7 +553,7 @@ def check_endpoint(url: str, where: str) -> None:
 
 def check_platform_endpoint(platform: str, environ: dict[str, str] | None = None) -> None:
     """The environment's endpoint override for `platform`, held to the same rule as a file's."""
-    name = _declared()[2].get(platform)
+    name = _declared(frozenset([platform]))[2].get(platform)
     value = (os.environ if environ is None else environ).get(name or "")
     if name and value:
         check_endpoint(value, name)
@@ -543,7 +577,7 @@ def looks_secret(value: str) -> bool:
 
 def is_secret(section: str, key: str, value: Any) -> bool:
     """Is this value a secret that must stay out of project files, logs and the terminal?"""
-    if (section, key) in _declared()[0]:
+    if (section, key) in _declared(frozenset([section]))[0]:
         return True
     if section not in FREE_SECTIONS or not isinstance(value, str):
         return False
@@ -596,7 +630,7 @@ def _load_project(path: Path) -> dict[str, Any]:
     else:
         source = str(path)
     data = validate(raw, source)
-    secret_keys, user_only_keys, _ = _declared()
+    secret_keys, user_only_keys, _ = _declared(frozenset(data))
     for section, key in secret_keys:
         if key in data.get(section, {}):
             raise ConfigError(
@@ -645,7 +679,12 @@ def _coerce(raw: str, expected: type | tuple[type, ...], name: str) -> Any:
 
 def _from_env(environ: dict[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for section in tables():
+    from vp.platforms import PROVIDERS
+
+    named = [p for p in PROVIDERS if any(k.startswith(f"VP_{p.upper()}_") for k in environ)]
+    for section in dict.fromkeys([*CORE_TABLES, *named]):
+        if _table(section) is None:
+            continue
         for key, spec in table_keys(section).items():
             name = f"VP_{section.upper()}_{key.upper()}"
             if name in environ:
@@ -715,7 +754,7 @@ def load(
         if not any(key in layer.get(section, {}) for layer in later)
         and user_layer.get(section, {}).get(key, _UNSET) != value  # the user's own value too
     )
-    for section in tables():
+    for section in [s for s in data if s not in FREE_SECTIONS]:
         for key, spec in table_keys(section).items():
             if spec.merge == "lowest":
                 found = [

@@ -19,11 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vp import records, secretstore
-from vp.capacity import create_with_fallback
+from vp import secretstore
 from vp.config import Config
 from vp.errors import ConnectionFailed, HostGone, UsageError, VpError
-from vp.offers import cheapest, platform_for, spec_from_config
 from vp.platforms import clouds, declaration
 from vp.platforms import kind as kind_of
 from vp.platforms.base import (
@@ -37,8 +35,6 @@ from vp.platforms.base import (
     SupportsClone,
     SupportsModify,
 )
-from vp.platforms.cloud import CloudPlatform, adopt, node_rank, owned, unhonoured
-from vp.platforms.common import discard_key
 from vp.poll import PollTimeout, poll
 from vp.ssh import HostKeyMismatch, SshTarget, SshTransport, forget_pin, is_pinned
 from vp.state import State
@@ -148,6 +144,8 @@ def warm_host(
     cfg: Config, state: State, ui: UI, name: str, host_name: str | None
 ) -> tuple[Host, Transport] | None:
     """Warm path: a running host vp knows on `name` and reaches over ssh (no API call)."""
+    from vp.platforms.cloud import node_rank
+
     platform: Platform | None = None
     for host in sorted(state.hosts(cfg.project, name), key=node_rank):  # rank 0 first
         if host.status == RUNNING and host.ssh_host and _matches(host, host_name):
@@ -158,6 +156,8 @@ def warm_host(
             except ConnectionFailed as exc:
                 ui.debug(f"known host {host.name} did not answer ({exc}); asking {name}")
             except HostKeyMismatch as exc:
+                from vp.offers import platform_for
+
                 platform = platform or platform_for(cfg, name)
                 _mismatch(cfg, state, ui, platform, host, exc)  # returns only if it is gone
     return None
@@ -174,6 +174,8 @@ def resolve_on(
     image: str | None = None,
 ) -> tuple[Host, Transport]:
     """The project's host on platform `name`: running > stopped (started) > created."""
+    from vp.offers import platform_for
+
     project = cfg.project
     found = warm_host(cfg, state, ui, name, host_name)
     if found is not None:
@@ -215,7 +217,7 @@ def _start(
 ) -> tuple[Host, Transport]:
     """Start a stopped host and wait until ssh answers, saying so with the create's spinner:
     a restart takes seconds to minutes and must not look like a hang."""
-    from vp import spend
+    from vp import records, spend
 
     require_secrets(cfg)
     spend.check(cfg, state, what=f"start {host.name}", host_key=host.key, price=host.price)
@@ -231,6 +233,8 @@ def project_hosts(platform: Platform, state: State, project: str | None) -> list
     """The hosts on `platform` that are the project's under the provider's ownership rule
     (its label, or vp's state having recorded creating them). Nothing else is ever adopted,
     stopped or destroyed."""
+    from vp.platforms.cloud import node_rank, owned
+
     listed = [with_local_facts(h, state) for h in platform.list(project)]
     mine = owned(declaration(platform.name), listed, lambda h: state.host(h.key) is not None)
     return sorted(mine, key=node_rank)  # rank 0 (the project's usual host) before its nodes
@@ -271,6 +275,8 @@ def _lookup(platform: Platform, host: Host, project: str | None) -> Host | None:
 
 def forget(state: State, host: Host) -> None:
     """Drop every trace of a host that no longer exists: its state row, pin and key."""
+    from vp.platforms.common import discard_key
+
     state.forget_host(host.key)
     if host.host_key_alias:
         forget_pin(host.host_key_alias)
@@ -320,6 +326,10 @@ def _create_through(
 ) -> tuple[Host, Transport]:
     """One create through every (platform, GPU) pair of `names` × [host] gpu (vp/capacity.py
     decides the order, when to move on and when to wait)."""
+    from vp.capacity import create_with_fallback
+    from vp.offers import platform_for, spec_from_config
+    from vp.platforms.cloud import CloudPlatform
+
     require_secrets(cfg)
 
     def attempt(platform_name: str, gpu: str | None) -> tuple[Host, Transport]:
@@ -341,6 +351,8 @@ def create_request(
     cfg: Config, state: State, ui: UI, platform: Platform, spec: HostSpec, name: str | None = None
 ) -> Host:
     """Ask `platform` for one host matching `spec`; the host it accepted (not yet ready)."""
+    from vp.platforms.cloud import CloudPlatform, unhonoured
+
     for ignored in unhonoured(declaration(platform.name), spec):
         ui.warn(f"[host] {ignored} is ignored on {platform.name}")
     name = name or cfg.host.name or f"vp-{cfg.project}"
@@ -365,6 +377,8 @@ def _resolve_fallback(
 ) -> tuple[Host, Transport]:
     """The project's host on any platform of the fallback list (running > stopped, in list
     order), else a new one through the list."""
+    from vp.offers import platform_for
+
     names = cfg.platforms
     for name in names:  # warm path: a host vp knows and reaches costs no API call
         found = warm_host(cfg, state, ui, name, host_name)
@@ -405,6 +419,8 @@ def _money_checks(
 
 def rented(host: Host) -> str:
     """What was rented and at what price: `rented 1x RTX 4090 at $0.36/h in Texas, US`."""
+    from vp import records
+
     what = f"{host.gpus}x {host.gpu}" if host.gpu else f"{host.name} ({host.id})"
     price = f" at {records.money(host.price)}/h" if host.price is not None else ""
     where = f" in {host.region}" if host.region else ""
@@ -416,6 +432,8 @@ def adopt_new_host(
 ) -> tuple[Host, Transport]:
     """Wait for a host the provider just made (by create or clone) to answer ssh, and pin
     its key. Any failure, Ctrl-C included, destroys it and its key before re-raising."""
+    from vp.offers import spec_from_config
+    from vp.platforms.cloud import adopt
 
     def pin(ready: Host) -> Transport:
         transport = transport_for(ready, cfg)
@@ -442,6 +460,8 @@ def host_gone(cfg: Config, state: State, host: Host) -> str | None:
     Asked only while reconnecting fails, so a vanished cloud host ends the wait at once
     instead of after the reconnect timeout.
     """
+    from vp.offers import platform_for
+
     if host.platform not in clouds():
         return None
     listed = platform_for(cfg, host.platform).list(cfg.project)
@@ -466,6 +486,8 @@ def _resolve_auto(
 ) -> tuple[Host, Transport]:
     """Use a host the project already has anywhere; else create the cheapest matching offer.
     The host returned names its platform (`host.platform`); the config still says `auto`."""
+    from vp.offers import cheapest
+
     for host in state.hosts(cfg.project):
         if host.platform in clouds() and host.status == RUNNING and _matches(host, host_name):
             transport = transport_for(host, cfg)
@@ -508,6 +530,8 @@ def last_known(cfg: Config, state: State, host_name: str | None = None) -> Host 
 def find(cfg: Config, state: State, ui: UI, ident: str | None = None) -> tuple[Host, Platform]:
     """The host named `ident` (id or name) on the configured platform, or the project's one,
     as provider and state together know it."""
+    from vp.offers import platform_for
+
     platform = platform_for(cfg)
     if kind_of(cfg.platform) in ("local", "ssh"):
         host, _t = resolve(cfg, state, ui, host_name=ident, create=False)
@@ -526,6 +550,9 @@ def find_all(
     """`find`'s host and, with no `ident` on a cloud platform, the project's nodes of rank >= 1
     (vp/nodes.py): what `vp stop` / `vp down` with no host named act on, so the other hosts
     of a multi-node run are never left billing. Rank order."""
+    from vp.offers import platform_for
+    from vp.platforms.cloud import node_rank
+
     if ident is not None or kind_of(cfg.platform) in ("local", "ssh"):
         target, platform = find(cfg, state, ui, ident)
         return [target], platform
@@ -540,6 +567,8 @@ def ranks_marked(hosts: list[Host]) -> list[Host]:
     """For showing: where a project has nodes of rank >= 1 on a platform, its first host of
     rank 0 (the one a run takes as rank 0) is marked node 0 too. Never saved: the mark
     stands only while the nodes exist."""
+    from vp.platforms.cloud import node_rank
+
     groups = {(h.platform, h.labels.get("project")) for h in hosts if node_rank(h)}
     out, marked = [], set()
     for h in hosts:
@@ -554,6 +583,8 @@ def ranks_marked(hosts: list[Host]) -> list[Host]:
 def list_hosts(cfg: Config, state: State, *, all_projects: bool = False) -> list[Host]:
     """The project's hosts (or, `all_projects`, every vp host) on the configured platform.
     Listing refreshes what vp knows of its own hosts (address, status) for the warm path."""
+    from vp.offers import platform_for
+
     if kind_of(cfg.platform) not in ("vm", "container"):
         return platform_for(cfg).list(None if all_projects else cfg.project)
     hosts = []
@@ -706,6 +737,8 @@ def modify(
     disk_gb: int | None = None,
 ) -> Host:
     """Change a host's hardware in place and wait until it is ready again."""
+    from vp.offers import platform_for
+
     platform = platform_for(cfg)
     if not isinstance(platform, SupportsModify):
         raise UsageError(f"{cfg.platform} cannot modify hosts")
@@ -725,6 +758,8 @@ def modify(
 def clone(cfg: Config, state: State, ui: UI, ident: str | None, name: str) -> Host:
     """A new host from a host's disk, ready and pinned. Its `labels["snapshot"]` names the
     snapshot a provider kept (billed storage)."""
+    from vp.offers import platform_for
+
     platform = platform_for(cfg)
     if not isinstance(platform, SupportsClone):
         raise UsageError(f"{cfg.platform} cannot clone hosts")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from vp.config import Config, check_platform_endpoint
 from vp.errors import VpError
-from vp.platforms import CLOUDS, get_platform
+from vp.platforms import clouds, get_platform
 from vp.platforms.base import HostSpec, Offer, Platform
 from vp.ui import UI
 
@@ -48,8 +48,9 @@ def all_offers(cfg: Config, spec: HostSpec, ui: UI) -> list[Offer]:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=len(CLOUDS)) as pool:
-        results = list(pool.map(ask, CLOUDS))
+    names = clouds()
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        results = list(pool.map(ask, names))
     offers = [o for batch in results for o in batch]
     if spec.max_price is not None:
         offers = [o for o in offers if o.price <= spec.max_price]

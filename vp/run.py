@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vp import checkpoints, remote
+from vp import remote
 from vp.config import Config
 from vp.errors import EXIT_INTERRUPTED, HostGone, UsageError, VpError
 from vp.follow import follow
@@ -315,6 +315,9 @@ def _execute_once(
 
         n = nodes.node_count(cfg, opts.nodes)
         if n > 1:
+            from vp import prespawn
+
+            prespawn.discard()  # each rank opens its own session
             return nodes.execute(cfg, opts, ui, state, n, attempt=attempt, parent=parent)
     # Before any host is created, started or asked: a missing secret fails here, for free.
     secret_values = secretstore.for_project(cfg)
@@ -365,7 +368,10 @@ def _execute_once(
         # The run's session opens while the workspace is checked (vp.transport.EarlySession).
         early = EarlySession(ws.transport)
     if opts.sync:
-        sync_up(ws, ui, yes=opts.yes, before_send=early.cancel if early else lambda: None)
+        try:
+            sync_up(ws, ui, yes=opts.yes, before_send=early.make_room if early else lambda: None)
+        finally:
+            ws.transport.release_extra_slot()
     if opts.sync_only:
         return 0
     # --no-sync skips both directions; --no-download only the way back.
@@ -442,7 +448,9 @@ def _execute_once(
                 )
                 for f in forwards:
                     ui.note(f"tunnel: {f.url} -> {ws.host.name}:{f.remote}")
-            if not opts.setup_only:
+            if not opts.setup_only and cfg.sync.checkpoint_dir:
+                from vp import checkpoints
+
                 tunnels.enter_context(checkpoints.puller(ws, ui))
             result = follow(
                 t,

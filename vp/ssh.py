@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -242,6 +241,8 @@ class SshTransport(Transport):
         self._base_path = self.control_path
         self._checked_at = 0.0
         self._slot: int | None = None
+        self._master = 0  # which of the MASTERS our slot is on
+        self._extra: int | None = None  # a second slot, held while an upload runs
 
     # argv ----------------------------------------------------------------------
     def options(self) -> list[str]:
@@ -291,6 +292,11 @@ class SshTransport(Transport):
     def ssh_argv(self, *extra: str) -> list[str]:
         return ["ssh", *self.options(), *extra]
 
+    def shared_master(self) -> tuple[str, int] | None:
+        if self._slot is None or self.control_path != self._base_path:
+            return None  # an overflow master: the next run starts on the first one
+        return self._base_path, SESSION_SLOTS
+
     def shell_argv(self) -> list[str]:
         return self.ssh_argv("-T", "--", self.target.host, "sh -s")
 
@@ -316,6 +322,12 @@ class SshTransport(Transport):
         sets `control_path` to that master's socket."""
         if self._slot is not None:
             return
+        from vp import prespawn
+
+        fd = prespawn.slot_for(self._base_path)  # taken at start-up for an early session
+        if fd is not None:
+            self._slot, self.control_path = fd, self._base_path
+            return
         import random
 
         started = time.monotonic()
@@ -330,10 +342,31 @@ class SshTransport(Transport):
                     except OSError:
                         os.close(fd)
                         continue
-                    self._slot = fd
+                    self._slot, self._master = fd, m
                     self.control_path = self._base_path if m == 0 else f"{self._base_path}-{m}"
                     return
             time.sleep(0.03 + random.random() * 0.07)
+
+    def take_extra_slot(self) -> bool:
+        if self._slot is None or self._extra is not None:
+            return self._extra is not None
+        for s in range(SESSION_SLOTS):
+            fd = os.open(
+                f"{self._base_path}.m{self._master}s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._extra = fd
+            return True
+        return False
+
+    def release_extra_slot(self) -> None:
+        if self._extra is not None:
+            os.close(self._extra)
+            self._extra = None
 
     def _check(self) -> str:
         """'up', 'down' or 'wedged' for the master at our ControlPath."""
@@ -366,6 +399,9 @@ class SshTransport(Transport):
             if state == "up":
                 self._checked_at = time.monotonic()
                 return
+            from vp import prespawn
+
+            prespawn.discard()  # an early session on a master that is not up is no use
             if state == "wedged":
                 self._control("exit", timeout=5)
             if os.path.exists(self.control_path):
@@ -387,6 +423,8 @@ class SshTransport(Transport):
             "--",
             self.target.host,
         ]
+        import tempfile  # only when a master starts
+
         with tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.run(

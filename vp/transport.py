@@ -36,6 +36,19 @@ class Transport:
         """argv that runs `sh -s` on the host, reading the script from stdin."""
         raise NotImplementedError
 
+    def take_extra_slot(self) -> bool:
+        """Hold a second session slot on our master, if one is free right now: an upload can
+        then run beside an open session instead of ending it."""
+        return False
+
+    def release_extra_slot(self) -> None:
+        """Give back the slot `take_extra_slot` took."""
+
+    def shared_master(self) -> tuple[str, int] | None:
+        """(socket, session slots) of the first shared master, when this process holds one
+        of its slots: where vp.prespawn may open the next run's session early."""
+        return None
+
     def exec_argv(self, script: str) -> list[str]:
         """argv that runs `script` (no secrets: it is in argv) with stdin free for data."""
         raise NotImplementedError
@@ -139,23 +152,41 @@ class EarlySession:
     overlaps vp's own work before a run, such as the no-change check of a big project; the
     run's launch script goes into it (`take`, then `Transport.popen(script, session)`).
 
-    `cancel` ends it unused (before an upload, so one vp never holds two sessions of its
-    master's slots; or when the run does not happen). Unused at exit, it ends by itself:
-    its stdin closes with vp, and `sh -s` reads an empty script."""
+    Before an upload, `make_room` keeps it open when a second session slot on the master is
+    free for the copy, else `cancel`s it, so one vp never holds two sessions on one slot.
+    Unused at exit, it ends by itself: its stdin closes with vp, and `sh -s` reads an empty
+    script."""
 
     def __init__(self, transport: Transport):
+        from vp import prespawn
+
+        self._transport = transport
         transport.ensure()
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            transport.shell_argv(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        argv = transport.shell_argv()
+        # Opened already by vp.prespawn at start-up, when the last run here used this argv.
+        self._proc: subprocess.Popen[bytes] | None = prespawn.claim(argv)
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            master = transport.shared_master()
+            if master is not None:
+                prespawn.remember(argv, *master)
 
     def take(self) -> subprocess.Popen[bytes] | None:
         proc, self._proc = self._proc, None
         return proc
+
+    def make_room(self) -> None:
+        """Before an upload: keep the session for the run when a second slot on the master is
+        free for the copy (after an edit, the run then starts without a session set-up);
+        else end it, so one vp never holds two sessions on one slot."""
+        if self._proc is not None and not self._transport.take_extra_slot():
+            self.cancel()
 
     def cancel(self) -> None:
         proc = self.take()

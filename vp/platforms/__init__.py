@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import functools
 import importlib
-import pkgutil
+import os
 from typing import Any
 
 from vp.errors import UsageError
 from vp.platforms.base import Platform
-from vp.platforms.cloud import Declaration
+from vp.platforms.declare import Declaration
 from vp.settings import of_table
 
 # Modules of this package that are shared machinery, not providers.
-_MACHINERY = {"base", "cloud", "common", "gpus"}
+_MACHINERY = {"base", "cloud", "common", "declare", "gpus"}
 
 # The providers, in the order vp lists them: the embedded default first, then by kind.
 _ORDER = ("local", "ssh", "vast", "runpod", "thunder", "aws", "gce")
 
 
 def _discover() -> tuple[str, ...]:
-    found = [m.name for m in pkgutil.iter_modules(__path__) if m.name not in _MACHINERY]
+    here = os.path.dirname(__file__)  # pkgutil would cost an import on every vp call
+    found = [
+        n[:-3]
+        for n in os.listdir(here)
+        if n.endswith(".py") and n[:-3].isidentifier() and n[:-3] not in _MACHINERY | {"__init__"}
+    ]
     return tuple(sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else 99, n)))
 
 

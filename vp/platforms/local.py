@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vp.errors import UsageError
 from vp.platforms.base import RUNNING, Host, HostSpec, Offer
-from vp.platforms.cloud import Declaration
+from vp.platforms.declare import Declaration
 
 DECLARATION = Declaration(
     name="local",

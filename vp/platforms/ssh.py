@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from vp.errors import UsageError
 from vp.platforms.base import RUNNING, Host, HostSpec, Offer
-from vp.platforms.cloud import Declaration
+from vp.platforms.declare import Declaration
 from vp.ssh import parse_target
 
 if TYPE_CHECKING:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -481,6 +479,8 @@ class DownloadIncomplete(VpError):
 
 
 def local_disk_full(label: str, root: Path, missing: int, missing_bytes: int) -> VpError:
+    import shutil
+
     free = shutil.disk_usage(root).free
     return VpError(
         f"download from {label} stopped: this computer's disk is full ({root}: "
@@ -492,6 +492,8 @@ def local_disk_full(label: str, root: Path, missing: int, missing_bytes: int) ->
 
 def _fitting(root: Path, names: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
     """Split `names` into what fits on the local disk now (smallest first) and the rest."""
+    import shutil
+
     free = shutil.disk_usage(root).free - (1 << 16)  # room for directories and staging
     if sum(sizes.get(n, 0) for n in names) <= free:
         return names, []
@@ -540,6 +542,9 @@ def download(
             f"fetching {len(names)} changed file{'s' if len(names) != 1 else ''} "
             f"from {transport.label}"
         )
+        import shutil
+        import tempfile
+
         staging = Path(tempfile.mkdtemp(prefix=".vp-dl-", dir=root))
         try:
             disk_full = (
