@@ -372,7 +372,7 @@ printf '{EXIT_MARK}%s\\n' "${{vp_ec:-none}}" >&2
 # every file stat'ed (an in-place write moves only the file's own times, never its
 # directory's, so no subtree can be skipped by a directory's times). On a big tree it is split
 # over the host's cores: see `changes_script`.
-BIG_LISTING_MS = 50  # CPU ms of a listing (~20k files) from which the next one is split
+BIG_LISTING_MS = 80  # CPU ms of a listing (~40k files here) from which the next one is split
 MAX_FINDS = 8  # parallel finds at most, whatever the core count
 
 
