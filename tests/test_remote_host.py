@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import VpEnv
+from tests.requires import requires
 from vp import remote
 from vp.sync.ignore import PRUNE_DIRS
 from vp.transport import Transport
@@ -136,7 +138,9 @@ def test_a_big_listing_is_remembered_and_a_small_one_forgotten(
         assert listing(10**9) == "1"  # small again: one find
 
 
-def _launch(home: Path, workdir: Path, command: str, env: dict[str, str], mask=()) -> bytes:
+def _launch(
+    home: Path, workdir: Path, command: str, env: dict[str, str], mask=(), path: str = "", code=0
+) -> bytes:
     script = remote.launch_script(
         '"$HOME"/.vp/runs',
         remote.new_run_id(),
@@ -149,10 +153,10 @@ def _launch(home: Path, workdir: Path, command: str, env: dict[str, str], mask=(
         ["sh", "-s"],
         input=script.encode(),
         capture_output=True,
-        env={**os.environ, "HOME": str(home)},
+        env={**os.environ, "HOME": str(home), "PATH": path + os.environ["PATH"]},
         timeout=60,
     )
-    assert f"{remote.EXIT_MARK}0".encode() in proc.stderr, proc.stderr
+    assert f"{remote.EXIT_MARK}{code}\n".encode() in proc.stderr, proc.stderr
     return proc.stdout
 
 
@@ -181,6 +185,17 @@ def test_the_environment_reaches_the_command_and_no_file(tmp_path: Path) -> None
         for f in d.iterdir():  # the unmasked run printed it into its log: that's all
             if f.name != "log" or b"***" in (d / "log").read_bytes():
                 assert secret.encode() not in f.read_bytes(), f
+
+
+@requires(shutil.which("busybox"), "needs busybox (apt-get install busybox-static)")
+def test_a_host_whose_tail_has_no_pid_option_still_streams_every_byte(tmp_path: Path) -> None:
+    home, workdir, bin_dir = tmp_path / "home", tmp_path / "ws", tmp_path / "bin"
+    home.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "tail").symlink_to(shutil.which("busybox"))  # no --pid, no --follow=name
+    command = "echo first; sleep 0.3; printf 'second\\nno newline'; exit 3"
+    out = _launch(home, workdir, command, {}, path=f"{bin_dir}:", code=3)
+    assert out == remote.STARTED + b"first\nsecond\nno newline"
 
 
 def test_a_file_changed_in_place_in_a_split_listing_comes_back(

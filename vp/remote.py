@@ -344,15 +344,28 @@ def follow_script(
 
     GNU tail follows the log by name (`--follow=name`), so it also watches the run dir: the
     `ended` the wrapper's session leader creates once `run.sh` is reaped wakes it to find
-    the pid dead at once. Without inotify it polls every 20 ms, as before."""
+    the pid dead at once. Without inotify it polls every 20 ms, as before. A tail that
+    refuses those options (busybox) fails at once, having printed nothing: then the log is
+    polled by its size (`vp_poll`, 20 Hz; a few processes per tick, only on such hosts)."""
     rdir = _run_dir(runs_dir_sh, run_id)
     script = f"""R={rdir}
 [ -d "$R" ] || {{ printf '{NORUN_MARK}\\n' >&2; exit 0; }}
+vp_poll() {{  # a tail without --pid or --follow=name (busybox): poll the log's size
+  vp_o={offset}
+  while :; do
+    vp_a=; kill -0 "$vp_pid" 2>/dev/null && vp_a=1
+    vp_s=$(wc -c < "$R/log" 2>/dev/null); vp_s=${{vp_s##* }}
+    case "$vp_s" in ''|*[!0-9]*) vp_s=$vp_o;; esac
+    if [ "$vp_s" -gt "$vp_o" ]; then tail -c +$((vp_o + 1)) "$R/log" | head -c $((vp_s - vp_o)); vp_o=$vp_s; fi
+    [ -n "$vp_a" ] || break
+    sleep 0.05 2>/dev/null || sleep 1
+  done
+}}
 vp_i=0
 while [ ! -s "$R/pid" ] && [ ! -e "$R/exit" ] && [ $vp_i -lt 5000 ]; do sleep 0.002; vp_i=$((vp_i+1)); done
 vp_pid=; {{ read -r vp_pid < "$R/pid"; }} 2>/dev/null
 if [ -n "$vp_pid" ] && [ ! -e "$R/exit" ] && kill -0 "$vp_pid" 2>/dev/null; then
-  tail -c +{offset + 1} --pid="$vp_pid" -s 0.02 --follow=name "$R/log"
+  tail -c +{offset + 1} --pid="$vp_pid" -s 0.02 --follow=name "$R/log" 2>/dev/null || vp_poll
 else
   tail -c +{offset + 1} "$R/log"
 fi
