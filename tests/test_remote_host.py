@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import VpEnv
 from tests.requires import requires
+from tests.waiting import wait_for
 from vp import remote
 from vp.sync.ignore import PRUNE_DIRS
 from vp.transport import Transport
@@ -219,3 +220,42 @@ def test_a_file_changed_in_place_in_a_split_listing_comes_back(
         assert (ssh_project.project / "d03" / "n").read_text() == "n\n"
     finally:
         hint.unlink(missing_ok=True)
+
+
+def test_the_idle_watchdog_is_started_once_and_again_only_for_another_version(
+    tmp_path: Path,
+) -> None:
+    from vp import idle
+
+    home = tmp_path / "home"
+    (home / ".vp" / "runs").mkdir(parents=True)
+    snippet = idle.watchdog_snippet('"$HOME"/.vp/runs', 60.0, "true")
+    env = {**os.environ, "HOME": str(home)}
+    base = home / ".vp" / "watchdog"
+    pids: list[int] = []
+    try:
+        pid_file = base.with_suffix(".pid")
+
+        def started(other_than: int = 0) -> int:
+            subprocess.run(["sh", "-c", snippet], env=env, check=True, timeout=30)
+            wait_for(
+                lambda: pid_file.exists() and int(pid_file.read_text() or 0) not in (0, other_than),
+                30,
+                "the watchdog's pid",
+            )
+            pids.append(int(pid_file.read_text()))
+            return pids[-1]
+
+        first = started()
+        subprocess.run(["sh", "-c", snippet], env=env, check=True, timeout=30)
+        assert int(pid_file.read_text()) == first  # the same one goes on: not started again
+        os.kill(first, 0)
+        base.with_suffix(".ver").write_text("other\n")  # one of another vp version runs
+        assert started(other_than=first) != first
+        assert base.with_suffix(".sh").read_text().startswith("W=")
+    finally:
+        for pid in set(pids):
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:
+                pass
