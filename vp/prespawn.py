@@ -89,12 +89,13 @@ def _master_answers(socket_path: str) -> bool:
     return True
 
 
-def _take_slot(base: str, slots: int) -> int | None:
-    """One of the first master's session slots (vp.ssh.SshTransport._take_slot's files)."""
+def free_slot(base: str, master: int, slots: int) -> int | None:
+    """A session slot on master `master` of the masters at `base` that no vp holds, locked
+    for this process (the fd), or None. vp.ssh.SshTransport keeps its slots the same way."""
     import fcntl
 
     for s in range(slots):
-        fd = os.open(f"{base}.m0s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(f"{base}.m{master}s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -120,7 +121,7 @@ def start(argv: list[str]) -> None:
         key, ssh_argv, subcommands, base, slots = entry
         if key != _key or argv[0] in subcommands or not _master_answers(base):
             return
-        fd = _take_slot(base, slots)
+        fd = free_slot(base, 0, slots)
         if fd is None:
             return
         import subprocess
@@ -177,17 +178,23 @@ def discard() -> None:
 
 
 def _end(early: tuple) -> None:
+    _, proc, fd, _ = early
+    end_session(proc)
+    if fd >= 0:
+        os.close(fd)
+
+
+def end_session(proc) -> None:
+    """End an `sh -s` session that got no script: the mux client goes, and the master closes
+    the channel."""
     import subprocess
 
-    _, proc, fd, _ = early
-    proc.terminate()  # the mux client goes, and the master closes the channel
+    proc.terminate()
     try:
         proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-    if fd >= 0:
-        os.close(fd)
 
 
 def remember(ssh_argv: list[str], base: str, slots: int) -> None:

@@ -335,13 +335,8 @@ class SshTransport(Transport):
             waited = time.monotonic() - started
             masters = MASTERS if waited >= OVERFLOW_AFTER else 1
             for m in range(masters):
-                for s in range(SESSION_SLOTS):
-                    fd = os.open(f"{self._base_path}.m{m}s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except OSError:
-                        os.close(fd)
-                        continue
+                fd = prespawn.free_slot(self._base_path, m, SESSION_SLOTS)
+                if fd is not None:
                     self._slot, self._master = fd, m
                     self.control_path = self._base_path if m == 0 else f"{self._base_path}-{m}"
                     return
@@ -350,18 +345,10 @@ class SshTransport(Transport):
     def take_extra_slot(self) -> bool:
         if self._slot is None or self._extra is not None:
             return self._extra is not None
-        for s in range(SESSION_SLOTS):
-            fd = os.open(
-                f"{self._base_path}.m{self._master}s{s}.lock", os.O_RDWR | os.O_CREAT, 0o600
-            )
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                continue
-            self._extra = fd
-            return True
-        return False
+        from vp.prespawn import free_slot
+
+        self._extra = free_slot(self._base_path, self._master, SESSION_SLOTS)
+        return self._extra is not None
 
     def release_extra_slot(self) -> None:
         if self._extra is not None:

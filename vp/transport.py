@@ -81,6 +81,9 @@ class Transport:
         self, script: str, *, timeout: float | None = None
     ) -> subprocess.CompletedProcess[bytes]:
         """Run a short script, capturing its output."""
+        from vp import prespawn
+
+        prespawn.discard()  # one session at a time on our slot: an early one waiting goes
         self.ensure()
         return subprocess.run(
             self.shell_argv(),
@@ -190,14 +193,10 @@ class EarlySession:
 
     def cancel(self) -> None:
         proc = self.take()
-        if proc is None:
-            return
-        proc.terminate()  # the mux client goes, and the master closes the channel
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        if proc is not None:
+            from vp.prespawn import end_session
+
+            end_session(proc)
 
 
 def rsync_missing(proc: subprocess.CompletedProcess[bytes]) -> bool:
