@@ -198,3 +198,20 @@ def test_with_no_second_slot_free_the_early_session_makes_way(ssh_project: VpEnv
     finally:
         for fd in held:
             os.close(fd)
+
+
+def test_no_credential_from_the_environment_lands_in_the_entry(ssh_project: VpEnv) -> None:
+    """The entry is keyed on vp's environment, which holds credentials (VP_REGISTRY_PASSWORD,
+    API keys): a digest of it, never the values, may be kept."""
+    env = ssh_project
+    secret = "Zq8-registry-password-7Tx"
+    env.env["VP_REGISTRY_PASSWORD"] = secret
+    _warm(env)
+    [entry] = _entries(env)
+    assert secret.encode() not in entry.read_bytes()
+    found = [
+        p
+        for p in env.home.rglob("*")
+        if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()
+    ]
+    assert not found, found

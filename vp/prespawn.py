@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-VERSION = 1
+VERSION = 2
 _ENV = ("HOME", "PATH", "USER", "LOGNAME", "SSH_AUTH_SOCK")
 
 _key: tuple | None = None  # this call's key, computed by `start` (None: not a plain run)
@@ -58,9 +58,17 @@ def _key_for(cwd: str) -> tuple:
     """Everything the previous run's choice of host could have depended on, cheaply: the
     folder, the project and pyproject files from here up, the user's config and trust store,
     and the environment variables vp reads."""
-    env = tuple(
-        sorted((k, v) for k, v in os.environ.items() if k.startswith(("VP_", "XDG_")) or k in _ENV)
-    )
+    import hashlib
+
+    # A digest, never the values: VP_* variables hold credentials (VP_REGISTRY_PASSWORD, API
+    # keys), which must not be copied into a file.
+    env = hashlib.sha256(
+        "\0".join(
+            f"{k}={v}"
+            for k, v in sorted(os.environ.items())
+            if k.startswith(("VP_", "XDG_")) or k in _ENV
+        ).encode()
+    ).hexdigest()
     files: list = []
     d = cwd
     while True:

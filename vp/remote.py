@@ -2,23 +2,31 @@
 
 A run is a directory `RUNS/RUN_ID/` on the host holding `run.sh`, `pid` (the wrapper's),
 `pgid` (its process group), `log` (stdout and stderr, merged in order), `since` (a marker:
-files whose ctime is newer changed during the run) and, once the command ends, `exit`. The command runs in its own session (`setsid -f`, so its
+files whose ctime is newer changed during the run), once the command ends `exit`, and once
+the wrapper is gone `ended`. The command runs in its own session (`setsid -f`, so its
 SIGINT is not ignored the way `&` would make it), detached from any ssh connection. The
 session leader (its pid in `pgid`, the group Ctrl-C signals) waits for `run.sh` in the
-foreground, so `run.sh` is reaped the moment it ends and `tail --pid` sees that at once,
-whatever the host's init does about orphans.
+foreground, so `run.sh` is reaped the moment it ends, whatever the host's init does about
+orphans; then it creates `ended`, an inotify event in the run dir that wakes GNU `tail
+--pid --follow=name` to see the wrapper dead at once (else it notices at its next poll).
 Streaming is `tail -c +OFFSET` of the log until the wrapper exits, so a reconnect resumes
 at the byte already shown. The remote exit code comes from the `exit` file, never from ssh.
+
+Every process costs a warm call 1-2 ms on a small host: the scripts use shell builtins
+wherever POSIX sh (dash, busybox ash) has one, and start a program only for what sh cannot
+do itself (mkdir, touch, setsid, tail, find).
 
 Run directories do not pile up: the first run of a day on a host starts a background pruner
 that removes the runs that ended more than KEEP_RUN_DAYS ago or rank beyond the KEEP_RUNS
 newest, never one still running (`_prune_runs`).
 
 The run's environment ([env], later `vp secret`, the registry password a Docker pull needs)
-never appears in any argv nor in a file that outlives the start: the values ride in the
-launch script on the session's stdin into `env` (0600, in the private run dir), which the
-wrapper reads and removes before it does anything else (`ship_env` / `take_env`), and
-exports in the command's process only (so `[env] PATH` or `R` cannot break the wrapper).
+never appears in any argv nor in any file on the host: the values ride in the launch script
+on the session's stdin, and from there in a here-document on the wrapper's own stdin (a
+pipe; bash uses a deleted 0600 temp file for large ones), which the wrapper reads into a
+shell variable before it does anything else, and exports in the command's process only (so
+`[env] PATH` or `R` cannot break the wrapper). Values to mask ride behind them, after a
+separator line.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,10 +70,7 @@ def ship_env(path_sh: str, env: Mapping[str, str]) -> str:
     Pair it with `take_env`, which removes the file. Names must be shell variable names;
     callers validate user-given ones first (vp.config), this refuses anything else.
     """
-    for name in env:
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"bad environment variable name {name!r}")
-    body = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    body = _env_lines(env)
     token = _heredoc_token(body)
     return f"(umask 077 && cat > {path_sh} <<'{token}'\n{body}{token}\n)\n"
 
@@ -131,7 +137,7 @@ vp_filter() {{
 vp_exec() {{
   [ -n "$vp_f" ] || {{ {plain}; return; }}
   {{ trap : INT TERM; (umask "$vp_umask" 2>/dev/null; eval "$vp_env" && exec "$vp_sh" -c "$1") < /dev/null 2>&1; echo $? > "$R/rc"; }} | (eval "$vp_mask"; trap '' INT TERM; vp_filter) >> "$R/log"
-  return "$(cat "$R/rc" 2>/dev/null || echo 1)"
+  vp_rc=1; {{ read -r vp_rc < "$R/rc"; }} 2>/dev/null; return "$vp_rc"
 }}
 """
 
@@ -143,9 +149,10 @@ def _setup_step(setup: SetupStep | None) -> str:
         return ""
     if not all(c in "0123456789abcdef" for c in setup.digest + setup.key):
         raise ValueError("setup digest and key must be hex")
-    check = "" if setup.force else f'[ "$(cat "$vp_sf" 2>/dev/null)" != {setup.digest} ] && '
+    check = ":" if setup.force else f'[ "$vp_sd" != {setup.digest} ]'
     return f"""vp_sf="${{R%/*/*}}/setup/{setup.key}"
-if {check}:; then
+vp_sd=; {{ read -r vp_sd < "$vp_sf"; }} 2>/dev/null
+if {check}; then
   printf '\\036VPSETUP\\n' >> "$R/log"
   vp_exec {shlex.quote(setup.text)}; vp_sc=$?
   printf '\\036VPSETUPEND\\n' >> "$R/log"
@@ -157,18 +164,34 @@ fi
 """
 
 
+def _write_file(path_sh: str, text: str) -> str:
+    """Shell text writing `text` (no secret: it is in the builtin's arguments) to a file,
+    with printf, a builtin of dash, bash and busybox ash: no process, unlike `cat <<EOF`."""
+    return f"printf %s {shlex.quote(text)} > {path_sh}\n"
+
+
 def _mask_files(mask: Sequence[str]) -> str:
-    """The filter programs (no secret in them) and the values (through `ship_env`)."""
+    """The filter programs (no secret in them); the values go on the wrapper's stdin."""
     if not mask:
         return ""
     from vp.mask import PERL_FILTER, PYTHON_FILTER
 
-    out = ""
-    for name, program in (("mask.pl", PERL_FILTER), ("mask.py", PYTHON_FILTER)):
-        token = _heredoc_token(program)
-        out += f"cat > \"$R/{name}\" <<'{token}'\n{program}{token}\n"
-    values = {f"_VP_MASK_{i}": v for i, v in enumerate(mask)}
-    return out + ship_env('"$R/mask"', values)
+    return _write_file('"$R/mask.pl"', PERL_FILTER) + _write_file('"$R/mask.py"', PYTHON_FILTER)
+
+
+def _env_lines(env: Mapping[str, str]) -> str:
+    """`export NAME='value'` lines (see `ship_env`), checking the names."""
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"bad environment variable name {name!r}")
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def _read_stdin(var: str, until: str | None = None) -> str:
+    """Shell text reading the wrapper's stdin, line by line with the `read` builtin (no
+    process, no file), into the shell variable `var`: up to the line `until`, or to the end."""
+    stop = f' && [ "$vp_l" != {until} ]' if until else ""
+    return f"{var}=; while IFS= read -r vp_l{stop}; do {var}=${var}$vp_l$vp_nl; done\n"
 
 
 TIMEOUT_EXIT = 124  # as timeout(1)
@@ -226,14 +249,16 @@ rm -f "$2.pid"; mkdir "$2" 2>/dev/null
 """
 
 
-def _prune_runs(runs_dir_sh: str) -> str:
+def _prune_runs(runs_dir_sh: str, day: int | None = None) -> str:
     """Shell text for the launch script, after the run started: until today's pruning is
     done (its stamp `.vp-pruned-DAY`), start the pruner in its own session unless one is
     already at work (its pid file), and return at once. A pruner killed half way (the host
     stopped) is started again by the next run, and goes on where it was. Once the stamp is
-    there, a run pays one `[ -e ]` (a shell builtin) on the day number the script already has
-    from its clock read (`vp_now`)."""
-    return f"""case "$vp_now" in ''|*[!0-9]*) vp_day=$(( $(date +%s) / 86400 ));; *) vp_day=$((vp_now / 86400000000000));; esac
+    there, a run pays one `[ -e ]` (a shell builtin). The day number is vp's (UTC days since
+    the epoch): a day's skew between the clocks only moves when the once-a-day happens."""
+    if day is None:
+        day = int(time.time() // 86400)
+    return f"""vp_day={int(day)}
 vp_ps={runs_dir_sh}/.vp-pruned-$vp_day
 if [ ! -e "$vp_ps" ]; then
   vp_pp=; {{ read -r vp_pp < "$vp_ps.pid"; }} 2>/dev/null
@@ -267,38 +292,44 @@ def launch_script(
     """
     rdir = _run_dir(runs_dir_sh, run_id)
     masking = bool(mask)
+    # The wrapper's stdin: the environment's `export` lines, then (masking) a separator line
+    # and the values to mask. The separator is no line of either: it is in neither text.
+    env_text = _env_lines(env)
+    mask_text = _env_lines({f"_VP_MASK_{i}": v for i, v in enumerate(mask)}) if masking else ""
+    sep = _heredoc_token(env_text + mask_text)
+    stdin_text = env_text + (f"{sep}\n{mask_text}" if masking else "")
+    # The pid goes first, written in place (a builtin, no `mv`): the follower waits for it
+    # with `[ -s ]`, and one write of a few bytes is never seen half done.
     body = f"""R={rdir}
+trap 'vp_interrupted=1' INT TERM
+echo $$ > "$R/pid"
 vp_umask=${{1:-022}}
-{take_env('"$R/env"')}{take_env('"$R/mask"', "vp_mask") if masking else ""}trap 'vp_interrupted=1' INT TERM
-echo $$ > "$R/pid.tmp" && mv "$R/pid.tmp" "$R/pid"
+vp_nl='
+'
+{_read_stdin("vp_env", sep if masking else None)}{_read_stdin("vp_mask") if masking else ""}exec < /dev/null
 vp_finish() {{ [ -e "$R/timedout" ] && set -- {TIMEOUT_EXIT}; echo "$1" > "$R/exit.tmp" && mv "$R/exit.tmp" "$R/exit"; exit 0; }}
 {_timer(timeout)}cd {workdir_sh} 2>>"$R/log" || {{ echo "vp: cannot enter the workdir" >> "$R/log"; vp_finish 126; }}
 {_user_shell()}
 {_exec_function(masking)}{_setup_step(setup)}vp_exec {shlex.quote(command)}
 vp_finish $?
 """
-    token = _heredoc_token(body)
+    token = _heredoc_token(stdin_text + sep)
     # vp's own files are private (umask 077); the command gets the login's umask back ($1 of
     # run.sh), so results it writes have the modes they would have in a normal ssh session.
+    # The runs dir and the workdir exist on every call but the first: test before `mkdir`.
     script = f"""vp_umask=$(umask)
 umask 077
 R={rdir}
-mkdir -p {runs_dir_sh} && mkdir "$R" || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
-mkdir -p {workdir_sh} 2>/dev/null
+mkdir "$R" 2>/dev/null || {{ mkdir -p {runs_dir_sh} && mkdir "$R"; }} || {{ printf '{MARK}VPERR cannot create %s\\n' "$R" >&2; exit 97; }}
+[ -d {workdir_sh} ] || mkdir -p {workdir_sh} 2>/dev/null
 # The marker is dated 10 ms back: file times advance in clock ticks (up to 10 ms), and a
 # file the command writes in the marker's own tick must still count as newer. What the
 # upload wrote (a session earlier) stays older; anything else is filtered by comparing.
-vp_now=$(date +%s%N 2>/dev/null)
-case "$vp_now" in
-  ''|*[!0-9]*) : > "$R/since"; sleep 0.01;;
-  *) vp_m=$((vp_now - 10000000))
-     touch -d "@${{vp_m%?????????}}.${{vp_m#??????????}}" "$R/since" 2>/dev/null || {{ : > "$R/since"; sleep 0.01; }};;
-esac
+touch -d '0.01 seconds ago' "$R/since" 2>/dev/null || {{ : > "$R/since"; sleep 0.01; }}
 : > "$R/log"
-cat > "$R/run.sh" <<'{token}'
-{body}{token}
-{pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
-{_mask_files(mask)}{ship_env('"$R/env"', env)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh" "$2"; :' vp-run "$R" "$vp_umask" < /dev/null > /dev/null 2>&1 || rm -f "$R/env" "$R/mask"
+{_write_file('"$R/run.sh"', body)}{pre_start}command -v setsid >/dev/null 2>&1 || {{ printf '{MARK}VPERR setsid is missing on this host\\n' >&2; exit 97; }}
+{_mask_files(mask)}setsid -f /bin/sh -c 'trap : INT TERM; echo $$ > "$1/pgid"; /bin/sh "$1/run.sh" "$2"; : > "$1/ended"' vp-run "$R" "$vp_umask" > /dev/null 2>&1 <<'{token}'
+{stdin_text}{token}
 printf '{STARTED.decode()}'
 {_prune_runs(runs_dir_sh)}"""
     if follow:
@@ -309,28 +340,161 @@ printf '{STARTED.decode()}'
 def follow_script(
     runs_dir_sh: str, run_id: str, offset: int, workdir_sh: str, *, changes: bool = True
 ) -> str:
-    """Stream the log from byte `offset` until the run ends; then its exit code and changes."""
+    """Stream the log from byte `offset` until the run ends; then its exit code and changes.
+
+    GNU tail follows the log by name (`--follow=name`), so it also watches the run dir: the
+    `ended` the wrapper's session leader creates once `run.sh` is reaped wakes it to find
+    the pid dead at once. Without inotify it polls every 20 ms, as before. A tail that
+    refuses those options (busybox) fails at once, having printed nothing: then the log is
+    polled by its size (`vp_poll`, 20 Hz; a few processes per tick, only on such hosts)."""
     rdir = _run_dir(runs_dir_sh, run_id)
-    prune = " -o ".join(f"-name {shlex.quote(d)}" for d in PRUNE_DIRS)
     script = f"""R={rdir}
 [ -d "$R" ] || {{ printf '{NORUN_MARK}\\n' >&2; exit 0; }}
+vp_poll() {{  # a tail without --pid or --follow=name (busybox): poll the log's size
+  vp_o={offset}
+  while :; do
+    vp_a=; kill -0 "$vp_pid" 2>/dev/null && vp_a=1
+    vp_s=$(wc -c < "$R/log" 2>/dev/null); vp_s=${{vp_s##* }}
+    case "$vp_s" in ''|*[!0-9]*) vp_s=$vp_o;; esac
+    if [ "$vp_s" -gt "$vp_o" ]; then tail -c +$((vp_o + 1)) "$R/log" | head -c $((vp_s - vp_o)); vp_o=$vp_s; fi
+    [ -n "$vp_a" ] || break
+    sleep 0.05 2>/dev/null || sleep 1
+  done
+}}
 vp_i=0
 while [ ! -s "$R/pid" ] && [ ! -e "$R/exit" ] && [ $vp_i -lt 5000 ]; do sleep 0.002; vp_i=$((vp_i+1)); done
-vp_pid=$(cat "$R/pid" 2>/dev/null)
+vp_pid=; {{ read -r vp_pid < "$R/pid"; }} 2>/dev/null
 if [ -n "$vp_pid" ] && [ ! -e "$R/exit" ] && kill -0 "$vp_pid" 2>/dev/null; then
-  tail -c +{offset + 1} --pid="$vp_pid" -s 0.02 -f "$R/log"
+  tail -c +{offset + 1} --pid="$vp_pid" -s 0.02 --follow=name "$R/log" 2>/dev/null || vp_poll
 else
   tail -c +{offset + 1} "$R/log"
 fi
-vp_ec=$(cat "$R/exit" 2>/dev/null)
+vp_ec=; {{ read -r vp_ec < "$R/exit"; }} 2>/dev/null
 [ -e "$R/setup-exit" ] && printf '{SETUP_FAIL_MARK}%s\\n' "$(cat "$R/setup-exit")" >&2
 printf '{EXIT_MARK}%s\\n' "${{vp_ec:-none}}" >&2
 """
     if changes:
-        script += f"""printf '{CHANGES_MARK}' >&2
-cd {workdir_sh} 2>/dev/null && find . \\( {prune} \\) -prune -o \\( -type f -o -type l -o -type d \\) -newercm "$R/since" -printf '%y %s %T@ %P\\0' >&2
-"""
+        script += f"printf '{CHANGES_MARK}' >&2\n"
+        script += changes_script(
+            workdir_sh, '"$R/since"', _list_hint(runs_dir_sh, workdir_sh), '"$R"'
+        )
     return script
+
+
+# The change listing: one `find` over the workdir for what is newer than the run's marker,
+# every file stat'ed (an in-place write moves only the file's own times, never its
+# directory's, so no subtree can be skipped by a directory's times). On a big tree it is split
+# over the host's cores: see `changes_script`.
+BIG_LISTING_MS = 80  # CPU ms of a listing (~40k files here) from which the next one is split
+MAX_FINDS = 8  # parallel finds at most, whatever the core count
+
+
+def _list_hint(runs_dir_sh: str, workdir_sh: str) -> str:
+    """The file (shell word) remembering how many finds the workdir's next listing uses."""
+    import hashlib
+
+    key = hashlib.sha1(workdir_sh.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{runs_dir_sh}/.vp-list-{key}"
+
+
+def _find_expr(printf: str, rule: str = "") -> str:
+    """The listing's `find` expression, records `%y %s %T@ PATH\0` (PATH by `printf`: `%P`
+    from `.`, `%p` from a named start point). The pruned names are tested on directories only
+    (files take the `-type` test instead of seven name matches: a third of a big listing's
+    CPU), yet a file of such a name is still left out, as it always was: grouping the name
+    tests with `-prune`/`-printf` (side effects) keeps find's optimiser from moving them in
+    front of `-type` and `-newercm`. `rule`: more directories to prune (another find's)."""
+    names = " -o ".join(f"-name {shlex.quote(d)}" for d in PRUNE_DIRS)
+    return (
+        f"-type d \\( \\( {names} \\) -prune{rule} \\) -o \\( -type f -o -type l -o -type d \\) "
+        f"-newercm \"$vp_since\" \\( ! \\( {names} \\) -printf '%y %s %T@ {printf}\\0' \\)"
+    )
+
+
+# A top-level name a find would take for an expression, not a start point ("-x", "(", "!"...):
+# never a start point of its own, listed by the find from `.` instead. Both sides must agree.
+_UNSAFE_CASE = r"-*|\(*|\)*|\!*|,*"
+_UNSAFE_GLOB = "[-()!,]*"
+# Level 1: the top-level directories are the start points; the find from `.` prunes them all.
+_RULE_TOP = f" -o \\( -path './*' ! -path './*/*' ! -name '{_UNSAFE_GLOB}' -prune \\)"
+# Level 2: their subdirectories are (a few big top-level dirs: data/, checkpoints/).
+_RULE_SUB = f" -o \\( -path './[!{_UNSAFE_GLOB[1:-2]}]*/*' ! -path './*/*/*' -prune \\)"
+_LEVEL2 = " ".join(f"{a}/{b}" for a in ("*", ".[!.]*", "..?*") for b in ("*", ".[!.]*", "..?*"))
+
+
+def changes_script(workdir_sh: str, since_sh: str, hint_sh: str, tmp_sh: str) -> str:
+    """Shell text listing (on stderr, NUL-framed records) what in the workdir is newer than
+    the marker `since_sh`: one `find`, or on a big tree `k` of them at once, each over its
+    share of the start points and into its own file in `tmp_sh` (then `cat`: no record is
+    ever cut by another's), plus one from `.` for what is above them. Together they list
+    exactly what the single find lists (the order aside).
+
+    `hint_sh` remembers `k` for the workdir: after each listing, its CPU time (`times`, a
+    builtin: no clock process) says whether the tree is big (≥ BIG_LISTING_MS), and then `k`
+    is the host's cores (`nproc`, at most MAX_FINDS), else 1. So a small tree pays nothing
+    but two builtins, and a big one is split from its second listing on."""
+    prune_case = "|".join(shlex.quote(d) for d in PRUNE_DIRS)
+    return f"""vp_since={since_sh}; vp_hint={hint_sh}; vp_tmp={tmp_sh}
+cd {workdir_sh} 2>/dev/null && {{
+vp_cpu() {{  # children's user+sys ms from `times` output in file $1 -> vp_t (0 if unreadable)
+  vp_t=0; {{ read -r vp_u; read -r vp_u vp_s; }} < "$1" 2>/dev/null || return 0
+  for vp_f in "$vp_u" "$vp_s"; do
+    vp_m=${{vp_f%%m*}}; vp_f=${{vp_f#*m}}; vp_f=${{vp_f%s}}
+    case "$vp_f" in *.*) vp_x=${{vp_f#*.}}000; vp_f=${{vp_f%%.*}};; *) vp_x=000;; esac
+    vp_x=${{vp_x%"${{vp_x#???}}"}}; vp_m=${{vp_m#"${{vp_m%%[!0]*}}"}}; vp_f=${{vp_f#"${{vp_f%%[!0]*}}"}}
+    case "${{vp_m}}x${{vp_f}}x$vp_x" in *[!0-9x]*) vp_t=0; return 0;; esac
+    vp_t=$((vp_t + ${{vp_m:-0}} * 60000 + ${{vp_f:-0}} * 1000 + 1$vp_x - 1000))
+  done
+}}
+vp_roots() {{  # "$@": candidate paths -> vp_g0.. (references "${{N}}" to them), vp_r of them
+  vp_j=0; vp_r=0; vp_n=0; while [ $vp_n -lt $vp_k ]; do eval "vp_g$vp_n="; vp_n=$((vp_n + 1)); done
+  for vp_e; do
+    vp_j=$((vp_j + 1))
+    [ -d "$vp_e" ] && [ ! -L "$vp_e" ] || continue
+    case "$vp_e" in */*) vp_p=${{vp_e%/*}}; [ ! -L "$vp_p" ] || continue;; *) vp_p=$vp_e;; esac
+    case "$vp_p" in {_UNSAFE_CASE}|{prune_case}) continue;; esac
+    case "${{vp_e##*/}}" in {prune_case}) continue;; esac
+    vp_n=$((vp_r % vp_k)); vp_r=$((vp_r + 1))
+    eval "vp_g$vp_n=\\"\\$vp_g$vp_n \\\\\\"\\\\\\${{$vp_j}}\\\\\\"\\""
+  done
+}}
+vp_start() {{  # "$@": the same candidates; start find number $vp_n over its start points
+  eval "vp_x=\\$vp_g$vp_n"; [ -n "$vp_x" ] || return 0
+  eval "set -- $vp_x"
+  find "$@" {_find_expr("%p")} 2>/dev/null > "$vp_tmp/l.$vp_n" &
+}}
+vp_k=; {{ read -r vp_k < "$vp_hint"; }} 2>/dev/null
+case "$vp_k" in [2-9]) ;; *) vp_k=1;; esac
+vp_k0=$vp_k
+{{ times > "$vp_tmp/t0"; }} 2>/dev/null
+if [ "$vp_k" -gt 1 ]; then
+  vp_lv=1; vp_roots * .[!.]* ..?*
+  [ "$vp_r" -ge $((vp_k * 4)) ] || {{ vp_lv=2; vp_roots {_LEVEL2}; }}
+  vp_n=0
+  while [ $vp_n -lt $vp_k ]; do
+    if [ $vp_lv = 1 ]; then vp_start * .[!.]* ..?*; else vp_start {_LEVEL2}; fi
+    vp_n=$((vp_n + 1))
+  done
+  if [ $vp_lv = 1 ]; then
+    find . {_find_expr("%P", _RULE_TOP)} >&2 2>/dev/null
+  else
+    find . {_find_expr("%P", _RULE_SUB)} >&2 2>/dev/null
+  fi
+  wait
+  cat "$vp_tmp"/l.* >&2 2>/dev/null; rm -f "$vp_tmp"/l.*
+else
+  find . {_find_expr("%P")} >&2 2>/dev/null
+fi
+{{ times > "$vp_tmp/t1"; }} 2>/dev/null
+vp_cpu "$vp_tmp/t0"; vp_t0=$vp_t; vp_cpu "$vp_tmp/t1"
+if [ $((vp_t - vp_t0)) -lt {BIG_LISTING_MS} ]; then vp_k=1
+elif [ "$vp_k" = 1 ]; then
+  vp_k=$(nproc 2>/dev/null); case "$vp_k" in [1-9]|[1-9][0-9]*) ;; *) vp_k=1;; esac
+  [ "$vp_k" -le {MAX_FINDS} ] || vp_k={MAX_FINDS}
+fi
+[ "$vp_k" = "$vp_k0" ] || {{ echo "$vp_k" > "$vp_hint"; }} 2>/dev/null
+}}
+"""
 
 
 def signal_script(runs_dir_sh: str, run_id: str, signal: str = "INT") -> str:
