@@ -12,9 +12,9 @@ import argparse
 import glob
 import logging
 import os
-import stat
 import shlex
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
