@@ -26,6 +26,8 @@ import sys
 
 VERSION = 2
 _ENV = ("HOME", "PATH", "USER", "LOGNAME", "SSH_AUTH_SOCK")
+# Words in a variable's name that make its value a secret (vp.config.SECRET_ENV_NAME's).
+_SECRET_WORDS = ("key", "token", "secret", "passw", "pwd", "credential", "auth", "private")
 
 _key: tuple | None = None  # this call's key, computed by `start` (None: not a plain run)
 _early: tuple | None = None  # (argv, proc, slot fd, master socket) spawned by `start`
@@ -58,17 +60,13 @@ def _key_for(cwd: str) -> tuple:
     """Everything the previous run's choice of host could have depended on, cheaply: the
     folder, the project and pyproject files from here up, the user's config and trust store,
     and the environment variables vp reads."""
-    import hashlib
-
-    # A digest, never the values: VP_* variables hold credentials (VP_REGISTRY_PASSWORD, API
-    # keys), which must not be copied into a file.
-    env = hashlib.sha256(
-        "\0".join(
-            f"{k}={v}"
-            for k, v in sorted(os.environ.items())
-            if k.startswith(("VP_", "XDG_")) or k in _ENV
-        ).encode()
-    ).hexdigest()
+    # Names only for credentials (VP_REGISTRY_PASSWORD, API keys): nothing derived from a
+    # secret may land in a file, and a new key value does not move the host anyway.
+    env = tuple(
+        (k, None if any(w in k.lower() for w in _SECRET_WORDS) else v)
+        for k, v in sorted(os.environ.items())
+        if k.startswith(("VP_", "XDG_")) or k in _ENV
+    )
     files: list = []
     d = cwd
     while True:
@@ -85,9 +83,9 @@ def _key_for(cwd: str) -> tuple:
 
 
 def _master_answers(socket_path: str) -> bool:
-    import socket
+    import _socket  # socket.py costs ~3 ms more, before the spawn
 
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.connect(socket_path)
     except OSError:
