@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -212,7 +213,12 @@ class Bench:
         cdir = self.vp_control_dir()
         if not cdir:
             return []
-        return [p for p in glob.glob(os.path.join(cdir, "*")) if not p.endswith(".lock")]
+        # ssh's sockets only: the control dir also holds project watchers' dirs (w-*)
+        return [
+            p
+            for p in glob.glob(os.path.join(cdir, "*"))
+            if not p.endswith(".lock") and stat.S_ISSOCK(os.lstat(p).st_mode)
+        ]
 
     # -- raw ssh baseline
     def raw_ssh_base(self, control_path: str | None = None) -> list[str]:

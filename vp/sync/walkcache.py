@@ -76,6 +76,9 @@ class Walk:
         self._cache_when = cache_when if unchanged else when
         self._dirty = not unchanged
         self._lists: dict[str, list] | None = None
+        # [watcher instance, generation, digest of `dirs`]: the project watcher's token that
+        # saw nothing change since this walk started (vp/sync/watchclient.py)
+        self.watch: list | None = None
 
     def vouches(self, stamp: str) -> bool:
         """Does the cache say the manifest `stamp` holds exactly this walk (clean, trusted)?"""
@@ -110,10 +113,10 @@ class Walk:
         if not self._dirty or self.path is None:
             return
         self._dirty = False
-        _save(self.path, self.key, self._cache_when, self.dirs, self.stamps)
+        _save(self.path, self.key, self._cache_when, self.dirs, self.stamps, self.watch)
 
 
-def _load(path: Path, key: str) -> tuple[int, dict, list] | None:
+def _load(path: Path, key: str) -> tuple[int, dict, list, list | None] | None:
     try:
         with open(path, "rb") as fh:
             data = marshal.load(fh)
@@ -124,15 +127,23 @@ def _load(path: Path, key: str) -> tuple[int, dict, list] | None:
     dirs, when, stamps = data.get("dirs"), data.get("t"), data.get("stamps")
     if not isinstance(dirs, dict) or not isinstance(when, int) or not isinstance(stamps, list):
         return None
-    return when, dirs, stamps
+    watch = data.get("watch")
+    if not (isinstance(watch, list) and len(watch) == 3):
+        watch = None
+    return when, dirs, stamps, watch
 
 
-def _save(path: Path, key: str, when: int, dirs: dict, stamps: list[str]) -> None:
+def _save(
+    path: Path, key: str, when: int, dirs: dict, stamps: list[str], watch: list | None = None
+) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(tmp, "wb") as fh:
-            marshal.dump({"v": VERSION, "key": key, "t": when, "dirs": dirs, "stamps": stamps}, fh)
+            data = {"v": VERSION, "key": key, "t": when, "dirs": dirs, "stamps": stamps}
+            if watch is not None:
+                data["watch"] = watch
+            marshal.dump(data, fh)
         os.replace(tmp, path)
     except OSError:  # a cache that cannot be written is only a slower next call
         try:
@@ -198,19 +209,57 @@ def _cold(rules: IgnoreRules, root: Path, cache: Path | None, key: str, start: i
 
 def walk(rules: IgnoreRules, root: Path, cache: Path | None) -> Walk:
     """`rules.walk(root)`, reusing the listing of every directory unchanged since the cache,
-    and saying whether anything at all changed since (`Walk.unchanged`)."""
+    and saying whether anything at all changed since (`Walk.unchanged`). In a big project,
+    the project's watcher (vp/sync/watchclient.py) may say so without a `stat`."""
     start = time.time_ns()
     key = f"{os.path.abspath(root)}\0{rules.digest()}"
     loaded = _load(cache, key) if cache is not None else None
     if loaded is None:
-        return _cold(rules, root, cache, key, start)
-    when, old, stamps = loaded
+        found = _cold(rules, root, cache, key, start)
+        check = _watcher_for(root, found.dirs) if cache is not None else None
+        if check is not None:
+            check.tell(found.dirs)
+        return found
+    when, old, stamps, watch = loaded
+    check = _watcher_for(root, old)
+    if check is not None and check.unchanged_since(watch):
+        found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
+        found.watch = watch
+        return found
     try:
         if _all_unchanged(str(root), when, old):
-            return Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
-        return _walk_cached(rules, root, cache, key, start, when, old, stamps)
+            found = Walk(cache, key, start, old, unchanged=True, stamps=stamps, cache_when=when)
+            found.watch = watch
+        else:
+            found = _walk_cached(rules, root, cache, key, start, when, old, stamps)
     except (ValueError, TypeError, IndexError, AttributeError, KeyError):  # not our cache
-        return _cold(rules, root, cache, key, start)
+        found = _cold(rules, root, cache, key, start)
+    if check is not None:
+        token = check.token_for(found.dirs)
+        if token is not None and token != found.watch:
+            found.watch = token
+            found._dirty = True
+    return found
+
+
+WATCH_MIN_FILES = 20_000  # synced files from which a project gets a watcher
+
+
+def _watcher_for(root: Path, dirs: dict):
+    """The watcher's side of this call (vp/sync/watchclient.py `Check`) when the project is
+    big enough for one (`VP_WATCH_MIN_FILES` overrides the threshold) and may have one."""
+    try:
+        least = int(os.environ.get("VP_WATCH_MIN_FILES", WATCH_MIN_FILES))
+    except ValueError:
+        least = WATCH_MIN_FILES
+    try:
+        if sum(len(record[5]) for record in dirs.values()) // 32 < least:
+            return None
+    except (TypeError, IndexError, AttributeError):  # not our cache: the walk finds out
+        return None
+    from vp.sync import watchclient
+
+    return watchclient.Check(root, dirs) if watchclient.enabled() else None
 
 
 PARALLEL_FROM = 4000  # files: below this, threads cost more than they save
