@@ -215,3 +215,19 @@ def test_no_credential_from_the_environment_lands_in_the_entry(ssh_project: VpEn
         if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()
     ]
     assert not found, found
+
+
+def test_a_first_upload_goes_into_the_session_opened_before_the_walk(
+    ssh_project: VpEnv, remote_workdir: Path
+) -> None:
+    """The host's side of a first upload opens before vp walks the tree (vp/sync/tarpipe.py
+    Receiver): the files go into that very session, so a first run is two sessions (the
+    upload, the run), not one opened for nothing and another for the tar."""
+    env, host = ssh_project, ssh_project.host  # type: ignore[attr-defined]
+    for i in range(30):
+        (env.project / f"f{i}.txt").write_text(f"{i}\n")
+    before = _log(host)
+    r = env.run("cat", "f29.txt")
+    assert r.returncode == 0 and r.stdout == "29\n", r.stderr
+    assert (remote_workdir / "f0.txt").read_text() == "0\n"
+    assert _since(host, before).count("Starting session:") == 2

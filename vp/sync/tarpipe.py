@@ -56,6 +56,46 @@ def _check(proc: subprocess.CompletedProcess[bytes], transport: Transport, what:
     raise VpError(f"{what} with {transport.label} (tar) failed: {detail}")
 
 
+class Receiver:
+    """The host's side of a first upload, opened before vp walks the tree: its ssh session's
+    set-up (a raw `ssh true`'s worth: a channel, the login shell's start-up files) overlaps
+    the walk. It does nothing until told to go: `read` (a builtin, which never reads past
+    its line) waits for `go`, and only then is the workdir made and `tar` exec'd on the rest
+    of stdin. Closed unused, it exits having touched nothing."""
+
+    def __init__(self, transport: Transport, workdir: str):
+        wd = transport.workdir_sh(workdir)
+        script = f'read -r vp_go && [ "$vp_go" = go ] && {_RECEIVE.format(wd=wd)}'
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            transport.exec_argv(script),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        """The session, told to go: what follows on its stdin is the tar stream."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+        return proc
+
+    def close(self) -> None:
+        """End it unused: its `read` sees the end of stdin and the session exits."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            proc.communicate(timeout=30)
+
+
+_RECEIVE = "mkdir -p {wd} && cd {wd} && exec tar -x -p -f -"
+
+
 def upload(
     transport: Transport,
     root: Path,
@@ -64,6 +104,7 @@ def upload(
     deleted: list[str],
     *,
     on_bytes: Callable[[int], None] | None = None,
+    receiver: Receiver | None = None,
 ) -> bool:
     """tar `send` (paths under `root`) into the workdir; remove `deleted` there. False when
     the host has no tar (nothing was written: the caller falls back to rsync).
@@ -72,6 +113,7 @@ def upload(
     with their own modes and times, as rsync's implied directories do."""
     wd = transport.workdir_sh(workdir)
     transport.ensure()
+    opened = receiver.take() if receiver is not None and send else None
     if send:
         local = subprocess.Popen(
             ["tar", "-C", str(root), "--no-recursion", "--null", "-T", "-", "-c", "-f", "-"],
@@ -81,8 +123,8 @@ def upload(
             start_new_session=True,
         )
         assert local.stdin and local.stdout
-        script = f"mkdir -p {wd} && cd {wd} && exec tar -x -p -f -"
-        if on_bytes is None:
+        script = _RECEIVE.format(wd=wd)
+        if on_bytes is None and opened is None:
             remote = subprocess.Popen(
                 transport.exec_argv(script),
                 stdin=local.stdout,
@@ -92,7 +134,7 @@ def upload(
             )
             local.stdout.close()  # the remote side owns it now
         else:
-            remote = subprocess.Popen(
+            remote = opened or subprocess.Popen(
                 transport.exec_argv(script),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -100,7 +142,7 @@ def upload(
                 start_new_session=True,
             )
             stdin, remote.stdin = remote.stdin, None  # the pump owns it, not communicate()
-            _pump(local.stdout, stdin, on_bytes)
+            _pump(local.stdout, stdin, on_bytes or (lambda _n: None))
         local_err: list[bytes] = []
         drain = threading.Thread(
             target=lambda: local_err.append(local.stderr.read()),  # type: ignore[union-attr]

@@ -270,6 +270,11 @@ def upload(
     A manifest returned after an upload carries a new `stamp`, which the walk cache already
     vouches for when the upload left nothing untrusted: save it under that stamp."""
     when = time.time_ns()
+    receiver = None
+    if previous.loaded and not previous.files and transport.take_extra_slot():
+        # A first upload: the host's side opens now, its set-up overlapping the walk (it
+        # waits, touching nothing, until told to go; an extra session slot keeps MaxSessions).
+        receiver = tarpipe.Receiver(transport, workdir)
     walk = walkcache.walk(rules, root, walk_cache)
     try:
         if previous.clean and walk.vouches(previous.stamp):
@@ -277,10 +282,22 @@ def upload(
             # file table to read, no entries to build.
             return UploadResult(skipped=True), previous
         return _upload(
-            transport, root, workdir, walk, previous, when, say, progress, confirm, before_send
+            transport,
+            root,
+            workdir,
+            walk,
+            previous,
+            when,
+            say,
+            progress,
+            confirm,
+            before_send,
+            receiver,
         )
     finally:
         walk.save()
+        if receiver is not None:
+            receiver.close()
 
 
 def _upload(
@@ -294,6 +311,7 @@ def _upload(
     progress: ProgressFactory | None,
     confirm: Callable[[int, int], None] | None,
     before_send: Callable[[], None],
+    receiver: tarpipe.Receiver | None = None,
 ) -> tuple[UploadResult, Manifest]:
     previous.load()
     current = walk.lists()
@@ -324,7 +342,13 @@ def _upload(
         # --files-from mode costs ~1.35x a plain `rsync -a`; tar is at or below it).
         with (progress or _no_progress)("upload", total) as bar:
             sent = tarpipe.upload(
-                transport, root, workdir, send, [], on_bytes=bar.callback if bar else None
+                transport,
+                root,
+                workdir,
+                send,
+                [],
+                on_bytes=bar.callback if bar else None,
+                receiver=receiver,
             )
         if sent:
             return (
