@@ -23,6 +23,7 @@ launches and collects; it invents no protocol of its own.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import shlex
@@ -411,6 +412,7 @@ def watch(
     reconnect_timeout: float,
     host_gone: Callable[[Host], str | None],
     stop_grace: float = STOP_GRACE,
+    ctrl_c: _CtrlC | None = None,
 ) -> Outcome:
     """Follow every rank until all have ended, stopping the rest when one fails."""
     done: queue.Queue = queue.Queue()
@@ -443,7 +445,7 @@ def watch(
     stopping = False
     handled = 0
     interrupt_deadline: float | None = None
-    with _CtrlC() as ctrl_c:
+    with contextlib.nullcontext(ctrl_c) if ctrl_c is not None else _CtrlC() as ctrl_c:
         while len(results) < len(ranks):
             if ctrl_c.count > handled:
                 handled = ctrl_c.count
@@ -646,55 +648,60 @@ def execute(
                 parent=rank_run_id(parent, rank) if parent else None,
             )
         )
-    try:
-        launch(ranks)
-    except BaseException:
-        for r in ranks:
-            state.finish_run(r.run_id, None, "failed")
-        raise
-    if opts.detach:
-        for r in ranks:
-            state.set_run_status(r.run_id, "detached")
-        ui.note(
-            f"run {run_id} started on {n} nodes; follow rank 0 with: vp logs -f {run_id} "
-            "(another rank's: add --node RANK)"
-        )
-        print(run_id)
-        return 0
-
-    views = {}
-    for r in ranks:
-        if r.rank == 0:
-            out, err = sys.stdout.buffer, sys.stderr.buffer
-        elif opts.all_logs:
-            out = _Prefixed(sys.stdout.buffer, f"[node{r.rank}] ")
-            err = _Prefixed(sys.stderr.buffer, f"[node{r.rank}] ")
-        else:
-            out = err = _Discard()
-        views[r.rank] = LogView(out, err, secret_values.values())
-    if sys.stderr.isatty():
-        ui.info(
-            f"run {run_id} on {n} nodes (rank 0 on {hosts[0].name}): Ctrl-C interrupts all, "
-            f"twice detaches; another rank's output: vp logs {run_id} --node 1"
-        )
-    try:
-        with checkpoints.puller(spaces[0], ui):  # rank 0's, as its results
-            outcome = watch(
-                ranks,
-                ui,
-                views,
-                reconnect_timeout=float(cfg.ssh.reconnect_timeout),
-                host_gone=lambda h: host_gone(cfg, state, h),
+    # Ctrl-C is counted from before the ranks start: one pressed while they start is handled
+    # by `watch` like one during the run (every rank interrupted), never a bare exit that
+    # leaves started ranks running.
+    with _CtrlC() as ctrl_c:
+        try:
+            launch(ranks)
+        except BaseException:
+            for r in ranks:
+                state.finish_run(r.run_id, None, "failed")
+            raise
+        if opts.detach:
+            for r in ranks:
+                state.set_run_status(r.run_id, "detached")
+            ui.note(
+                f"run {run_id} started on {n} nodes; follow rank 0 with: vp logs -f {run_id} "
+                "(another rank's: add --node RANK)"
             )
-    except BaseException:
+            print(run_id)
+            return 0
+
+        views = {}
         for r in ranks:
-            state.finish_run(r.run_id, None, "failed")
-        raise
-    finally:
-        for v in views.values():
-            for stream in (v.out, v.err):
-                if isinstance(stream, _Prefixed):
-                    stream.close()
+            if r.rank == 0:
+                out, err = sys.stdout.buffer, sys.stderr.buffer
+            elif opts.all_logs:
+                out = _Prefixed(sys.stdout.buffer, f"[node{r.rank}] ")
+                err = _Prefixed(sys.stderr.buffer, f"[node{r.rank}] ")
+            else:
+                out = err = _Discard()
+            views[r.rank] = LogView(out, err, secret_values.values())
+        if sys.stderr.isatty():
+            ui.info(
+                f"run {run_id} on {n} nodes (rank 0 on {hosts[0].name}): Ctrl-C interrupts all, "
+                f"twice detaches; another rank's output: vp logs {run_id} --node 1"
+            )
+        try:
+            with checkpoints.puller(spaces[0], ui):  # rank 0's, as its results
+                outcome = watch(
+                    ranks,
+                    ui,
+                    views,
+                    reconnect_timeout=float(cfg.ssh.reconnect_timeout),
+                    host_gone=lambda h: host_gone(cfg, state, h),
+                    ctrl_c=ctrl_c,
+                )
+        except BaseException:
+            for r in ranks:
+                state.finish_run(r.run_id, None, "failed")
+            raise
+        finally:
+            for v in views.values():
+                for stream in (v.out, v.err):
+                    if isinstance(stream, _Prefixed):
+                        stream.close()
     gone = _lost_hosts(ranks, outcome, lambda h: host_gone(cfg, state, h))
     if gone and not outcome.interrupted:  # after Ctrl-C: no next attempt
         for r in ranks:
