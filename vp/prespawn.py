@@ -151,34 +151,29 @@ def start(argv: list[str]) -> None:
 def slot_for(base: str) -> int | None:
     """The session slot `start` holds on the master at `base`, handed over to its transport
     (which then holds it for the rest of the process)."""
+    global _early
     if _early is None or _early[3] != base or _early[2] < 0:
         return None
     argv, proc, fd, _ = _early
-    _set_early((argv, proc, -1, base))
+    _early = (argv, proc, -1, base)
     return fd
-
-
-def _set_early(value: tuple | None) -> None:
-    global _early
-    _early = value
 
 
 def claim(argv: list[str]):
     """The session `start` opened, if it runs exactly `argv`; else it is ended and None."""
-    early = _early
-    if early is None:
-        return None
-    _set_early(None)
-    if early[0] == argv:
+    global _early
+    early, _early = _early, None
+    if early is not None and early[0] == argv:
         return early[1]
-    _end(early)
+    if early is not None:
+        _end(early)
     return None
 
 
 def discard() -> None:
     """End an unclaimed early session (the call did not run, or its master was replaced)."""
-    early = _early
-    _set_early(None)
+    global _early
+    early, _early = _early, None
     if early is not None:
         _end(early)
 
